@@ -1,19 +1,26 @@
-"""The `rscc` console script: one entry point, one subcommand per task."""
+"""The `rscc` console script: one entry point, one subcommand per task.
+
+Each module in `SUBCOMMAND_MODULES` defines `add_cli(subparsers)`, which adds its subcommand parser and sets
+`run=function(args) -> exit code` as its default.
+"""
 
 import argparse
+import importlib
 import sys
+
+SUBCOMMAND_MODULES = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rscc", description="Remote-sensing image change captioning.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    del subparsers
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).add_cli(subparsers)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.run(args)
 
 
