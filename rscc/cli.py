@@ -8,7 +8,10 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES = ()
+SUBCOMMAND_MODULES = (
+    "rscc.inference",
+    "rscc.checkpoints",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

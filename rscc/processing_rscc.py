@@ -1,6 +1,31 @@
-"""Bi-temporal processor for rscc: pairs of images plus prompts in, model inputs out."""
+"""Bi-temporal processor for rscc: (before, after) image pairs and prompts in, model inputs out.
 
+Output feeds both `RsccForConditionalGeneration` and the stock `LlavaOnevisionForConditionalGeneration`: each
+sample holds two images, so LLaVA-OneVision uses the base view of each (no tiling) and every image placeholder
+stands for `num_image_tokens + 1` tokens (grid plus one newline token; 730 for SigLIP at 384 px).
+"""
+
+import os
 import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoTokenizer, LlavaOnevisionConfig
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+# CCExpert's prompt: two image placeholders, then the question.
+DEFAULT_PROMPT = (
+    "This is the Image1 <image>. This is the second Image2 <image>.\nWhat difference happened from Image1 to Image2?"
+)
+# Qwen ChatML with the default system message; `{prompt}` is the user turn.
+DEFAULT_CONVERSATION_TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+HIGH_BIT_DEPTH_PERCENTILES = (2.0, 98.0)
 
 
 def to_sentence_case(caption: str) -> str:
@@ -13,3 +38,285 @@ def to_sentence_case(caption: str) -> str:
     if not text:
         raise ValueError(f"caption {caption!r} is empty after normalisation")
     return text[0].upper() + text[1:] + "."
+
+
+def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Map high-bit-depth imagery (16-bit, float radiance) to 0..255 by a linear 2nd-98th percentile stretch.
+
+    The percentiles are taken over all bands together so colour balance is kept; a flat image maps to 0.
+    This is the usual display stretch for remote-sensing imagery whose values fill a small part of 16 bits.
+    """
+    values = array.astype(np.float64)
+    low, high = np.percentile(values, HIGH_BIT_DEPTH_PERCENTILES)
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return (np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def _array_to_rgb(array: np.ndarray, name: str) -> Image.Image:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(
+            f"{name}: array of shape {array.shape} is not an image; expected (H, W), (H, W, 1|3|4) or (1|3|4, H, W)"
+        )
+    if array.ndim == 3:
+        array = array[..., :3]  # alpha is dropped: co-registered imagery has no meaningful transparency
+    if array.dtype == np.uint8:
+        pass
+    elif array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        if array.size and (np.nanmin(array) < 0.0 or np.nanmax(array) > 1.0):
+            raise ValueError(f"{name}: float image values must lie in [0, 1], found {array.min()}..{array.max()}")
+        array = (np.nan_to_num(array) * 255.0).round().astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.integer):
+        array = stretch_to_uint8(array)
+    else:
+        raise ValueError(f"{name}: unsupported image dtype {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+
+
+def load_image(image, name: str = "image") -> Image.Image:
+    """Turn one image input into an RGB PIL image.
+
+    Args:
+        image: a file path (`str` or `os.PathLike`), a PIL image, a numpy array or a torch tensor
+            ((H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4).
+        name (`str`): how errors refer to this input.
+
+    RGBA loses its alpha channel, grayscale and palette images become RGB, 8-bit stays as it is, other integer
+    depths (16-bit imagery) go through `stretch_to_uint8`, and float arrays must lie in [0, 1].
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: image file not found: {path}")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                return load_image(opened, name=f"{name} ({path})")
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"{name}: cannot read image file {path}: {error}") from error
+    if isinstance(image, Image.Image):
+        if image.mode in ("RGB",):
+            return image
+        if image.mode in ("L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr", "1"):
+            return image.convert("RGB")
+        return _array_to_rgb(np.asarray(image), name)
+    if isinstance(image, torch.Tensor):
+        return _array_to_rgb(image.detach().cpu().numpy(), name)
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image, name)
+    raise TypeError(f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(image).__name__}")
+
+
+class RsccProcessor(ProcessorMixin):
+    r"""
+    Processor for change captioning: an image processor (LLaVA-OneVision's) and a Qwen2 tokenizer.
+
+    Args:
+        image_processor ([`LlavaOnevisionImageProcessor`]): resizes each image to the vision tower's size.
+        tokenizer ([`Qwen2Tokenizer`]): must know the `image_token` and the conversation's special tokens.
+        num_image_tokens (`int`): vision tokens per image before the newline token (729 for SigLIP-384).
+        vision_feature_select_strategy (`str`, *optional*, defaults to `"full"`): as in the model config;
+            `"default"` drops one token per image.
+        prompt (`str`, *optional*): default user prompt, with exactly two `image_token` placeholders (before, after).
+        conversation_template (`str`, *optional*): the text around the user prompt, with one `{prompt}` field,
+            ending where the assistant's answer starts.
+        turn_end (`str`, *optional*, defaults to `"<|im_end|>"`): appended to caption targets; supervised.
+        image_token (`str`, *optional*, defaults to `"<image>"`).
+        chat_template (`str`, *optional*): kept for `apply_chat_template` users.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        num_image_tokens: int = 729,
+        vision_feature_select_strategy: str = "full",
+        prompt: str = DEFAULT_PROMPT,
+        conversation_template: str = DEFAULT_CONVERSATION_TEMPLATE,
+        turn_end: str = "<|im_end|>",
+        image_token: str = "<image>",
+        chat_template=None,
+        **kwargs,
+    ):
+        self.num_image_tokens = num_image_tokens
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.prompt = prompt
+        self.conversation_template = conversation_template
+        self.turn_end = turn_end
+        self.image_token = image_token
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if self.image_token_id is None or tokenizer.convert_ids_to_tokens(self.image_token_id) != image_token:
+            raise ValueError(f"the tokenizer has no single token for image_token {image_token!r}")
+        if conversation_template.count("{prompt}") != 1:
+            raise ValueError("conversation_template must contain exactly one '{prompt}' field")
+        self._check_prompt(prompt, "prompt")
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Placeholder tokens each image expands to (grid tokens plus the newline token)."""
+        return self.num_image_tokens + 1 - (self.vision_feature_select_strategy == "default")
+
+    @classmethod
+    def from_llava_onevision(cls, pretrained_model_name_or_path: str, **kwargs) -> "RsccProcessor":
+        """Build the processor from a LLaVA-OneVision checkpoint's image processor, tokenizer and config.
+
+        Args:
+            pretrained_model_name_or_path (`str`): Hub id or folder of a `llava_onevision` checkpoint.
+            **kwargs: [`RsccProcessor`] options (`prompt`, `conversation_template`, ...).
+        """
+        config = LlavaOnevisionConfig.from_pretrained(pretrained_model_name_or_path)
+        grid = config.vision_config.image_size // config.vision_config.patch_size
+        kwargs.setdefault("num_image_tokens", grid * grid)
+        kwargs.setdefault("vision_feature_select_strategy", config.vision_feature_select_strategy)
+        return cls(
+            image_processor=AutoImageProcessor.from_pretrained(pretrained_model_name_or_path),
+            tokenizer=AutoTokenizer.from_pretrained(pretrained_model_name_or_path),
+            **kwargs,
+        )
+
+    def _check_prompt(self, prompt, name: str) -> None:
+        if not isinstance(prompt, str):
+            raise TypeError(f"{name}: expected a string, got {type(prompt).__name__}")
+        found = prompt.count(self.image_token)
+        if found != 2:
+            raise ValueError(
+                f"{name} must contain exactly two {self.image_token!r} placeholders (before, after); found {found} "
+                f"in {prompt!r}"
+            )
+
+    @staticmethod
+    def _check_pairs(images) -> list:
+        expected = "images must be a list of [before, after] pairs, e.g. images=[[before, after], ...]"
+        if not isinstance(images, (list, tuple)) or not images:
+            raise ValueError(f"{expected}; got {type(images).__name__ if images is not None else None}")
+        for index, pair in enumerate(images):
+            if not isinstance(pair, (list, tuple)):
+                raise ValueError(f"{expected}; element {index} is a {type(pair).__name__}, not a pair")
+            if len(pair) != 2:
+                raise ValueError(f"{expected}; element {index} holds {len(pair)} images")
+        return list(images)
+
+    def _per_sample(self, values, num_pairs: int, name: str) -> list:
+        if isinstance(values, str):
+            # One prompt serves every pair; one caption can only belong to one pair.
+            values = [values] * num_pairs if name == "text" else [values]
+        if not isinstance(values, (list, tuple)) or len(values) != num_pairs:
+            got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+            raise ValueError(f"{name}: expected one entry per pair ({num_pairs}), got {got}")
+        return list(values)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def __call__(
+        self,
+        images=None,
+        text=None,
+        captions=None,
+        padding_side: str | None = None,
+        return_tensors: str = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Prepare pairs for the model.
+
+        Args:
+            images (`list` of `[before, after]` pairs): each image a path, PIL image, numpy array or tensor
+                (see [`load_image`]). Images of any size are resized to the vision tower's input size.
+            text (`str` or `list[str]`, *optional*): user prompt per pair (one string applies to all), each with
+                exactly two image placeholders; defaults to `self.prompt`.
+            captions (`list[str]`, *optional*): target caption per pair, for training. Targets are formatted with
+                [`to_sentence_case`] and followed by `turn_end`; `labels` supervise only those tokens.
+            padding_side (`str`, *optional*): `"left"` (default without captions: generation) or `"right"`
+                (default with captions: training).
+            return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"` is supported.
+
+        Returns:
+            [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)`, `pixel_values`
+            `(2 * batch, 1, 3, H, W)`, `image_sizes` `(2 * batch, 2)`, `batch_num_images` `(batch,)` (all 2) and,
+            with captions, `labels` `(batch, seq_len)`.
+        """
+        if return_tensors != "pt":
+            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
+        pairs = self._check_pairs(images)
+        prompts = self._per_sample(self.prompt if text is None else text, len(pairs), "text")
+        for index, prompt in enumerate(prompts):
+            self._check_prompt(prompt, f"text[{index}]")
+        targets = None
+        if captions is not None:
+            targets = [to_sentence_case(c) for c in self._per_sample(captions, len(pairs), "captions")]
+        padding_side = padding_side or ("left" if targets is None else "right")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
+
+        loaded = [
+            [load_image(image, name=f"images[{index}][{position}]") for position, image in enumerate(pair)]
+            for index, pair in enumerate(pairs)
+        ]
+        image_inputs = self.image_processor(loaded, return_tensors="pt", **kwargs)
+
+        sequences, label_sequences = [], []
+        for index, prompt in enumerate(prompts):
+            prompt_ids = []
+            for token_id in self._encode(self.conversation_template.format(prompt=prompt)):
+                prompt_ids.extend([token_id] * (self.tokens_per_image if token_id == self.image_token_id else 1))
+            target_ids = [] if targets is None else self._encode(targets[index] + self.turn_end)
+            if self.image_token_id in target_ids:
+                raise ValueError(f"captions[{index}] contains the image token {self.image_token!r}")
+            sequences.append(prompt_ids + target_ids)
+            label_sequences.append([-100] * len(prompt_ids) + target_ids)
+
+        longest = max(len(ids) for ids in sequences)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+        def pad(ids, value):
+            filler = [value] * (longest - len(ids))
+            return filler + ids if padding_side == "left" else ids + filler
+
+        data = {
+            "input_ids": torch.tensor([pad(ids, pad_id) for ids in sequences], dtype=torch.long),
+            "attention_mask": torch.tensor([pad([1] * len(ids), 0) for ids in sequences], dtype=torch.long),
+            "pixel_values": image_inputs["pixel_values"],
+            "image_sizes": image_inputs["image_sizes"],
+            "batch_num_images": torch.full((len(pairs),), 2, dtype=torch.long),
+        }
+        if targets is not None:
+            data["labels"] = torch.tensor([pad(ids, -100) for ids in label_sequences], dtype=torch.long)
+        return BatchFeature(data=data)
+
+    def post_process_captions(self, generated_ids: torch.Tensor, inputs=None) -> list[str]:
+        """Clean caption strings from `generate` output.
+
+        Args:
+            generated_ids (`torch.Tensor` of shape `(batch, seq_len)`): `model.generate(**inputs)` output.
+            inputs (*optional*): the processor output given to `generate`; its prompt tokens are removed first.
+                Without it, `generated_ids` must hold only new tokens.
+
+        Returns:
+            `list[str]`, one caption per pair, without special tokens and surrounding whitespace.
+        """
+        if inputs is not None:
+            generated_ids = generated_ids[:, inputs["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(generated_ids, skip_special_tokens=True)
+        return [" ".join(text.split()) for text in texts]
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "image_sizes", "batch_num_images"]
+
+
+RsccProcessor.register_for_auto_class()
+
+__all__ = ["RsccProcessor", "load_image", "to_sentence_case", "stretch_to_uint8"]

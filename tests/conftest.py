@@ -15,3 +15,32 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is not present")
     return SHARED_DATA
+
+EXAMPLES = REPO_ROOT / "examples" / "levir_cc"
+
+
+@pytest.fixture(scope="session")
+def example_pairs() -> list[list[str]]:
+    """Two real LEVIR-CC pairs kept in the repository."""
+    return [[str(EXAMPLES / "A" / name), str(EXAMPLES / "B" / name)] for name in ("train_000016.png", "train_000051.png")]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from rscc.checkpoints import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-rscc"))
+
+
+@pytest.fixture
+def tiny_model(tiny_checkpoint):
+    from rscc import RsccForConditionalGeneration
+
+    return RsccForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_checkpoint):
+    from rscc import RsccProcessor
+
+    return RsccProcessor.from_pretrained(tiny_checkpoint)

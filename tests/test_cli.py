@@ -1,0 +1,35 @@
+import pytest
+
+from rscc.cli import main
+
+
+def test_caption_prints_one_line_for_a_pair(tiny_checkpoint, example_pairs, capsys):
+    assert main(["caption", *example_pairs[0], "--model", str(tiny_checkpoint), "--max-new-tokens", "5"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0]
+
+
+def test_caption_fails_fast_offline_and_says_how_to_use_a_local_folder(example_pairs, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["caption", *example_pairs[0]]) == 2
+    error = capsys.readouterr().err
+    assert "llava-hf/llava-onevision-qwen2-0.5b-ov-hf" in error and "--model" in error
+
+
+def test_caption_names_a_missing_image(tiny_checkpoint, example_pairs, capsys, tmp_path):
+    assert main(["caption", str(tmp_path / "gone.png"), example_pairs[0][1], "--model", str(tiny_checkpoint)]) == 2
+    assert "gone.png" in capsys.readouterr().err
+
+
+def test_tiny_checkpoint_command_writes_a_loadable_folder(tmp_path, capsys):
+    from rscc import RsccForConditionalGeneration, RsccProcessor
+
+    assert main(["tiny-checkpoint", str(tmp_path / "tiny")]) == 0
+    RsccForConditionalGeneration.from_pretrained(tmp_path / "tiny")
+    assert RsccProcessor.from_pretrained(tmp_path / "tiny").tokens_per_image == 50
+
+
+def test_unknown_command_exits_with_usage():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["nonsense"])
+    assert exit_info.value.code == 2

@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rscc import RsccProcessor
+from rscc.processing_rscc import load_image, stretch_to_uint8, to_sentence_case
+
+
+def test_output_layout(tiny_processor, example_pairs):
+    inputs = tiny_processor(images=example_pairs)
+    assert inputs["pixel_values"].shape == (4, 1, 3, 28, 28)
+    assert inputs["image_sizes"].tolist() == [[256, 256]] * 4
+    assert inputs["batch_num_images"].tolist() == [2, 2]
+    assert inputs["input_ids"].shape == inputs["attention_mask"].shape
+    assert "labels" not in inputs
+
+
+def test_default_prompt_is_ccexpert_inside_chatml(tiny_processor, example_pairs):
+    inputs = tiny_processor(images=example_pairs[:1])
+    ids = inputs["input_ids"][0].tolist()
+    text = tiny_processor.decode([i for i in ids if i != tiny_processor.image_token_id])
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "This is the Image1 . This is the second Image2 .\nWhat difference happened from Image1 to Image2?"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_labels_supervise_only_the_caption_and_turn_end(tiny_processor, example_pairs):
+    inputs = tiny_processor(images=example_pairs, captions=[" a road is built .", "Many houses appear along it"])
+    assert inputs["attention_mask"][:, 0].tolist() == [1, 1], "training batches are right-padded"
+    for row, expected in zip(range(2), ["A road is built.<|im_end|>", "Many houses appear along it.<|im_end|>"]):
+        labels = inputs["labels"][row]
+        supervised = labels[labels != -100]
+        assert tiny_processor.decode(supervised) == expected
+        positions = (labels != -100).nonzero().flatten()
+        assert torch.equal(inputs["input_ids"][row, positions], supervised)
+        assert positions.tolist() == list(range(positions[0], positions[-1] + 1)), "one contiguous target span"
+        assert inputs["attention_mask"][row, positions[-1] + 1 :].sum() == 0, "nothing but padding follows"
+
+
+def test_to_sentence_case():
+    assert to_sentence_case(" the road is built . ") == "The road is built."
+    assert to_sentence_case("houses appear") == "Houses appear."
+    with pytest.raises(ValueError, match="empty"):
+        to_sentence_case(" . ")
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (None, "list of \\[before, after\\] pairs"),
+        ([], "list of \\[before, after\\] pairs"),
+        (["a.png", "b.png"], "element 0 is a str, not a pair"),
+        ([["a.png", "b.png", "c.png"]], "element 0 holds 3 images"),
+        ([["a.png"]], "element 0 holds 1 images"),
+    ],
+)
+def test_bad_pair_structures(tiny_processor, images, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_processor(images=images)
+
+
+def test_missing_file_is_named(tiny_processor, example_pairs, tmp_path):
+    missing = tmp_path / "nowhere" / "before.png"
+    with pytest.raises(FileNotFoundError, match="images\\[0\\]\\[0\\].*nowhere/before.png"):
+        tiny_processor(images=[[missing, example_pairs[0][1]]])
+
+
+def test_unreadable_image_is_named(tiny_processor, example_pairs, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    with pytest.raises(ValueError, match="cannot read image file .*broken.png"):
+        tiny_processor(images=[[example_pairs[0][0], broken]])
+
+
+def test_pairs_of_different_sizes_and_kinds_are_resized(tiny_processor):
+    pair = [np.zeros((300, 200, 3), np.uint8), torch.rand(3, 64, 96)]
+    inputs = tiny_processor(images=[pair])
+    assert inputs["pixel_values"].shape == (2, 1, 3, 28, 28)
+    assert inputs["image_sizes"].tolist() == [[300, 200], [64, 96]]
+
+
+def test_modes_are_converted_to_rgb():
+    rgba = Image.fromarray(np.full((8, 8, 4), 200, np.uint8), "RGBA")
+    gray = Image.fromarray(np.full((8, 8), 7, np.uint8), "L")
+    assert load_image(rgba).mode == "RGB" and np.asarray(load_image(rgba))[0, 0].tolist() == [200, 200, 200]
+    assert np.asarray(load_image(gray))[0, 0].tolist() == [7, 7, 7]
+    assert load_image(np.zeros((8, 8, 1), np.uint8)).size == (8, 8)
+    assert load_image(np.zeros((4, 8, 8), np.uint8)).mode == "RGB"
+
+
+def test_sixteen_bit_imagery_is_stretched_between_percentiles(tmp_path):
+    values = np.linspace(1000, 3000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    path = tmp_path / "band.png"
+    Image.fromarray(values).save(path)
+    stretched = np.asarray(load_image(path))[..., 0]
+    assert stretched.min() == 0 and stretched.max() == 255
+    low, high = np.percentile(values, (2, 98))
+    middle = values == values.flat[values.size // 2]
+    expected = np.round((values[middle] - low) / (high - low) * 255)
+    assert np.abs(stretched[middle].astype(int) - expected).max() <= 1
+    assert stretch_to_uint8(np.full((4, 4), 500, np.uint16)).max() == 0
+
+
+def test_float_images_outside_unit_range_are_refused():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        load_image(np.full((4, 4, 3), 2.0, np.float32))
+
+
+@pytest.mark.parametrize("prompt, found", [("No images here.", 0), ("One <image> only.", 1), ("<image><image><image>", 3)])
+def test_prompts_need_exactly_two_placeholders(tiny_processor, example_pairs, prompt, found):
+    with pytest.raises(ValueError, match=f"exactly two '<image>' placeholders .*found {found}"):
+        tiny_processor(images=example_pairs[:1], text=prompt)
+
+
+def test_prompt_and_caption_counts_must_match_pairs(tiny_processor, example_pairs):
+    with pytest.raises(ValueError, match="captions: expected one entry per pair \\(2\\), got 1"):
+        tiny_processor(images=example_pairs, captions=["A road."])
+    with pytest.raises(ValueError, match="text: expected one entry per pair \\(2\\), got 3"):
+        tiny_processor(images=example_pairs, text=[tiny_processor.prompt] * 3)
+
+
+def test_processor_round_trip_keeps_its_options(tiny_processor, tmp_path):
+    custom = RsccProcessor(
+        image_processor=tiny_processor.image_processor,
+        tokenizer=tiny_processor.tokenizer,
+        num_image_tokens=tiny_processor.num_image_tokens,
+        prompt="Before <image>, after <image>: what changed?",
+    )
+    custom.save_pretrained(tmp_path)
+    reloaded = RsccProcessor.from_pretrained(tmp_path)
+    assert reloaded.prompt == custom.prompt
+    assert reloaded.num_image_tokens == custom.num_image_tokens
+    assert reloaded.tokens_per_image == tiny_processor.tokens_per_image == 7 * 7 + 1
+
+
+def test_post_process_strips_prompt_and_special_tokens(tiny_processor, example_pairs):
+    inputs = tiny_processor(images=example_pairs[:1])
+    target = tiny_processor.tokenizer("A road is built.<|im_end|>", add_special_tokens=False)["input_ids"]
+    generated = torch.cat([inputs["input_ids"], torch.tensor([target])], dim=1)
+    assert tiny_processor.post_process_captions(generated, inputs) == ["A road is built."]

@@ -1,0 +1,69 @@
+"""A saved folder must load and generate through the Auto classes in a process where rscc cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+import rscc
+
+HIDE_RSCC_AND_GENERATE = r"""
+import importlib.abc, json, sys
+
+class HideRscc(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "rscc" or name.startswith("rscc."):
+            raise ImportError("rscc is hidden in this process")
+
+sys.meta_path.insert(0, HideRscc())
+from transformers import AutoModel, AutoProcessor
+
+folder, before, after = sys.argv[1:4]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+inputs = processor(images=[[before, after], [after, before]])
+captions = processor.post_process_captions(model.generate(**inputs, max_new_tokens=4, do_sample=False), inputs)
+print(json.dumps({"model": type(model).__module__ + "." + type(model).__name__,
+                  "processor": type(processor).__name__, "captions": captions,
+                  "rscc_imported": any(m == "rscc" or m.startswith("rscc.") for m in sys.modules)}))
+"""
+
+
+def test_saved_folder_carries_remote_code_and_auto_map(tiny_checkpoint):
+    files = set(os.listdir(tiny_checkpoint))
+    assert {"configuration_rscc.py", "modeling_rscc.py", "processing_rscc.py", "model.safetensors"} <= files
+    auto_map = json.loads((tiny_checkpoint / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_rscc.RsccConfig",
+        "AutoModel": "modeling_rscc.RsccForConditionalGeneration",
+        "AutoModelForImageTextToText": "modeling_rscc.RsccForConditionalGeneration",
+    }
+    processor_map = json.loads((tiny_checkpoint / "processor_config.json").read_text())["auto_map"]
+    assert processor_map == {"AutoProcessor": "processing_rscc.RsccProcessor"}
+
+
+def test_remote_code_loads_and_generates_without_rscc(tiny_checkpoint, example_pairs, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", HIDE_RSCC_AND_GENERATE, str(tiny_checkpoint), *example_pairs[0]],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["model"].startswith("transformers_modules.") and report["model"].endswith(
+        "modeling_rscc.RsccForConditionalGeneration"
+    )
+    assert report["processor"] == "RsccProcessor"
+    assert len(report["captions"]) == 2 and not report["rscc_imported"]
+
+
+def test_installed_package_registers_auto_classes(tiny_checkpoint):
+    assert isinstance(AutoConfig.from_pretrained(tiny_checkpoint), rscc.RsccConfig)
+    assert type(AutoModel.from_pretrained(tiny_checkpoint)) is rscc.RsccForConditionalGeneration
+    assert type(AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)) is rscc.RsccForConditionalGeneration
+    assert type(AutoProcessor.from_pretrained(tiny_checkpoint)) is rscc.RsccProcessor
