@@ -11,8 +11,8 @@ becomes rows of `FEATURES`:
     source        str, e.g. "levir_cc"
 
 A converter yields `ChangeRecord`s; `build_dataset` validates all of them, writes `data/{split}-*.parquet` and a
-dataset card (README.md) whose YAML makes `datasets.load_dataset(folder)` return the splits and which
-`push_to_hub` / `huggingface-cli upload` accept as they are.
+dataset card (README.md) whose YAML makes `datasets.load_dataset(folder)` return the splits, and which the Hub takes
+as it is (`hf upload USER/NAME FOLDER --repo-type dataset`, or `HfApi.upload_folder`).
 """
 
 from __future__ import annotations
@@ -914,7 +914,8 @@ def caption_view(dataset: datasets.Dataset, mode: CaptionMode = "random_choice",
     """A training view with one target caption per example, in the `caption` column.
 
     The view is a small index (pair row, caption index) with a `datasets` transform that fetches and decodes the
-    pair on access, so no image is copied. Each example holds the pair's columns plus `caption`.
+    pair on access, so no image is copied. Each example holds the pair's columns plus `caption`. Its own columns
+    are the index, so a `transformers.Trainer` needs `remove_unused_columns=False`.
 
     Args:
         dataset: One split of a change-captioning dataset.

@@ -144,6 +144,25 @@ def test_full_caption_file_fails_listing_every_missing_pair_then_skips_them(shar
     assert listed == set(missing)
 
 
+def test_levir_cc_change_flag_is_derived_when_absent(shared_data, tmp_path):
+    root = make_levir_root(shared_data, tmp_path / "root")
+    entries = _levir_entries(shared_data, REAL_PAIRS)
+    # A no-change entry of the real file, given the images of a real pair so that it builds.
+    no_change = next(e for e in json.loads((shared_data / "levir_cc" / "LevirCCcaptions.json").read_text())["images"]
+                     if e["split"] == "train" and e["changeflag"] == 0)
+    for side in ("A", "B"):
+        folder = root / "images" / "train" / side
+        shutil.copy(folder / REAL_PAIRS[0], folder / no_change["filename"])
+    for entry in entries + [no_change]:
+        del entry["changeflag"]
+    (root / "LevirCCcaptions.json").write_text(json.dumps({"images": entries + [no_change]}))
+    assert {record.change_flag for record in levir_cc_records(root)} == {None}
+    build_dataset(levir_cc_records(root), tmp_path / "out")
+    flags = dict(zip(*pq.read_table(tmp_path / "out" / "data" / "train-00000-of-00001.parquet",
+                                    columns=["id", "change_flag"]).to_pydict().values()))
+    assert flags == {**{Path(name).stem: 1 for name in REAL_PAIRS}, Path(no_change["filename"]).stem: 0}
+
+
 def test_levir_mci_label_masks_are_kept_and_checked(shared_data, tmp_path):
     # LEVIR-CD's 0/255 masks (256x256) stand in for LEVIR-MCI labels of the 3 pairs.
     masks = sorted((shared_data / "levir_cd_samples" / "label").glob("*.png"))[:3]
