@@ -11,6 +11,7 @@ import sys
 SUBCOMMAND_MODULES = (
     "rscc.inference",
     "rscc.checkpoints",
+    "rscc.data",
 )
 
 
