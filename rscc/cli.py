@@ -11,6 +11,8 @@ import sys
 SUBCOMMAND_MODULES = (
     "rscc.inference",
     "rscc.checkpoints",
+    "rscc.scene",
+    "rscc.hub",
 )
 
 
