@@ -11,7 +11,13 @@ import sys
 SUBCOMMAND_MODULES = (
     "rscc.inference",
     "rscc.checkpoints",
+SUBCOMMAND_MODULES = (
+    "rscc.inference",
+    "rscc.checkpoints",
     "rscc.data",
+    "rscc.scene",
+    "rscc.hub",
+)
 )
 
 

@@ -1,5 +1,7 @@
 """Loading a captioner and captioning pairs: the one code path behind `rscc caption`, evaluation and training."""
 
+import argparse
+import json
 import os
 import socket
 import sys
@@ -9,6 +11,16 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoConfig
 
+from .batch import (
+    PARTIAL_SUFFIX,
+    BatchInputError,
+    PairRecord,
+    caption_records,
+    check_images_exist,
+    check_output_path,
+    pairs_from_folders,
+    pairs_from_manifest,
+)
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import RsccProcessor, load_image
 
@@ -113,32 +125,138 @@ def caption_pairs(
     return captions
 
 
-def _run_caption(args) -> int:
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Exit codes of the commands that caption (documented in their --help).
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_OUT_OF_MEMORY = 3
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+
+
+def add_device_arguments(parser) -> None:
+    """The model options shared by the commands that caption: --model, --device, --dtype, --batch-size,
+    --max-new-tokens.
+
+    Args:
+        parser (`argparse.ArgumentParser`): the subcommand's parser.
+    """
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="rscc or LLaVA-OneVision checkpoint (Hub id or folder)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per generate call (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+
+
+def add_progress_arguments(parser) -> None:
+    """--progress / --no-progress (default: a bar when stderr is a terminal).
+
+    Args:
+        parser (`argparse.ArgumentParser`): the subcommand's parser.
+    """
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+
+
+def show_progress(args) -> bool:
+    """Whether to draw a progress bar for `args` (see `add_progress_arguments`)."""
+    return sys.stderr.isatty() if args.progress is None else args.progress
+
+
+def _caption_one_pair(args) -> int:
+    if args.out is not None:
+        raise BatchInputError("--out is for batch mode (two folders or a manifest); one pair prints its caption")
+    before, after = args.inputs
+    for name, path in (("BEFORE", before), ("AFTER", after)):
+        load_image(path, name=name)  # fail on bad input before the model loads
+    model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    (caption,) = caption_pairs(model, processor, [[before, after]], max_new_tokens=args.max_new_tokens)
+    print(json.dumps({"before": before, "after": after, "caption": caption}) if args.json else caption)
+    return EXIT_OK
+
+
+def _batch_records(inputs: list[str]) -> list[PairRecord]:
+    if len(inputs) == 2:
+        return pairs_from_folders(*inputs)
+    (manifest,) = inputs
+    if Path(manifest).is_dir():
+        raise BatchInputError(f"{manifest} is one folder; batch mode takes two (BEFORE_DIR AFTER_DIR) or a manifest")
+    if not Path(manifest).is_file():
+        raise BatchInputError(f"MANIFEST: file not found: {manifest}")
+    return pairs_from_manifest(manifest)
+
+
+def _caption_batch(args) -> int:
+    records = _batch_records(args.inputs)
+    check_images_exist(records)
+    out = None if args.out is None else check_output_path(args.out)
+    model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
+
+    def caption_batch(pairs: list[list[str]]) -> list[str]:
+        return caption_pairs(model, processor, pairs, batch_size=len(pairs), max_new_tokens=args.max_new_tokens)
+
     try:
-        for name, path in (("BEFORE", args.before), ("AFTER", args.after)):
-            load_image(path, name=name)  # fail on bad input before the model loads
-        model, processor = load_captioner(args.model, device=args.device, dtype=dtype)
-        (caption,) = caption_pairs(model, processor, [[args.before, args.after]], max_new_tokens=args.max_new_tokens)
+        summary = caption_records(
+            records, caption_batch, out=out, batch_size=args.batch_size, progress=show_progress(args),
+            overwrite=args.overwrite,
+        )
+    except BatchInputError:
+        raise
+    except ValueError as error:  # an image that exists but cannot be read, found part-way through the run
+        kept = f"; finished pairs are kept in {out}{PARTIAL_SUFFIX}, rerun to resume" if out else ""
+        raise BatchInputError(f"{error}{kept}") from error
+    if out is not None:
+        print(
+            f"rscc caption: {summary.captioned} pair(s) captioned, {summary.resumed} already done, {out}",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _run_caption(args) -> int:
+    is_batch = len(args.inputs) == 1 or all(Path(path).is_dir() for path in args.inputs)
+    try:
+        if len(args.inputs) > 2:
+            raise BatchInputError(f"expected BEFORE AFTER, two folders or one manifest; got {len(args.inputs)} paths")
+        if args.batch_size < 1:
+            raise BatchInputError(f"--batch-size must be at least 1, got {args.batch_size}")
+        if len(args.inputs) == 2 and any(Path(path).is_dir() for path in args.inputs) and not is_batch:
+            raise BatchInputError("BEFORE and AFTER must both be image files or both be folders")
+        return _caption_batch(args) if is_batch else _caption_one_pair(args)
     except (ModelNotAvailableError, FileNotFoundError, ValueError) as error:
         print(f"rscc caption: error: {error}", file=sys.stderr)
-        return 2
-    print(caption)
-    return 0
+        return EXIT_BAD_INPUT
+    except torch.OutOfMemoryError:
+        resume = "; finished pairs are kept, rerun to resume" if is_batch and args.out else ""
+        print(f"rscc caption: error: out of memory on {args.device}; lower --batch-size{resume}", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
+    except KeyboardInterrupt:
+        resume = "; finished pairs are kept, rerun the same command to resume" if is_batch and args.out else ""
+        print(f"rscc caption: interrupted{resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "caption",
-        help="caption the change between two images",
-        description=f"Print one sentence on what changed from BEFORE to AFTER. Without --model, {DEFAULT_MODEL} "
-        "runs zero-shot with the rscc prompt (no fine-tuned rscc checkpoint is published yet). "
-        "Exit codes: 0 success, 2 bad input or model not available.",
+        help="caption the change between two images, or many pairs",
+        usage="rscc caption (BEFORE AFTER | BEFORE_DIR AFTER_DIR | MANIFEST) [options]",
+        description=f"One pair (two image files): print one sentence on what changed from BEFORE to AFTER. "
+        "Batch (two folders of matching file names, or a CSV/JSONL manifest with columns before, after and "
+        "optionally id, caption(s), mask): write one JSON line per pair, {id, before, after, caption[, references, "
+        "mask]}, to --out (or stdout), batching on the device; rerunning an interrupted command into the same --out "
+        "captions only the pairs not done yet. "
+        f"Without --model, {DEFAULT_MODEL} runs zero-shot with the rscc prompt (no fine-tuned rscc checkpoint is "
+        "published yet). Exit codes: 0 success; 2 bad input (missing or unreadable file, bad manifest, model not "
+        "available); 3 out of device memory; 130 interrupted. After 3 or 130 finished pairs are kept in "
+        "OUT.partial and the same command resumes.",
     )
-    parser.add_argument("before", help="image of the earlier date")
-    parser.add_argument("after", help="image of the later date")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="rscc or LLaVA-OneVision checkpoint (Hub id or folder)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="BEFORE AFTER, BEFORE_DIR AFTER_DIR, or MANIFEST")
+    add_device_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="one pair: print a JSON object instead of the caption")
+    parser.add_argument("--out", help="batch: JSON-lines output file (resumable); default stdout")
+    parser.add_argument("--overwrite", action="store_true", help="batch: discard earlier results in --out")
+    add_progress_arguments(parser)
     parser.set_defaults(run=_run_caption)

@@ -40,14 +40,20 @@ def to_sentence_case(caption: str) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
+def stretch_to_uint8(array: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Map high-bit-depth imagery (16-bit, float radiance) to 0..255 by a linear 2nd-98th percentile stretch.
 
     The percentiles are taken over all bands together so colour balance is kept; a flat image maps to 0.
     This is the usual display stretch for remote-sensing imagery whose values fill a small part of 16 bits.
+
+    Args:
+        array (`np.ndarray`): the image, any numeric dtype.
+        value_range (`tuple[float, float]`, *optional*): the values mapped to 0 and 255. Defaults to the
+            percentiles of `array`; pass a range measured once over a whole scene so that its tiles share one
+            stretch.
     """
     values = array.astype(np.float64)
-    low, high = np.percentile(values, HIGH_BIT_DEPTH_PERCENTILES)
+    low, high = np.percentile(values, HIGH_BIT_DEPTH_PERCENTILES) if value_range is None else value_range
     if high <= low:
         return np.zeros(array.shape, dtype=np.uint8)
     return (np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0).round().astype(np.uint8)

@@ -1,0 +1,331 @@
+"""Batch captioning: pairs from two folders or a manifest, captioned into a resumable JSON-lines file.
+
+Results are appended to `OUT.partial` (next to `OUT`) after every batch and the file is renamed to `OUT` once every
+pair is done, so an interrupted run leaves no file that looks complete, and rerunning the same command captions only
+the pairs that are not in `OUT.partial` yet. Captioning itself is a callable given by the caller (the `rscc caption`
+command passes `rscc.inference.caption_pairs`), which keeps this module free of model code.
+"""
+
+import csv
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TextIO
+
+from tqdm.auto import tqdm
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+# The data issue's manifest columns; captions may also come as caption_1, caption_2, ... (CSV).
+MANIFEST_COLUMNS = ("id", "split", "before", "after", "caption", "captions", "mask", "change_flag")
+_NUMBERED_CAPTION = re.compile(r"^caption_\d+$")
+PARTIAL_SUFFIX = ".partial"
+
+# Captions a list of [before, after] pairs (one batch), returning one caption per pair in order.
+CaptionBatchFunction = Callable[[list[list[str]]], list[str]]
+
+
+class BatchInputError(ValueError):
+    """A batch input (folder, manifest, image or output path) is not what batch captioning expects."""
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One pair to caption.
+
+    Args:
+        id (`str`): unique within the run; the key resuming relies on.
+        before (`str`): path of the earlier image.
+        after (`str`): path of the later image.
+        references (`list[str]`): reference captions from a manifest (copied to the output for evaluation).
+        mask (`str`, *optional*): a change-mask path from a manifest (copied to the output).
+    """
+
+    id: str
+    before: str
+    after: str
+    references: list[str] = field(default_factory=list)
+    mask: str | None = None
+
+    def result_line(self, caption: str) -> dict:
+        """The JSON-lines record of this pair once captioned."""
+        line = {"id": self.id, "before": self.before, "after": self.after, "caption": caption}
+        if self.references:
+            line["references"] = self.references
+        if self.mask:
+            line["mask"] = self.mask
+        return line
+
+
+def _listed(names: Iterable[str], limit: int = 5) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def pairs_from_folders(before_dir: str | os.PathLike, after_dir: str | os.PathLike) -> list[PairRecord]:
+    """Pair the images of two folders by file name (LEVIR-CC's `A/` and `B/` layout).
+
+    Args:
+        before_dir (`str` or `os.PathLike`): folder of the earlier images.
+        after_dir (`str` or `os.PathLike`): folder of the later images, with the same file names.
+
+    Returns:
+        One [`PairRecord`] per file name, sorted, with the file name as id.
+
+    Raises:
+        BatchInputError: a folder holds no images, or a file name is in one folder only.
+    """
+    folders = {"BEFORE": Path(before_dir), "AFTER": Path(after_dir)}
+    names = {
+        label: {path.name for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES}
+        for label, folder in folders.items()
+    }
+    for label, folder in folders.items():
+        if not names[label]:
+            raise BatchInputError(f"{label} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    for label, other in (("BEFORE", "AFTER"), ("AFTER", "BEFORE")):
+        unmatched = names[label] - names[other]
+        if unmatched:
+            raise BatchInputError(
+                f"{len(unmatched)} image(s) of the {label} folder {folders[label]} have no file of the same name in "
+                f"the {other} folder {folders[other]}: {_listed(unmatched)}"
+            )
+    return [
+        PairRecord(id=name, before=str(folders["BEFORE"] / name), after=str(folders["AFTER"] / name))
+        for name in sorted(names["BEFORE"])
+    ]
+
+
+def _manifest_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.DictReader(file)
+            for row in reader:
+                yield f"line {reader.line_num}", row
+    elif path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as file:
+            for number, text in enumerate(file, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise BatchInputError(f"manifest {path}, line {number}: not valid JSON ({error})") from None
+                if not isinstance(row, dict):
+                    raise BatchInputError(f"manifest {path}, line {number}: expected a JSON object")
+                yield f"line {number}", row
+    else:
+        raise BatchInputError(f"manifest {path}: expected a .csv or .jsonl file")
+
+
+def pairs_from_manifest(manifest: str | os.PathLike) -> list[PairRecord]:
+    """Read pairs from a manifest in the data issue's format: a CSV or JSONL file, one pair per row.
+
+    Columns: `before`, `after` (image paths, relative to the manifest's folder or absolute); optional `id` (default:
+    the before image's file name without extension), reference captions as `caption`, `captions` (a list, JSONL) or
+    `caption_1`, `caption_2`, ... (CSV), `mask`, `split` and `change_flag` (accepted, not used for captioning).
+
+    Args:
+        manifest (`str` or `os.PathLike`): the CSV or JSONL file.
+
+    Returns:
+        One [`PairRecord`] per row, in file order.
+
+    Raises:
+        BatchInputError: an unknown column, a row without before/after, duplicate ids, or an empty manifest.
+    """
+    path = Path(manifest)
+    records, seen = [], {}
+    for where, row in _manifest_rows(path):
+        unknown = [key for key in row if key not in MANIFEST_COLUMNS and not _NUMBERED_CAPTION.match(key or "")]
+        if unknown:
+            # A misspelt optional column ("msk") would otherwise be dropped without a word.
+            raise BatchInputError(
+                f"manifest {path}, {where}: unknown column(s) {', '.join(map(repr, unknown))}; expected "
+                f"{', '.join(MANIFEST_COLUMNS)} or caption_1, caption_2, ..."
+            )
+        if not row.get("before") or not row.get("after"):
+            raise BatchInputError(f"manifest {path}, {where}: needs both a 'before' and an 'after' image path")
+        references = row.get("captions") or ([row["caption"]] if row.get("caption") else [])
+        references = [references] if isinstance(references, str) else list(references)
+        numbered = sorted((key for key in row if _NUMBERED_CAPTION.match(key)), key=lambda key: int(key[8:]))
+        references += [row[key] for key in numbered if row[key]]
+        record = PairRecord(
+            id=str(row.get("id") or Path(row["before"]).stem),
+            before=str(path.parent / row["before"]),
+            after=str(path.parent / row["after"]),
+            references=references,
+            mask=str(path.parent / row["mask"]) if row.get("mask") else None,
+        )
+        if record.id in seen:
+            raise BatchInputError(
+                f"manifest {path}, {where}: id {record.id!r} already used at {seen[record.id]}; ids must be unique "
+                "(add an 'id' column)"
+            )
+        seen[record.id] = where
+        records.append(record)
+    if not records:
+        raise BatchInputError(f"manifest {path} lists no pairs")
+    return records
+
+
+def check_images_exist(records: Iterable[PairRecord]) -> None:
+    """Fail before any model work when images are missing, naming them.
+
+    Args:
+        records (`Iterable[PairRecord]`): the pairs to check.
+    """
+    missing = [path for record in records for path in (record.before, record.after) if not Path(path).is_file()]
+    if missing:
+        raise BatchInputError(f"{len(missing)} image file(s) not found: {_listed(missing)}")
+
+
+def _partial_path(out: Path) -> Path:
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def _finished_lines(path: Path) -> list[dict]:
+    """Lines of an earlier run; a last line cut short by an interruption is removed from the file."""
+    lines, good_length = [], 0
+    with open(path, "rb") as file:
+        for raw in file:
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                if raw.endswith(b"\n"):
+                    raise BatchInputError(f"{path} holds a line that is not JSON: {raw[:80]!r}") from None
+                break  # the interrupted write of the last line
+            if not raw.endswith(b"\n"):
+                break
+            lines.append(line)
+            good_length += len(raw)
+    if good_length != path.stat().st_size:
+        with open(path, "r+b") as file:
+            file.truncate(good_length)
+    return lines
+
+
+def _finished_ids(path: Path, records: list[PairRecord]) -> set[str]:
+    by_id = {record.id: record for record in records}
+    finished = set()
+    for line in _finished_lines(path):
+        record = by_id.get(line.get("id"))
+        if record is None or (line.get("before"), line.get("after")) != (record.before, record.after):
+            raise BatchInputError(
+                f"{path} holds a result for pair {line.get('id')!r} ({line.get('before')}, {line.get('after')}) "
+                "that is not in this input; pass another --out or --overwrite to start again"
+            )
+        finished.add(record.id)
+    return finished
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What a batch run did.
+
+    Args:
+        total (`int`): pairs in the input.
+        captioned (`int`): pairs captioned by this run.
+        resumed (`int`): pairs already done by an earlier run.
+    """
+
+    total: int
+    captioned: int
+    resumed: int
+
+
+def _write_batches(
+    records: list[PairRecord],
+    caption_batch: CaptionBatchFunction,
+    sink: TextIO,
+    batch_size: int,
+    progress_bar,
+) -> None:
+    for start in range(0, len(records), batch_size):
+        batch = records[start : start + batch_size]
+        captions = caption_batch([[record.before, record.after] for record in batch])
+        sink.write("".join(json.dumps(record.result_line(caption)) + "\n" for record, caption in zip(batch, captions)))
+        sink.flush()
+        progress_bar.update(len(batch))
+
+
+def caption_records(
+    records: list[PairRecord],
+    caption_batch: CaptionBatchFunction,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> BatchSummary:
+    """Caption pairs batch by batch into JSON lines, resuming an earlier run into the same `out`.
+
+    Args:
+        records (`list[PairRecord]`): the pairs, ids unique.
+        caption_batch (`CaptionBatchFunction`): captions one batch of `[before, after]` path pairs.
+        out (`str` or `os.PathLike`, *optional*): the JSON-lines file. Results go to `OUT.partial` as they come and
+            the file is renamed to `out` at the end; a rerun skips the pairs already in `OUT.partial` (or in `out`,
+            when new pairs were added to the input). Without `out`, lines go to stdout and nothing is resumed.
+        batch_size (`int`): pairs per `caption_batch` call.
+        progress (`bool`): show a progress bar on stderr.
+        overwrite (`bool`): ignore earlier results in `out` and `OUT.partial`.
+
+    Returns:
+        [`BatchSummary`].
+    """
+    if batch_size < 1:
+        raise BatchInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if out is None:
+        with tqdm(total=len(records), unit="pair", file=sys.stderr, disable=not progress) as progress_bar:
+            _write_batches(records, caption_batch, sys.stdout, batch_size, progress_bar)
+        return BatchSummary(total=len(records), captioned=len(records), resumed=0)
+
+    out = Path(out)
+    partial = _partial_path(out)
+    if overwrite:
+        partial.unlink(missing_ok=True)
+    elif not partial.exists() and out.is_file():
+        shutil.copyfile(out, partial)  # continue from a finished run whose input has grown
+    finished = _finished_ids(partial, records) if partial.exists() else set()
+    pending = [record for record in records if record.id not in finished]
+    try:
+        with open(partial, "a", encoding="utf-8") as sink, tqdm(
+            total=len(records), initial=len(finished), unit="pair", file=sys.stderr, disable=not progress
+        ) as progress_bar:
+            _write_batches(pending, caption_batch, sink, batch_size, progress_bar)
+    except BaseException:
+        if partial.stat().st_size == 0:
+            partial.unlink()  # nothing finished: nothing to resume from
+        raise
+    os.replace(partial, out)
+    return BatchSummary(total=len(records), captioned=len(pending), resumed=len(finished))
+
+
+def check_output_path(out: str) -> Path:
+    """Validate a batch output path and create its folder.
+
+    Args:
+        out (`str`): the `--out` argument.
+    """
+    if not out or not out.strip():
+        raise BatchInputError("--out is an empty path; expected a .jsonl file path")
+    path = Path(out)
+    if path.is_dir():
+        raise BatchInputError(f"--out {path} is a folder; expected a .jsonl file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+__all__ = [
+    "PairRecord",
+    "BatchSummary",
+    "BatchInputError",
+    "pairs_from_folders",
+    "pairs_from_manifest",
+    "check_images_exist",
+    "check_output_path",
+    "caption_records",
+]

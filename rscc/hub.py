@@ -1,0 +1,456 @@
+"""Hub publishing: model cards filled from an evaluation, and the Hub folder assembled and uploaded.
+
+    rscc card EVAL_JSON --repo-id USER/NAME --out README.md [--model FOLDER] [--recipe RECIPE]
+    rscc publish FOLDER --repo-id USER/NAME [--eval EVAL_JSON] [--private] [--dry-run] [--out DIR]
+
+Cards are built with huggingface_hub's `ModelCard` API from `rscc/model_cards/template.md`. Validation has two
+levels: offline, the card is parsed back by huggingface_hub (YAML, `model-index` into `EvalResult`s) and the
+metadata the Hub shows is checked; before an upload, the Hub's own validator (`ModelCard.validate`) runs too.
+"""
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError
+from transformers import AutoConfig
+
+from .configuration_rscc import RsccConfig
+from .inference import DEFAULT_MODEL, EXIT_BAD_INPUT, EXIT_OK
+from . import pipeline_rscc
+from .modeling_rscc import RsccForConditionalGeneration
+from .processing_rscc import RsccProcessor
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "template.md"
+EXIT_HUB_ERROR = 4
+LICENSE = "apache-2.0"  # the base model's (LLaVA-OneVision-0.5B: SigLIP and Qwen2, Apache-2.0)
+PIPELINE_TAG = "image-text-to-text"
+TASK_NAME = "Remote sensing change captioning"
+TAGS = ["rscc", "remote-sensing", "change-captioning", "change-detection", "llava-onevision", "custom_code"]
+# Hub metric ids of the field's standard captioning metrics.
+CARD_METRICS = ["bleu", "meteor", "rouge", "cider"]
+EVALUATION_FIELDS = {"convention": str, "split": str, "dataset": str, "metrics": dict}
+# Evaluation metric name -> (model-index metric type, its arguments).
+METRIC_TYPES = {
+    **{f"BLEU-{order}": ("bleu", {"max_order": order}) for order in range(1, 5)},
+    "METEOR": ("meteor", None),
+    "ROUGE-L": ("rouge", {"rouge_type": "rougeL"}),
+    "CIDEr-D": ("cider", {"variant": "CIDEr-D"}),
+    "S_m": ("s_m", {"mean_of": ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]}),
+}
+REQUIRED_CARD_METADATA = ("license", "library_name", "pipeline_tag", "tags", "base_model")
+# HfHubHTTPError's bases are the HTTP client library's error class and OSError: catching them covers connection
+# failures too, whichever client library huggingface_hub uses.
+HUB_ERRORS = (HfHubHTTPError, *HfHubHTTPError.__bases__)
+
+
+class HubInputError(ValueError):
+    """An input of `rscc card` or `rscc publish` (evaluation JSON, folder, path, repo id) is not as expected."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def load_evaluation(path: str | os.PathLike) -> dict:
+    """Read and check an evaluation JSON (the evaluate issue's `rscc eval --output`).
+
+    It needs `convention` (str), `split` (str), `dataset` (str, a name) and `metrics` (name -> number on the 0-100
+    scale); `counts` and `versions` (name -> value) are shown on the card when present.
+
+    Args:
+        path (`str` or `os.PathLike`): the JSON file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HubInputError(f"evaluation file not found: {path}")
+    try:
+        evaluation = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HubInputError(f"evaluation file {path} is not JSON: {error}") from None
+    if not isinstance(evaluation, dict):
+        raise HubInputError(f"evaluation file {path}: expected a JSON object")
+    for name, kind in EVALUATION_FIELDS.items():
+        if not isinstance(evaluation.get(name), kind):
+            raise HubInputError(
+                f"evaluation file {path}: field {name!r} is missing or not a {kind.__name__}; expected "
+                f"{', '.join(f'{key} ({value.__name__})' for key, value in EVALUATION_FIELDS.items())}"
+            )
+    bad = [
+        name for name, value in evaluation["metrics"].items()
+        if isinstance(value, bool) or not isinstance(value, (int, float))
+    ]
+    if bad or not evaluation["metrics"]:
+        raise HubInputError(f"evaluation file {path}: metrics must map names to numbers; not numbers: {bad}")
+    for name in ("counts", "versions"):
+        if not isinstance(evaluation.get(name, {}), dict):
+            raise HubInputError(f"evaluation file {path}: field {name!r} must be an object")
+    return evaluation
+
+
+def eval_results_from_evaluation(evaluation: dict, dataset_id: str | None = None) -> list[EvalResult]:
+    """The model-index entries of an evaluation: one `EvalResult` per metric.
+
+    This is the one mapping from the evaluation JSON to the card's `model-index`; the scoring convention goes into
+    each metric's `config`, so that results under different conventions are never mixed up.
+
+    Args:
+        evaluation (`dict`): from [`load_evaluation`].
+        dataset_id (`str`, *optional*): the Hub dataset id; defaults to a slug of the dataset name.
+    """
+    results = []
+    for name, value in evaluation["metrics"].items():
+        metric_type, metric_args = METRIC_TYPES.get(name, (_slug(name), None))
+        results.append(
+            EvalResult(
+                task_type=PIPELINE_TAG,
+                task_name=TASK_NAME,
+                dataset_type=dataset_id or _slug(evaluation["dataset"]),
+                dataset_name=evaluation["dataset"],
+                dataset_split=evaluation["split"],
+                metric_type=metric_type,
+                metric_name=name,
+                metric_value=round(float(value), 4),
+                metric_config=evaluation["convention"],
+                metric_args=metric_args,
+            )
+        )
+    return results
+
+
+def describe_architecture(config: RsccConfig | None) -> str:
+    """A few lines on the model's dimensions for the card.
+
+    Args:
+        config ([`RsccConfig`], *optional*): the model's configuration.
+    """
+    if config is None:
+        return "Architecture details were not given to the card generator (pass `--model FOLDER`)."
+    vision, text = config.vision_config, config.text_config
+    difference = (
+        f"difference integration on SigLIP layers {config.difference_feature_layers} "
+        f"({config.difference_num_blocks} change-aware blocks, {config.difference_num_heads} heads)"
+        if config.use_difference_integration
+        else "difference integration off (the stock LLaVA-OneVision computation)"
+    )
+    return (
+        f"- Vision tower: SigLIP, {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
+        f"{vision.image_size} px input, {vision.patch_size} px patches\n"
+        f"- Language model: Qwen2, {text.num_hidden_layers} layers, width {text.hidden_size}, "
+        f"vocabulary {text.vocab_size}\n"
+        f"- {difference}"
+    )
+
+
+def build_model_card(
+    repo_id: str,
+    evaluation: dict | None = None,
+    config: RsccConfig | None = None,
+    recipe: dict | None = None,
+    base_model: str = DEFAULT_MODEL,
+    license: str = LICENSE,
+    dataset_id: str | None = None,
+    template_path: str | os.PathLike = MODEL_CARD_TEMPLATE,
+) -> ModelCard:
+    """Fill the rscc model-card template.
+
+    Args:
+        repo_id (`str`): the Hub repository, `user/name`; `name` is the model-index name.
+        evaluation (`dict`, *optional*): from [`load_evaluation`]; gives the `model-index` results.
+        config ([`RsccConfig`], *optional*): for the architecture section.
+        recipe (`dict`, *optional*): training settings (name -> value), shown as a table.
+        base_model (`str`): the Hub id the model was built from.
+        license (`str`): a Hub license id.
+        dataset_id (`str`, *optional*): Hub dataset id of the evaluation dataset.
+        template_path (`str` or `os.PathLike`): the Jinja template.
+    """
+    _check_repo_id(repo_id)
+    model_name = repo_id.split("/")[-1]
+    eval_results = eval_results_from_evaluation(evaluation, dataset_id) if evaluation else None
+    card_data = ModelCardData(
+        license=license,
+        library_name="transformers",
+        pipeline_tag=PIPELINE_TAG,
+        tags=TAGS,
+        base_model=base_model,
+        datasets=[eval_results[0].dataset_type] if eval_results else None,
+        metrics=CARD_METRICS,
+        model_name=model_name,
+        eval_results=eval_results,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        model_name=model_name,
+        repo_id=repo_id,
+        base_model=base_model,
+        architecture=describe_architecture(config),
+        evaluation=evaluation,
+        recipe=recipe,
+    )
+
+
+def validate_model_card(card: ModelCard) -> None:
+    """Check a card offline with huggingface_hub's own parser, and the metadata the Hub page relies on.
+
+    Raises:
+        HubInputError: the YAML or `model-index` does not parse, or metadata is missing.
+    """
+    try:
+        parsed = ModelCard(str(card))
+    except ValueError as error:
+        raise HubInputError(f"the model card does not parse: {error}") from None
+    metadata = parsed.data.to_dict()
+    missing = [key for key in REQUIRED_CARD_METADATA if not metadata.get(key)]
+    if missing:
+        raise HubInputError(f"the model card lacks metadata: {', '.join(missing)}")
+    if not parsed.text.strip():
+        raise HubInputError("the model card has no text")
+
+
+def _check_repo_id(repo_id: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo_id or "") or ".." in repo_id:
+        raise HubInputError(f"--repo-id {repo_id!r}: expected USER/NAME (letters, digits, '-', '_', '.')")
+
+
+def _check_new_folder(out: str | os.PathLike | None) -> Path:
+    if out is None or not str(out).strip():
+        raise HubInputError("--out is an empty path; expected a folder to create")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HubInputError(f"--out {out} already exists and is not an empty folder; choose a new path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _check_rscc_folder(folder: str | os.PathLike) -> RsccConfig:
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise HubInputError(f"FOLDER {folder}: no config.json; expected a folder saved by rscc (save_pretrained)")
+    config = AutoConfig.from_pretrained(folder)
+    if config.model_type != RsccConfig.model_type:
+        raise HubInputError(f"FOLDER {folder} holds a '{config.model_type}' model; expected an rscc checkpoint")
+    weights = list(folder.glob("*.safetensors")) + list(folder.glob("*.bin"))
+    if not weights:
+        raise HubInputError(f"FOLDER {folder}: no weights (*.safetensors or *.bin)")
+    return config
+
+
+def assemble_hub_folder(folder: str | os.PathLike, out: str | os.PathLike, card: ModelCard) -> Path:
+    """Write the folder to upload: safetensors weights, remote-code files with `auto_map`, processor files, card.
+
+    The model is loaded with rscc's classes and saved again, so weights become safetensors whatever the source
+    format, and the remote-code files are those of the installed rscc. The change-captioning pipeline
+    (`pipeline_rscc.py`) is added and registered in `config.json`'s `custom_pipelines`, so that
+    `transformers.pipeline(model=REPO, trust_remote_code=True)` captions pairs. Written to a temporary folder
+    next to `out`, renamed at the end.
+
+    Args:
+        folder (`str` or `os.PathLike`): an rscc checkpoint folder.
+        out (`str` or `os.PathLike`): the folder to create (absent or empty).
+        card (`ModelCard`): the card, saved as README.md.
+    """
+    _check_rscc_folder(folder)
+    out = _check_new_folder(out)
+    validate_model_card(card)
+    model = RsccForConditionalGeneration.from_pretrained(folder, dtype="auto")
+    processor = RsccProcessor.from_pretrained(folder)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    temporary.chmod(0o755)  # mkdtemp's folder is private; the result is meant to be shared
+    model.config.custom_pipelines = pipeline_rscc.CUSTOM_PIPELINES
+    try:
+        model.save_pretrained(temporary)
+        processor.save_pretrained(temporary)
+        shutil.copyfile(pipeline_rscc.__file__, temporary / "pipeline_rscc.py")
+        card.save(temporary / "README.md")
+        if out.exists():
+            out.rmdir()  # checked empty above
+        os.replace(temporary, out)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return out
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What `publish` did.
+
+    Args:
+        folder (`Path`, *optional*): the assembled folder (None when it was temporary).
+        url (`str`, *optional*): the commit URL on the Hub (None for a dry run).
+    """
+
+    folder: Path | None
+    url: str | None
+
+
+def publish(
+    folder: str | os.PathLike,
+    repo_id: str,
+    card: ModelCard,
+    out: str | os.PathLike | None = None,
+    private: bool = False,
+    dry_run: bool = False,
+    api: HfApi | None = None,
+) -> PublishResult:
+    """Assemble the Hub folder and upload it (create the repository if needed).
+
+    Args:
+        folder (`str` or `os.PathLike`): an rscc checkpoint folder.
+        repo_id (`str`): `user/name` on the Hub.
+        card (`ModelCard`): the model card.
+        out (`str` or `os.PathLike`, *optional*): where to assemble; required for a dry run, else a temporary
+            folder removed after the upload.
+        private (`bool`): create the repository private.
+        dry_run (`bool`): assemble only.
+        api (`HfApi`, *optional*): the client (its token comes from the usual huggingface_hub login).
+    """
+    _check_repo_id(repo_id)
+    if dry_run and out is None:
+        raise HubInputError("--dry-run writes the folder only, so it needs --out DIR")
+    if out is not None:
+        assembled = assemble_hub_folder(folder, out, card)
+        if dry_run:
+            return PublishResult(folder=assembled, url=None)
+        return PublishResult(folder=assembled, url=_upload(assembled, repo_id, card, private, api or HfApi()))
+    with tempfile.TemporaryDirectory(prefix="rscc-publish-") as scratch:
+        assembled = assemble_hub_folder(folder, Path(scratch) / repo_id.split("/")[-1], card)
+        return PublishResult(folder=None, url=_upload(assembled, repo_id, card, private, api or HfApi()))
+
+
+def _upload(folder: Path, repo_id: str, card: ModelCard, private: bool, api: HfApi) -> str:
+    card.validate()  # the Hub's own metadata validator, before anything is created
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(
+        folder_path=folder, repo_id=repo_id, repo_type="model", commit_message="Upload rscc model"
+    )
+    return commit.commit_url
+
+
+def _read_recipe(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise HubInputError(f"--recipe: file not found: {path}")
+    try:
+        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # YAML is a superset of JSON
+    except yaml.YAMLError as error:
+        raise HubInputError(f"--recipe {path} is not JSON or YAML: {error}") from None
+    if not isinstance(recipe, dict):
+        raise HubInputError(f"--recipe {path}: expected a mapping of setting -> value")
+    return recipe
+
+
+def _card_from_args(args, config: RsccConfig | None) -> ModelCard:
+    return build_model_card(
+        args.repo_id,
+        evaluation=load_evaluation(args.eval) if args.eval else None,
+        config=config,
+        recipe=_read_recipe(args.recipe),
+        base_model=args.base_model,
+        license=args.license,
+        dataset_id=args.dataset_id,
+    )
+
+
+def _run_card(args) -> int:
+    try:
+        if not args.out or not args.out.strip():
+            raise HubInputError("--out is an empty path; expected a README.md path")
+        config = _check_rscc_folder(args.model) if args.model else None
+        card = _card_from_args(args, config)
+        validate_model_card(card)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(descriptor)
+        try:
+            card.save(temporary)
+            os.replace(temporary, out)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+    except (HubInputError, OSError) as error:
+        print(f"rscc card: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(out)
+    return EXIT_OK
+
+
+def _run_publish(args) -> int:
+    try:
+        config = _check_rscc_folder(args.folder)
+        result = publish(
+            args.folder, args.repo_id, _card_from_args(args, config), out=args.out, private=args.private,
+            dry_run=args.dry_run,
+        )
+    except HubInputError as error:
+        print(f"rscc publish: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except HUB_ERRORS as error:
+        kept = f" (the assembled folder is kept in {args.out})" if args.out else ""
+        print(f"rscc publish: error: the Hub upload failed: {error}{kept}", file=sys.stderr)
+        return EXIT_HUB_ERROR
+    print(result.url or result.folder)
+    return EXIT_OK
+
+
+def _add_card_arguments(parser) -> None:
+    parser.add_argument("--repo-id", required=True, help="Hub repository, USER/NAME")
+    parser.add_argument("--recipe", help="training settings, a JSON or YAML mapping, shown as a table")
+    parser.add_argument("--base-model", default=DEFAULT_MODEL, help=f"Hub id of the base model ({DEFAULT_MODEL})")
+    parser.add_argument("--license", default=LICENSE, help=f"Hub license id (default {LICENSE})")
+    parser.add_argument("--dataset-id", help="Hub dataset id of the evaluation dataset (default: from its name)")
+
+
+def add_cli(subparsers) -> None:
+    card = subparsers.add_parser(
+        "card",
+        help="write a model card from an evaluation JSON",
+        description="Fill rscc's model-card template (huggingface_hub ModelCard) from an evaluation JSON "
+        "(convention, split, dataset, metrics on 0-100, counts, versions): YAML metadata with model-index results "
+        "(the convention in each metric's config), usage with and without trust_remote_code, training recipe, "
+        "limitations. The card is parsed back and checked before it is written. Exit codes: 0 written; 2 bad input.",
+    )
+    card.add_argument("eval", metavar="EVAL_JSON", nargs="?", help="evaluation JSON (rscc eval --output); optional")
+    card.add_argument("--out", default="README.md", help="card file (default README.md)")
+    card.add_argument("--model", help="rscc checkpoint folder, for the architecture section")
+    _add_card_arguments(card)
+    card.set_defaults(run=_run_card)
+
+    publish_parser = subparsers.add_parser(
+        "publish",
+        help="assemble an rscc checkpoint for the Hub and upload it",
+        description="Assemble FOLDER for the Hub in --out (safetensors weights, remote-code files with auto_map, "
+        "processor files, README.md card, and pipeline_rscc.py so that transformers.pipeline(model=REPO, "
+        "trust_remote_code=True) captions pairs) and upload it with huggingface_hub (log in first: "
+        "`huggingface-cli login` or HF_TOKEN). --dry-run writes the folder only. Exit codes: 0 done; 2 bad input "
+        "(not an rscc folder, bad evaluation JSON or card, --out exists); 4 the Hub refused or could not be "
+        "reached (the folder in --out is kept).",
+    )
+    publish_parser.add_argument("folder", metavar="FOLDER", help="rscc checkpoint folder (save_pretrained)")
+    publish_parser.add_argument("--eval", metavar="EVAL_JSON", help="evaluation JSON for the card's results")
+    publish_parser.add_argument("--out", help="folder to assemble in (must not exist or be empty)")
+    publish_parser.add_argument("--private", action="store_true", help="create the repository private")
+    publish_parser.add_argument("--dry-run", action="store_true", help="assemble in --out, upload nothing")
+    _add_card_arguments(publish_parser)
+    publish_parser.set_defaults(run=_run_publish)
+
+
+__all__ = [
+    "HubInputError",
+    "PublishResult",
+    "assemble_hub_folder",
+    "build_model_card",
+    "describe_architecture",
+    "eval_results_from_evaluation",
+    "load_evaluation",
+    "publish",
+    "validate_model_card",
+]

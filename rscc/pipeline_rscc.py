@@ -1,0 +1,65 @@
+"""A transformers pipeline for change captioning, shipped as remote code in published rscc folders.
+
+    from transformers import pipeline
+    captioner = pipeline(model="user/rscc-model", trust_remote_code=True)
+    captioner({"before": "before.png", "after": "after.png"})        # {"caption": "..."}
+    captioner([{"before": ..., "after": ...}, ...])                   # one dict per pair
+
+Like the other remote-code files it imports only the standard library, torch and transformers.
+"""
+
+from transformers import Pipeline
+
+PIPELINE_TASK = "remote-sensing-change-captioning"
+# The `custom_pipelines` entry of a published folder's config.json: the task, its class, and the Auto class that
+# loads the model for it.
+CUSTOM_PIPELINES = {PIPELINE_TASK: {"impl": "pipeline_rscc.ChangeCaptioningPipeline", "pt": ["AutoModel"], "tf": [],
+                                    "type": "multimodal"}}
+
+
+class ChangeCaptioningPipeline(Pipeline):
+    """Caption the change in (before, after) pairs: each input a `{"before": image, "after": image}` dict or a
+    `(before, after)` pair, each image anything the rscc processor accepts (path, PIL image, array)."""
+
+    _load_processor = True
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def _sanitize_parameters(self, max_new_tokens=None, **generate_kwargs):
+        forward_kwargs = dict(generate_kwargs)
+        if max_new_tokens is not None:
+            forward_kwargs["max_new_tokens"] = max_new_tokens
+        return {}, forward_kwargs, {}
+
+    def __call__(self, inputs, **kwargs):
+        """Args:
+        inputs: one pair (`{"before", "after"}` dict or `(before, after)`) or a list of pairs.
+        max_new_tokens (`int`, *optional*): caption length limit (default 64).
+        """
+        # A bare (before, after) tuple is one pair, not a batch of two inputs.
+        if isinstance(inputs, tuple):
+            inputs = {"before": inputs[0], "after": inputs[1]}
+        elif isinstance(inputs, list) and inputs and isinstance(inputs[0], tuple):
+            inputs = [{"before": before, "after": after} for before, after in inputs]
+        return super().__call__(inputs, **kwargs)
+
+    def preprocess(self, pair):
+        if not isinstance(pair, dict) or set(pair) != {"before", "after"}:
+            raise ValueError(
+                f"expected a {{'before': image, 'after': image}} dict or a (before, after) pair, got {pair!r}"
+            )
+        return self.processor(images=[[pair["before"], pair["after"]]])
+
+    def _forward(self, model_inputs, max_new_tokens=64, **generate_kwargs):
+        model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.model.dtype)
+        generate_kwargs.setdefault("do_sample", False)
+        generated = self.model.generate(
+            **model_inputs, max_new_tokens=max_new_tokens, pad_token_id=self.processor.tokenizer.pad_token_id,
+            **generate_kwargs,
+        )
+        return {"new_tokens": generated[:, model_inputs["input_ids"].shape[1] :]}
+
+    def postprocess(self, model_outputs):
+        (caption,) = self.processor.post_process_captions(model_outputs["new_tokens"])
+        return {"caption": caption}

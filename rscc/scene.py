@@ -1,0 +1,806 @@
+"""Change captioning of georeferenced scenes: two GeoTIFFs in, a GeoJSON FeatureCollection of captioned tiles out.
+
+    rscc scene BEFORE.tif AFTER.tif --model MODEL --out changes.geojson [--tile-size N] [--overlap N]
+
+AFTER is put on BEFORE's pixel grid (read through a GDAL warped VRT when CRS, resolution or origin differ; with
+shifted windows when the grids differ by whole pixels only), and only the overlap of the two rasters is tiled.
+Everything is read window by window and written feature by feature, and GDAL's block cache is capped, so memory
+depends on the tile and batch size, not on the scene size.
+
+Per tile the GeoJSON (RFC 7946: WGS84 longitude/latitude, counter-clockwise outer rings) holds the caption, a
+change flag and the changed fraction. With a per-pixel change mask (a function from tile pairs to boolean masks:
+a model's change-detection head) the flag and fraction come from the mask, and change polygons and a GeoTIFF
+mosaic of the mask on BEFORE's grid can be written; without one the flag comes from the caption
+(`rscc.captions.is_no_change_caption`) and the fraction is null.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.features import shapes
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as transform_coordinates
+from rasterio.warp import transform_geom
+from rasterio.windows import Window
+from tqdm.auto import tqdm
+
+from .captions import is_no_change_caption
+from .inference import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DTYPES,
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
+    ModelNotAvailableError,
+    add_device_arguments,
+    add_progress_arguments,
+    caption_pairs,
+    load_captioner,
+    show_progress,
+)
+from .processing_rscc import HIGH_BIT_DEPTH_PERCENTILES, stretch_to_uint8
+
+# GDAL's default block cache is 5% of the machine's memory: on a large scene it would fill up and make the process
+# grow with the scene. A few tile rows of blocks are all that the row-by-row tile order reuses. (rasterio hands an
+# integer GDAL_CACHEMAX to GDAL as bytes: 64 would mean 64 bytes, and every read would decode its blocks again.)
+GDAL_CACHE_BYTES = 64 * 2**20
+# Longest side of the decimated read that measures a high-bit-depth image's stretch percentiles.
+STRETCH_SAMPLE_SIZE = 1024
+COORDINATE_DECIMALS = 7  # about 1 cm
+WGS84 = "EPSG:4326"
+MASK_NODATA = 255  # the mask mosaic's value outside the overlap, in nodata and in skipped tiles
+# Densification of AFTER's outline: reprojected straight edges bend.
+OUTLINE_POINTS_PER_EDGE = 33
+# Below this, a fractional pixel offset between the grids is rounding noise, not misregistration.
+GRID_TOLERANCE_PX = 1e-3
+
+# Per-pixel change masks of a batch of tiles: (before tiles, after tiles) as uint8 (H, W, 3) or (H, W) arrays,
+# in; one boolean (H, W) array per tile, out.
+ChangeMaskFunction = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
+
+
+class SceneInputError(ValueError):
+    """A scene input (raster, band choice, option or output path) is not what `rscc scene` expects."""
+
+
+def open_raster(path: str | os.PathLike, name: str) -> rasterio.io.DatasetReader:
+    """Open a raster with rasterio, turning a missing or unreadable file into a [`SceneInputError`].
+
+    Args:
+        path (`str` or `os.PathLike`): the raster file.
+        name (`str`): how errors refer to it (BEFORE, AFTER).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SceneInputError(f"{name}: raster file not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as error:
+        raise SceneInputError(f"{name}: {path} is not a raster that GDAL can read ({error})") from None
+
+
+def rgb_bands(dataset, name: str, bands: list[int] | None = None) -> list[int]:
+    """The 1-based bands that make the image the model sees: three (RGB) or one (grey).
+
+    Args:
+        dataset: an open rasterio dataset.
+        name (`str`): how errors refer to it.
+        bands (`list[int]`, *optional*): explicit band numbers. By default the bands whose colour interpretation
+            is red, green and blue, else the first three bands that are not alpha, else the first band.
+    """
+    if bands is not None:
+        out_of_range = [band for band in bands if not 1 <= band <= dataset.count]
+        if len(bands) not in (1, 3) or out_of_range:
+            raise SceneInputError(
+                f"{name}: --bands {','.join(map(str, bands))} is not valid for a {dataset.count}-band raster; "
+                f"expected three band numbers (red, green, blue) or one (grey) between 1 and {dataset.count}"
+            )
+        return list(bands)
+    interpretation = list(dataset.colorinterp)
+    rgb = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    if all(colour in interpretation for colour in rgb):
+        return [interpretation.index(colour) + 1 for colour in rgb]
+    not_alpha = [index + 1 for index, colour in enumerate(interpretation) if colour != ColorInterp.alpha]
+    return not_alpha[:3] if len(not_alpha) >= 3 else not_alpha[:1]
+
+
+def _overlap_on_before_grid(before, after) -> Window:
+    """The pixels of BEFORE's grid lying wholly inside AFTER's footprint (and inside BEFORE)."""
+    steps = np.linspace(0.0, 1.0, OUTLINE_POINTS_PER_EDGE)
+    cols = np.concatenate([steps, np.ones_like(steps), steps[::-1], np.zeros_like(steps)]) * after.width
+    rows = np.concatenate([np.zeros_like(steps), steps, np.ones_like(steps), steps[::-1]]) * after.height
+    xs, ys = after.transform @ (cols, rows)
+    if after.crs != before.crs:
+        xs, ys = transform_coordinates(after.crs, before.crs, xs, ys)
+    before_cols, before_rows = ~before.transform @ (np.asarray(xs), np.asarray(ys))
+    col_start = max(0, math.ceil(before_cols.min() - GRID_TOLERANCE_PX))
+    row_start = max(0, math.ceil(before_rows.min() - GRID_TOLERANCE_PX))
+    col_end = min(before.width, math.floor(before_cols.max() + GRID_TOLERANCE_PX))
+    row_end = min(before.height, math.floor(before_rows.max() + GRID_TOLERANCE_PX))
+    return Window(col_start, row_start, max(0, col_end - col_start), max(0, row_end - row_start))
+
+
+def _whole_pixel_offset(before, after) -> tuple[int, int] | None:
+    """(columns, rows) to add to an AFTER pixel to get the BEFORE pixel over the same ground, when the two grids
+    share CRS, resolution and orientation and differ by whole pixels; otherwise None (resampling is needed)."""
+    if before.crs != after.crs:
+        return None
+    relative = ~before.transform @ after.transform
+    if max(abs(relative.a - 1), abs(relative.b), abs(relative.d), abs(relative.e - 1)) > 1e-9:
+        return None
+    offset = (round(relative.c), round(relative.f))
+    if max(abs(relative.c - offset[0]), abs(relative.f - offset[1])) > GRID_TOLERANCE_PX:
+        return None
+    return offset
+
+
+@dataclass
+class _DateSource:
+    """Where one date's pixels on BEFORE's grid are read: a dataset (or warped VRT), its bands, and the shift from
+    BEFORE's pixel grid to the dataset's."""
+
+    dataset: object
+    bands: list[int]
+    col_shift: int = 0
+    row_shift: int = 0
+    alpha_band: int | None = None  # a warped VRT's alpha band: validity comes with the same warp
+
+    def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(bands, H, W) values and the (H, W) validity of `window` on BEFORE's grid."""
+        window = Window(window.col_off - self.col_shift, window.row_off - self.row_shift, window.width, window.height)
+        shape = None if out_shape is None else (len(self.bands), *out_shape)
+        decimation = Resampling.nearest
+        if self.alpha_band is not None:
+            stacked_shape = None if shape is None else (len(self.bands) + 1, *out_shape)
+            stacked = self.dataset.read([*self.bands, self.alpha_band], window=window, out_shape=stacked_shape,
+                                        resampling=decimation)
+            values, valid = stacked[:-1], stacked[-1] > 0
+        else:
+            values = self.dataset.read(self.bands, window=window, out_shape=shape, resampling=decimation)
+            valid = self.dataset.dataset_mask(window=window, out_shape=out_shape, resampling=decimation) > 0
+        if np.issubdtype(values.dtype, np.floating):
+            valid &= np.isfinite(values).all(axis=0)
+        return values, valid
+
+
+class ScenePair:
+    """BEFORE and AFTER read on BEFORE's pixel grid, restricted to their overlap.
+
+    Use as a context manager (it holds open datasets). Attributes: `window` (the overlap on BEFORE's grid),
+    `height` and `width` (BEFORE's grid), `crs` and `transform` (the georeferencing of the output grid; `crs` is
+    None when neither raster has one),
+    `alignment` (how AFTER was put on BEFORE's grid, in words), `before_bands` and `after_bands`.
+
+    Args:
+        before (`str` or `os.PathLike`): the earlier raster; its grid is the output grid.
+        after (`str` or `os.PathLike`): the later raster.
+        bands (`list[int]`, *optional*): band numbers used for both rasters (see [`rgb_bands`]).
+        assume_aligned (`bool`): accept rasters without CRS, taking their pixel grids as identical from the
+            top-left corner.
+        resampling (`str`): how AFTER is resampled onto BEFORE's grid (a `rasterio.enums.Resampling` name).
+    """
+
+    def __init__(
+        self,
+        before: str | os.PathLike,
+        after: str | os.PathLike,
+        bands: list[int] | None = None,
+        assume_aligned: bool = False,
+        resampling: str = "bilinear",
+    ):
+        self._stack = contextlib.ExitStack()
+        try:
+            self._open(before, after, bands, assume_aligned, resampling)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _open(self, before_path, after_path, bands, assume_aligned, resampling) -> None:
+        before = self._stack.enter_context(open_raster(before_path, "BEFORE"))
+        after = self._stack.enter_context(open_raster(after_path, "AFTER"))
+        self.before_bands = rgb_bands(before, "BEFORE", bands)
+        self.after_bands = rgb_bands(after, "AFTER", bands)
+        self.before = _DateSource(before, self.before_bands)
+        self.height, self.width = before.height, before.width
+        missing_crs = [f"{name} ({data.name})" for name, data in (("BEFORE", before), ("AFTER", after)) if not data.crs]
+        if missing_crs and not assume_aligned:
+            raise SceneInputError(
+                f"{' and '.join(missing_crs)} {'has' if len(missing_crs) == 1 else 'have'} no CRS, so AFTER cannot "
+                "be placed on BEFORE's grid nor the result on a map; georeference the raster(s), or pass "
+                "--assume-aligned if both share one pixel grid from the top-left corner"
+            )
+        if missing_crs:
+            # Pixel (r, c) of one is pixel (r, c) of the other; whichever raster has a CRS places the result.
+            georeferenced = before if before.crs else after
+            self.crs, self.transform = georeferenced.crs, georeferenced.transform
+            self.window = Window(0, 0, min(before.width, after.width), min(before.height, after.height))
+            self.after = _DateSource(after, self.after_bands)
+            self.alignment = "pixel grids assumed aligned (--assume-aligned)"
+            return
+        self.crs, self.transform = before.crs, before.transform
+        self.window = _overlap_on_before_grid(before, after)
+        if self.window.width == 0 or self.window.height == 0:
+            raise SceneInputError(
+                f"BEFORE ({before.name}) and AFTER ({after.name}) do not overlap: BEFORE covers {tuple(before.bounds)} "
+                f"in {before.crs}, AFTER covers {tuple(after.bounds)} in {after.crs}"
+            )
+        offset = _whole_pixel_offset(before, after)
+        if offset is not None:
+            self.after = _DateSource(after, self.after_bands, col_shift=offset[0], row_shift=offset[1])
+            self.alignment = "same grid" if offset == (0, 0) else f"same grid, shifted by {offset} pixels"
+            return
+        try:
+            resampling_method = Resampling[resampling]
+        except KeyError:
+            raise SceneInputError(f"--resampling {resampling!r}: expected one of nearest, bilinear, cubic") from None
+        vrt = self._stack.enter_context(
+            WarpedVRT(
+                after, crs=before.crs, transform=before.transform, width=before.width, height=before.height,
+                resampling=resampling_method, add_alpha=True,
+            )
+        )
+        self.after = _DateSource(vrt, self.after_bands, alpha_band=vrt.count)
+        self.alignment = f"AFTER resampled onto BEFORE's grid ({resampling})"
+
+    def __enter__(self) -> "ScenePair":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+
+    def close(self) -> None:
+        """Close the datasets."""
+        self._stack.close()
+
+    def stretch_ranges(
+        self,
+        percentiles: tuple[float, float] = HIGH_BIT_DEPTH_PERCENTILES,
+        value_range: tuple[float, float] | None = None,
+    ) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+        """The value range each date is stretched from to 8 bits; None for 8-bit data (used as it is).
+
+        Each date gets its own range, measured on a decimated read of the overlap (valid pixels, all bands
+        together), so a radiometric offset between the dates does not read as change, and every tile of a date
+        shares one stretch.
+
+        Args:
+            percentiles (`tuple[float, float]`): the percentiles mapped to 0 and 255.
+            value_range (`tuple[float, float]`, *optional*): a fixed range for both dates instead.
+        """
+        scale = min(1.0, STRETCH_SAMPLE_SIZE / max(self.window.width, self.window.height))
+        sample_shape = (max(1, round(self.window.height * scale)), max(1, round(self.window.width * scale)))
+        ranges = []
+        for name, source in (("BEFORE", self.before), ("AFTER", self.after)):
+            if source.dataset.dtypes[source.bands[0] - 1] == "uint8":
+                ranges.append(None)
+            elif value_range is not None:
+                ranges.append(tuple(value_range))
+            else:
+                values, valid = source.read(self.window, out_shape=sample_shape)
+                if not valid.any():
+                    raise SceneInputError(f"{name} ({source.dataset.name}) has no valid pixels in the overlap")
+                low, high = np.percentile(values[:, valid].astype(np.float64), percentiles)
+                ranges.append((float(low), float(high)))
+        return ranges[0], ranges[1]
+
+    def read_rgb(
+        self, window: Window, stretch: tuple[tuple[float, float] | None, tuple[float, float] | None]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One window of both dates as the model sees it.
+
+        Args:
+            window (`Window`): on BEFORE's grid.
+            stretch: the two dates' value ranges from [`stretch_ranges`].
+
+        Returns:
+            `(before, after, valid)`: uint8 images, (H, W, 3) or (H, W), with pixels that are nodata in either date
+            set to 0 in both (so they look unchanged); and the (H, W) boolean validity.
+        """
+        images, valid = [], None
+        for source, value_range in zip((self.before, self.after), stretch):
+            values, source_valid = source.read(window)
+            valid = source_valid if valid is None else valid & source_valid
+            images.append(values if value_range is None else stretch_to_uint8(values, value_range=value_range))
+        images = [np.where(valid, image, 0).astype(np.uint8) for image in images]
+        images = [image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1) for image in images]
+        return images[0], images[1], valid
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of the grid.
+
+    Args:
+        index (`int`): position in row-major order.
+        window (`Window`): the pixels captioned, on BEFORE's grid.
+        owned (`Window`): the part of `window` this tile answers for in the mask mosaic and polygons: where tiles
+            overlap, each pixel belongs to the tile whose centre is nearer.
+    """
+
+    index: int
+    window: Window
+    owned: Window
+
+
+def _axis_starts(start: int, length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [start]
+    starts = list(range(start, start + length - tile + 1, stride))
+    if starts[-1] + tile < start + length:
+        starts.append(start + length - tile)  # the last tile moves back to end on the edge instead of padding
+    return starts
+
+
+def _ownership_bounds(starts: list[int], tile: int) -> list[int]:
+    ends = [start + tile for start in starts]
+    return [starts[0]] + [(start + end) // 2 for start, end in zip(starts[1:], ends[:-1])] + [ends[-1]]
+
+
+class TileGrid:
+    """Tiles of `tile_size` pixels covering `window`, `overlap` pixels shared between neighbours.
+
+    Tiles are generated on demand (memory does not grow with the scene). A window narrower than a tile gives one
+    tile of the window's size along that side.
+
+    Args:
+        window (`Window`): the area to tile (integer offsets and sizes).
+        tile_size (`int`): tile side in pixels.
+        overlap (`int`): pixels shared by neighbouring tiles, `0 <= overlap < tile_size`.
+    """
+
+    def __init__(self, window: Window, tile_size: int, overlap: int = 0):
+        if tile_size < 1:
+            raise SceneInputError(f"--tile-size must be a positive number of pixels, got {tile_size}")
+        if not 0 <= overlap < tile_size:
+            raise SceneInputError(
+                f"--overlap must be at least 0 and less than --tile-size ({tile_size}), got {overlap}"
+            )
+        stride = tile_size - overlap
+        self.tile_height = min(tile_size, int(window.height))
+        self.tile_width = min(tile_size, int(window.width))
+        self.row_starts = _axis_starts(int(window.row_off), int(window.height), tile_size, stride)
+        self.col_starts = _axis_starts(int(window.col_off), int(window.width), tile_size, stride)
+        self.row_bounds = _ownership_bounds(self.row_starts, self.tile_height)
+        self.col_bounds = _ownership_bounds(self.col_starts, self.tile_width)
+
+    def __len__(self) -> int:
+        return len(self.row_starts) * len(self.col_starts)
+
+    def __iter__(self) -> Iterator[Tile]:
+        for row_index, row in enumerate(self.row_starts):
+            for col_index, col in enumerate(self.col_starts):
+                row_lo, row_hi = self.row_bounds[row_index : row_index + 2]
+                col_lo, col_hi = self.col_bounds[col_index : col_index + 2]
+                yield Tile(
+                    index=row_index * len(self.col_starts) + col_index,
+                    window=Window(col, row, self.tile_width, self.tile_height),
+                    owned=Window(col_lo, row_lo, col_hi - col_lo, row_hi - row_lo),
+                )
+
+
+def _ring_area(ring: list) -> float:
+    return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:])) / 2.0
+
+
+def _rfc7946_polygon(geometry: dict) -> dict:
+    """Round a WGS84 polygon's coordinates and orient its rings as RFC 7946 asks (outer counter-clockwise, holes
+    clockwise)."""
+    rings = []
+    for position, ring in enumerate(geometry["coordinates"]):
+        ring = [[round(x, COORDINATE_DECIMALS), round(y, COORDINATE_DECIMALS)] for x, y in ring]
+        counter_clockwise = _ring_area(ring) > 0
+        if counter_clockwise != (position == 0):
+            ring.reverse()
+        rings.append(ring)
+    return {"type": "Polygon", "coordinates": rings}
+
+
+def _window_polygon(window: Window, transform: Affine, crs) -> dict | None:
+    if crs is None:
+        return None
+    corners = [(0, 0), (0, 1), (1, 1), (1, 0), (0, 0)]
+    ring = [
+        transform @ (window.col_off + window.width * dc, window.row_off + window.height * dr) for dc, dr in corners
+    ]
+    return _rfc7946_polygon(transform_geom(crs, WGS84, {"type": "Polygon", "coordinates": [ring]}))
+
+
+class _GeoJsonWriter:
+    """Writes a FeatureCollection feature by feature, so the features never sit in memory together."""
+
+    def __init__(self, file):
+        self._file = file
+        self._count = 0
+        file.write('{"type": "FeatureCollection", "features": [\n')
+
+    def add(self, feature: dict) -> None:
+        self._file.write((",\n" if self._count else "") + json.dumps(feature))
+        self._count += 1
+
+    def close(self, metadata: dict) -> None:
+        # A foreign member (RFC 7946, section 6.1): readers that do not know it ignore it.
+        self._file.write('\n], "rscc": ' + json.dumps(metadata) + "}\n")
+
+
+@contextlib.contextmanager
+def _atomic_output(path: Path, suffix: str) -> Iterator[Path]:
+    """A temporary path next to `path`, renamed to `path` if the block succeeds and removed if it fails."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(descriptor)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def check_output_path(path: str | os.PathLike | None, option: str, expected: str) -> Path:
+    """Validate an output file path and create its folder.
+
+    Args:
+        path: the option's value.
+        option (`str`): the option, for messages.
+        expected (`str`): what the file is, for messages.
+    """
+    if path is None or not str(path).strip():
+        raise SceneInputError(f"{option} is an empty path; expected {expected}")
+    path = Path(path)
+    if path.is_dir():
+        raise SceneInputError(f"{option} {path} is a folder; expected {expected}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class SceneSummary:
+    """What `describe_scene` did.
+
+    Args:
+        tiles (`int`): tiles in the grid.
+        captioned (`int`): tiles captioned (written as features).
+        skipped (`int`): tiles with too little valid data.
+        changed (`int`): captioned tiles flagged as changed.
+        window (`Window`): the overlap on BEFORE's grid.
+        alignment (`str`): how AFTER was put on BEFORE's grid.
+    """
+
+    tiles: int
+    captioned: int
+    skipped: int
+    changed: int
+    window: Window
+    alignment: str
+
+
+def _mask_polygons(mask: np.ndarray, valid: np.ndarray, transform: Affine, crs) -> Iterator[dict]:
+    for geometry, _ in shapes(mask.astype(np.uint8), mask=mask & valid, transform=transform):
+        yield _rfc7946_polygon(transform_geom(crs, WGS84, geometry))
+
+
+def describe_scene(
+    model,
+    processor,
+    before: str | os.PathLike,
+    after: str | os.PathLike,
+    out: str | os.PathLike,
+    tile_size: int | None = None,
+    overlap: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    bands: list[int] | None = None,
+    assume_aligned: bool = False,
+    resampling: str = "bilinear",
+    percentiles: tuple[float, float] = HIGH_BIT_DEPTH_PERCENTILES,
+    value_range: tuple[float, float] | None = None,
+    min_valid_fraction: float = 0.5,
+    change_masks: ChangeMaskFunction | None = None,
+    polygons: bool = False,
+    mask_out: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> SceneSummary:
+    """Caption the change between two georeferenced scenes tile by tile and write a GeoJSON FeatureCollection.
+
+    Each captioned tile becomes a feature: its outline (WGS84; null without a CRS) and properties `tile` (index),
+    `row`, `col`, `width`, `height` (pixels on BEFORE's grid), `caption`, `change_flag`, `changed_fraction`,
+    `change_source` (`"mask"` or `"caption"`) and `valid_fraction`. Change polygons are features with `kind`
+    `"change"` and the `tile` they come from. The collection's `rscc` member records the inputs and settings.
+
+    Args:
+        model: an rscc (or LLaVA-OneVision) captioning model.
+        processor ([`RsccProcessor`]).
+        before (`str` or `os.PathLike`): the earlier raster; its grid is the output grid.
+        after (`str` or `os.PathLike`): the later raster.
+        out (`str` or `os.PathLike`): the GeoJSON file (written to a temporary file, then renamed).
+        tile_size (`int`, *optional*): tile side in BEFORE's pixels; defaults to the model's input size.
+        overlap (`int`): pixels shared by neighbouring tiles.
+        batch_size (`int`): tiles per `generate` call.
+        max_new_tokens (`int`): caption length limit.
+        bands (`list[int]`, *optional*): 1-based bands (three, or one for grey) of both rasters.
+        assume_aligned (`bool`): accept rasters without CRS as sharing one pixel grid.
+        resampling (`str`): resampling of AFTER onto BEFORE's grid: `nearest`, `bilinear` or `cubic`.
+        percentiles (`tuple[float, float]`): percentiles of a high-bit-depth date mapped to 0 and 255.
+        value_range (`tuple[float, float]`, *optional*): a fixed range for high-bit-depth data instead.
+        min_valid_fraction (`float`): tiles with a smaller fraction of pixels valid in both dates are skipped.
+        change_masks (`ChangeMaskFunction`, *optional*): per-pixel change masks of tile batches (a model's
+            change-detection head). Sets `change_flag` (any changed valid pixel) and `changed_fraction`.
+        polygons (`bool`): also write change polygons (needs `change_masks` and a CRS).
+        mask_out (`str` or `os.PathLike`, *optional*): also write the mask mosaic as a GeoTIFF on BEFORE's grid
+            (1 changed, 0 unchanged, 255 nodata; needs `change_masks`).
+        progress (`bool`): show a progress bar on stderr.
+
+    Returns:
+        [`SceneSummary`].
+    """
+    out = check_output_path(out, "--out", "a .geojson file path")
+    mask_out = None if mask_out is None else check_output_path(mask_out, "--mask-out", "a .tif file path")
+    if (polygons or mask_out is not None) and change_masks is None:
+        raise SceneInputError(
+            "change polygons and the mask mosaic need per-pixel change masks, and this model has no "
+            "change-detection head"
+        )
+    if batch_size < 1:
+        raise SceneInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if not 0.0 < min_valid_fraction <= 1.0:
+        raise SceneInputError(f"--min-valid-fraction must lie in (0, 1], got {min_valid_fraction}")
+    if not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
+        raise SceneInputError(f"--percentiles must satisfy 0 <= LOW < HIGH <= 100, got {percentiles}")
+    if value_range is not None and not value_range[0] < value_range[1]:
+        raise SceneInputError(f"--value-range must satisfy MIN < MAX, got {value_range}")
+    tile_size = tile_size or processor.image_processor.size["height"]
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        pair = stack.enter_context(ScenePair(before, after, bands, assume_aligned, resampling))
+        if polygons and pair.crs is None:
+            raise SceneInputError("change polygons need a CRS; neither raster has one")
+        stretch = pair.stretch_ranges(percentiles, value_range)
+        grid = TileGrid(pair.window, tile_size, overlap)
+
+        mosaic = None
+        if mask_out is not None:
+            temporary_mask = stack.enter_context(_atomic_output(mask_out, ".tif"))
+            mosaic = stack.enter_context(
+                rasterio.open(
+                    temporary_mask, "w", driver="GTiff", width=pair.width, height=pair.height, count=1,
+                    dtype="uint8", nodata=MASK_NODATA, crs=pair.crs, transform=pair.transform, tiled=True,
+                    blockxsize=256, blockysize=256, compress="deflate",
+                )
+            )
+        temporary_geojson = stack.enter_context(_atomic_output(out, ".geojson"))
+        writer = _SceneWriter(stack.enter_context(open(temporary_geojson, "w", encoding="utf-8")), pair, polygons,
+                              mosaic)
+        progress_bar = stack.enter_context(tqdm(total=len(grid), unit="tile", file=sys.stderr, disable=not progress))
+        tiles = iter(grid)
+        while batch := [tile for _, tile in zip(range(batch_size), tiles)]:
+            read = [(tile, *pair.read_rgb(tile.window, stretch)) for tile in batch]
+            kept = [item for item in read if item[3].mean() >= min_valid_fraction]
+            if kept:
+                befores, afters = [item[1] for item in kept], [item[2] for item in kept]
+                captions = caption_pairs(model, processor, [[b, a] for b, a in zip(befores, afters)],
+                                         batch_size=len(kept), max_new_tokens=max_new_tokens)
+                masks = change_masks(befores, afters) if change_masks is not None else [None] * len(kept)
+                for (tile, _, _, valid), caption, mask in zip(kept, captions, masks):
+                    writer.add_tile(tile, caption, mask, valid)
+            progress_bar.update(len(batch))
+        summary = SceneSummary(
+            tiles=len(grid), captioned=writer.captioned, skipped=len(grid) - writer.captioned,
+            changed=writer.changed, window=pair.window, alignment=pair.alignment,
+        )
+        writer.close(_collection_metadata(summary, pair, before, after, tile_size, overlap, stretch,
+                                          change_masks is not None))
+    return summary
+
+
+class _SceneWriter:
+    """Turns captioned tiles (and their masks) into GeoJSON features, change polygons and mosaic windows."""
+
+    def __init__(self, file, pair: ScenePair, polygons: bool, mosaic):
+        self._geojson = _GeoJsonWriter(file)
+        self._pair = pair
+        self._polygons = polygons
+        self._mosaic = mosaic
+        self.captioned = 0
+        self.changed = 0
+
+    def add_tile(self, tile: Tile, caption: str, mask: np.ndarray | None, valid: np.ndarray) -> None:
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != valid.shape:
+                raise ValueError(f"change mask of tile {tile.index} has shape {mask.shape}; expected {valid.shape}")
+            changed_fraction = float(mask[valid].mean())
+            change_flag, source = bool(mask[valid].any()), "mask"
+        else:
+            changed_fraction, change_flag, source = None, not is_no_change_caption(caption), "caption"
+        self._geojson.add({
+            "type": "Feature",
+            "id": tile.index,
+            "geometry": _window_polygon(tile.window, self._pair.transform, self._pair.crs),
+            "properties": {
+                "kind": "tile",
+                "tile": tile.index,
+                "row": int(tile.window.row_off),
+                "col": int(tile.window.col_off),
+                "width": int(tile.window.width),
+                "height": int(tile.window.height),
+                "caption": caption,
+                "change_flag": change_flag,
+                "changed_fraction": changed_fraction,
+                "change_source": source,
+                "valid_fraction": round(float(valid.mean()), 6),
+            },
+        })
+        self.captioned += 1
+        self.changed += change_flag
+        if mask is not None:
+            self._add_owned_mask(tile, mask, valid)
+
+    def _add_owned_mask(self, tile: Tile, mask: np.ndarray, valid: np.ndarray) -> None:
+        # Only the part the tile owns, so that overlapping tiles neither draw a polygon twice nor overwrite each
+        # other in the mosaic.
+        row_start, col_start = tile.owned.row_off - tile.window.row_off, tile.owned.col_off - tile.window.col_off
+        owned = (slice(row_start, row_start + tile.owned.height), slice(col_start, col_start + tile.owned.width))
+        mask, valid = mask[owned], valid[owned]
+        if self._polygons:
+            transform = self._pair.transform @ Affine.translation(tile.owned.col_off, tile.owned.row_off)
+            for geometry in _mask_polygons(mask, valid, transform, self._pair.crs):
+                self._geojson.add({"type": "Feature", "geometry": geometry,
+                                   "properties": {"kind": "change", "tile": tile.index}})
+        if self._mosaic is not None:
+            self._mosaic.write(np.where(valid, mask, MASK_NODATA).astype(np.uint8), 1, window=tile.owned)
+
+    def close(self, metadata: dict) -> None:
+        self._geojson.close(metadata)
+
+
+def _collection_metadata(summary, pair, before, after, tile_size, overlap, stretch, has_masks) -> dict:
+    return {
+        "before": str(before),
+        "after": str(after),
+        "crs": pair.crs.to_string() if pair.crs else None,
+        "alignment": summary.alignment,
+        "overlap_window": {
+            "col": int(summary.window.col_off), "row": int(summary.window.row_off),
+            "width": int(summary.window.width), "height": int(summary.window.height),
+        },
+        "bands": {"before": pair.before_bands, "after": pair.after_bands},
+        "stretch": {"before": stretch[0], "after": stretch[1]},
+        "tile_size": tile_size,
+        "overlap": overlap,
+        "tiles": summary.tiles,
+        "captioned_tiles": summary.captioned,
+        "skipped_tiles": summary.skipped,
+        "changed_tiles": summary.changed,
+        "change_source": "mask" if has_masks else "caption",
+    }
+
+
+def model_change_masks(model, processor) -> ChangeMaskFunction | None:
+    """The model's per-pixel change masks for tile batches, or None when it has no change-detection head.
+
+    A model with a head exposes `predict_change_masks(processor, befores, afters)` returning one boolean (H, W)
+    array per tile pair (the change-mask work defines it); this is the one place `rscc scene` looks for it.
+
+    Args:
+        model: the loaded captioning model.
+        processor ([`RsccProcessor`]).
+    """
+    predict = getattr(model, "predict_change_masks", None)
+    if predict is None:
+        return None
+    return lambda befores, afters: predict(processor, befores, afters)
+
+
+def _band_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated band numbers like 4,3,2, got {text!r}") from None
+
+
+def _run_scene(args) -> int:
+    try:
+        # Check the rasters and the outputs before the model loads, so bad input fails in a second.
+        check_output_path(args.out, "--out", "a .geojson file path")
+        with ScenePair(args.before, args.after, args.bands, args.assume_aligned, args.resampling):
+            pass
+        model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
+        summary = describe_scene(
+            model, processor, args.before, args.after, args.out, tile_size=args.tile_size, overlap=args.overlap,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bands=args.bands,
+            assume_aligned=args.assume_aligned, resampling=args.resampling, percentiles=tuple(args.percentiles),
+            value_range=None if args.value_range is None else tuple(args.value_range),
+            min_valid_fraction=args.min_valid_fraction, change_masks=model_change_masks(model, processor),
+            polygons=args.polygons, mask_out=args.mask_out, progress=show_progress(args),
+        )
+    except (ModelNotAvailableError, ValueError, OSError) as error:  # OSError: unreadable raster blocks, model files
+        print(f"rscc scene: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except torch.OutOfMemoryError:
+        print(f"rscc scene: error: out of memory on {args.device}; lower --batch-size (nothing was written)",
+              file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
+    except KeyboardInterrupt:
+        print("rscc scene: interrupted (nothing was written)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(
+        f"rscc scene: {summary.captioned} tile(s) captioned ({summary.changed} changed), {summary.skipped} skipped "
+        f"for nodata; overlap {int(summary.window.width)} x {int(summary.window.height)} px, {summary.alignment}; "
+        f"{args.out}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "scene",
+        help="caption the change between two GeoTIFF scenes, tile by tile, into GeoJSON",
+        description="Put AFTER on BEFORE's grid (resampled when CRS, resolution or origin differ), tile their "
+        "overlap, caption the tiles in batches and write a GeoJSON FeatureCollection (WGS84 longitude/latitude) "
+        "with one feature per tile: caption, change_flag, changed_fraction. Rasters are read window by window, "
+        "so memory does not grow with the scene. Bands: red/green/blue by colour interpretation, else the first "
+        "three (or one, grey); --bands overrides. Data deeper than 8 bits is stretched to 8 bits per date between "
+        "the 2nd and 98th percentiles of its overlap (--percentiles, --value-range). Nodata (and AFTER's area "
+        "outside BEFORE) is honoured: such pixels are blanked in both dates, and tiles with less than "
+        "--min-valid-fraction valid pixels are skipped. Exit codes: 0 success; 2 bad input (missing or "
+        "unreadable raster, no CRS without --assume-aligned, no overlap, bad option or output path, model not "
+        "available); 3 out of device memory; 130 interrupted. Outputs are written to temporary files and renamed "
+        "at the end: a failed run leaves nothing.",
+    )
+    parser.add_argument("before", help="GeoTIFF (any GDAL raster) of the earlier date; its grid is the output grid")
+    parser.add_argument("after", help="raster of the later date")
+    parser.add_argument("--out", required=True, help="GeoJSON output file")
+    add_device_arguments(parser)
+    parser.add_argument("--tile-size", type=int, help="tile side in BEFORE's pixels (default: the model's input size)")
+    parser.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tiles (default 0)")
+    parser.add_argument("--bands", type=_band_list, help="1-based bands as R,G,B (or one band), e.g. 4,3,2")
+    parser.add_argument("--assume-aligned", action="store_true",
+                        help="accept rasters without CRS, taking their pixel grids as identical")
+    parser.add_argument("--resampling", default="bilinear", choices=["nearest", "bilinear", "cubic"],
+                        help="resampling of AFTER onto BEFORE's grid (default bilinear)")
+    parser.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        default=list(HIGH_BIT_DEPTH_PERCENTILES),
+                        help="stretch of data deeper than 8 bits (default 2 98)")
+    parser.add_argument("--value-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                        help="fixed stretch range for data deeper than 8 bits, e.g. 0 3000 (instead of percentiles)")
+    parser.add_argument("--min-valid-fraction", type=float, default=0.5,
+                        help="skip tiles with a smaller fraction of valid pixels (default 0.5)")
+    parser.add_argument("--polygons", action="store_true",
+                        help="also write change polygons (needs a model with a change-detection head)")
+    parser.add_argument("--mask-out", help="also write the change-mask mosaic GeoTIFF (needs a change-detection head)")
+    add_progress_arguments(parser)
+    parser.set_defaults(run=_run_scene)
+
+
+__all__ = [
+    "ChangeMaskFunction",
+    "SceneInputError",
+    "ScenePair",
+    "SceneSummary",
+    "Tile",
+    "TileGrid",
+    "describe_scene",
+    "model_change_masks",
+    "open_raster",
+    "rgb_bands",
+]
