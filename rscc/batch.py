@@ -6,10 +6,8 @@ the pairs that are not in `OUT.partial` yet. Captioning itself is a callable giv
 command passes `rscc.inference.caption_pairs`), which keeps this module free of model code.
 """
 
-import csv
 import json
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -18,10 +16,9 @@ from typing import Callable, Iterable, Iterator, TextIO
 
 from tqdm.auto import tqdm
 
+from .data import manifest_captions, read_manifest
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-# The data issue's manifest columns; captions may also come as caption_1, caption_2, ... (CSV).
-MANIFEST_COLUMNS = ("id", "split", "before", "after", "caption", "captions", "mask", "change_flag")
-_NUMBERED_CAPTION = re.compile(r"^caption_\d+$")
 PARTIAL_SUFFIX = ".partial"
 
 # Captions a list of [before, after] pairs (one batch), returning one caption per pair in order.
@@ -100,28 +97,6 @@ def pairs_from_folders(before_dir: str | os.PathLike, after_dir: str | os.PathLi
     ]
 
 
-def _manifest_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
-            for row in reader:
-                yield f"line {reader.line_num}", row
-    elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as file:
-            for number, text in enumerate(file, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise BatchInputError(f"manifest {path}, line {number}: not valid JSON ({error})") from None
-                if not isinstance(row, dict):
-                    raise BatchInputError(f"manifest {path}, line {number}: expected a JSON object")
-                yield f"line {number}", row
-    else:
-        raise BatchInputError(f"manifest {path}: expected a .csv or .jsonl file")
-
-
 def pairs_from_manifest(manifest: str | os.PathLike) -> list[PairRecord]:
     """Read pairs from a manifest in the data issue's format: a CSV or JSONL file, one pair per row.
 
@@ -139,21 +114,15 @@ def pairs_from_manifest(manifest: str | os.PathLike) -> list[PairRecord]:
         BatchInputError: an unknown column, a row without before/after, duplicate ids, or an empty manifest.
     """
     path = Path(manifest)
+    try:
+        rows = read_manifest(path, require_captions=False)
+    except (ValueError, FileNotFoundError) as error:
+        raise BatchInputError(f"manifest {error}") from None
     records, seen = [], {}
-    for where, row in _manifest_rows(path):
-        unknown = [key for key in row if key not in MANIFEST_COLUMNS and not _NUMBERED_CAPTION.match(key or "")]
-        if unknown:
-            # A misspelt optional column ("msk") would otherwise be dropped without a word.
-            raise BatchInputError(
-                f"manifest {path}, {where}: unknown column(s) {', '.join(map(repr, unknown))}; expected "
-                f"{', '.join(MANIFEST_COLUMNS)} or caption_1, caption_2, ..."
-            )
+    for where, row in rows:
         if not row.get("before") or not row.get("after"):
             raise BatchInputError(f"manifest {path}, {where}: needs both a 'before' and an 'after' image path")
-        references = row.get("captions") or ([row["caption"]] if row.get("caption") else [])
-        references = [references] if isinstance(references, str) else list(references)
-        numbered = sorted((key for key in row if _NUMBERED_CAPTION.match(key)), key=lambda key: int(key[8:]))
-        references += [row[key] for key in numbered if row[key]]
+        references = manifest_captions(row)
         record = PairRecord(
             id=str(row.get("id") or Path(row["before"]).stem),
             before=str(path.parent / row["before"]),

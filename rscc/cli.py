@@ -11,13 +11,9 @@ import sys
 SUBCOMMAND_MODULES = (
     "rscc.inference",
     "rscc.checkpoints",
-SUBCOMMAND_MODULES = (
-    "rscc.inference",
-    "rscc.checkpoints",
     "rscc.data",
     "rscc.scene",
     "rscc.hub",
-)
 )
 
 

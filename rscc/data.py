@@ -344,9 +344,9 @@ MANIFEST_FIELDS = ("id", "split", "before", "after", "caption", "captions", "mas
 _NUMBERED_CAPTION = re.compile(r"^caption_\d+$")
 
 
-def _manifest_rows(path: Path) -> list:
+def read_manifest(path: Path, require_captions: bool = True) -> list:
     """(line, row) pairs of a CSV or JSONL manifest; unknown columns are an error, since a misspelt optional
-    column (say "msk") would otherwise be dropped without a word."""
+    column (say "msk") would otherwise be dropped without a word. Captions are optional for captioning runs."""
     if path.suffix == ".csv":
         try:
             with open(path, newline="", encoding="utf-8-sig") as file:
@@ -369,13 +369,15 @@ def _manifest_rows(path: Path) -> list:
         raise ValueError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; expected "
                          f"{', '.join(MANIFEST_FIELDS)} or caption_1, caption_2, ...")
     missing = [c for c in ("before", "after") if c not in columns]
-    if missing or not any(c in ("caption", "captions") or _NUMBERED_CAPTION.match(c) for c in columns):
-        raise ValueError(f"{path}: a manifest needs the columns before, after and caption (or captions, "
-                         f"or caption_1, caption_2, ...)")
+    has_captions = any(c in ("caption", "captions") or _NUMBERED_CAPTION.match(c) for c in columns)
+    if missing or (require_captions and not has_captions):
+        needed = "before, after and caption (or captions, or caption_1, caption_2, ...)" if require_captions else (
+            "before and after")
+        raise ValueError(f"{path}: a manifest needs the columns {needed}")
     return rows
 
 
-def _manifest_captions(row: dict) -> list:
+def manifest_captions(row: dict) -> list:
     captions = row.get("captions")
     if captions is None:
         captions = [row["caption"]] if row.get("caption") is not None else []
@@ -401,7 +403,7 @@ def manifest_records(manifest: Union[str, os.PathLike], split: str = "train", so
         source: Source name; defaults to the manifest's file name without extension.
     """
     path = Path(manifest)
-    for where, row in _manifest_rows(path):
+    for where, row in read_manifest(path):
         before, after, mask = (str(row.get(key) or "") for key in ("before", "after", "mask"))
         change_flag = row.get("change_flag")
         if isinstance(change_flag, str):
@@ -411,7 +413,7 @@ def manifest_records(manifest: Union[str, os.PathLike], split: str = "train", so
             split=row.get("split") or split,
             before=path.parent / before if before else "",
             after=path.parent / after if after else "",
-            captions=_manifest_captions(row),
+            captions=manifest_captions(row),
             change_flag=change_flag,
             change_mask=path.parent / mask if mask else None,
             source=source or path.stem,

@@ -145,7 +145,7 @@ def test_batch_without_out_prints_json_lines_and_one_pair_prints_json(folders, e
         ("unmatched file name", "have no file of the same name in the AFTER folder .*extra.png"),
         ("unknown manifest column", "unknown column.*'msk'"),
         ("missing image in manifest", "1 image file.* not found: .*gone.png"),
-        ("manifest without after", "needs both a 'before' and an 'after'"),
+        ("manifest without after", "needs the columns before and after"),
         ("duplicate ids", "id 'same' already used"),
         ("empty output path", "--out is an empty path"),
         ("one folder", "is one folder"),
