@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,3 +45,13 @@ def tiny_processor(tiny_checkpoint):
     from rscc import RsccProcessor
 
     return RsccProcessor.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture
+def single_torch_thread():
+    """One torch thread: a tiny model's matrices are too small to share out, and on a busy machine threads waiting on
+    each other make a tiny `generate` several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -9,7 +9,6 @@ import pytest
 import rscc.inference
 from rscc.cli import main
 from rscc.inference import caption_pairs
-from single_thread import single_torch_thread  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

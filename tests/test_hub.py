@@ -12,7 +12,6 @@ from test_remote_code import HIDE_RSCC_AND_GENERATE
 
 from rscc.cli import main
 from rscc.hub import build_model_card, eval_results_from_evaluation, load_evaluation, publish, validate_model_card
-from single_thread import single_torch_thread  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

@@ -16,7 +16,6 @@ from rscc.captions import is_no_change_caption
 from rscc.cli import main
 from rscc.processing_rscc import stretch_to_uint8
 from rscc.scene import SceneInputError, ScenePair, TileGrid, describe_scene, rgb_bands
-from single_thread import single_torch_thread  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
