@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES = ()
+SUBCOMMAND_MODULES = ("rscc.metrics",)
 
 
 def build_parser() -> argparse.ArgumentParser:
