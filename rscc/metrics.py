@@ -52,12 +52,14 @@ __all__ = [
     "apply_convention",
     "deduplicate_predictions",
     "evaluate_captions",
+    "every_row_as_a_pair",
     "leave_one_out_agreement",
     "load_predictions",
     "load_references",
     "load_vocab",
     "mask_to_class_indices",
     "model_index_results",
+    "read_prediction_records",
     "score_captions",
     "write_report",
 ]
@@ -125,16 +127,28 @@ def load_vocab(path: str | Path) -> dict[str, int]:
     return {str(word): int(index) for word, index in vocab.items()}
 
 
+_SPECIAL_TOKENS = ("<NULL>", "<UNK>", "<START>", "<END>")
+
+
 def _classic_tokens(caption: str) -> list[str]:
     # Chg2Cap / Change-Agent `preprocess_data.tokenize`: "," and ";" become tokens of their own, "?" and "." are
     # deleted, then split on spaces. Lower-casing is added: the classic decoders only emit lower-case vocabulary
-    # words, and without it a sentence-case prediction would lose its first word to <UNK>.
+    # words, and without it a sentence-case prediction would lose its first word to <UNK>. Special tokens written
+    # out in a decoded caption ("<UNK>", "<END>") keep their upper-case spelling.
     text = caption.lower()
     for punctuation in (";", ","):
         text = text.replace(punctuation, " " + punctuation)
     for punctuation in ("?", "."):
         text = text.replace(punctuation, "")
-    return text.split()
+    return [token.upper() if token.upper() in _SPECIAL_TOKENS else token for token in text.split()]
+
+
+def _classic_ids(caption: str, vocab: Mapping[str, int]) -> str:
+    # The classic test scripts drop <START>, <END> and <NULL> (padding) from references and predictions alike,
+    # keep <UNK>, and join the ids with spaces.
+    dropped = {vocab[token] for token in ("<START>", "<END>", "<NULL>") if token in vocab}
+    ids = (vocab.get(token, vocab["<UNK>"]) for token in _classic_tokens(caption))
+    return " ".join(str(index) for index in ids if index not in dropped)
 
 
 def _ptb_tokenize(captions: Mapping[Hashable, list[str]]) -> dict[Hashable, list[str]]:
@@ -177,11 +191,7 @@ def apply_convention(
         raise ValueError("the 'vocab-ids' convention needs a vocabulary (e.g. splits/vocab_468.json)")
     if not isinstance(vocab, Mapping):
         vocab = load_vocab(vocab)
-    unknown_id = vocab["<UNK>"]
-    return {
-        key: [" ".join(str(vocab.get(token, unknown_id)) for token in _classic_tokens(c)) for c in caps]
-        for key, caps in collapsed.items()
-    }
+    return {key: [_classic_ids(c, vocab) for c in caps] for key, caps in collapsed.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -200,7 +210,7 @@ def _java_version() -> str | None:
         return None
     completed = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False)
     match = re.search(r'version "([^"]+)"', completed.stderr)
-    return match.group(1) if match else completed.stderr.strip().splitlines()[0]
+    return match.group(1) if match else (completed.stderr.strip().splitlines() or [None])[0]
 
 
 def _meteor_score_line(references: Sequence[str], hypothesis: str) -> str:
@@ -510,11 +520,16 @@ def leave_one_out_agreement(
     metrics: Iterable[str] | None = None,
     require_meteor: bool = False,
 ) -> dict:
-    """Human agreement: each reference scored against the others, a ceiling for any model.
+    """Human agreement: each reference scored as a prediction against the other references of its pair.
 
     For each reference position k, reference k of every pair is the prediction and the remaining ones are the
     references; each run is a full `evaluate_captions` (corpus-level scores over all pairs and per subset). The
     reported figure of each metric is the mean of the runs' corpus-level scores.
+
+    This is what one more human caption would score, with one reference fewer. It is often read as a ceiling, but
+    n-gram metrics reward the most common phrasing, which a trained model learns and a human does not use: on
+    LEVIR-CC's no-change pairs the five references are five different canonical sentences, so a held-out one never
+    matches the others, while a model that emits one of them matches a reference exactly.
 
     Args:
         references: Pair id -> reference captions; every pair needs the same number (at least 2).
@@ -598,15 +613,36 @@ def deduplicate_predictions(records: Iterable[Mapping[str, object]]) -> tuple[di
     return captions, {**counts, "conflicting_ids": len(conflicting)}
 
 
-def load_predictions(path: str | Path) -> tuple[dict[str, str], dict[str, int]]:
-    """Read predictions from JSON lines `{"id": ..., "caption": ...}` and de-duplicate them by id.
+def every_row_as_a_pair(
+    records: Iterable[Mapping[str, object]], references: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Score every prediction row, duplicates included, as evaluations that do not de-duplicate do.
+
+    CCExpert's released evaluation scores the gathered rows as they are; on its LEVIR-CC test file (1,936 rows for
+    1,929 pairs) that adds about 0.08 S_m. This reproduces such numbers; `deduplicate_predictions` is the rule.
 
     Args:
-        path: The `.jsonl` file. Ids may carry an image suffix (`test_000001.png`), which is dropped.
+        records: Mappings with an `id` and a `caption`, in file order.
+        references: Pair id -> reference captions.
 
     Returns:
-        (pair id -> caption, counts) as `deduplicate_predictions` returns them.
+        (row key -> caption, row key -> references of its pair), the n-th repeat of an id keyed `"{id}#{n}"`.
     """
+    predictions: dict[str, str] = {}
+    row_references = {pair_id: list(refs) for pair_id, refs in references.items()}
+    occurrences: dict[str, int] = {}
+    for record in records:
+        pair_id = _pair_id(record["id"])
+        occurrences[pair_id] = occurrences.get(pair_id, 0) + 1
+        key = pair_id if occurrences[pair_id] == 1 else f"{pair_id}#{occurrences[pair_id]}"
+        predictions[key] = str(record["caption"])
+        if key != pair_id and pair_id in references:
+            row_references[key] = list(references[pair_id])
+    return predictions, row_references
+
+
+def read_prediction_records(path: str | Path) -> list[dict]:
+    """Read JSON lines `{"id": ..., "caption": ...}` as they are (no de-duplication); errors name the line."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -625,7 +661,19 @@ def load_predictions(path: str | Path) -> tuple[dict[str, str], dict[str, int]]:
         records.append(record)
     if not records:
         raise ValueError(f"predictions file {path} holds no predictions")
-    return deduplicate_predictions(records)
+    return records
+
+
+def load_predictions(path: str | Path) -> tuple[dict[str, str], dict[str, int]]:
+    """Read predictions from JSON lines `{"id": ..., "caption": ...}` and de-duplicate them by id.
+
+    Args:
+        path: The `.jsonl` file. Ids may carry an image suffix (`test_000001.png`), which is dropped.
+
+    Returns:
+        (pair id -> caption, counts) as `deduplicate_predictions` returns them.
+    """
+    return deduplicate_predictions(read_prediction_records(path))
 
 
 def load_references(path: str | Path, split: str | None = "test") -> dict[str, list[str]]:
@@ -901,13 +949,29 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "--references", type=Path, required=True, help="LEVIR-CC-style caption JSON or dataset folder in rscc's format"
     )
     parser.add_argument("--split", default="test", help="split of the references to score (default: test)")
-    parser.add_argument("--convention", default=DEFAULT_CONVENTION, choices=list(CONVENTIONS))
+    parser.add_argument(
+        "--convention",
+        default=DEFAULT_CONVENTION,
+        choices=list(CONVENTIONS),
+        help="caption normalisation before scoring (default: ccexpert); "
+        + "; ".join(f"{name}: {text}" for name, text in CONVENTIONS.items()),
+    )
     parser.add_argument("--vocab", type=Path, help="vocabulary JSON for --convention vocab-ids")
     parser.add_argument(
-        "--metrics", nargs="+", choices=list(CAPTION_METRICS), help="metrics to compute (default: all)"
+        "--metrics",
+        nargs="+",
+        choices=list(CAPTION_METRICS),
+        metavar="METRIC",
+        help=f"metrics to compute, from {', '.join(CAPTION_METRICS)} (default: all)",
     )
     parser.add_argument(
         "--require-meteor", action="store_true", help="fail when Java is missing instead of skipping METEOR and S_m"
+    )
+    parser.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="score every prediction row, repeated ids included, as CCExpert's released evaluation did "
+        "(default: one prediction per id, the first)",
     )
     parser.add_argument("--output", type=Path, help="write the full report (JSON) here")
     parser.set_defaults(run=run_eval)
@@ -926,9 +990,14 @@ def run_eval(args: argparse.Namespace) -> int:
             report = leave_one_out_agreement(references, **options)
             prediction_info = None
         else:
-            predictions, prediction_counts = load_predictions(args.predictions)
+            records = read_prediction_records(args.predictions)
+            predictions, prediction_counts = deduplicate_predictions(records)
+            if args.keep_duplicates:
+                _check_ids(predictions, references)  # every pair still needs a prediction
+                predictions, references = every_row_as_a_pair(records, references)
             report = evaluate_captions(predictions, references, **options)
-            prediction_info = {"path": str(args.predictions), **prediction_counts}
+            prediction_info = {"path": str(args.predictions), **prediction_counts,
+                               "duplicates_scored": args.keep_duplicates}
     except (ValueError, FileNotFoundError, JavaNotFoundError) as error:
         print(f"rscc eval: error: {error}", file=sys.stderr)
         return 2

@@ -104,6 +104,13 @@ def test_vocab_ids_convention_follows_classic_tokenisation(vocab_468):
     assert ids == {"x": [expected_first, f"1 {vocab_468['t-shaped']}"]}
 
 
+def test_vocab_ids_drops_start_end_padding_and_keeps_unk(vocab_468):
+    # A caption decoded from ids by a classic repository, special tokens written out.
+    decoded = {"x": ["<START> There is no difference <END> <NULL> <NULL>", "<UNK> road"]}
+    expected = " ".join(str(vocab_468[w]) for w in "there is no difference".split())
+    assert M.apply_convention(decoded, "vocab-ids", vocab_468) == {"x": [expected, f"1 {vocab_468['road']}"]}
+
+
 def test_vocab_ids_on_real_references_equal_the_published_token_encoding(levir_json, vocab_468):
     # The classic repositories encode the `tokens` of each sentence (Change-Agent's token files) with <UNK> for
     # rare words; our conversion of the `raw` sentences must give the same id strings for every test reference.
@@ -388,6 +395,18 @@ def test_cli_writes_report_and_prints_table(small_levir_json, tmp_path, capsys):
     assert set(report["versions"]) >= {"rscc", "pycocoevalcap", "python", "java"}
     printed = capsys.readouterr().out
     assert "convention: ccexpert" in printed and "no_change" in printed and "BLEU-4" in printed
+
+    # --keep-duplicates scores all 14 rows, as an evaluation that does not de-duplicate would.
+    assert cli.main(
+        ["eval", "--predictions", str(predictions), "--references", str(small_levir_json), "--keep-duplicates",
+         "--metrics", "BLEU-4", "CIDEr-D", "--output", str(output)]
+    ) == 0
+    report = json.loads(output.read_text())
+    assert report["counts"]["pairs"] == 14 and report["predictions"]["duplicates_scored"] is True
+    row_predictions, row_references = M.every_row_as_a_pair(rows + rows[:2], references)
+    assert len(row_predictions) == 14 and row_references[f"{rows[0]['id'][:-4]}#2"] == references[rows[0]["id"][:-4]]
+    expected = M.score_captions(row_predictions, row_references, metrics=["CIDEr-D"])["CIDEr-D"]
+    assert report["metrics"]["all"]["CIDEr-D"] == pytest.approx(expected)
 
 
 def test_cli_errors_exit_with_a_message(small_levir_json, tmp_path, capsys):
