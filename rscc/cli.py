@@ -12,6 +12,7 @@ SUBCOMMAND_MODULES = (
     "rscc.inference",
     "rscc.checkpoints",
     "rscc.data",
+    "rscc.metrics",
     "rscc.scene",
     "rscc.hub",
 )
