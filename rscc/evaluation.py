@@ -14,7 +14,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import datasets
 from tqdm.auto import tqdm
@@ -160,30 +160,6 @@ def numeric_metrics(report: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def evaluate_split(
-    model,
-    processor,
-    dataset: datasets.Dataset,
-    scoring_function: Optional[ScoringFunction] = None,
-    batch_size: int = 8,
-    output_file: Union[str, os.PathLike, None] = None,
-    **generate_kwargs,
-) -> dict:
-    """Caption a split and score it against its references.
-
-    Args:
-        scoring_function: `(predictions, references) -> report`; defaults to [`default_scoring_function`].
-        Other arguments as in [`generate_predictions`].
-
-    Returns:
-        The scoring function's report.
-    """
-    predictions = generate_predictions(
-        model, processor, dataset, batch_size=batch_size, output_file=output_file, **generate_kwargs
-    )
-    return (scoring_function or default_scoring_function())(predictions, reference_captions(dataset))
-
-
 __all__ = [
     "generate_predictions",
     "write_predictions",
@@ -191,5 +167,4 @@ __all__ = [
     "reference_captions",
     "default_scoring_function",
     "numeric_metrics",
-    "evaluate_split",
 ]
