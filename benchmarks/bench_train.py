@@ -1,0 +1,219 @@
+"""Training throughput and memory of `rscc.training.run_stage` on the real LEVIR-CC pairs of ../shared/data.
+
+Two modes:
+
+    python benchmarks/bench_train.py tiny [--stage stage2] [--steps 12] [--batch-size 2] [--json out.json]
+
+        The tiny random model on the CPU (fp32, no DeepSpeed): training samples/s over the steps after the first
+        two, and the process's peak resident memory (RSS).
+
+    accelerate launch --config_file train/accelerate/single_gpu.yaml benchmarks/bench_train.py mfu \
+        [--dims 0.5b] [--stage stage2] [--steps 30] [--batch-size 8] [--json out.json]
+
+        A model at LLaVA-OneVision-0.5B dimensions (SigLIP-so400m-384 + Qwen2-0.5B + the difference module, vocabulary
+        152,000) with random weights, trained as the CCExpert recipe does: bf16, ZeRO-2 (train/deepspeed/zero2.json),
+        gradient checkpointing. Model FLOPs per sample are counted once with torch's FlopCounterMode on a forward and
+        backward pass without checkpointing (the recomputation is not model work), the peak is a measured bf16
+        matmul rate on the same GPU, and MFU = FLOPs/sample x samples/s / peak. `--dims tiny --precision fp32` runs
+        the same path on a CPU in seconds (a check that it runs; its MFU means nothing).
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import TrainerCallback
+
+from rscc import RsccForConditionalGeneration, RsccProcessor
+from rscc.checkpoints import llava_onevision_0_5b_config, make_processor, make_tiny_checkpoint
+from rscc.data import build_dataset, levir_cc_records
+from rscc.training import ChangeCaptionCollator, EpochCaptionDataset, load_split, parse_arguments, run_stage
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_PAIRS = ("train_000016.png", "train_000051.png", "train_000054.png")
+
+
+def build_levir_sample(data: Path, folder: Path) -> Path:
+    """The 3 real LEVIR-CC pairs (5 captions each) as a dataset in rscc's format."""
+    root = folder / "levir_root"
+    for side in ("A", "B"):
+        (root / "images" / "train" / side).mkdir(parents=True)
+        for name in REAL_PAIRS:
+            shutil.copy(data / "levir_cc" / "images" / "train" / side / name, root / "images" / "train" / side / name)
+    entries = json.loads((data / "levir_cc" / "LevirCCcaptions.json").read_text())["images"]
+    (root / "LevirCCcaptions.json").write_text(
+        json.dumps({"images": [entry for entry in entries if entry["filename"] in REAL_PAIRS]})
+    )
+    return build_dataset(levir_cc_records(root), folder / "dataset").out_dir
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step (the device synchronised at each end, so times are not queued work)."""
+
+    def __init__(self):
+        self.durations, self._start = [], None
+
+    def _synchronize(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._synchronize()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._synchronize()
+        self.durations.append(time.perf_counter() - self._start)
+
+
+def train_and_time(model_folder, dataset, output, stage, steps, batch_size, extra) -> tuple:
+    timer = StepTimer()
+    options = ["--model_name_or_path", str(model_folder), "--dataset_name_or_path", str(dataset),
+               "--output_dir", str(output), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch_size),
+               "--learning_rate", "1e-5", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
+               "--dataloader_num_workers", "2", *extra]
+    trainer = run_stage(parse_arguments(stage, options), callbacks=[timer])
+    measured = timer.durations[2:]  # the first steps build caches, allocators and DeepSpeed buckets
+    world = trainer.accelerator.num_processes
+    return trainer, {
+        "steps_timed": len(measured),
+        "median_step_s": statistics.median(measured),
+        "samples_per_second": batch_size * world / statistics.median(measured),
+        "world_size": world,
+    }
+
+
+def run_tiny(args, work: Path) -> dict:
+    checkpoint = make_tiny_checkpoint(work / "tiny")
+    dataset = build_levir_sample(args.data, work)
+    _, figures = train_and_time(checkpoint, dataset, work / "out", args.stage, args.steps, args.batch_size, [])
+    figures.update(
+        mode="tiny", stage=args.stage, batch_size=args.batch_size, device="cpu", precision="fp32",
+        threads=torch.get_num_threads(),
+        # ru_maxrss is in KiB on Linux: the peak of the whole process (model, optimizer, data, Python).
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
+    return figures
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured dense matmul rate (FLOP/s) of this device: the denominator of MFU."""
+    size = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    repeats = 50 if device.type == "cuda" else 5
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def count_training_flops(model, batch, device, dtype) -> float:
+    """FLOPs of one forward + backward pass over `batch` (no activation recomputation), per sample."""
+    model = model.to(device).train()
+    batch = {key: value.to(device) for key, value in batch.items()}
+    batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch["input_ids"].shape[0]
+
+
+def significant(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+def run_mfu(args, work: Path) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision]
+    dataset = build_levir_sample(args.data, work)
+    if args.dims == "tiny":
+        folder = make_tiny_checkpoint(work / "model")
+    else:
+        processor = make_processor(image_size=384, patch_size=14)
+        tokenizer = processor.tokenizer
+        torch.manual_seed(0)
+        model = RsccForConditionalGeneration(llava_onevision_0_5b_config(
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        ))
+        folder = work / "model"
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        del model
+    model = RsccForConditionalGeneration.from_pretrained(folder)
+    processor = RsccProcessor.from_pretrained(folder)
+    view = EpochCaptionDataset(load_split(str(dataset), "train"), "flatten", seed=0)
+    batch = ChangeCaptionCollator(processor)([view[index % len(view)] for index in range(args.batch_size)])
+    flops_per_sample = count_training_flops(model, batch, device, dtype)
+    parameters = sum(p.numel() for p in model.parameters())
+    sequence_length = batch["input_ids"].shape[1]
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    peak = matmul_peak_flops(device, dtype)
+
+    extra = ["--activation_checkpointing", "true", "--deepspeed", str(args.deepspeed)]
+    if dtype == torch.bfloat16:
+        extra += ["--bf16", "true"]
+    trainer, figures = train_and_time(folder, dataset, work / "out", args.stage, args.steps, args.batch_size, extra)
+    achieved = flops_per_sample * figures["samples_per_second"] / figures["world_size"]
+    figures.update(
+        mode="mfu", dims=args.dims, stage=args.stage, batch_size_per_device=args.batch_size,
+        device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", precision=args.precision,
+        deepspeed=str(args.deepspeed), activation_checkpointing=True, parameters=parameters,
+        sequence_length=sequence_length, model_tflops_per_sample=significant(flops_per_sample / 1e12),
+        # Cross-check of the count: 6 x parameters x positions (dense layers only, no attention scores).
+        six_n_tokens_tflops_per_sample=significant(6 * parameters * sequence_length / 1e12),
+        measured_matmul_peak_tflops=significant(peak / 1e12),
+        achieved_tflops_per_device=significant(achieved / 1e12),
+        mfu=significant(achieved / peak),
+        peak_memory_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+    )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["tiny", "mfu"])
+    parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    parser.add_argument("--stage", default="stage2", choices=["stage1", "stage2", "stage3"])
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 12 tiny, 30 mfu)")
+    parser.add_argument("--batch-size", type=int, default=None, help="pairs per device (default: 2 tiny, 8 mfu)")
+    parser.add_argument("--dims", choices=["0.5b", "tiny"], default="0.5b", help="mfu mode: model dimensions")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="mfu mode")
+    parser.add_argument("--deepspeed", type=Path, default=REPO_ROOT / "train" / "deepspeed" / "zero2.json")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (the tiny model runs fastest on 1)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    args.steps = args.steps or (12 if args.mode == "tiny" else 30)
+    args.batch_size = args.batch_size or (2 if args.mode == "tiny" else 8)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as work:
+        figures = (run_tiny if args.mode == "tiny" else run_mfu)(args, Path(work))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(figures, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

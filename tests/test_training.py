@@ -1,0 +1,561 @@
+"""Tests of staged training (rscc.training, train/) and generation-based evaluation (rscc.evaluation).
+
+CPU, tiny random models, real LEVIR-CC pairs from ../shared/data. In-process runs use the plain Trainer; the
+DeepSpeed runs go through `accelerate launch` in a subprocess (1 process here, 2 in the slow-marked test).
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from itertools import chain
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, TrainerCallback
+
+from rscc import RsccForConditionalGeneration, RsccProcessor
+from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_image_processor, make_processor, tiny_config
+from rscc.data import build_dataset, caption_view, levir_cc_records, load_change_dataset, manifest_records
+from rscc.evaluation import generate_predictions, read_predictions, reference_captions
+from rscc.training import (
+    LORA_PART,
+    PARTS,
+    STAGES,
+    CaptionRedrawCallback,
+    ChangeCaptionCollator,
+    EpochCaptionDataset,
+    StageSpec,
+    apply_lora,
+    configure_trainable,
+    lora_target_pattern,
+    parse_arguments,
+    part_of,
+    resolve_stage,
+    run_stage,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPES = REPO_ROOT / "train" / "recipes"
+REAL_PAIRS = ("train_000016.png", "train_000051.png", "train_000054.png")
+# Options every in-process run shares: tiny batches, no progress bars, no worker processes.
+QUICK = ["--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--logging_steps", "1",
+         "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--save_strategy", "no"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model is far too small to split across threads: on a busy 2-core machine two threads run a training
+    step about 10x slower than one (they wait on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def levir_folder(shared_data, tmp_path_factory) -> Path:
+    """A dataset in rscc's format: the 3 real LEVIR-CC pairs as `train` (with LEVIR-CD masks standing in for
+    LEVIR-MCI labels) and again, under another source name, as `validation`."""
+    temp = tmp_path_factory.mktemp("levir")
+    root = temp / "root"
+    masks = sorted((shared_data / "levir_cd_samples" / "label").glob("*.png"))[: len(REAL_PAIRS)]
+    for side in ("A", "B"):
+        (root / "images" / "train" / side).mkdir(parents=True)
+        for name in REAL_PAIRS:
+            shutil.copy(shared_data / "levir_cc" / "images" / "train" / side / name, root / "images" / "train" / side)
+    (root / "images" / "train" / "label").mkdir()
+    for name, mask in zip(REAL_PAIRS, masks):
+        shutil.copy(mask, root / "images" / "train" / "label" / name)
+    entries = [entry for entry in json.loads((shared_data / "levir_cc" / "LevirCCcaptions.json").read_text())["images"]
+               if entry["filename"] in REAL_PAIRS]
+    (root / "LevirCCcaptions.json").write_text(json.dumps({"images": entries}))
+    with open(temp / "validation.jsonl", "w") as file:
+        for entry in entries:
+            file.write(json.dumps({
+                "id": Path(entry["filename"]).stem,
+                "before": str(root / "images" / "train" / "A" / entry["filename"]),
+                "after": str(root / "images" / "train" / "B" / entry["filename"]),
+                "captions": [sentence["raw"] for sentence in entry["sentences"]],
+            }) + "\n")
+    records = chain(levir_cc_records(root),
+                    manifest_records(temp / "validation.jsonl", split="validation", source="levir_cc_validation"))
+    return build_dataset(records, temp / "dataset").out_dir
+
+
+@pytest.fixture(scope="module")
+def stock_folder(tmp_path_factory) -> Path:
+    """A saved stock LLaVA-OneVision checkpoint (tiny random weights) with its tokenizer and image processor."""
+    processor = make_processor()
+    config = tiny_config(processor.tokenizer).to_dict()
+    for key in [key for key in config if key.startswith("difference_") or key == "use_difference_integration"]:
+        del config[key]
+    del config["model_type"]
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("stock-llava-ov")
+    LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(**config)).save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    build_image_processor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def unused_parameters(tiny_checkpoint, levir_folder) -> set:
+    """Parameters that get no gradient from a training batch (e.g. SigLIP's post-layernorm, which LLaVA-OneVision
+    never reads): training cannot move them, so 'trainable parameters changed' excludes them."""
+    model = RsccForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    processor = RsccProcessor.from_pretrained(tiny_checkpoint)
+    view = EpochCaptionDataset(load_change_dataset(levir_folder, split="train"), "flatten", seed=0)
+    model(**ChangeCaptionCollator(processor)([view[0], view[1]])).loss.backward()
+    return {name for name, parameter in model.named_parameters() if parameter.grad is None}
+
+
+def arguments(stage: str, model, dataset, output_dir, *options):
+    return parse_arguments(stage, ["--model_name_or_path", str(model), "--dataset_name_or_path", str(dataset),
+                                   "--output_dir", str(output_dir), *QUICK, *map(str, options)])
+
+
+def weights(folder) -> dict:
+    return RsccForConditionalGeneration.from_pretrained(folder).state_dict()
+
+
+def assert_trained_exactly(before: dict, after: dict, trained_parts, unused: set) -> None:
+    """Frozen parameters bit-identical; every trainable one that gets a gradient changed."""
+    for name, value in before.items():
+        part = part_of(name)
+        if part in trained_parts and name not in unused:
+            assert not torch.equal(value, after[name]), f"{name} ({part}) should have trained"
+        elif part not in trained_parts:
+            assert torch.equal(value, after[name]), f"{name} ({part}) should be frozen"
+
+
+def scorer(values):
+    """A scoring function returning the given S_m values in turn, with the report shape of rscc.metrics."""
+    calls = []
+
+    def score(predictions, references):
+        assert set(predictions) == set(references) and all(isinstance(c, str) for c in predictions.values())
+        calls.append(dict(predictions))
+        return {"convention": "test", "S_m": values[len(calls) - 1], "BLEU-4": 1.0, "subsets": {"change": 2.0}}
+
+    score.calls = calls
+    return score
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stages as data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_stage_table_follows_ccexpert_and_every_parameter_has_a_part(tiny_model):
+    assert STAGES["stage1"].trainable_parts == ("projector", "difference_module")
+    assert "change_head" in STAGES["stage1"].optional_parts
+    assert STAGES["stage2"].lr_scales == {"vision_tower": 0.2} == STAGES["stage3"].lr_scales
+    assert (STAGES["stage2"].caption_mode, STAGES["stage3"].caption_mode) == ("flatten", "random_choice")
+    parts = {part_of(name) for name, _ in tiny_model.named_parameters()}
+    assert parts == {"vision_tower", "projector", "difference_module", "language_model"}
+    assert part_of("model.image_newline") == "language_model"
+    assert part_of("base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight") == LORA_PART
+    assert part_of("base_model.model.model.multi_modal_projector.linear_1.weight") == "projector"
+    assert part_of("model.change_head.classifier.weight") == "change_head"
+    with pytest.raises(ValueError, match="unknown part"):
+        StageSpec("bad", "", trainable_parts=("vision",))
+    with pytest.raises(ValueError, match="does not train"):
+        resolve_stage("stage1", lr_scales={"vision_tower": 0.2})
+    with pytest.raises(ValueError, match="unknown stage"):
+        resolve_stage("stage4")
+    # An explicit part list means exactly those parts; scales of parts no longer trained are dropped.
+    assert resolve_stage("stage2", trainable_parts=["projector"]) == StageSpec(
+        "stage2", STAGES["stage2"].description, trainable_parts=("projector",))
+
+
+def test_configure_trainable_rejects_a_missing_part_and_skips_optional_ones():
+    processor = make_processor()
+    model = RsccForConditionalGeneration(tiny_config(processor.tokenizer, use_difference_integration=False))
+    with pytest.raises(ValueError, match="difference_module"):
+        configure_trainable(model, STAGES["stage1"])
+    report = configure_trainable(model, STAGES["stage2"])
+    assert report.absent_parts == ["difference_module", "change_head"]
+    assert report.num_trainable == report.num_total == sum(p.numel() for p in model.parameters())
+    report = configure_trainable(model, resolve_stage("stage1", trainable_parts=["projector"]))
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == {
+        name for name, _ in model.named_parameters() if name.startswith(PARTS["projector"])}
+    assert "projector   " in str(report) and report.num_trainable == 2 * 32 * 32 + 2 * 32
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_collator_passes_change_masks_only_to_processors_that_take_them(tiny_processor, levir_folder):
+    view = EpochCaptionDataset(load_change_dataset(levir_folder, split="train"), "random_choice", seed=0)
+    examples = [view[0], view[1]]
+    assert all(example["change_mask"] is not None for example in examples)
+    batch = ChangeCaptionCollator(tiny_processor)(examples)
+    assert batch["labels"].shape == batch["input_ids"].shape and (batch["labels"] != -100).any()
+
+    class MaskProcessor(RsccProcessor):
+        def __call__(self, images=None, text=None, captions=None, change_masks=None, **kwargs):
+            self.received = change_masks
+            return super().__call__(images=images, text=text, captions=captions, **kwargs)
+
+    masked = MaskProcessor(tiny_processor.image_processor, tiny_processor.tokenizer,
+                           num_image_tokens=tiny_processor.num_image_tokens)
+    ChangeCaptionCollator(masked)(examples)
+    assert [mask.size for mask in masked.received] == [(256, 256), (256, 256)]
+
+
+def test_random_choice_redraws_captions_per_epoch_from_seed_and_epoch(levir_folder):
+    pairs = load_change_dataset(levir_folder, split="train")
+    dataset = EpochCaptionDataset(pairs, "random_choice", seed=3)
+    callback = CaptionRedrawCallback(dataset)
+    draws = {}
+    for epoch, state_epoch in ((0, 0.0), (1, 1.0), (2, 2.0), (1, 1.5)):  # 1.5: resumed in the middle of epoch 1
+        callback.on_epoch_begin(None, type("State", (), {"epoch": state_epoch})(), None)
+        captions = [dataset[index]["caption"] for index in range(len(dataset))]
+        expected = caption_view(pairs, "random_choice", seed=3, epoch=epoch)
+        assert captions == [expected[index]["caption"] for index in range(len(expected))]
+        draws.setdefault(epoch, captions)
+        assert draws[epoch] == captions
+    assert len({tuple(captions) for captions in draws.values()}) > 1
+    assert len(EpochCaptionDataset(pairs, "flatten", seed=3)) == 15  # 3 pairs x 5 captions
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stages end to end (plain Trainer)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_three_stages_chain_and_train_exactly_their_parts(stock_folder, levir_folder, tmp_path, unused_parameters):
+    # Stage 1 from a stock LLaVA-OneVision checkpoint: the difference module is added (zero output scale).
+    stage1 = tmp_path / "stage1"
+    trainer = run_stage(arguments("stage1", stock_folder, levir_folder, stage1, "--max_steps", "2",
+                                  "--model_config_overrides", json.dumps(TINY_DIFFERENCE_OPTIONS)))
+    stock = LlavaOnevisionForConditionalGeneration.from_pretrained(stock_folder).state_dict()
+    after1 = weights(stage1)
+    for name, value in stock.items():
+        if part_of(name) in ("vision_tower", "language_model"):
+            assert torch.equal(value, after1[name]), name
+    assert not torch.equal(stock["model.multi_modal_projector.linear_1.weight"],
+                           after1["model.multi_modal_projector.linear_1.weight"])
+    assert after1["model.difference_module.output_scale"].abs().sum() > 0  # moved from its zero start
+    record = json.loads((stage1 / "rscc_stage.json").read_text())
+    assert record["trainable"]["trainable_parts"] == ["projector", "difference_module"]
+    assert record["trainable"]["absent_parts"] == ["change_head"]
+    losses = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(entry["samples_per_second"] > 0 and entry["peak_memory_mb"] > 0 for entry in losses)
+    assert {"learning_rate/projector", "learning_rate/difference_module"} <= set(losses[0])
+
+    # Stage 2 from stage 1's folder, with the Trainer's gradient-checkpointing flag: everything trains.
+    stage2 = tmp_path / "stage2"
+    trainer = run_stage(arguments("stage2", stage1, levir_folder, stage2, "--max_steps", "2",
+                                  "--gradient_checkpointing", "true"))
+    assert trainer.model.is_activation_checkpointing
+    assert_trained_exactly(after1, weights(stage2), set(PARTS), unused_parameters)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry][0]
+    assert logged["learning_rate/vision_tower"] == pytest.approx(0.2 * logged["learning_rate/language_model"])
+    assert logged["learning_rate/projector"] == logged["learning_rate/language_model"] == logged["learning_rate"]
+
+    # Stage 3 from stage 2's folder, training only the difference module this time (a stage override).
+    stage3 = tmp_path / "stage3"
+    run_stage(arguments("stage3", stage2, levir_folder, stage3, "--max_steps", "2",
+                        "--trainable_parts", "difference_module"))
+    assert_trained_exactly(weights(stage2), weights(stage3), {"difference_module"}, unused_parameters)
+    assert RsccProcessor.from_pretrained(stage3).tokenizer.get_vocab() == make_processor().tokenizer.get_vocab()
+
+
+class EpochRecorder(TrainerCallback):
+    """Records the caption-draw epoch of the training dataset at every step."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_step_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.epochs.append(train_dataloader.dataset.epoch)
+
+
+class StopAt(TrainerCallback):
+    """Ends training after `step` steps, as an interruption would (the checkpoint of that step is written)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resumed_run_reaches_the_same_parameters(tiny_checkpoint, levir_folder, tmp_path):
+    # Batch 1 over 3 pairs: 3 steps per epoch; the interruption at step 4 is inside epoch 1, whose captions are a
+    # new random draw, so resuming must restore the data order and the epoch's captions as well as the weights.
+    options = ["--max_steps", "5", "--per_device_train_batch_size", "1", "--save_strategy", "steps",
+               "--save_steps", "4", "--seed", "7"]
+    straight_epochs, resumed_epochs = EpochRecorder(), EpochRecorder()
+    run_stage(arguments("stage3", tiny_checkpoint, levir_folder, tmp_path / "straight", *options),
+              callbacks=[straight_epochs])
+    run_stage(arguments("stage3", tiny_checkpoint, levir_folder, tmp_path / "resumed", *options), callbacks=[StopAt(4)])
+    assert (tmp_path / "resumed" / "checkpoint-4").is_dir()
+    trainer = run_stage(arguments("stage3", tiny_checkpoint, levir_folder, tmp_path / "resumed", *options,
+                                  "--resume_from_checkpoint", "last"), callbacks=[resumed_epochs])
+    assert trainer.state.global_step == 5
+    assert (straight_epochs.epochs, resumed_epochs.epochs) == ([0, 0, 0, 1, 1], [1])  # step 5 uses epoch 1's draw
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)  # bit-identical
+    interrupted = weights(tmp_path / "resumed" / "checkpoint-4")
+    assert any(not torch.equal(interrupted[name], resumed[name]) for name in resumed)  # step 5 did train
+
+
+def test_validation_metric_is_logged_and_keeps_the_best_checkpoint(tiny_checkpoint, levir_folder, tmp_path):
+    score = scorer([5.0, 9.0, 1.0])
+    output = tmp_path / "run"
+    trainer = run_stage(
+        arguments("stage2", tiny_checkpoint, levir_folder, output, "--max_steps", "3", "--eval_strategy", "steps",
+                  "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1", "--load_best_model_at_end",
+                  "true", "--validation_max_new_tokens", "4", "--per_device_eval_batch_size", "2"),
+        scoring_function=score,
+    )
+    evaluations = [entry for entry in trainer.state.log_history if "eval_S_m" in entry]
+    assert [(entry["step"], entry["eval_S_m"]) for entry in evaluations] == [(1, 5.0), (2, 9.0), (3, 1.0)]
+    assert evaluations[0]["eval_subsets/change"] == 2.0 and "eval_convention" not in evaluations[0]
+    assert trainer.args.metric_for_best_model == "S_m" and trainer.state.best_metric == 9.0
+    assert trainer.state.best_model_checkpoint == str(output / "checkpoint-2")
+    best, last, final = weights(output / "checkpoint-2"), weights(output / "checkpoint-3"), weights(output)
+    assert all(torch.equal(best[name], final[name]) for name in best)
+    assert any(not torch.equal(last[name], final[name]) for name in best)
+    # The validation captions of each evaluation are kept, keyed by pair id.
+    assert read_predictions(output / "predictions" / "validation-step2.jsonl") == score.calls[1]
+    assert set(score.calls[1]) == {Path(name).stem for name in REAL_PAIRS}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# LoRA
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_lora_run_trains_adapters_and_named_parts_only_and_merges_exactly(
+    tiny_checkpoint, levir_folder, tmp_path, example_pairs, tiny_processor
+):
+    # Semantic-CC's captioning step: LoRA r16/alpha32/dropout 0.05 on the language model, plus the projector;
+    # validation picks step 1, so the best-model reload of adapters and projector is exercised too.
+    output = tmp_path / "lora"
+    trainer = run_stage(
+        arguments("stage2", tiny_checkpoint, levir_folder, output, "--max_steps", "2", "--trainable_parts",
+                  "projector", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.05", "--lora_parts",
+                  "language_model", "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps",
+                  "--save_steps", "1", "--load_best_model_at_end", "true", "--validation_max_new_tokens", "3"),
+        scoring_function=scorer([9.0, 1.0]),
+    )
+    assert trainer.state.best_model_checkpoint == str(output / "checkpoint-1")
+    best = output / "checkpoint-1"
+    assert sorted(load_file(str(best / "trained_parts.safetensors"))) == [
+        f"base_model.model.model.multi_modal_projector.linear_{i}.{kind}" for i in (1, 2) for kind in ("bias", "weight")
+    ]
+    adapter = output / "adapter"
+    assert {"adapter_model.safetensors", "adapter_config.json", "trained_parts.safetensors"} <= {
+        path.name for path in adapter.iterdir()}
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (adapter_config["r"], adapter_config["lora_alpha"], adapter_config["lora_dropout"]) == (16, 32, 0.05)
+    adapter_weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert adapter_weights and all(".language_model.layers." in name for name in adapter_weights)
+    # The final adapter and parts are the best checkpoint's, not the last step's.
+    assert all(torch.equal(tensor, load_file(str(best / "adapter_model.safetensors"))[name])
+               for name, tensor in adapter_weights.items())
+
+    base, merged = weights(tiny_checkpoint), weights(output)
+    adapted = {name.replace("base_model.model.", "").split(".lora_")[0] + ".weight" for name in adapter_weights}
+    for name, value in base.items():
+        if name.startswith(PARTS["projector"]):
+            assert torch.equal(merged[name], load_file(str(best / "trained_parts.safetensors"))[
+                "base_model.model." + name])
+        elif name in adapted:
+            assert not torch.equal(value, merged[name]), f"{name}: adapter not merged"
+        else:
+            assert torch.equal(value, merged[name]), f"{name} should be frozen"
+
+    # Merged weights compute what base weights + adapter (+ trained parts) compute.
+    from peft import PeftModel
+
+    from rscc.training import load_trained_parts
+
+    with_adapter = PeftModel.from_pretrained(RsccForConditionalGeneration.from_pretrained(tiny_checkpoint), adapter)
+    assert load_trained_parts(with_adapter, adapter)
+    inputs = tiny_processor(images=example_pairs, captions=["A road is built.", "Houses appear."])
+    with torch.no_grad():
+        expected = with_adapter.eval()(**inputs).logits
+        actual = RsccForConditionalGeneration.from_pretrained(output).eval()(**inputs).logits
+    assert (expected - actual).abs().max().item() <= 1e-5
+
+
+def test_lora_targets_stay_inside_their_part(tiny_model):
+    pattern = lora_target_pattern(tiny_model.config, ["vision_tower"], last_layers=1)
+    peft_model = apply_lora(tiny_model, r=4, alpha=8, dropout=0.0, parts=["vision_tower"], last_layers=1)
+    adapted = {name.split(".lora_A")[0].replace("base_model.model.", "")
+               for name, _ in peft_model.named_parameters() if ".lora_A." in name}
+    assert adapted == {f"model.vision_tower.encoder.layers.3.{module}" for module in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")}
+    assert "layers\\.(3)" in pattern
+    report = configure_trainable(peft_model, resolve_stage("stage3", trainable_parts=[LORA_PART]))
+    assert report.trainable_parts == [LORA_PART]
+    assert all(part_of(name) == LORA_PART for name, p in peft_model.named_parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="blocks"):
+        lora_target_pattern(tiny_model.config, ["vision_tower"], last_layers=5)
+    with pytest.raises(ValueError, match="LoRA can adapt"):
+        lora_target_pattern(tiny_model.config, ["difference_module"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Recipes, arguments, errors
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+MASK_RECIPES = {
+    "mvcc.yaml": "change_filter",
+    "semantic_cc_stage1_change_detection.yaml": "use_change_head",
+    "semantic_cc_stage2_captioning.yaml": "change_loss_weight",
+    "semantic_cc_stage3_joint.yaml": "change_loss_weight",
+    "kcfi.yaml": "use_change_head",
+}
+
+
+def test_recipes_parse_and_mask_recipes_stop_at_the_options_they_need(tiny_checkpoint, levir_folder, tmp_path):
+    recipes = sorted(path.name for path in RECIPES.glob("*.yaml"))
+    assert set(MASK_RECIPES) | {"ccexpert_stage1.yaml", "ccexpert_stage2.yaml", "ccexpert_stage3.yaml"} == set(recipes)
+    resolved = {}
+    for recipe in recipes:
+        parsed = parse_arguments("stage1", ["--config", str(RECIPES / recipe), "--model_name_or_path", "unused",
+                                            "--dataset_name_or_path", "unused"])
+        resolved[recipe] = (parsed.stage.resolve(), parsed)
+        deepspeed = parsed.training.get("deepspeed")
+        assert deepspeed is None or (REPO_ROOT / deepspeed).is_file(), recipe
+    stage3, parsed3 = resolved["ccexpert_stage3.yaml"]
+    assert (stage3.name, dict(stage3.lr_scales), stage3.caption_mode) == (
+        "stage3", {"vision_tower": 0.2}, "random_choice")
+    assert parsed3.training["learning_rate"] == 1e-5 and parsed3.training["metric_for_best_model"] == "S_m"
+    kcfi, _ = resolved["kcfi.yaml"]
+    assert dict(kcfi.lr_scales) == {"vision_tower": 0.1, "projector": 0.1}
+    assert "language_model" not in kcfi.trainable_parts
+    semantic1, _ = resolved["semantic_cc_stage1_change_detection.yaml"]
+    assert semantic1.objective == "change" and semantic1.trainable_parts == ("change_head", "difference_module")
+    _, mvcc = resolved["mvcc.yaml"]
+    assert (mvcc.stage.lora_r, mvcc.stage.lora_parts, mvcc.stage.lora_last_layers) == (4, ["vision_tower"], 1)
+    _, semantic2 = resolved["semantic_cc_stage2_captioning.yaml"]
+    assert (semantic2.stage.lora_r, semantic2.stage.lora_alpha, semantic2.stage.lora_dropout) == (16, 32, 0.05)
+
+    for recipe, option in MASK_RECIPES.items():
+        parsed = parse_arguments("stage1", ["--config", str(RECIPES / recipe), "--model_name_or_path",
+                                            str(tiny_checkpoint), "--dataset_name_or_path", str(levir_folder),
+                                            "--output_dir", str(tmp_path / recipe)])
+        parsed.training.pop("deepspeed")  # a CPU run without DeepSpeed; the model options fail first anyway
+        with pytest.raises(ValueError, match=option):
+            run_stage(parsed)
+
+
+def test_bad_arguments_fail_with_messages_naming_them(tiny_checkpoint, levir_folder, tmp_path):
+    with pytest.raises(ValueError, match="no split 'val'"):
+        run_stage(arguments("stage1", tiny_checkpoint, levir_folder, tmp_path / "a", "--eval_strategy", "steps",
+                            "--validation_split", "val", "--validation_scoring_function", "json:dumps"))
+    with pytest.raises(ValueError, match="unknown option"):
+        recipe = tmp_path / "typo.yaml"
+        recipe.write_text("learning_rte: 1.0e-5\n")
+        parse_arguments("stage1", ["--config", str(recipe)])
+    with pytest.raises(ValueError, match="PART=SCALE"):
+        arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "b", "--lr_scales", "vision_tower")
+    with pytest.raises(ValueError, match="also trains in full"):
+        run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "c", "--lora_r", "4"))
+    with pytest.raises(ValueError, match="lora_r is 0"):
+        run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "d", "--trainable_parts", LORA_PART))
+    if importlib.util.find_spec("rscc.metrics") is None:
+        with pytest.raises(ImportError, match="rscc.metrics"):  # before any training step
+            run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "e", "--eval_strategy", "steps"))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "f", "--resume_from_checkpoint",
+                            "last"))
+
+
+def test_generate_predictions_writes_jsonl_in_dataset_order(tiny_model, tiny_processor, levir_folder, tmp_path):
+    split = load_change_dataset(levir_folder, split="validation")
+    tiny_model.train()
+    predictions = generate_predictions(tiny_model, tiny_processor, split, batch_size=2, max_new_tokens=4,
+                                       output_file=tmp_path / "out" / "predictions.jsonl", progress=False)
+    assert tiny_model.training  # mode restored
+    assert list(predictions) == list(split["id"]) == list(reference_captions(split))
+    lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"id": k, "caption": v} for k, v in predictions.items()]
+    from rscc.inference import caption_pairs
+
+    pairs = [[row["before"], row["after"]] for row in split]
+    expected = caption_pairs(tiny_model, tiny_processor, pairs, batch_size=2, max_new_tokens=4)
+    assert list(predictions.values()) == expected
+    with pytest.raises(ValueError, match="occur more than once"):
+        from datasets import concatenate_datasets
+
+        generate_predictions(tiny_model, tiny_processor, concatenate_datasets([split, split]), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DeepSpeed through accelerate launch
+# ---------------------------------------------------------------------------------------------------------------------
+
+SCORING_MODULE = '''
+def score(predictions, references):
+    assert set(predictions) == set(references), (sorted(predictions), sorted(references))
+    return {"S_m": float(len(predictions)), "pairs": float(len(predictions))}
+'''
+
+
+def launch(tmp_path, accelerate_config, num_processes, zero, *options):
+    """Run train/stage2.py under `accelerate launch` with a shipped accelerate config and DeepSpeed config."""
+    (tmp_path / "scoring_for_test.py").write_text(SCORING_MODULE)
+    output = tmp_path / f"out-{zero}-{num_processes}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(tmp_path)]), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [Path(sys.executable).parent / "accelerate", "launch", "--config_file",
+               REPO_ROOT / "train" / "accelerate" / accelerate_config, "--num_processes", str(num_processes),
+               "--main_process_port", "0", REPO_ROOT / "train" / "stage2.py",
+               "--deepspeed", REPO_ROOT / "train" / "deepspeed" / f"{zero}.json", "--output_dir", output,
+               "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1", "--learning_rate", "1e-3",
+               "--dataloader_num_workers", "0", "--disable_tqdm", "true", *options]
+    result = subprocess.run([str(part) for part in command], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return output, json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+
+
+def check_deepspeed_run(output, log_history, zero, before):
+    engine_files = {path.name for path in (output / "checkpoint-2" / "global_step2").iterdir()}
+    expected = "zero_pp_rank_0_mp_rank_00_model_states.pt" if zero != "zero2" else "mp_rank_00_model_states.pt"
+    assert expected in engine_files, engine_files  # the engine really ran this ZeRO stage
+    logged = [entry for entry in log_history if "loss" in entry][0]
+    # The optimizer's per-part groups survive DeepSpeed: the vision tower still steps at 0.2x.
+    assert logged["learning_rate/vision_tower"] == pytest.approx(0.2 * logged["learning_rate/language_model"])
+    after = weights(output)
+    assert any(not torch.equal(before[name], after[name]) for name in before if part_of(name) == "vision_tower")
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_accelerate_launch_with_deepspeed_one_process(zero, tiny_checkpoint, levir_folder, tmp_path):
+    output, log_history = launch(
+        tmp_path, "single_gpu.yaml", 1, zero, "--model_name_or_path", tiny_checkpoint, "--dataset_name_or_path",
+        levir_folder, "--max_steps", "2", "--per_device_train_batch_size", "2")
+    check_deepspeed_run(output, log_history, zero, weights(tiny_checkpoint))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_accelerate_launch_with_deepspeed_two_processes_validates_by_generation(
+    zero, tiny_checkpoint, levir_folder, tmp_path
+):
+    # Two ranks caption the 3 validation pairs in shards of 2 (one pair repeated); scoring sees each id once.
+    output, log_history = launch(
+        tmp_path, "8gpu.yaml", 2, zero, "--model_name_or_path", tiny_checkpoint, "--dataset_name_or_path",
+        levir_folder, "--max_steps", "2", "--per_device_train_batch_size", "1", "--eval_strategy", "steps",
+        "--eval_steps", "2", "--validation_max_new_tokens", "3", "--per_device_eval_batch_size", "1",
+        "--validation_scoring_function", "scoring_for_test:score")
+    check_deepspeed_run(output, log_history, zero, weights(tiny_checkpoint))
+    assert [entry["eval_pairs"] for entry in log_history if "eval_pairs" in entry] == [3.0]
+    assert len(read_predictions(output / "predictions" / "validation-step2.jsonl")) == 3
