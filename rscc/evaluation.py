@@ -137,7 +137,9 @@ def default_scoring_function(convention: str = "ccexpert") -> ScoringFunction:
         ) from error
 
     def score(predictions: dict, references: dict) -> dict:
-        return evaluate_captions(predictions, references, convention=convention)
+        report = evaluate_captions(predictions, references, convention=convention)
+        # Validation logs and `metric_for_best_model` use the whole-split figures under their plain names (S_m, ...).
+        return {**report["metrics"]["all"], "change_decision_accuracy": report["change_decision"]["accuracy"]}
 
     return score
 

@@ -559,3 +559,16 @@ def test_accelerate_launch_with_deepspeed_two_processes_validates_by_generation(
     check_deepspeed_run(output, log_history, zero, weights(tiny_checkpoint))
     assert [entry["eval_pairs"] for entry in log_history if "eval_pairs" in entry] == [3.0]
     assert len(read_predictions(output / "predictions" / "validation-step2.jsonl")) == 3
+
+
+@pytest.mark.java
+@pytest.mark.skipif(shutil.which("java") is None, reason="java is not on PATH (METEOR)")
+def test_default_validation_scorer_gives_plain_metric_names():
+    from rscc.evaluation import default_scoring_function
+
+    scores = default_scoring_function()(
+        {"a": "a road is built", "b": "there is no difference"},
+        {"a": ["a road is built .", "houses appear"], "b": ["there is no difference", "no change has occurred"]},
+    )
+    assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "S_m", "change_decision_accuracy"} <= set(scores)
+    assert scores["change_decision_accuracy"] == 100.0 and 0 < scores["S_m"] <= 100
