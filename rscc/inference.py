@@ -5,9 +5,11 @@ import json
 import os
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from transformers import AutoConfig
 
@@ -89,40 +91,121 @@ def load_captioner(
     return model.to(device).eval(), processor
 
 
+@dataclass
+class ChangeDescription:
+    """What rscc says about one (before, after) pair.
+
+    Attributes:
+        caption (`str`): one sentence on what changed.
+        change_mask (`np.ndarray` of shape `(height, width)`, *optional*): the change head's class ids (0 no change) at
+            the before image's original size; `None` for a model without a change head.
+        changed_fraction (`float`, *optional*): share of the mask's pixels that changed.
+        changed (`bool`, *optional*): whether any pixel changed.
+    """
+
+    caption: str
+    change_mask: np.ndarray | None = None
+    changed_fraction: float | None = None
+    changed: bool | None = None
+
+
 @torch.inference_mode()
+def describe_changes(
+    model,
+    processor: RsccProcessor,
+    pairs: list,
+    change_masks: list | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    **generate_kwargs,
+) -> list[ChangeDescription]:
+    """Caption (before, after) pairs in batches and, with a change head, return its masks too.
+
+    Greedy decoding unless `generate_kwargs` say otherwise. With a change head the images are encoded once: the head's
+    masks and the features `generate` uses come from the same pass. With `config.no_change_shortcut`, pairs whose
+    predicted mask has no changed pixel skip the language model and get `config.no_change_caption`.
+
+    Args:
+        model: an rscc (or stock LLaVA-OneVision) model.
+        processor ([`RsccProcessor`]).
+        pairs (`list`): `[before, after]` pairs, each image anything [`load_image`] accepts.
+        change_masks (`list`, *optional*): one change mask (or `None`) per pair, for the token filter of a model with
+            `change_mask_source="input"` (see `RsccProcessor`).
+        batch_size (`int`): pairs per `generate` call.
+        max_new_tokens (`int`): caption length limit in tokens.
+
+    Returns:
+        `list[ChangeDescription]`, one per pair, in order.
+    """
+    if change_masks is not None and len(change_masks) != len(pairs):
+        raise ValueError(f"change_masks: expected one entry per pair ({len(pairs)}), got {len(change_masks)}")
+    generate_kwargs.setdefault("do_sample", False)
+    config = model.config
+    has_change_head = getattr(config, "use_change_head", False)
+    descriptions = []
+    for start in range(0, len(pairs), batch_size):
+        batch_masks = None if change_masks is None else change_masks[start : start + batch_size]
+        inputs = processor(images=pairs[start : start + batch_size], change_masks=batch_masks).to(model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        num_pairs = inputs["input_ids"].shape[0]
+        masks = [{}] * num_pairs
+        to_generate = list(range(num_pairs))
+        model_inputs = dict(inputs)
+        if has_change_head:
+            image_features = model.model.get_image_features(
+                inputs["pixel_values"],
+                inputs["image_sizes"],
+                batch_num_images=inputs["batch_num_images"],
+                change_masks=inputs.get("change_masks"),
+            )
+            masks = processor.post_process_change_masks(
+                image_features.change_logits, target_sizes=inputs["image_sizes"][0::2].tolist()
+            )
+            if config.no_change_shortcut:
+                to_generate = [index for index, mask in enumerate(masks) if mask["changed"]]
+            model_inputs = {
+                "input_ids": inputs["input_ids"][to_generate],
+                "attention_mask": inputs["attention_mask"][to_generate],
+                "mm_encoder_outputs": {"image": image_features.select_pairs(to_generate)},
+            }
+        captions = [getattr(config, "no_change_caption", None)] * num_pairs
+        if to_generate:
+            generated = model.generate(
+                **model_inputs,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=processor.tokenizer.pad_token_id,
+                **generate_kwargs,
+            )
+            for index, caption in zip(to_generate, processor.post_process_captions(generated, model_inputs)):
+                captions[index] = caption
+        descriptions.extend(ChangeDescription(caption, **mask) for caption, mask in zip(captions, masks))
+    return descriptions
+
+
 def caption_pairs(
     model,
     processor: RsccProcessor,
     pairs: list,
     batch_size: int = 8,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    change_masks: list | None = None,
     **generate_kwargs,
 ) -> list[str]:
-    """Caption (before, after) pairs in batches with greedy decoding unless `generate_kwargs` say otherwise.
-
-    Args:
-        model: an rscc (or stock LLaVA-OneVision) model.
-        processor ([`RsccProcessor`]).
-        pairs (`list`): `[before, after]` pairs, each image anything [`load_image`] accepts.
-        batch_size (`int`): pairs per `generate` call.
-        max_new_tokens (`int`): caption length limit in tokens.
+    """Caption (before, after) pairs: the captions of [`describe_changes`].
 
     Returns:
         `list[str]`, one caption per pair, in order.
     """
-    generate_kwargs.setdefault("do_sample", False)
-    captions = []
-    for start in range(0, len(pairs), batch_size):
-        inputs = processor(images=pairs[start : start + batch_size]).to(model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        generated = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=processor.tokenizer.pad_token_id,
-            **generate_kwargs,
-        )
-        captions.extend(processor.post_process_captions(generated, inputs))
-    return captions
+    descriptions = describe_changes(
+        model,
+        processor,
+        pairs,
+        change_masks=change_masks,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        **generate_kwargs,
+    )
+    return [description.caption for description in descriptions]
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

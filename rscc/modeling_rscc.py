@@ -1,11 +1,15 @@
-"""rscc models: LLaVA-OneVision with CCExpert's difference-aware integration of the two images of a pair.
+"""rscc models: LLaVA-OneVision with CCExpert's difference-aware integration of the two images of a pair, an
+MV-CC change-mask token filter and a change-detection head.
 
 The stock LLaVA-OneVision parameter names are kept, so a LLaVA-OneVision checkpoint loads unchanged; the new
-module lives under `model.difference_module` and enters through a zero-initialised scale, so a freshly built
-model computes exactly what the stock model computes until training moves that scale.
+modules live under `model.difference_module` and `model.change_head`. The difference module enters through a
+zero-initialised scale and the head only acts through the filter, so a freshly built model computes exactly what the
+stock model computes until training moves that scale or a mask filters the tokens.
 """
 
 import math
+from collections import deque
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,10 +19,16 @@ from transformers.activations import ACT2FN
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionPreTrainedModel
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.llava_onevision.modeling_llava_onevision import (
+    LlavaOnevisionCausalLMOutputWithPast,
+    LlavaOnevisionModelOutputWithPast,
+    LlavaOnevisionPreTrainedModel,
+)
 from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple
 
-from .configuration_rscc import RsccConfig
+from .configuration_rscc import IGNORE_INDEX, RsccConfig
 
 logger = logging.get_logger(__name__)
 
@@ -28,6 +38,150 @@ if get_checkpoint_conversion_mapping(RsccConfig.model_type) is None:
     register_checkpoint_conversion_mapping(
         RsccConfig.model_type, get_checkpoint_conversion_mapping(LlavaOnevisionConfig.model_type)
     )
+
+# Submodules that a LLaVA-OneVision checkpoint does not have.
+NEW_MODULE_PREFIXES = ("model.difference_module.", "model.change_head.")
+
+
+@dataclass
+class RsccImageFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    Output of [`RsccModel.get_image_features`].
+
+    pooler_output (`list[torch.Tensor]`):
+        One `(tokens_per_image, text_hidden_size)` tensor per image, before then after of each pair: the projected
+        grid tokens then the newline token. Under `change_filter="multiply"` the unchanged grid tokens are zero.
+    change_logits (`torch.FloatTensor` of shape `(num_pairs, change_head_num_classes, height, width)`, *optional*):
+        The change head's logits at the resolution of `pixel_values`; class 0 is "no change".
+    kept_tokens (`torch.BoolTensor` of shape `(num_images, tokens_per_image)`, *optional*):
+        Under `change_filter="drop"`, which tokens of each image the language model sees (changed tokens, the
+        context sub-grid and the newline token). `None` when no token is dropped.
+    """
+
+    change_logits: torch.FloatTensor | None = None
+    kept_tokens: torch.BoolTensor | None = None
+
+    def select_pairs(self, pair_indices: list[int]) -> "RsccImageFeaturesOutput":
+        """The features `generate` reads (`pooler_output`, `change_logits`, `kept_tokens`) of some pairs only, e.g. to
+        pass as `mm_encoder_outputs={"image": ...}` with the matching rows of `input_ids`."""
+        images = [index for pair in pair_indices for index in (2 * pair, 2 * pair + 1)]
+        return RsccImageFeaturesOutput(
+            pooler_output=[self.pooler_output[index] for index in images],
+            change_logits=None if self.change_logits is None else self.change_logits[pair_indices],
+            kept_tokens=None if self.kept_tokens is None else self.kept_tokens[images],
+        )
+
+
+@dataclass
+class RsccModelOutputWithPast(LlavaOnevisionModelOutputWithPast):
+    r"""
+    [`LlavaOnevisionModelOutputWithPast`] plus:
+
+    change_logits (`torch.FloatTensor` of shape `(num_pairs, change_head_num_classes, height, width)`, *optional*):
+        The change head's logits at the resolution of `pixel_values`.
+    kept_positions (`torch.LongTensor` of shape `(batch_size, language_model_length)`, *optional*):
+        Under `change_filter="drop"`, the input position each language-model position comes from, `-1` for padding:
+        `last_hidden_state[b, j]` belongs to `input_ids[b, kept_positions[b, j]]`. `None` when nothing was dropped.
+    """
+
+    change_logits: torch.FloatTensor | None = None
+    kept_positions: torch.LongTensor | None = None
+
+
+@dataclass
+class RsccCausalLMOutputWithPast(LlavaOnevisionCausalLMOutputWithPast):
+    r"""
+    [`LlavaOnevisionCausalLMOutputWithPast`] plus:
+
+    change_logits (`torch.FloatTensor` of shape `(num_pairs, change_head_num_classes, height, width)`, *optional*):
+        The change head's logits at the resolution of `pixel_values`.
+    caption_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is provided):
+        Caption cross-entropy.
+    change_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when the model has a change head and a pair
+        of the batch has a `change_masks` label): change-detection cross-entropy (plus the weighted Dice term).
+        `loss` combines both as `config.change_loss_weighting` says.
+    kept_positions (`torch.LongTensor` of shape `(batch_size, language_model_length)`, *optional*):
+        Under `change_filter="drop"`, the input position of each position of `logits`, `-1` for padding.
+    """
+
+    change_logits: torch.FloatTensor | None = None
+    caption_loss: torch.FloatTensor | None = None
+    change_loss: torch.FloatTensor | None = None
+    kept_positions: torch.LongTensor | None = None
+
+
+def change_masks_to_tokens(change_masks: torch.Tensor, grid_size: int) -> torch.BoolTensor:
+    """Binarise change masks and sample them at the centre of each vision token (MV-CC's nearest downsampling).
+
+    Any non-zero value is change, unlabelled pixels (`IGNORE_INDEX`) included: a token nobody labelled is kept
+    rather than hidden. `nearest-exact` samples each token's centre pixel; torch's `nearest` would take the top-left
+    one and shift masks by half a token.
+
+    Args:
+        change_masks (`torch.Tensor` of shape `(num_pairs, height, width)`): class ids, any resolution.
+        grid_size (`int`): side of the token grid (27 for SigLIP-384).
+
+    Returns:
+        `torch.BoolTensor` of shape `(num_pairs, grid_size * grid_size)`, row-major like the vision tokens.
+    """
+    changed = (change_masks != 0).to(torch.float32)[:, None]
+    sampled = nn.functional.interpolate(changed, size=(grid_size, grid_size), mode="nearest-exact")
+    return sampled[:, 0].flatten(1) > 0
+
+
+def context_token_mask(grid_size: int, num_tokens: int, device=None) -> torch.BoolTensor:
+    """The context floor of `change_filter="drop"`: a uniform `sqrt(num_tokens)`-sided sub-grid of token centres.
+
+    Returns:
+        `torch.BoolTensor` of shape `(grid_size * grid_size,)`, `num_tokens` of them set.
+    """
+    side = math.isqrt(num_tokens)
+    mask = torch.zeros(grid_size, grid_size, dtype=torch.bool, device=device)
+    if side:
+        centres = ((torch.arange(side, device=device) + 0.5) * grid_size / side).long()
+        mask[centres[:, None], centres[None, :]] = True
+    return mask.flatten()
+
+
+def pack_kept_positions(keep: torch.BoolTensor, left_padding: bool) -> torch.LongTensor:
+    """For each sample, its kept input positions in order, padded with -1 up to the sample that keeps most.
+
+    Args:
+        keep (`torch.BoolTensor` of shape `(batch_size, seq_len)`): positions to keep.
+        left_padding (`bool`): pad on the left (generation: every sample ends on its last real token) or the right.
+
+    Returns:
+        `torch.LongTensor` of shape `(batch_size, max kept count)`.
+    """
+    batch_size, length = keep.shape
+    counts = keep.sum(1)
+    longest = int(counts.max())
+    positions = torch.arange(length, device=keep.device)
+    # Kept positions sort before dropped ones (offset by `length`), so each row lists its kept positions first.
+    kept_first = torch.sort(torch.where(keep, positions, positions + length), dim=1).values[:, :longest]
+    slots = torch.arange(longest, device=keep.device).expand(batch_size, longest)
+    if left_padding:
+        slots = slots - (longest - counts)[:, None]
+    valid = (slots >= 0) & (slots < counts[:, None])
+    return torch.where(valid, kept_first.gather(1, slots.clamp(0, max(longest - 1, 0))), -1)
+
+
+def gather_positions(values: torch.Tensor, kept_positions: torch.LongTensor, fill_value) -> torch.Tensor:
+    """Select `values[b, kept_positions[b, j]]` along the sequence dimension, `fill_value` where the index is -1.
+
+    Args:
+        values (`torch.Tensor` of shape `(batch_size, seq_len)` or `(batch_size, seq_len, dim)`).
+        kept_positions (`torch.LongTensor` of shape `(batch_size, new_len)`), from [`pack_kept_positions`].
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, new_len)` or `(batch_size, new_len, dim)`.
+    """
+    index = kept_positions.clamp(min=0)
+    padding = kept_positions < 0
+    if values.dim() == 3:
+        index = index[..., None].expand(-1, -1, values.shape[-1])
+        padding = padding[..., None]
+    return values.gather(1, index).masked_fill(padding, fill_value)
 
 
 def sine_position_embedding_2d(grid_size: int, dim: int, device=None, dtype=None) -> torch.Tensor:
@@ -237,10 +391,51 @@ class RsccDifferenceIntegration(nn.Module):
         )
 
 
+class RsccChangeHead(nn.Module):
+    """Change-detection head on the vision token grid: KCFI's light head plus one 3x3 convolution for local context.
+
+    Per token it reads `[A; B; |A - B|]` (KCFI's key change features `|A - B|`, plus both dates so the head can tell
+    an appearing object from a disappearing one and name its class), projects it, mixes each token with its
+    neighbours, and classifies. The logits are then upsampled bilinearly to the input resolution: projecting to the
+    classes before upsampling equals KCFI's upsample-then-1x1-convolution (both are linear) at a fraction of the cost.
+
+    Why not Semantic-CC's SimpleFPN decoder: here the head is the gate that decides, per vision token, what the filter
+    keeps and whether a pair changed at all, before the difference module and the language model run. Those decisions
+    live on the token grid, so a pyramid of deconvolutions up to 4x the grid (millions of parameters at width 1152 and
+    per-pixel work) would buy boundary detail that nothing downstream uses. This head has about 1.5M parameters at
+    LLaVA-OneVision-0.5B dimensions and costs well under 1% of the vision tower.
+    """
+
+    def __init__(self, config: RsccConfig):
+        super().__init__()
+        dim = config.vision_config.hidden_size
+        hidden = config.change_head_hidden_size
+        self.grid_size = config.vision_grid_size
+        self.input_norm = nn.LayerNorm(dim, eps=config.vision_config.layer_norm_eps)
+        self.input_proj = nn.Linear(3 * dim, hidden)
+        self.context_conv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
+        self.act = nn.GELU()
+        self.classifier = nn.Conv2d(hidden, config.change_head_num_classes, kernel_size=1)
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            before, after (`torch.Tensor` of shape `(num_pairs, grid_size * grid_size, vision_hidden_size)`):
+                Vision features of the two images of each pair.
+
+        Returns:
+            `torch.Tensor` of shape `(num_pairs, num_classes, grid_size, grid_size)`: logits per token.
+        """
+        before, after = self.input_norm(before), self.input_norm(after)
+        tokens = self.act(self.input_proj(torch.cat([before, after, (before - after).abs()], dim=-1)))
+        grid = tokens.transpose(1, 2).unflatten(2, (self.grid_size, self.grid_size))
+        return self.classifier(self.act(self.context_conv(grid)))
+
+
 class RsccPreTrainedModel(LlavaOnevisionPreTrainedModel):
     config: RsccConfig
     config_class = RsccConfig
-    _no_split_modules = ["SiglipEncoderLayer", "Qwen2DecoderLayer", "RsccChangeAwareBlock"]
+    _no_split_modules = ["SiglipEncoderLayer", "Qwen2DecoderLayer", "RsccChangeAwareBlock", "RsccChangeHead"]
     # Pair validation reads `batch_num_images` on the host.
     _can_compile_fullgraph = False
 
@@ -264,15 +459,17 @@ class RsccPreTrainedModel(LlavaOnevisionPreTrainedModel):
 
 
 class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
-    """[`LlavaOnevisionModel`] whose image features of each (before, after) pair go through difference integration.
+    """[`LlavaOnevisionModel`] for (before, after) pairs: difference integration of the two images' features, a
+    change-detection head, and a change-mask filter of the vision tokens the language model sees.
 
-    Every sample must hold exactly two images, before then after (`batch_num_images` all 2) when
-    `config.use_difference_integration` is set.
+    Every sample must hold exactly two images, before then after (`batch_num_images` all 2) when any of
+    `config.use_difference_integration`, `config.use_change_head` or `config.change_filter` is set.
     """
 
     def __init__(self, config: RsccConfig):
         super().__init__(config)
         self.difference_module = RsccDifferenceIntegration(config) if config.use_difference_integration else None
+        self.change_head = RsccChangeHead(config) if config.use_change_head else None
         # LlavaOnevisionModel.__init__ already ran post_init; run it again so the new module is initialised too
         # (modules initialised once are skipped).
         self.post_init()
@@ -285,6 +482,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         vision_feature_select_strategy: str | None = None,
         vision_aspect_ratio: str | None = None,
         batch_num_images: torch.LongTensor | None = None,
+        change_masks: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -294,12 +492,17 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 Only the base view (`[:, 0]`) is used, as LLaVA-OneVision does for multi-image samples.
             image_sizes (`torch.Tensor` of shape `(num_images, 2)`): original (height, width) of each image.
             batch_num_images (`torch.LongTensor` of shape `(batch_size,)`): images per sample; all must be 2.
+            change_masks (`torch.Tensor` of shape `(num_pairs, height, width)`, *optional*): class ids per pair at
+                any resolution (0 no change), `IGNORE_INDEX` where unlabelled; from `RsccProcessor(change_masks=...)`.
 
         Returns:
-            [`BaseModelOutputWithPooling`] whose `pooler_output` is a list of `(num_tokens + 1, text_hidden)`
-            tensors, one per image (grid tokens then the newline token).
+            [`RsccImageFeaturesOutput`] whose `pooler_output` is a list of `(num_tokens + 1, text_hidden)` tensors,
+            one per image (grid tokens then the newline token), with the head's `change_logits` and, under
+            `change_filter="drop"`, the `kept_tokens`. A model with none of the rscc modules returns LLaVA-OneVision's
+            output unchanged.
         """
-        if self.difference_module is None:
+        config = self.config
+        if self.difference_module is None and self.change_head is None and config.change_filter == "none":
             return super().get_image_features(
                 pixel_values,
                 image_sizes,
@@ -309,24 +512,31 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 batch_num_images=batch_num_images,
                 **kwargs,
             )
-        vision_feature_layer = (
-            self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
-        )
-        vision_feature_select_strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
-        vision_aspect_ratio = vision_aspect_ratio or self.config.vision_aspect_ratio
+        vision_feature_layer = config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        vision_feature_select_strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
+        vision_aspect_ratio = vision_aspect_ratio or config.vision_aspect_ratio
         if batch_num_images is None or any(int(n) != 2 for n in batch_num_images):
             found = None if batch_num_images is None else [int(n) for n in batch_num_images]
             raise ValueError(
-                "difference integration needs exactly two images (before, after) per sample; got "
+                "rscc models need exactly two images (before, after) per sample; got "
                 f"batch_num_images={found}. Build inputs with RsccProcessor(images=[[before, after], ...])."
             )
         if pixel_values.dim() == 5:
             pixel_values = pixel_values[:, 0]
         elif pixel_values.dim() != 4:
             raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
+        num_pairs = pixel_values.shape[0] // 2
+        if change_masks is not None:
+            if change_masks.dim() != 3 or change_masks.shape[0] != num_pairs:
+                raise ValueError(
+                    f"change_masks of shape {tuple(change_masks.shape)}: expected (num_pairs={num_pairs}, height, "
+                    "width), one mask per (before, after) pair; build them with RsccProcessor(change_masks=...)"
+                )
+            change_masks = change_masks.to(pixel_values.device)
 
         kwargs.pop("return_dict", None)
-        wanted_layers = sorted({vision_feature_layer, *self.config.difference_feature_layers})
+        levels = config.difference_feature_layers if self.difference_module is not None else []
+        wanted_layers = sorted({vision_feature_layer, *levels})
         kwargs["output_hidden_states"] = kwargs.get("output_hidden_states") or wanted_layers
         vision_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
         first_token = 1 if vision_feature_select_strategy == "default" else 0
@@ -334,22 +544,192 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         def select(layer):
             return vision_outputs.hidden_states[layer][:, first_token:]
 
-        levels = [select(layer) for layer in self.config.difference_feature_layers]
         features = select(vision_feature_layer)
-        before, after = self.difference_module(
-            [level[0::2] for level in levels], [level[1::2] for level in levels], features[0::2], features[1::2]
-        )
-        features = torch.stack([before, after], dim=1).flatten(0, 1)
-        projected = self.multi_modal_projector(features)
+        before, after = features[0::2], features[1::2]
+        grid_logits = self.change_head(before, after) if self.change_head is not None else None
+        changed_tokens = self._changed_tokens(change_masks, grid_logits)
+        if self.difference_module is not None:
+            # A pair whose mask shows no change skips the difference module (28% of a stock pair's FLOPs): under
+            # "multiply" all its grid tokens are zeroed anyway, under "drop" only the context sub-grid remains.
+            refined = None if changed_tokens is None else changed_tokens.any(1)
+            before, after = self._integrate_differences(
+                [select(layer) for layer in levels], before, after, refined
+            )
+        projected = self.multi_modal_projector(torch.stack([before, after], dim=1).flatten(0, 1))
+
+        kept_tokens = None
+        if changed_tokens is not None and config.change_filter == "multiply":
+            projected = projected * changed_tokens.repeat_interleave(2, dim=0)[..., None].to(projected.dtype)
+        elif changed_tokens is not None and config.change_filter == "drop":
+            keep = changed_tokens | context_token_mask(
+                config.vision_grid_size, config.change_filter_min_tokens, changed_tokens.device
+            )
+            newline = keep.new_ones(2 * num_pairs, 1)  # each image's newline token always stays
+            kept_tokens = torch.cat([keep.repeat_interleave(2, dim=0), newline], dim=1)
         image_features, _ = self.pack_image_features(
             [image[None] for image in projected],
             image_sizes,
             image_newline=self.image_newline,
             vision_aspect_ratio=vision_aspect_ratio,
         )
-        vision_outputs.pooler_output = image_features
-        return vision_outputs
+        change_logits = None
+        if grid_logits is not None:
+            change_logits = nn.functional.interpolate(
+                grid_logits, size=tuple(pixel_values.shape[-2:]), mode="bilinear", align_corners=False
+            )
+        return RsccImageFeaturesOutput(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=image_features,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+            change_logits=change_logits,
+            kept_tokens=kept_tokens,
+        )
 
+    def _changed_tokens(
+        self, change_masks: torch.Tensor | None, grid_logits: torch.Tensor | None
+    ) -> torch.BoolTensor | None:
+        """Which grid tokens of each pair the filter treats as changed, `(num_pairs, grid**2)`; `None`: no filter."""
+        if self.config.change_filter == "none":
+            return None
+        given = None if change_masks is None else change_masks_to_tokens(change_masks, self.config.vision_grid_size)
+        if self.config.change_mask_source == "input":
+            if given is None:
+                logger.warning_once(
+                    f"change_filter={self.config.change_filter!r} with change_mask_source='input' but no change_masks "
+                    "were given: every vision token is kept"
+                )
+            return given
+        predicted = (grid_logits.argmax(1) != 0).flatten(1)
+        if change_masks is None:
+            return predicted
+        # A given mask wins over the prediction (teacher forcing in training); pairs without one use the head.
+        has_mask = (change_masks != IGNORE_INDEX).flatten(1).any(1)
+        return torch.where(has_mask[:, None], given, predicted)
+
+    def _integrate_differences(
+        self,
+        levels: list[torch.Tensor],
+        before: torch.Tensor,
+        after: torch.Tensor,
+        refined: torch.BoolTensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the difference module on the pairs in `refined` (all when `None`); the others keep their features."""
+        if refined is None or bool(refined.all()):
+            return self.difference_module(
+                [level[0::2] for level in levels], [level[1::2] for level in levels], before, after
+            )
+        if not bool(refined.any()):
+            return before, after
+        pairs = refined.nonzero()[:, 0]
+        refined_before, refined_after = self.difference_module(
+            [level[0::2][pairs] for level in levels],
+            [level[1::2][pairs] for level in levels],
+            before[pairs],
+            after[pairs],
+        )
+        return before.index_copy(0, pairs, refined_before), after.index_copy(0, pairs, refined_after)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
+        batch_num_images: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict | None = None,
+        change_masks: torch.Tensor | None = None,
+        **kwargs,
+    ) -> RsccModelOutputWithPast:
+        r"""
+        [`LlavaOnevisionModel.forward`] with the change-mask filter.
+
+        Args:
+            change_masks (`torch.Tensor` of shape `(num_pairs, height, width)`, *optional*):
+                Class ids per pair (see [`RsccModel.get_image_features`]).
+
+        Under `change_filter="drop"` the language model runs on a shorter sequence: the placeholder positions of
+        dropped vision tokens are removed from the embeddings, the attention mask and the position ids, and each
+        sample is re-packed on the side the input was padded on. The kept tokens keep their original position ids,
+        so rotary positions still tell the language model where in the image grid each token was, and an all-kept
+        mask computes exactly the unfiltered model. `kept_positions` in the output maps the shorter sequence back.
+        """
+        mm_encoder_outputs = dict(mm_encoder_outputs or {})
+        if pixel_values is not None and mm_encoder_outputs.get("image") is None:
+            mm_encoder_outputs["image"] = self.get_image_features(
+                pixel_values,
+                image_sizes,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                vision_aspect_ratio=vision_aspect_ratio,
+                batch_num_images=batch_num_images,
+                change_masks=change_masks,
+            )
+        image_outputs = mm_encoder_outputs.get("image")
+        kept_tokens = getattr(image_outputs, "kept_tokens", None)
+        kept_positions = image_hidden_states = None
+        if kept_tokens is not None:
+            if inputs_embeds is None:
+                inputs_embeds = self.get_input_embeddings()(input_ids)
+            image_hidden_states = torch.cat(image_outputs.pooler_output, dim=0).to(
+                inputs_embeds.device, inputs_embeds.dtype
+            )
+            image_positions, _ = self.get_placeholder_mask(
+                input_ids, inputs_embeds=inputs_embeds, image_features=image_hidden_states
+            )
+            inputs_embeds = inputs_embeds.masked_scatter(image_positions, image_hidden_states)
+            image_positions = image_positions[..., 0]
+            keep = ~image_positions
+            keep[image_positions] = kept_tokens.flatten().to(keep.device)
+            batch_size, length = keep.shape
+            if attention_mask is not None:
+                keep &= attention_mask.bool()
+            if position_ids is None:
+                # The positions the language model would use for the full sequence (Qwen2's default).
+                past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+                position_ids = torch.arange(past_length, past_length + length, device=keep.device)
+            position_ids = position_ids.expand(batch_size, length)
+            left_padding = attention_mask is None or bool(attention_mask[:, -1].all())
+            kept_positions = pack_kept_positions(keep, left_padding)
+            inputs_embeds = gather_positions(inputs_embeds, kept_positions, 0.0)
+            position_ids = gather_positions(position_ids, kept_positions, 0)
+            # Always explicit: with gapped position ids and no mask, the language model would read packed sequences.
+            attention_mask = (kept_positions >= 0).long()
+            input_ids = None
+            mm_encoder_outputs = {}
+        outputs = super().forward(
+            input_ids=input_ids,
+            image_sizes=image_sizes,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            vision_aspect_ratio=vision_aspect_ratio,
+            batch_num_images=batch_num_images,
+            use_cache=use_cache,
+            mm_encoder_outputs=mm_encoder_outputs or None,
+            **kwargs,
+        )
+        return RsccModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states if kept_positions is None else image_hidden_states,
+            video_hidden_states=outputs.video_hidden_states,
+            change_logits=getattr(image_outputs, "change_logits", None),
+            kept_positions=kept_positions,
+        )
 
 class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditionalGeneration):
     """LLaVA-OneVision for change captioning: [`RsccModel`] plus the language-model head.
@@ -370,7 +750,185 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         super(LlavaOnevisionForConditionalGeneration, self).__init__(config)
         self.model = RsccModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        # (caption, change) losses of the last two training steps, for dynamic weight averaging. Not saved: a
+        # resumed run spends two steps at equal weights again.
+        self.task_loss_history = deque(maxlen=2)
         self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
+        batch_num_images: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict | None = None,
+        change_masks: torch.Tensor | None = None,
+        **kwargs,
+    ) -> RsccCausalLMOutputWithPast:
+        r"""
+        [`LlavaOnevisionForConditionalGeneration.forward`] with the change-mask filter and the change-detection loss.
+
+        Args:
+            labels (`torch.LongTensor` of shape `(batch_size, seq_len)`, *optional*): caption targets (-100 elsewhere),
+                aligned with `input_ids`; under `change_filter="drop"` they are shortened with the sequence.
+            change_masks (`torch.Tensor` of shape `(num_pairs, height, width)`, *optional*): class ids per pair, 0 for
+                no change, `IGNORE_INDEX` (-100) where unlabelled (all of it for pairs without a mask). They feed the
+                filter (see `config.change_mask_source`) and, with a change head, the change-detection loss; pairs
+                without a label add no detection loss.
+
+        Returns:
+            [`RsccCausalLMOutputWithPast`]: `loss` combines `caption_loss` and `change_loss` by
+            `config.change_loss_weighting` when both exist, and is whichever exists otherwise.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            vision_aspect_ratio=vision_aspect_ratio,
+            batch_num_images=batch_num_images,
+            use_cache=use_cache,
+            mm_encoder_outputs=mm_encoder_outputs,
+            change_masks=change_masks,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+
+        caption_loss = change_loss = None
+        if labels is not None:
+            if outputs.kept_positions is not None:
+                # Dropped positions are vision placeholders, never supervised; the caption keeps its neighbours.
+                labels = gather_positions(labels, outputs.kept_positions.to(labels.device), IGNORE_INDEX)
+            caption_loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        if outputs.change_logits is not None and change_masks is not None:
+            change_loss = self.change_detection_loss(outputs.change_logits, change_masks)
+
+        return RsccCausalLMOutputWithPast(
+            loss=self.combine_losses(caption_loss, change_loss),
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            video_hidden_states=outputs.video_hidden_states,
+            change_logits=outputs.change_logits,
+            caption_loss=caption_loss,
+            change_loss=change_loss,
+            kept_positions=outputs.kept_positions,
+        )
+
+    def change_detection_loss(self, change_logits: torch.Tensor, change_masks: torch.Tensor) -> torch.Tensor | None:
+        """Cross-entropy (plus `config.change_dice_weight` x soft Dice) of the head over the labelled pixels.
+
+        Args:
+            change_logits (`torch.Tensor` of shape `(num_pairs, num_classes, height, width)`).
+            change_masks (`torch.Tensor` of shape `(num_pairs, mask_height, mask_width)`): class ids, `IGNORE_INDEX`
+                where unlabelled; resized (nearest) to the logits' resolution if it differs. A 2-class head reads
+                every non-zero class as change.
+
+        Returns:
+            The loss, or `None` when no pair has a labelled pixel.
+        """
+        num_classes = change_logits.shape[1]
+        targets = change_masks.to(change_logits.device).long()
+        if targets.shape[-2:] != change_logits.shape[-2:]:
+            targets = nn.functional.interpolate(
+                targets[:, None].float(), size=tuple(change_logits.shape[-2:]), mode="nearest-exact"
+            )[:, 0].long()
+        labelled = targets != IGNORE_INDEX
+        if not bool(labelled.any()):
+            return None
+        if num_classes == 2:
+            targets = torch.where(labelled, (targets != 0).long(), targets)
+        invalid = labelled & ((targets < 0) | (targets >= num_classes))
+        if bool(invalid.any()):
+            raise ValueError(
+                f"change_masks hold {sorted(targets[invalid].unique().tolist())}: expected class ids "
+                f"0..{num_classes - 1} or {IGNORE_INDEX} (unlabelled); build masks with RsccProcessor(change_masks=...)"
+            )
+        logits = change_logits.float()
+        loss = nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+        if self.config.change_dice_weight > 0:
+            probabilities = logits.softmax(1).movedim(1, -1)[labelled][:, 1:]
+            one_hot = nn.functional.one_hot(targets[labelled], num_classes)[:, 1:].float()
+            overlap = (probabilities * one_hot).sum(0)
+            total = probabilities.sum(0) + one_hot.sum(0)
+            # Smoothed so that a class absent from both prediction and target scores a perfect 1.
+            dice = (2 * overlap + 1.0) / (total + 1.0)
+            loss = loss + self.config.change_dice_weight * (1 - dice).mean()
+        return loss
+
+    def combine_losses(
+        self, caption_loss: torch.Tensor | None, change_loss: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The training loss from the caption and change-detection losses, as `config.change_loss_weighting` says.
+
+        With one of them missing the other is returned unweighted. Under `"dwa"`, each training-mode call with both
+        losses records them for the weights of the next steps.
+        """
+        if caption_loss is None or change_loss is None:
+            return change_loss if caption_loss is None else caption_loss
+        weighting = self.config.change_loss_weighting
+        if weighting == "fixed":
+            return caption_loss + self.config.change_loss_weight * change_loss
+        tiny = torch.finfo(torch.float32).tiny
+        if weighting == "normalized":
+            return sum(loss / loss.detach().clamp_min(tiny) for loss in (caption_loss, change_loss))
+        losses = torch.stack([caption_loss, change_loss.to(caption_loss.dtype)])
+        if len(self.task_loss_history) < 2:
+            weights = torch.ones_like(losses)
+        else:
+            before_previous, previous = self.task_loss_history
+            rates = previous.to(losses.device) / before_previous.to(losses.device).clamp_min(tiny)
+            weights = len(losses) * torch.softmax(rates / self.config.change_loss_dwa_temperature, dim=0)
+        if self.training:
+            self.task_loss_history.append(losses.detach())
+        return (weights * losses).sum()
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        kept_positions = getattr(outputs, "kept_positions", None)
+        if kept_positions is not None and getattr(outputs, "past_key_values", None) is not None:
+            # The prefill dropped vision tokens, so the cache holds the shorter prompt: the following steps need its
+            # attention mask and position ids, not those of the full prompt. (Without a cache, every step recomputes
+            # the full prompt and drops the same tokens again.)
+            model_kwargs["attention_mask"] = (kept_positions >= 0).long()
+            if model_kwargs.get("position_ids") is not None:
+                position_ids = model_kwargs["position_ids"].to(kept_positions.device)
+                model_kwargs["position_ids"] = gather_positions(position_ids, kept_positions, 0)
+        return super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+
+    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
+        mm_encoder_output = super()._expand_multimodal_outputs(
+            input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds
+        )
+        image_outputs = mm_encoder_output.get("image")
+        if expand_size > 1 and getattr(image_outputs, "kept_tokens", None) is not None:
+            # Same layout as the expanded features: each sample's (before, after) pair repeated `expand_size` times.
+            kept_tokens = image_outputs.kept_tokens
+            image_outputs.kept_tokens = (
+                kept_tokens.unflatten(0, (-1, 2)).repeat_interleave(expand_size, dim=0).flatten(0, 1)
+            )
+        return mm_encoder_output
 
     @classmethod
     def from_llava_onevision(
@@ -417,7 +975,7 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             pretrained_model_name_or_path, config=config, output_loading_info=True, **from_pretrained_kwargs
         )
         new_names = sorted(loading_info["missing_keys"])
-        stray = [name for name in new_names if not name.startswith("model.difference_module.")]
+        stray = [name for name in new_names if not name.startswith(NEW_MODULE_PREFIXES)]
         problems = {
             "missing base weights": stray,
             "unexpected weights": sorted(loading_info["unexpected_keys"]),
@@ -436,12 +994,20 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         logger.warning(
             f"Loaded LLaVA-OneVision weights from {pretrained_model_name_or_path} "
             f"({report['num_loaded_parameters'] / 1e6:.1f}M parameters). Newly initialised: {len(new_names)} tensors, "
-            f"{num_new / 1e6:.1f}M parameters, all under model.difference_module (zero-initialised output scale: "
-            "outputs equal the base model until trained)."
+            f"{num_new / 1e6:.1f}M parameters, all under {', '.join(p.rstrip('.') for p in NEW_MODULE_PREFIXES)} "
+            "(the difference module's output scale is zero-initialised and the change head acts only through the "
+            "mask filter: outputs equal the base model's until trained or filtered)."
         )
         return (model, report) if output_loading_info else model
 
 
 RsccForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 
-__all__ = ["RsccPreTrainedModel", "RsccModel", "RsccForConditionalGeneration"]
+__all__ = [
+    "RsccPreTrainedModel",
+    "RsccModel",
+    "RsccForConditionalGeneration",
+    "RsccImageFeaturesOutput",
+    "RsccModelOutputWithPast",
+    "RsccCausalLMOutputWithPast",
+]

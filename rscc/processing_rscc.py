@@ -2,7 +2,8 @@
 
 Output feeds both `RsccForConditionalGeneration` and the stock `LlavaOnevisionForConditionalGeneration`: each
 sample holds two images, so LLaVA-OneVision uses the base view of each (no tiling) and every image placeholder
-stands for `num_image_tokens + 1` tokens (grid plus one newline token; 730 for SigLIP at 384 px).
+stands for `num_image_tokens + 1` tokens (grid plus one newline token; 730 for SigLIP at 384 px). Optional change
+masks (one per pair) come out as class ids at the vision input size, for rscc models only.
 """
 
 import os
@@ -15,6 +16,11 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, LlavaOnevisionConfig
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+from .configuration_rscc import IGNORE_INDEX
+
+logger = logging.get_logger(__name__)
 
 # CCExpert's prompt: two image placeholders, then the question.
 DEFAULT_PROMPT = (
@@ -26,6 +32,8 @@ DEFAULT_CONVERSATION_TEMPLATE = (
     "<|im_start|>assistant\n"
 )
 HIGH_BIT_DEPTH_PERCENTILES = (2.0, 98.0)
+# LEVIR-CD (0/255) and LEVIR-MCI (0/128/255, channel 0 of its RGB labels) grey levels; None: the last class.
+GREY_LEVEL_CLASSES = {0: 0, 128: 1, 255: None}
 
 
 def to_sentence_case(caption: str) -> str:
@@ -119,6 +127,88 @@ def load_image(image, name: str = "image") -> Image.Image:
     raise TypeError(f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(image).__name__}")
 
 
+def _mask_array(mask, name: str) -> np.ndarray:
+    if isinstance(mask, (str, os.PathLike)):
+        path = Path(mask)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: mask file not found: {path}")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                return _mask_array(opened, f"{name} ({path})")
+        except (OSError, SyntaxError) as error:
+            raise ValueError(f"{name}: cannot read mask file {path}: {error}") from error
+    if isinstance(mask, Image.Image):
+        # A palette image shows its classes through its palette, so read it as the colours it displays.
+        return np.asarray(mask.convert("RGBA") if mask.mode in ("P", "PA") else mask)
+    if isinstance(mask, torch.Tensor):
+        return mask.detach().cpu().numpy()
+    if isinstance(mask, np.ndarray):
+        return mask
+    raise TypeError(f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(mask).__name__}")
+
+
+def load_change_mask(mask, name: str = "change mask", num_classes: int = 2) -> np.ndarray:
+    """Decode one change mask into class ids (0 = no change).
+
+    Args:
+        mask: a file path, PIL image, numpy array or torch tensor: `(H, W)`, `(H, W, C)` or `(C, H, W)`, C in 1, 3, 4.
+        name (`str`): how errors refer to this input.
+        num_classes (`int`): classes of the model's change head (2: change / no change; 3: LEVIR-MCI).
+
+    The documented encodings, read from a single-channel mask, a grey RGB one, or the red channel of a coloured one:
+
+    - class ids: every value below `num_classes` (0/1 binary masks, boolean arrays, decoded LEVIR-MCI labels 0/1/2);
+    - grey levels 0/255 (LEVIR-CD) and 0/128/255 (LEVIR-MCI): 0 no change, 128 road (class 1), 255 the last class
+      (building with 3 classes, LEVIR-CD's changes being buildings; change with 2, where roads are change too);
+    - RGB-coded labels: alpha is dropped; a coloured label carries its class in the red channel (LEVIR-MCI's
+      convention), so a colour other than black whose red channel is 0 is not explained.
+
+    Returns:
+        `np.ndarray` of shape `(H, W)`, dtype int64.
+
+    Raises:
+        ValueError: for values no encoding explains, naming `name` and the values found.
+    """
+    array = _mask_array(mask, name)
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] in (1, 2):
+        array = array[..., 0]  # grey, or grey plus alpha
+    elif array.ndim == 3 and array.shape[-1] in (3, 4):
+        colours = array[..., :3]
+        stray = (colours[..., 0] == 0) & (colours[..., 1:] != 0).any(-1)
+        if stray.any():
+            found = np.unique(colours[stray].reshape(-1, 3), axis=0)[:8].tolist()
+            raise ValueError(
+                f"{name}: RGB mask colours {found} have no class: a coloured mask carries its class in the red channel "
+                "(LEVIR-MCI: 0 background, 128 road, 255 building)"
+            )
+        array = colours[..., 0]
+    if array.ndim != 2:
+        raise ValueError(f"{name}: array of shape {array.shape} is not a mask; expected (H, W), (H, W, C) or (C, H, W)")
+    if array.dtype == np.bool_:
+        array = array.astype(np.int64)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise ValueError(f"{name}: float mask values must be whole class codes; found {np.unique(array)[:8]}")
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name}: unsupported mask dtype {array.dtype}")
+    array = array.astype(np.int64)
+    values = np.unique(array)
+    if values.min() >= 0 and values.max() < num_classes:
+        return array
+    if set(values.tolist()) <= set(GREY_LEVEL_CLASSES):
+        classes = np.zeros_like(array)
+        for level, class_id in GREY_LEVEL_CLASSES.items():
+            classes[array == level] = num_classes - 1 if class_id is None else class_id
+        return classes
+    raise ValueError(
+        f"{name}: mask values {values[:12].tolist()} match no documented encoding: class ids 0..{num_classes - 1}, "
+        "grey levels 0/255 (binary) or 0/128/255 (LEVIR-MCI), or RGB with the class in the red channel"
+    )
+
+
 class RsccProcessor(ProcessorMixin):
     r"""
     Processor for change captioning: an image processor (LLaVA-OneVision's) and a Qwen2 tokenizer.
@@ -134,6 +224,8 @@ class RsccProcessor(ProcessorMixin):
             ending where the assistant's answer starts.
         turn_end (`str`, *optional*, defaults to `"<|im_end|>"`): appended to caption targets; supervised.
         image_token (`str`, *optional*, defaults to `"<image>"`).
+        num_change_classes (`int`, *optional*, defaults to 2): classes of the model's change head
+            (`config.change_head_num_classes`); decides how change masks are decoded (see [`load_change_mask`]).
         chat_template (`str`, *optional*): kept for `apply_chat_template` users.
     """
 
@@ -147,10 +239,14 @@ class RsccProcessor(ProcessorMixin):
         conversation_template: str = DEFAULT_CONVERSATION_TEMPLATE,
         turn_end: str = "<|im_end|>",
         image_token: str = "<image>",
+        num_change_classes: int = 2,
         chat_template=None,
         **kwargs,
     ):
+        if num_change_classes < 2:
+            raise ValueError(f"num_change_classes={num_change_classes}: expected at least 2")
         self.num_image_tokens = num_image_tokens
+        self.num_change_classes = num_change_classes
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.prompt = prompt
         self.conversation_template = conversation_template
@@ -226,6 +322,7 @@ class RsccProcessor(ProcessorMixin):
         images=None,
         text=None,
         captions=None,
+        change_masks=None,
         padding_side: str | None = None,
         return_tensors: str = "pt",
         **kwargs,
@@ -239,14 +336,19 @@ class RsccProcessor(ProcessorMixin):
                 exactly two image placeholders; defaults to `self.prompt`.
             captions (`list[str]`, *optional*): target caption per pair, for training. Targets are formatted with
                 [`to_sentence_case`] and followed by `turn_end`; `labels` supervise only those tokens.
+            change_masks (`list`, *optional*): one change mask per pair, or `None` for a pair without one: a PNG path,
+                PIL image, array or tensor in any encoding [`load_change_mask`] documents. Masks are resized (nearest)
+                to the vision input size like the images; a mask whose size differs from its images' is resized
+                with a warning.
             padding_side (`str`, *optional*): `"left"` (default without captions: generation) or `"right"`
                 (default with captions: training).
             return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"` is supported.
 
         Returns:
             [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)`, `pixel_values`
-            `(2 * batch, 1, 3, H, W)`, `image_sizes` `(2 * batch, 2)`, `batch_num_images` `(batch,)` (all 2) and,
-            with captions, `labels` `(batch, seq_len)`.
+            `(2 * batch, 1, 3, H, W)`, `image_sizes` `(2 * batch, 2)`, `batch_num_images` `(batch,)` (all 2),
+            with captions `labels` `(batch, seq_len)`, and with change masks `change_masks` `(batch, H, W)` (class
+            ids, -100 for every pixel of a pair given `None`).
         """
         if return_tensors != "pt":
             raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
@@ -276,7 +378,7 @@ class RsccProcessor(ProcessorMixin):
             if self.image_token_id in target_ids:
                 raise ValueError(f"captions[{index}] contains the image token {self.image_token!r}")
             sequences.append(prompt_ids + target_ids)
-            label_sequences.append([-100] * len(prompt_ids) + target_ids)
+            label_sequences.append([IGNORE_INDEX] * len(prompt_ids) + target_ids)
 
         longest = max(len(ids) for ids in sequences)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -293,8 +395,66 @@ class RsccProcessor(ProcessorMixin):
             "batch_num_images": torch.full((len(pairs),), 2, dtype=torch.long),
         }
         if targets is not None:
-            data["labels"] = torch.tensor([pad(ids, -100) for ids in label_sequences], dtype=torch.long)
+            data["labels"] = torch.tensor([pad(ids, IGNORE_INDEX) for ids in label_sequences], dtype=torch.long)
+        if change_masks is not None:
+            masks = self._per_sample(change_masks, len(pairs), "change_masks")
+            data["change_masks"] = self._mask_tensor(masks, loaded, tuple(image_inputs["pixel_values"].shape[-2:]))
         return BatchFeature(data=data)
+
+    def _mask_tensor(self, masks: list, images: list, size: tuple[int, int]) -> torch.Tensor:
+        tensors = []
+        for index, (mask, pair) in enumerate(zip(masks, images)):
+            if mask is None:
+                tensors.append(torch.full(size, IGNORE_INDEX, dtype=torch.long))
+                continue
+            name = f"change_masks[{index}]" + (f" ({mask})" if isinstance(mask, (str, os.PathLike)) else "")
+            classes = load_change_mask(mask, name=name, num_classes=self.num_change_classes)
+            image_sizes = {image.size[::-1] for image in pair}
+            if {classes.shape} != image_sizes:
+                logger.warning(
+                    f"{name}: mask of {classes.shape[0]}x{classes.shape[1]} (height x width) differs from its images "
+                    f"({', '.join(f'{h}x{w}' for h, w in sorted(image_sizes))}); resized with nearest neighbour"
+                )
+            # nearest-exact samples each output pixel's centre, as the model samples masks at token centres.
+            resized = torch.nn.functional.interpolate(
+                torch.from_numpy(classes)[None, None].float(), size=size, mode="nearest-exact"
+            )
+            tensors.append(resized[0, 0].long())
+        return torch.stack(tensors)
+
+    def post_process_change_masks(self, change_logits: torch.Tensor, target_sizes=None) -> list[dict]:
+        """Per pair, the change head's mask, the fraction of its area that changed and a change / no-change flag.
+
+        Args:
+            change_logits (`torch.Tensor` of shape `(num_pairs, num_classes, height, width)`): the model's
+                `change_logits`.
+            target_sizes (*optional*): `(height, width)` of each returned mask, e.g. `inputs["image_sizes"][0::2]`
+                (the before images' original sizes); defaults to the logits' size. Logits are resized bilinearly
+                before the argmax, so boundaries stay smooth at any size.
+
+        Returns:
+            `list[dict]`, one per pair: `change_mask` (`np.ndarray` of shape `(height, width)`, int64 class ids, 0 no
+            change), `changed_fraction` (`float`, share of pixels of a non-zero class) and `changed` (`bool`).
+        """
+        if target_sizes is None:
+            target_sizes = [tuple(change_logits.shape[-2:])] * change_logits.shape[0]
+        if len(target_sizes) != change_logits.shape[0]:
+            raise ValueError(
+                f"target_sizes: expected one (height, width) per pair ({change_logits.shape[0]}), "
+                f"got {len(target_sizes)}"
+            )
+        results = []
+        for logits, size in zip(change_logits.detach(), target_sizes):
+            size = tuple(int(side) for side in size)
+            resized = torch.nn.functional.interpolate(
+                logits[None].float(), size=size, mode="bilinear", align_corners=False
+            )
+            classes = resized[0].argmax(0).cpu().numpy()
+            changed_fraction = float((classes != 0).mean())
+            results.append(
+                {"change_mask": classes, "changed_fraction": changed_fraction, "changed": changed_fraction > 0}
+            )
+        return results
 
     def post_process_captions(self, generated_ids: torch.Tensor, inputs=None) -> list[str]:
         """Clean caption strings from `generate` output.
@@ -320,9 +480,9 @@ class RsccProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "pixel_values", "image_sizes", "batch_num_images"]
+        return ["input_ids", "attention_mask", "pixel_values", "image_sizes", "batch_num_images", "change_masks"]
 
 
 RsccProcessor.register_for_auto_class()
 
-__all__ = ["RsccProcessor", "load_image", "to_sentence_case", "stretch_to_uint8"]
+__all__ = ["RsccProcessor", "load_image", "load_change_mask", "to_sentence_case", "stretch_to_uint8"]
