@@ -50,7 +50,7 @@ from .inference import (
     ModelNotAvailableError,
     add_device_arguments,
     add_progress_arguments,
-    caption_pairs,
+    describe_changes,
     load_captioner,
     show_progress,
 )
@@ -539,8 +539,9 @@ def describe_scene(
         percentiles (`tuple[float, float]`): percentiles of a high-bit-depth date mapped to 0 and 255.
         value_range (`tuple[float, float]`, *optional*): a fixed range for high-bit-depth data instead.
         min_valid_fraction (`float`): tiles with a smaller fraction of pixels valid in both dates are skipped.
-        change_masks (`ChangeMaskFunction`, *optional*): per-pixel change masks of tile batches (a model's
-            change-detection head). Sets `change_flag` (any changed valid pixel) and `changed_fraction`.
+        change_masks (`ChangeMaskFunction`, *optional*): per-pixel change masks of tile batches from elsewhere (an
+            external change-detection model); by default a model with a change-detection head supplies them.
+            Masks set `change_flag` (any changed valid pixel) and `changed_fraction`.
         polygons (`bool`): also write change polygons (needs `change_masks` and a CRS).
         mask_out (`str` or `os.PathLike`, *optional*): also write the mask mosaic as a GeoTIFF on BEFORE's grid
             (1 changed, 0 unchanged, 255 nodata; needs `change_masks`).
@@ -551,7 +552,8 @@ def describe_scene(
     """
     out = check_output_path(out, "--out", "a .geojson file path")
     mask_out = None if mask_out is None else check_output_path(mask_out, "--mask-out", "a .tif file path")
-    if (polygons or mask_out is not None) and change_masks is None:
+    has_masks = change_masks is not None or getattr(model.config, "use_change_head", False)
+    if (polygons or mask_out is not None) and not has_masks:
         raise SceneInputError(
             "change polygons and the mask mosaic need per-pixel change masks, and this model has no "
             "change-detection head"
@@ -596,9 +598,13 @@ def describe_scene(
             kept = [item for item in read if item[3].mean() >= min_valid_fraction]
             if kept:
                 befores, afters = [item[1] for item in kept], [item[2] for item in kept]
-                captions = caption_pairs(model, processor, [[b, a] for b, a in zip(befores, afters)],
-                                         batch_size=len(kept), max_new_tokens=max_new_tokens)
-                masks = change_masks(befores, afters) if change_masks is not None else [None] * len(kept)
+                descriptions = describe_changes(model, processor, [[b, a] for b, a in zip(befores, afters)],
+                                                batch_size=len(kept), max_new_tokens=max_new_tokens)
+                captions = [description.caption for description in descriptions]
+                if change_masks is not None:
+                    masks = change_masks(befores, afters)
+                else:
+                    masks = [None if d.change_mask is None else d.change_mask > 0 for d in descriptions]
                 for (tile, _, _, valid), caption, mask in zip(kept, captions, masks):
                     writer.add_tile(tile, caption, mask, valid)
             progress_bar.update(len(batch))
@@ -606,8 +612,7 @@ def describe_scene(
             tiles=len(grid), captioned=writer.captioned, skipped=len(grid) - writer.captioned,
             changed=writer.changed, window=pair.window, alignment=pair.alignment,
         )
-        writer.close(_collection_metadata(summary, pair, before, after, tile_size, overlap, stretch,
-                                          change_masks is not None))
+        writer.close(_collection_metadata(summary, pair, before, after, tile_size, overlap, stretch, has_masks))
     return summary
 
 
@@ -694,22 +699,6 @@ def _collection_metadata(summary, pair, before, after, tile_size, overlap, stret
     }
 
 
-def model_change_masks(model, processor) -> ChangeMaskFunction | None:
-    """The model's per-pixel change masks for tile batches, or None when it has no change-detection head.
-
-    A model with a head exposes `predict_change_masks(processor, befores, afters)` returning one boolean (H, W)
-    array per tile pair (the change-mask work defines it); this is the one place `rscc scene` looks for it.
-
-    Args:
-        model: the loaded captioning model.
-        processor ([`RsccProcessor`]).
-    """
-    predict = getattr(model, "predict_change_masks", None)
-    if predict is None:
-        return None
-    return lambda befores, afters: predict(processor, befores, afters)
-
-
 def _band_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
@@ -729,7 +718,7 @@ def _run_scene(args) -> int:
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bands=args.bands,
             assume_aligned=args.assume_aligned, resampling=args.resampling, percentiles=tuple(args.percentiles),
             value_range=None if args.value_range is None else tuple(args.value_range),
-            min_valid_fraction=args.min_valid_fraction, change_masks=model_change_masks(model, processor),
+            min_valid_fraction=args.min_valid_fraction,
             polygons=args.polygons, mask_out=args.mask_out, progress=show_progress(args),
         )
     except (ModelNotAvailableError, ValueError, OSError) as error:  # OSError: unreadable raster blocks, model files
@@ -800,7 +789,6 @@ __all__ = [
     "Tile",
     "TileGrid",
     "describe_scene",
-    "model_change_masks",
     "open_raster",
     "rgb_bands",
 ]
