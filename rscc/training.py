@@ -491,8 +491,7 @@ def load_model_and_processor(
     unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(
-            f"model_config_overrides: {unknown} are not RsccConfig options in this rscc version (options such as "
-            "change_filter or use_change_head need the change-mask support)"
+            f"model_config_overrides: {unknown} are not RsccConfig options"
         )
     model_type = AutoConfig.from_pretrained(model_name_or_path).model_type
     if model_type == "rscc":
