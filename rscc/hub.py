@@ -60,10 +60,9 @@ def _slug(text: str) -> str:
 
 
 def load_evaluation(path: str | os.PathLike) -> dict:
-    """Read and check an evaluation JSON (the evaluate issue's `rscc eval --output`).
-
-    It needs `convention` (str), `split` (str), `dataset` (str, a name) and `metrics` (name -> number on the 0-100
-    scale); `counts` and `versions` (name -> value) are shown on the card when present.
+    """Read and check an evaluation JSON: an `rscc eval --output` report, or a flat summary with `convention` (str),
+    `split` (str), `dataset` (str, a name) and `metrics` (name -> number on the 0-100 scale); `counts` and
+    `versions` (name -> value) are shown on the card when present.
 
     Args:
         path (`str` or `os.PathLike`): the JSON file.
@@ -77,6 +76,8 @@ def load_evaluation(path: str | os.PathLike) -> dict:
         raise HubInputError(f"evaluation file {path} is not JSON: {error}") from None
     if not isinstance(evaluation, dict):
         raise HubInputError(f"evaluation file {path}: expected a JSON object")
+    if isinstance(evaluation.get("convention"), dict):
+        evaluation = _card_fields_of_eval_report(evaluation, path)
     for name, kind in EVALUATION_FIELDS.items():
         if not isinstance(evaluation.get(name), kind):
             raise HubInputError(
@@ -93,6 +94,22 @@ def load_evaluation(path: str | os.PathLike) -> dict:
         if not isinstance(evaluation.get(name, {}), dict):
             raise HubInputError(f"evaluation file {path}: field {name!r} must be an object")
     return evaluation
+
+
+def _card_fields_of_eval_report(report: dict, path: Path) -> dict:
+    """The card's fields from an `rscc eval --output` report: whole-split metrics, convention name, split, dataset."""
+    try:
+        references = report["references"]
+        return {
+            "convention": report["convention"]["name"],
+            "split": references["split"],
+            "dataset": Path(references["path"]).stem,
+            "metrics": {name: value for name, value in report["metrics"]["all"].items() if value is not None},
+            "counts": report.get("counts", {}),
+            "versions": report.get("versions", {}),
+        }
+    except (KeyError, TypeError) as error:
+        raise HubInputError(f"evaluation file {path}: an rscc eval report without {error}") from None
 
 
 def eval_results_from_evaluation(evaluation: dict, dataset_id: str | None = None) -> list[EvalResult]:

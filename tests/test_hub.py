@@ -57,6 +57,26 @@ def test_card_carries_hub_metadata_and_model_index_with_the_convention(evaluatio
     assert "## Limitations" in text and "Not recorded for this checkpoint." in text
 
 
+def test_card_reads_an_rscc_eval_report(tmp_path, shared_data):
+    references = shared_data / "levir_cc" / "LevirCCcaptions.json"
+    from rscc.metrics import load_references
+
+    test_references = load_references(references, split="test")
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"id": i, "caption": r[0]}) + "\n" for i, r in test_references.items()))
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--predictions", str(predictions), "--references", str(references), "--metrics", "BLEU-4",
+                 "ROUGE-L", "--output", str(report)]) == 0
+    evaluation = load_evaluation(report)
+    assert (evaluation["convention"], evaluation["split"], evaluation["dataset"]) == ("ccexpert", "test",
+                                                                                     "LevirCCcaptions")
+    assert set(evaluation["metrics"]) == {"BLEU-4", "ROUGE-L"}
+    out = tmp_path / "README.md"
+    assert main(["card", str(report), "--repo-id", "someone/rscc-tiny", "--out", str(out)]) == 0
+    results = ModelCard.load(out).data.eval_results
+    assert {r.metric_name: r.metric_value for r in results} == {k: round(v, 4) for k, v in evaluation["metrics"].items()}
+
+
 def test_the_evaluation_mapping_keeps_unknown_metrics_and_the_recipe_is_rendered(tmp_path):
     evaluation = {**EVALUATION, "metrics": {"SPICE": 23.5}}
     (result,) = eval_results_from_evaluation(evaluation, dataset_id="my-org/levir-cc")
