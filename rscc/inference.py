@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import AutoConfig
 
 from .batch import (
@@ -254,10 +255,51 @@ def _caption_one_pair(args) -> int:
     before, after = args.inputs
     for name, path in (("BEFORE", before), ("AFTER", after)):
         load_image(path, name=name)  # fail on bad input before the model loads
+    if args.mask is not None and not Path(args.mask).is_file():
+        raise BatchInputError(f"--mask: file not found: {args.mask}")
     model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
-    (caption,) = caption_pairs(model, processor, [[before, after]], max_new_tokens=args.max_new_tokens)
-    print(json.dumps({"before": before, "after": after, "caption": caption}) if args.json else caption)
+    if args.mask_out is not None and not getattr(model.config, "use_change_head", False):
+        raise BatchInputError(f"--mask-out: the model {args.model} has no change-detection head to predict a mask")
+    (description,) = describe_changes(
+        model,
+        processor,
+        [[before, after]],
+        change_masks=None if args.mask is None else [args.mask],
+        max_new_tokens=args.max_new_tokens,
+    )
+    if args.mask_out is not None:
+        write_mask_png(description.change_mask, model.config.change_head_num_classes, args.mask_out)
+    result = {"before": before, "after": after, "caption": description.caption}
+    if description.changed_fraction is not None:
+        result.update(changed_fraction=description.changed_fraction, change_flag=int(description.changed))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(description.caption)
+        if description.changed_fraction is not None:
+            print(f"changed fraction: {description.changed_fraction:.4f}")
     return EXIT_OK
+
+
+# PNG grey levels of predicted class ids: LEVIR-CD's 0/255 for two classes, LEVIR-MCI's 0/128/255 for three.
+MASK_PNG_LEVELS = {2: (0, 255), 3: (0, 128, 255)}
+
+
+def write_mask_png(change_mask: np.ndarray, num_classes: int, path: str | os.PathLike) -> Path:
+    """Write a predicted mask of class ids as an 8-bit PNG in the LEVIR encodings (temporary file, then rename).
+
+    Args:
+        change_mask (`np.ndarray` of shape `(height, width)`): class ids, 0 = no change.
+        num_classes (`int`): classes of the change head; other counts than 2 and 3 are written as raw class ids.
+        path (`str` or `os.PathLike`): the PNG to write.
+    """
+    path = Path(path)
+    levels = MASK_PNG_LEVELS.get(num_classes)
+    grey = change_mask.astype(np.uint8) if levels is None else np.asarray(levels, dtype=np.uint8)[change_mask]
+    temporary = path.with_name(path.name + ".tmp")
+    Image.fromarray(grey).save(temporary, format="PNG")
+    os.replace(temporary, path)
+    return path
 
 
 def _batch_records(inputs: list[str]) -> list[PairRecord]:
@@ -339,6 +381,10 @@ def add_cli(subparsers) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="BEFORE AFTER, BEFORE_DIR AFTER_DIR, or MANIFEST")
     add_device_arguments(parser)
     parser.add_argument("--json", action="store_true", help="one pair: print a JSON object instead of the caption")
+    parser.add_argument("--mask", help="one pair: change mask for the model's token filter (PNG, LEVIR encodings)")
+    parser.add_argument(
+        "--mask-out", help="one pair: write the change head's predicted mask here (PNG, 0/255 or LEVIR-MCI 0/128/255)"
+    )
     parser.add_argument("--out", help="batch: JSON-lines output file (resumable); default stdout")
     parser.add_argument("--overwrite", action="store_true", help="batch: discard earlier results in --out")
     add_progress_arguments(parser)

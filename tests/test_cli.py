@@ -33,3 +33,30 @@ def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit) as exit_info:
         main(["nonsense"])
     assert exit_info.value.code == 2
+
+
+def test_caption_with_a_change_head_writes_the_mask_and_its_fraction(example_pairs, shared_data, tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from rscc.checkpoints import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path / "head", use_change_head=True, change_filter="drop")
+    label = shared_data / "levir_cd_samples" / "label" / "test_2_0000_0000.png"
+    mask_out = tmp_path / "predicted.png"
+    argv = ["caption", *example_pairs[0], "--model", str(folder), "--mask", str(label), "--mask-out", str(mask_out),
+            "--json", "--max-new-tokens", "3"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    predicted = np.asarray(Image.open(mask_out))
+    assert predicted.shape == (256, 256) and set(np.unique(predicted)) <= {0, 255}
+    assert result["changed_fraction"] == (predicted == 255).mean()
+    assert result["change_flag"] == int(result["changed_fraction"] > 0)
+
+
+def test_caption_mask_out_needs_a_change_head(tiny_checkpoint, example_pairs, tmp_path, capsys):
+    argv = ["caption", *example_pairs[0], "--model", str(tiny_checkpoint), "--mask-out", str(tmp_path / "m.png")]
+    assert main(argv) == 2
+    assert "no change-detection head" in capsys.readouterr().err and not (tmp_path / "m.png").exists()
