@@ -280,7 +280,7 @@ def test_batched_generate_with_mixed_kept_counts(tiny_processor, changed_and_unc
         kept = (model(**batch).kept_positions >= 0).sum(1)
     assert len(set(kept.tolist())) == 3, "each sample keeps a different number of positions"
 
-    options = dict(max_new_tokens=6, do_sample=False)
+    options = dict(max_new_tokens=4, do_sample=False)
     batched = model.generate(**batch, **options)
     one_by_one = [
         model.generate(**tiny_processor(images=[pair], text=prompt, change_masks=[mask]), **options)[0]
@@ -288,7 +288,7 @@ def test_batched_generate_with_mixed_kept_counts(tiny_processor, changed_and_unc
     ]
     width = batch["input_ids"].shape[1]
     for row, single in enumerate(one_by_one):
-        assert batched[row, width:].tolist() == single[-6:].tolist()
+        assert batched[row, width:].tolist() == single[-4:].tolist()
     # Without a cache every step re-runs (and re-drops) the whole prompt: the cached steps must agree with it.
     assert torch.equal(model.generate(**batch, use_cache=False, **options), batched)
     beams = model.generate(**batch, num_beams=2, num_return_sequences=2, max_new_tokens=3, do_sample=False)
@@ -352,9 +352,7 @@ def head_gradient(model, loss):
 @pytest.mark.parametrize("weighting", ["fixed", "normalized"])
 def test_fixed_and_normalized_weighting(tiny_processor, levir_cd, weighting):
     model = build(tiny_processor, use_change_head=True, change_loss_weighting=weighting, change_loss_weight=0.3).train()
-    inputs = tiny_processor(
-        images=[levir_cd[0][0], levir_cd[1][0]], captions=CAPTIONS, change_masks=[levir_cd[0][1], levir_cd[1][1]]
-    )
+    inputs = tiny_processor(images=[levir_cd[0][0]], captions=CAPTIONS[:1], change_masks=[levir_cd[0][1]])
     output = model(**inputs)
     # The head acts on the caption only through the filter (off here), so its gradient is the change loss's.
     total_gradient = head_gradient(model, output.loss)
@@ -373,7 +371,7 @@ def test_dwa_weights_follow_the_formula(tiny_processor, levir_cd):
         tiny_processor, use_change_head=True, change_loss_weighting="dwa", change_loss_dwa_temperature=temperature
     ).train()
     history, weights_seen = [], []
-    for step in range(5):
+    for step in range(4):
         (pair, mask), (other_pair, other_mask) = levir_cd[step], levir_cd[step + 1]
         captions = CAPTIONS[step % 2 :] + CAPTIONS[: step % 2]
         inputs = tiny_processor(images=[pair, other_pair], captions=captions, change_masks=[mask, other_mask])
