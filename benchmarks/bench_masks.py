@@ -155,31 +155,7 @@ def benchmark(size: str, real_pairs: int) -> dict:
     pairs, masks = levir_cd_mix()
     processor = make_processor(image_size=384, patch_size=14)
     if size == "tiny":
-        config = tiny_config(
-            processor.tokenizer,
-            vision_config=dict(
-                model_type="siglip_vision_model",
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                image_size=384,
-                patch_size=14,
-                vision_use_head=False,
-            ),
-            text_config=dict(
-                model_type="qwen2",
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                vocab_size=len(processor.tokenizer),
-                max_position_embeddings=2048,
-                eos_token_id=processor.tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                pad_token_id=processor.tokenizer.pad_token_id,
-            ),
-        )
+        config = tiny_config(processor.tokenizer, image_size=384, patch_size=14)
         batch_size, new_tokens, repeats = 8, 8, 3
     else:
         config = llava_onevision_0_5b_config(

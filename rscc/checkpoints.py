@@ -67,8 +67,11 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> Qwen2Tokenizer:
     return tokenizer
 
 
-def tiny_config(tokenizer: Qwen2Tokenizer, **overrides) -> RsccConfig:
-    """A few-hundred-thousand-parameter RsccConfig matching `tokenizer` (7x7 vision tokens per image)."""
+def tiny_config(
+    tokenizer: Qwen2Tokenizer, image_size: int = TINY_IMAGE_SIZE, patch_size: int = TINY_PATCH_SIZE, **overrides
+) -> RsccConfig:
+    """A few-hundred-thousand-parameter RsccConfig matching `tokenizer` (7x7 vision tokens per image by default;
+    `image_size=384, patch_size=14` gives the real 27x27 token grid at tiny widths)."""
     options = dict(
         vision_config=dict(
             model_type="siglip_vision_model",
@@ -76,8 +79,8 @@ def tiny_config(tokenizer: Qwen2Tokenizer, **overrides) -> RsccConfig:
             intermediate_size=64,
             num_hidden_layers=4,
             num_attention_heads=4,
-            image_size=TINY_IMAGE_SIZE,
-            patch_size=TINY_PATCH_SIZE,
+            image_size=image_size,
+            patch_size=patch_size,
             vision_use_head=False,
         ),
         text_config=dict(
@@ -88,13 +91,13 @@ def tiny_config(tokenizer: Qwen2Tokenizer, **overrides) -> RsccConfig:
             num_attention_heads=4,
             num_key_value_heads=2,
             vocab_size=len(tokenizer),
-            max_position_embeddings=1024,
+            max_position_embeddings=2048,
             eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
             pad_token_id=tokenizer.pad_token_id,
         ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        image_grid_pinpoints=[[TINY_IMAGE_SIZE * h, TINY_IMAGE_SIZE * w] for h in (1, 2) for w in (1, 2)],
+        image_grid_pinpoints=[[image_size * h, image_size * w] for h in (1, 2) for w in (1, 2)],
         **TINY_DIFFERENCE_OPTIONS,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
