@@ -37,6 +37,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from transformers.utils import logging
 
@@ -366,6 +367,15 @@ def apply_lora(model, *, r: int, alpha: float, dropout: float, parts: list[str],
     return get_peft_model(model, peft_config)
 
 
+def compile_layers(model: torch.nn.Module) -> int:
+    """Compile every transformer layer of `model` in place (regional compilation: one graph per layer type, reused by
+    all its layers, so compilation stays short and gradient checkpointing keeps working). Returns how many."""
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def load_trained_parts(model: torch.nn.Module, folder) -> bool:
     """Copy the non-adapter weights a LoRA run saved next to its adapter (`trained_parts.safetensors`) into `model`.
 
@@ -686,6 +696,9 @@ class RsccTrainer(Trainer):
 
     # ---- loss and logs ----------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and inputs.get("labels") is not None:
+            # Training needs no logits over the image positions: the LM head runs on the caption window only.
+            inputs = {**inputs, "labelled_logits_only": True}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         terms = {name: outputs.get(name) for name in LOSS_TERMS} if isinstance(outputs, Mapping) else {}
         if self.stage.objective == "change":
@@ -836,6 +849,14 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "RsccConfig options as a JSON object (a mapping in YAML), e.g. '{\"difference_num_blocks\": 2}'"
+        },
+    )
+
+    compile_layers: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile each transformer layer (vision, difference module, language model): fused "
+            "element-wise work and fewer kernel launches; the first steps pay the compilation. Not with ZeRO-3"
         },
     )
 
@@ -1118,6 +1139,11 @@ def run_stage(
             last_layers=stage_args.lora_last_layers,
         )
     report = configure_trainable(model, stage)
+    if arguments.model.compile_layers:
+        if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
+            raise ValueError("--compile_layers does not work under ZeRO-3, whose hooks gather each layer's "
+                             "partitioned weights; use ZeRO-2 (train/deepspeed/zero2.json) or leave it off")
+        compile_layers(model)
     if int(os.environ.get("RANK", "0")) == 0:  # what trains, once per run rather than once per process
         logger.warning(str(report))
 
@@ -1223,6 +1249,7 @@ __all__ = [
     "lora_target_pattern",
     "apply_lora",
     "merge_lora",
+    "compile_layers",
     "load_trained_parts",
     "load_saved_weights",
     "EpochCaptionDataset",

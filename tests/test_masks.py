@@ -269,6 +269,10 @@ def test_drop_equals_the_language_model_on_the_physically_shorter_sequence(tiny_
         )
     assert supervised == (inputs["labels"] != -100).sum().item(), "no supervised token is dropped"
     torch.testing.assert_close(output.caption_loss, torch.stack(manual_losses).sum() / supervised)
+    with torch.no_grad():  # the training path: LM head on the caption window of the shortened sequence only
+        windowed = model(**inputs, labelled_logits_only=True)
+    assert windowed.logits.shape[1] < output.logits.shape[1]
+    torch.testing.assert_close(windowed.caption_loss, output.caption_loss)
 
 
 def test_batched_generate_with_mixed_kept_counts(tiny_processor, changed_and_unchanged):

@@ -3,6 +3,7 @@ import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
 from rscc import RsccConfig, RsccForConditionalGeneration
+from rscc.modeling_rscc import first_predicting_position
 from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_tiny_tokenizer, llava_onevision_0_5b_config, tiny_config
 
 
@@ -155,6 +156,34 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, tiny_proces
     tiny_model(**inputs).loss.backward()
     for name, gradient in reference.items():
         torch.testing.assert_close(dict(tiny_model.named_parameters())[name].grad, gradient, rtol=1e-4, atol=1e-6)
+
+
+def test_labelled_logits_only_keeps_the_loss_and_gradients(tiny_model, tiny_processor, example_pairs):
+    inputs = tiny_processor(images=example_pairs, captions=["A road is built along the river.", "Houses appear."])
+    assert inputs["attention_mask"][1, -1] == 0, "right-padded: the captions end at different positions"
+    with torch.no_grad():
+        tiny_model.model.difference_module.output_scale.fill_(0.3)
+    tiny_model.train()
+    full = tiny_model(**inputs)
+    full.loss.backward()
+    reference = {name: p.grad.clone() for name, p in tiny_model.named_parameters() if p.grad is not None}
+    tiny_model.zero_grad()
+    labelled = tiny_model(**inputs, labelled_logits_only=True)
+    labelled.loss.backward()
+
+    labels = inputs["labels"]
+    first_target = int((labels != -100).any(0).float().argmax())
+    assert labelled.logits.shape[1] == labels.shape[1] - first_target + 1 < full.logits.shape[1] // 10
+    torch.testing.assert_close(labelled.logits, full.logits[:, first_target - 1 :])
+    torch.testing.assert_close(labelled.loss, full.loss)
+    for name, gradient in reference.items():
+        torch.testing.assert_close(dict(tiny_model.named_parameters())[name].grad, gradient, rtol=1e-4, atol=1e-6)
+
+
+def test_first_predicting_position():
+    labels = torch.tensor([[-100, -100, -100, 5, 6], [-100, -100, 7, 8, -100]])
+    assert first_predicting_position(labels) == 1  # position 1 predicts row 1's first target, at 2
+    assert first_predicting_position(torch.full((2, 5), -100)) == 4, "nothing supervised: the last position only"
 
 
 def test_model_builds_on_the_meta_device_without_reading_parameters():

@@ -31,6 +31,7 @@ from rscc.training import (
     EpochCaptionDataset,
     StageSpec,
     apply_lora,
+    compile_layers,
     configure_trainable,
     load_model_and_processor,
     lora_target_pattern,
@@ -473,6 +474,9 @@ def test_bad_arguments_fail_with_messages_naming_them(tiny_checkpoint, levir_fol
     if importlib.util.find_spec("rscc.metrics") is None:
         with pytest.raises(ImportError, match="rscc.metrics"):  # before any training step
             run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "e", "--eval_strategy", "steps"))
+    with pytest.raises(ValueError, match="compile_layers does not work under ZeRO-3"):
+        run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "g", "--compile_layers", "true",
+                            "--deepspeed", REPO_ROOT / "train" / "deepspeed" / "zero3.json"))
     with pytest.raises(ValueError, match="no checkpoint"):
         run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "f", "--resume_from_checkpoint",
                             "last"))
@@ -536,6 +540,26 @@ def check_deepspeed_run(output, log_history, zero, before):
     assert logged["learning_rate/vision_tower"] == pytest.approx(0.2 * logged["learning_rate/language_model"])
     after = weights(output)
     assert any(not torch.equal(before[name], after[name]) for name in before if part_of(name) == "vision_tower")
+
+
+def test_compile_layers_compiles_every_transformer_layer(tiny_model):
+    config = tiny_model.config
+    expected = (config.vision_config.num_hidden_layers + config.text_config.num_hidden_layers
+                + config.difference_num_blocks)
+    assert compile_layers(tiny_model) == expected
+    assert all(layer._compiled_call_impl is not None for layer in tiny_model.model.language_model.layers)
+
+
+@pytest.mark.slow
+def test_compiled_layers_train_like_eager_ones(tiny_checkpoint, levir_folder, tmp_path):
+    options = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--activation_checkpointing", "true"]
+    run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "eager", *options))
+    run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "compiled", *options,
+                        "--compile_layers", "true"))
+    eager, compiled, start = weights(tmp_path / "eager"), weights(tmp_path / "compiled"), weights(tiny_checkpoint)
+    assert any(not torch.equal(start[name], compiled[name]) for name in start)
+    for name, value in eager.items():
+        torch.testing.assert_close(compiled[name], value, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
