@@ -1,13 +1,15 @@
 """Benchmark: score the full LEVIR-CC test split (1,929 pairs x 5 references) with `rscc eval`, METEOR included.
 
-The target is under 30 s on 2 CPU cores for one `rscc eval` command, from a cold start: about 15 s of it is
-METEOR's JVM loading its 62 MB paraphrase table, while the Python scorers run on the other core. Without a
+The target is under 30 s on 2 CPU cores for one `rscc eval` command, from a cold start: 12-15 s of it is METEOR's
+JVM loading its 62 MB paraphrase table, while Python imports the package and runs the other scorers on the other
+core. Without a
 predictions file, each pair's first reference in CCExpert's target format ("A road is built.") stands in for a
 model's output: the same length and vocabulary as real predictions.
 
     PYTHONPATH=. python benchmarks/bench_eval.py [--predictions P.jsonl] [--max-seconds 30]
 
-Each run is a fresh `python -m rscc.cli eval` process. Prints one JSON line: wall seconds per run, the CPU
+Each run is a fresh `rscc eval` process (`python -m rscc_console eval`: the console script, which starts
+METEOR's JVM before importing the package). Prints one JSON line: wall seconds per run, the CPU
 seconds of the command and its JVM (user + system; on a machine shared with other jobs the wall time grows, the
 CPU time does not), the load average, and the scores. Exits 1 when the fastest run is above --max-seconds.
 """
@@ -35,7 +37,7 @@ def children_cpu_seconds() -> float:
 
 def timed_eval(predictions: Path, references: Path, output: Path) -> tuple[float, float]:
     """Wall and CPU seconds of one `rscc eval` process (its METEOR JVM included)."""
-    command = [sys.executable, "-m", "rscc.cli", "eval", "--predictions", str(predictions), "--references",
+    command = [sys.executable, "-m", "rscc_console", "eval", "--predictions", str(predictions), "--references",
                str(references), "--split", "test", "--require-meteor", "--output", str(output)]
     cpu_before, start = children_cpu_seconds(), time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -38,6 +38,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
+from rscc_console import METEOR_COMMAND, start_meteor_process, take_prestarted_meteor
 
 from .captions import is_no_change_caption
 
@@ -229,7 +230,16 @@ class _StreamingMeteor(Meteor):
     per-pair statistics are kept, so that several subsets are scored by one EVAL line each without
     recomputing alignments. The corpus score of a subset is METEOR's aggregate over its pairs' statistics,
     which is what `Meteor.compute_score` returns when called on that subset alone.
+
+    Args:
+        process: A METEOR process from `rscc_console.start_meteor_process` (one the `rscc` console script started
+            early, say); a new one by default.
     """
+
+    def __init__(self, process: subprocess.Popen | None = None):  # pycocoevalcap's __init__ would start another
+        self.meteor_cmd = list(METEOR_COMMAND)
+        self.meteor_p = process if process is not None else start_meteor_process()
+        self.lock = threading.Lock()
 
     def _read_line(self) -> str:
         line = self.meteor_p.stdout.readline()
@@ -274,14 +284,14 @@ _meteor_process: _StreamingMeteor | None = None
 
 
 def _meteor() -> _StreamingMeteor:
-    # One JVM for the life of the Python process: loading METEOR's paraphrase table takes about 15 s on two
-    # cores, scoring the LEVIR-CC test split about 3 s. Starting it early lets the table load while Python
-    # computes the other metrics.
+    # One JVM for the life of the Python process: loading METEOR's paraphrase table takes 12-15 s on two cores,
+    # scoring the LEVIR-CC test split about 3 s. Starting it early lets the table load while Python computes the
+    # other metrics; the `rscc` console script starts it before importing the package.
     global _meteor_process
     _require_java("METEOR")
     with _meteor_lock:
         if _meteor_process is None or _meteor_process.meteor_p.poll() is not None:
-            _meteor_process = _StreamingMeteor()
+            _meteor_process = _StreamingMeteor(take_prestarted_meteor())
         return _meteor_process
 
 

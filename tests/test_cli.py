@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from rscc.cli import main
@@ -60,3 +64,25 @@ def test_caption_mask_out_needs_a_change_head(tiny_checkpoint, example_pairs, tm
     argv = ["caption", *example_pairs[0], "--model", str(tiny_checkpoint), "--mask-out", str(tmp_path / "m.png")]
     assert main(argv) == 2
     assert "no change-detection head" in capsys.readouterr().err and not (tmp_path / "m.png").exists()
+
+
+def test_every_subcommand_is_defined_by_the_module_the_registry_names():
+    from rscc.cli import SUBCOMMAND_MODULES, build_parser
+
+    for command in SUBCOMMAND_MODULES:
+        subparsers = build_parser(command)._subparsers._group_actions[0]
+        assert command in subparsers.choices, f"{SUBCOMMAND_MODULES[command]} does not define `rscc {command}`"
+    assert set(build_parser()._subparsers._group_actions[0].choices) == set(SUBCOMMAND_MODULES)
+
+
+def test_eval_imports_neither_torch_nor_transformers_under_lazy_import(tmp_path):
+    # What `rscc eval` runs (the console script sets RSCC_LAZY_IMPORT for it); the classes still load on access.
+    script = (
+        "import sys; from rscc.cli import build_parser; build_parser('eval')\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'eval imported torch'\n"
+        "import rscc; from transformers import AutoConfig\n"
+        "assert rscc.RsccConfig is type(AutoConfig.for_model('rscc')), 'registered on first access'\n"
+    )
+    environment = {**os.environ, "RSCC_LAZY_IMPORT": "1"}
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
+    assert completed.returncode == 0, completed.stderr

@@ -3,6 +3,8 @@
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
+import rscc_console
 from rscc import cli
 from rscc.captions import is_no_change_caption
 from rscc import metrics as M
@@ -435,6 +438,35 @@ def test_evaluate_module_loads_by_path_and_delegates():
 # ---------------------------------------------------------------- Java: METEOR and PTBTokenizer
 
 
+@pytest.mark.parametrize(
+    "arguments, needed",
+    [
+        (["eval", "--predictions", "p.jsonl", "--references", "r.json"], True),
+        (["eval", "--human-agreement", "--references", "r.json", "--metrics", "S_m"], True),
+        (["eval", "--predictions", "p.jsonl", "--references", "r.json", "--metrics", "BLEU-4", "CIDEr-D"], False),
+        (["eval", "--help"], False),
+        (["caption", "a.png", "b.png"], False),
+        ([], False),
+    ],
+)
+def test_console_script_starts_meteor_only_for_evaluations_that_need_it(arguments, needed):
+    assert rscc_console._eval_needs_meteor(arguments) is needed
+
+
+def test_metrics_take_over_the_meteor_process_the_console_script_started(monkeypatch):
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        monkeypatch.setattr(rscc_console, "_prestarted_meteor", process)
+        monkeypatch.setattr(M, "_meteor_process", None)
+        monkeypatch.setattr(M, "_require_java", lambda what: None)
+        assert M._meteor().meteor_p is process
+        assert rscc_console.take_prestarted_meteor() is None, "handed out once"
+    finally:
+        process.kill()
+        process.wait()
+
+
 @pytest.mark.java
 @pytest.mark.slow
 @NEEDS_JAVA
@@ -466,8 +498,11 @@ def test_cli_full_test_split_with_meteor(levir_json, test_references, tmp_path):
     rows = [{"id": i, "caption": to_sentence_case(refs[0])} for i, refs in test_references.items()]
     predictions = write_predictions(tmp_path / "p.jsonl", rows)
     output = tmp_path / "report.json"
-    args = ["eval", "--predictions", str(predictions), "--references", str(levir_json), "--require-meteor"]
-    assert cli.main(args + ["--output", str(output)]) == 0
+    # Through the console script, which starts METEOR's JVM before importing rscc and hands it to rscc.metrics.
+    command = [sys.executable, "-m", "rscc_console", "eval", "--predictions", str(predictions), "--references",
+               str(levir_json), "--require-meteor", "--output", str(output)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr
     report = json.loads(output.read_text())
     assert report["counts"] == {
         "pairs": 1929, "references": 9645, "change_pairs": 964, "no_change_pairs": 965, "ignored_predictions": 0
