@@ -68,22 +68,24 @@ def build_levir_sample(data: Path, folder: Path) -> Path:
     return build_dataset(copies, folder / "dataset").out_dir
 
 
+def synchronize() -> None:
+    """Wait for the GPU's queued work, so that host clocks time finished work (nothing to wait for on a CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class StepTimer(TrainerCallback):
     """Wall time of every optimizer step (the device synchronised at each end, so times are not queued work)."""
 
     def __init__(self):
         self.durations, self._start = [], None
 
-    def _synchronize(self):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
     def on_step_begin(self, args, state, control, **kwargs):
-        self._synchronize()
+        synchronize()
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._synchronize()
+        synchronize()
         self.durations.append(time.perf_counter() - self._start)
 
 
@@ -103,8 +105,7 @@ class StepProfiler(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._profiler is not None:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            synchronize()
             self._profiler.__exit__(None, None, None)
             averages = self._profiler.key_averages()
             tables = [averages.table(sort_by=key, row_limit=30, max_name_column_width=80)
@@ -154,13 +155,11 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     for _ in range(3):
         a @ b
     repeats = 50 if device.type == "cuda" else 5
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 

@@ -17,30 +17,25 @@ from pathlib import Path
 
 import torch
 
-from bench_train import REPO_ROOT, build_levir_sample, build_random_checkpoint
+from bench_train import REPO_ROOT, build_levir_sample, build_random_checkpoint, synchronize
 from rscc import RsccForConditionalGeneration, RsccProcessor
 from rscc.training import ChangeCaptionCollator, EpochCaptionDataset, compile_layers, load_split
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(function, device, repeats=5, warmups=2) -> float:
+def median_seconds(function, repeats=5, warmups=2) -> float:
     for _ in range(warmups):
         function()
     durations = []
     for _ in range(repeats):
-        synchronize(device)
+        synchronize()
         start = time.perf_counter()
         function()
-        synchronize(device)
+        synchronize()
         durations.append(time.perf_counter() - start)
     return statistics.median(durations)
 
 
-def part_forward_seconds(model, batch, device) -> dict:
+def part_forward_seconds(model, batch) -> dict:
     """Forward time of each part, from hooks around its modules (device synchronised at every boundary)."""
     parts = {
         "vision_tower": model.model.vision_tower,
@@ -55,21 +50,21 @@ def part_forward_seconds(model, batch, device) -> dict:
         starts = []
 
         def before(module, args, starts=starts):
-            synchronize(device)
+            synchronize()
             starts.append(time.perf_counter())
 
         def after(module, args, output, name=name, starts=starts):
-            synchronize(device)
+            synchronize()
             totals[name] += time.perf_counter() - starts.pop()
 
         handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     with torch.no_grad():
         model(**batch)
         totals = dict.fromkeys(parts, 0.0)
-        synchronize(device)
+        synchronize()
         start = time.perf_counter()
         model(**batch)
-        synchronize(device)
+        synchronize()
         totals["whole_forward"] = time.perf_counter() - start
     for handle in handles:
         handle.remove()
@@ -119,27 +114,27 @@ def main() -> None:
         def forward_backward(labelled_logits_only=True):
             model(**batch, labelled_logits_only=labelled_logits_only).loss.backward()
 
-        figures["forward_backward_all_logits_s"] = median_seconds(lambda: forward_backward(False), device)
-        figures["forward_backward_s"] = median_seconds(forward_backward, device)
+        figures["forward_backward_all_logits_s"] = median_seconds(lambda: forward_backward(False))
+        figures["forward_backward_s"] = median_seconds(forward_backward)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        figures["forward_backward_checkpointed_s"] = median_seconds(forward_backward, device)
+        figures["forward_backward_checkpointed_s"] = median_seconds(forward_backward)
         if args.compile:
             compile_layers(model)
-            figures["forward_backward_checkpointed_compiled_s"] = median_seconds(forward_backward, device, warmups=3)
+            figures["forward_backward_checkpointed_compiled_s"] = median_seconds(forward_backward, warmups=3)
             model.gradient_checkpointing_disable()
-            figures["forward_backward_compiled_s"] = median_seconds(forward_backward, device, warmups=3)
+            figures["forward_backward_compiled_s"] = median_seconds(forward_backward, warmups=3)
         model.gradient_checkpointing_disable()
-        figures.update({f"forward_{name}_s": value for name, value in part_forward_seconds(model, batch, device).items()})
+        figures.update({f"forward_{name}_s": value for name, value in part_forward_seconds(model, batch).items()})
 
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-        figures["adamw_step_s"] = median_seconds(optimizer.step, device)
+        figures["adamw_step_s"] = median_seconds(optimizer.step)
 
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as profiler:
             forward_backward()
-            synchronize(device)
+            synchronize()
         sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         table = profiler.key_averages().table(sort_by=sort_by, row_limit=40, max_name_column_width=70)
         if args.trace_out:

@@ -38,7 +38,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
-from rscc_console import METEOR_COMMAND, start_meteor_process, take_prestarted_meteor
+from rscc_console import start_meteor_process, take_prestarted_meteor
 
 from .captions import is_no_change_caption
 
@@ -237,7 +237,6 @@ class _StreamingMeteor(Meteor):
     """
 
     def __init__(self, process: subprocess.Popen | None = None):  # pycocoevalcap's __init__ would start another
-        self.meteor_cmd = list(METEOR_COMMAND)
         self.meteor_p = process if process is not None else start_meteor_process()
         self.lock = threading.Lock()
 

@@ -824,8 +824,8 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             # Dropped positions are vision placeholders, never supervised; the caption keeps its neighbours.
             labels = gather_positions(labels, outputs.kept_positions.to(labels.device), IGNORE_INDEX)
         if labels is not None and labelled_logits_only:
-            logits_to_keep = labels.shape[1] - first_predicting_position(labels)
-            labels = labels[:, labels.shape[1] - logits_to_keep :]
+            labels = labels[:, first_predicting_position(labels) :]
+            logits_to_keep = labels.shape[1]
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
 
         caption_loss = change_loss = None

@@ -1116,7 +1116,8 @@ def run_stage(
         raise ValueError(f"LoRA adapts {doubly_trained}, which the stage also trains in full; drop them from "
                          "trainable_parts (train the adapters) or from lora_parts (train the weights)")
     ds_config = deepspeed_config_of(training_kwargs)
-    if use_lora and ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
+    uses_zero3 = ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3
+    if use_lora and uses_zero3:
         raise ValueError("LoRA runs use ZeRO-2 (train/deepspeed/zero2.json): merging adapters into ZeRO-3-partitioned "
                          "weights is not supported")
 
@@ -1140,7 +1141,7 @@ def run_stage(
         )
     report = configure_trainable(model, stage)
     if arguments.model.compile_layers:
-        if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
+        if uses_zero3:
             raise ValueError("--compile_layers does not work under ZeRO-3, whose hooks gather each layer's "
                              "partitioned weights; use ZeRO-2 (train/deepspeed/zero2.json) or leave it off")
         compile_layers(model)
