@@ -757,8 +757,8 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         super(LlavaOnevisionForConditionalGeneration, self).__init__(config)
         self.model = RsccModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        # (caption, change) losses of the last two training steps, for dynamic weight averaging. Not saved: a
-        # resumed run spends two steps at equal weights again.
+        # (caption, change) losses of the last two training steps, for dynamic weight averaging: training state,
+        # not weights (rscc's Trainer keeps it in checkpoints with the optimizer's state).
         self.task_loss_history = deque(maxlen=2)
         self.post_init()
 
@@ -897,7 +897,8 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         """The training loss from the caption and change-detection losses, as `config.change_loss_weighting` says.
 
         With one of them missing the other is returned unweighted. Under `"dwa"`, each training-mode call with both
-        losses records them for the weights of the next steps.
+        losses records them for the weights of the next steps, averaged over the processes of a distributed run so
+        that every process weights its losses alike.
         """
         if caption_loss is None or change_loss is None:
             return change_loss if caption_loss is None else caption_loss
@@ -915,7 +916,11 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             rates = previous.to(losses.device) / before_previous.to(losses.device).clamp_min(tiny)
             weights = len(losses) * torch.softmax(rates / self.config.change_loss_dwa_temperature, dim=0)
         if self.training:
-            self.task_loss_history.append(losses.detach())
+            recorded = losses.detach().clone()
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(recorded)
+                recorded /= torch.distributed.get_world_size()
+            self.task_loss_history.append(recorded)
         return (weights * losses).sum()
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):

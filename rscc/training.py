@@ -82,6 +82,8 @@ OBJECTIVES = ("combined", "change")
 # Loss terms a model output may carry besides `loss`; logged when present.
 LOSS_TERMS = ("caption_loss", "change_loss")
 TRAINED_PARTS_FILE = "trained_parts.safetensors"
+# The dynamic-weight-averaging loss history of a checkpoint (training state, saved with the optimizer's).
+LOSS_HISTORY_FILE = "task_loss_history.safetensors"
 ADAPTER_FOLDER = "adapter"
 STAGE_RECORD_FILE = "rscc_stage.json"
 
@@ -628,7 +630,9 @@ class GenerationValidation:
 
 class RsccTrainer(Trainer):
     """The Trainer with stage-aware optimizer groups, loss-term / per-part learning-rate / throughput logging,
-    validation by generation, and LoRA checkpoints that keep the other trained parts.
+    validation by generation, LoRA checkpoints that keep the other trained parts, and checkpoints that keep the
+    dynamic-weight-averaging loss history (`change_loss_weighting="dwa"`), so a resumed run weights as the
+    uninterrupted one would.
 
     Args:
         stage: The [`StageSpec`] being trained (learning-rate multipliers and objective).
@@ -779,7 +783,30 @@ class RsccTrainer(Trainer):
             predictions=None, label_ids=None, metrics=metrics, num_samples=len(self.generation_validation.dataset)
         )
 
-    # ---- LoRA checkpoints ---------------------------------------------------------------------------------------
+    # ---- checkpoints ----------------------------------------------------------------------------------------------
+    def _task_loss_history(self):
+        model = self.accelerator.unwrap_model(self.model)
+        if _is_peft(model):
+            model = model.get_base_model()
+        return getattr(model, "task_loss_history", None)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        history = self._task_loss_history()
+        if history and self.args.should_save:
+            tensors = {str(index): losses.cpu().contiguous() for index, losses in enumerate(history)}
+            save_file(tensors, os.path.join(output_dir, LOSS_HISTORY_FILE), {"format": "pt"})
+
+    def _load_optimizer_and_scheduler(self, checkpoint: Optional[str]) -> None:
+        # Also reached under DeepSpeed, which loads the weights and the optimizer itself.
+        super()._load_optimizer_and_scheduler(checkpoint)
+        history = self._task_loss_history()
+        path = None if checkpoint is None else Path(checkpoint) / LOSS_HISTORY_FILE
+        if history is not None and path is not None and path.is_file():
+            tensors = load_file(str(path))
+            history.clear()
+            history.extend(tensors[str(index)] for index in range(len(tensors)))
+
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
         if not _is_peft(self.model) or not self.args.should_save:

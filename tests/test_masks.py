@@ -1,6 +1,7 @@
 """Change masks: the MV-CC token filter, the change-detection head, the joint losses and self-guided filtering."""
 
 import math
+import socket
 
 import numpy as np
 import pytest
@@ -396,6 +397,31 @@ def test_dwa_weights_follow_the_formula(tiny_processor, levir_cd):
     with torch.no_grad():
         model(**inputs)
     assert torch.equal(model.task_loss_history[-1], history[-1]), "evaluation does not feed the weights"
+
+
+def _record_dwa_losses(rank: int, port: int, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model = RsccForConditionalGeneration(
+            tiny_config(build_tiny_tokenizer(), use_change_head=True, change_loss_weighting="dwa")
+        ).train()
+        for step in range(3):
+            model.combine_losses(torch.tensor(1.0 + rank + step), torch.tensor(10.0 * (rank + 1) + step))
+        results[rank] = [losses.tolist() for losses in model.task_loss_history]
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_dwa_history_is_averaged_over_processes():
+    """Each process sees its own batch's losses; the weights must not differ between processes."""
+    context = torch.multiprocessing.get_context("spawn")
+    results = context.Manager().dict()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.start_processes(_record_dwa_losses, args=(port, results), nprocs=2, start_method="spawn")
+    # Steps 1 and 2 (the deque keeps two): caption (1+s, 2+s) -> 1.5+s, change (10+s, 20+s) -> 15+s.
+    assert results[0] == results[1] == [[2.5, 16.0], [3.5, 17.0]]
 
 
 def test_dice_term_and_three_class_masks(tiny_processor, example_pairs):

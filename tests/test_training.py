@@ -292,11 +292,17 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_resumed_run_reaches_the_same_parameters(tiny_checkpoint, levir_folder, tmp_path):
+KCFI_DWA = {"use_change_head": True, "change_head_num_classes": 2, "change_loss_weighting": "dwa",
+            "change_loss_dwa_temperature": 0.2}
+
+
+@pytest.mark.parametrize("model_options", [{}, KCFI_DWA], ids=["captions", "kcfi_dwa"])
+def test_resumed_run_reaches_the_same_parameters(model_options, tiny_checkpoint, levir_folder, tmp_path):
     # Batch 1 over 3 pairs: 3 steps per epoch; the interruption at step 4 is inside epoch 1, whose captions are a
     # new random draw, so resuming must restore the data order and the epoch's captions as well as the weights.
+    # Under DWA, step 5's loss weights come from the losses of steps 3 and 4, which the checkpoint must keep.
     options = ["--max_steps", "5", "--per_device_train_batch_size", "1", "--save_strategy", "steps",
-               "--save_steps", "4", "--seed", "7"]
+               "--save_steps", "4", "--seed", "7", "--model_config_overrides", json.dumps(model_options)]
     straight_epochs, resumed_epochs = EpochRecorder(), EpochRecorder()
     run_stage(arguments("stage3", tiny_checkpoint, levir_folder, tmp_path / "straight", *options),
               callbacks=[straight_epochs])
