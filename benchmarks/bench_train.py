@@ -8,15 +8,16 @@ Two modes:
         two, and the process's peak resident memory (RSS).
 
     accelerate launch --config_file train/accelerate/single_gpu.yaml benchmarks/bench_train.py mfu \
-        [--dims 0.5b] [--stage stage2] [--steps 30] [--batch-size 32] [--compile-layers] [--json out.json]
+        [--dims 0.5b] [--stage stage2] [--steps 30] [--batch-size 32] [--compile-layers] \
+        [--checkpoint-every N | --activation-memory-budget B] [--json out.json]
 
         A model at LLaVA-OneVision-0.5B dimensions (SigLIP-so400m-384 + Qwen2-0.5B + the difference module, vocabulary
         152,000) with random weights, trained as the CCExpert recipe does: bf16, ZeRO-2 (train/deepspeed/zero2.json),
-        gradient checkpointing; 32 pairs per device is CCExpert's global batch of 256 over 8 GPUs. Model FLOPs per
-        sample are counted with torch's FlopCounterMode on a forward and backward pass of the training batch as
-        training runs it (LM head on the caption window only, see `labelled_logits_only`) but without checkpointing
-        (the recomputation is not model work); the peak is a measured bf16 matmul rate on the same GPU, and MFU =
-        FLOPs/sample x samples/s / peak. `--dims tiny --precision fp32` runs the same path on a CPU in seconds (a
+        gradient checkpointing (every layer by default); 32 pairs per device is CCExpert's global batch of 256 over
+        8 GPUs. Model FLOPs per sample are counted with torch's FlopCounterMode on a forward and backward pass of the
+        training batch as training runs it (LM head on the caption window only, see `labelled_logits_only`) but
+        without checkpointing (the recomputation is not model work); the peak is a measured bf16 matmul rate on the
+        same GPU, and MFU = FLOPs/sample x samples/s / peak. `--dims tiny --precision fp32` runs the same path on a CPU in seconds (a
         check that it runs; its MFU means nothing). `--profile-out` writes torch.profiler tables of one step.
 
 Both modes train on the 3 real pairs of ../shared/data repeated under new ids (every batch full) and print JSON.
@@ -183,7 +184,7 @@ def count_training_flops(model, batch, device, dtype, samples_per_pass: int = 2)
         chunk["pixel_values"] = chunk["pixel_values"].to(dtype)
         counter = FlopCounterMode(display=False)  # counts restart at every entry
         with counter, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            model(**chunk, labelled_logits_only=True).loss.backward()
+            model(**chunk, labelled_logits_only=True, use_cache=False).loss.backward()
         total += counter.get_total_flops()
         model.zero_grad(set_to_none=True)
     return total / num_samples
@@ -193,12 +194,8 @@ def significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def build_random_checkpoint(dims: str, folder: Path) -> Path:
-    """A random-weight checkpoint of the given dimensions in `folder` (kept if an earlier run built it there)."""
-    if (folder / "config.json").exists():
-        return folder
-    if dims == "tiny":
-        return make_tiny_checkpoint(folder)
+def random_0_5b_model() -> tuple[RsccForConditionalGeneration, RsccProcessor]:
+    """A random-weight rscc model at LLaVA-OneVision-0.5B dimensions (fp32, seeded) and its processor."""
     processor = make_processor(image_size=384, patch_size=14)
     tokenizer = processor.tokenizer
     torch.manual_seed(0)
@@ -206,6 +203,16 @@ def build_random_checkpoint(dims: str, folder: Path) -> Path:
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
     ))
+    return model, processor
+
+
+def build_random_checkpoint(dims: str, folder: Path) -> Path:
+    """A random-weight checkpoint of the given dimensions in `folder` (kept if an earlier run built it there)."""
+    if (folder / "config.json").exists():
+        return folder
+    if dims == "tiny":
+        return make_tiny_checkpoint(folder)
+    model, processor = random_0_5b_model()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
@@ -229,7 +236,12 @@ def run_mfu(args, work: Path) -> dict:
         torch.cuda.reset_peak_memory_stats()
     peak = matmul_peak_flops(device, dtype)
 
-    extra = ["--activation_checkpointing", "true", "--compile_layers", str(args.compile_layers).lower()]
+    extra = ["--compile_layers", str(args.compile_layers).lower()]
+    if args.activation_memory_budget is not None:
+        extra += ["--activation_memory_budget", str(args.activation_memory_budget)]
+    elif args.checkpoint_every > 0:
+        extra += ["--activation_checkpointing", "true",
+                  "--activation_checkpointing_kwargs", json.dumps({"every_n_layers": args.checkpoint_every})]
     if str(args.deepspeed) != "none":
         extra += ["--deepspeed", str(args.deepspeed)]
     if dtype == torch.bfloat16:
@@ -242,7 +254,10 @@ def run_mfu(args, work: Path) -> dict:
     figures.update(
         mode="mfu", dims=args.dims, stage=args.stage, batch_size_per_device=args.batch_size,
         device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", precision=args.precision,
-        deepspeed=str(args.deepspeed), activation_checkpointing=True, compile_layers=args.compile_layers, parameters=parameters,
+        deepspeed=str(args.deepspeed), compile_layers=args.compile_layers,
+        activation_memory_budget=args.activation_memory_budget,
+        checkpoint_every_n_layers=None if args.activation_memory_budget is not None else args.checkpoint_every,
+        parameters=parameters,
         sequence_length=sequence_length, model_tflops_per_sample=significant(flops_per_sample / 1e12),
         # Cross-check of the count: 6 x parameters x positions (dense layers only, no attention scores).
         six_n_tokens_tflops_per_sample=significant(6 * parameters * sequence_length / 1e12),
@@ -266,6 +281,11 @@ def main() -> None:
     parser.add_argument("--deepspeed", default=str(REPO_ROOT / "train" / "deepspeed" / "zero2.json"),
                         help="mfu mode: DeepSpeed config file, or 'none' for the plain Trainer (run without accelerate)")
     parser.add_argument("--compile-layers", action="store_true", help="mfu mode: train with --compile_layers")
+    parser.add_argument("--checkpoint-every", type=int, default=1,
+                        help="mfu mode: gradient-checkpoint every Nth transformer layer (0: none)")
+    parser.add_argument("--activation-memory-budget", type=float,
+                        help="mfu mode, with --compile-layers: train with --activation_memory_budget instead of "
+                        "gradient checkpointing")
     parser.add_argument("--profile-out", help="mfu mode: write torch.profiler tables of one training step here")
     parser.add_argument("--profile-step", type=int, default=8, help="the step --profile-out profiles")
     parser.add_argument("--threads", type=int, help="torch CPU threads (the tiny model runs fastest on 1)")

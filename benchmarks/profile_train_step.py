@@ -112,18 +112,18 @@ def main() -> None:
         figures["pixel_values_shape"] = tuple(batch["pixel_values"].shape)
 
         def forward_backward(labelled_logits_only=True):
-            model(**batch, labelled_logits_only=labelled_logits_only).loss.backward()
+            model(**batch, labelled_logits_only=labelled_logits_only, use_cache=False).loss.backward()
 
         figures["forward_backward_all_logits_s"] = median_seconds(lambda: forward_backward(False))
         figures["forward_backward_s"] = median_seconds(forward_backward)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         figures["forward_backward_checkpointed_s"] = median_seconds(forward_backward)
         if args.compile:
             compile_layers(model)
             figures["forward_backward_checkpointed_compiled_s"] = median_seconds(forward_backward, warmups=3)
-            model.gradient_checkpointing_disable()
+            model.activation_checkpointing_disable()
             figures["forward_backward_compiled_s"] = median_seconds(forward_backward, warmups=3)
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
         figures.update({f"forward_{name}_s": value for name, value in part_forward_seconds(model, batch).items()})
 
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._functorch.config
 from safetensors.torch import load_file
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, TrainerCallback
 
@@ -318,6 +319,26 @@ def test_resumed_run_reaches_the_same_parameters(model_options, tiny_checkpoint,
     assert any(not torch.equal(interrupted[name], resumed[name]) for name in resumed)  # step 5 did train
 
 
+class LanguageLayerInputs(TrainerCallback):
+    """Records the KV cache the first language-model layer receives in each training forward."""
+
+    def __init__(self):
+        self.caches = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model.model.language_model.layers[0].register_forward_pre_hook(
+            lambda module, args, kwargs: self.caches.append(kwargs.get("past_key_values")), with_kwargs=True)
+
+
+def test_training_forward_builds_no_kv_cache(tiny_checkpoint, levir_folder, tmp_path):
+    # The Trainer sets `config.use_cache` from `--use_cache` (False): without gradient checkpointing, which drops the
+    # cache itself, every training forward would otherwise build a KV cache inside each (compiled) layer.
+    recorder = LanguageLayerInputs()
+    run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "out", "--max_steps", "2"),
+              callbacks=[recorder])
+    assert len(recorder.caches) == 2 and all(cache is None for cache in recorder.caches)
+
+
 def test_validation_metric_is_logged_and_keeps_the_best_checkpoint(tiny_checkpoint, levir_folder, tmp_path):
     score = scorer([5.0, 9.0, 1.0])
     output = tmp_path / "run"
@@ -486,6 +507,14 @@ def test_bad_arguments_fail_with_messages_naming_them(tiny_checkpoint, levir_fol
     with pytest.raises(ValueError, match="no checkpoint"):
         run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "f", "--resume_from_checkpoint",
                             "last"))
+    with pytest.raises(ValueError, match="add --compile_layers true"):
+        arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "h", "--activation_memory_budget", "0.5")
+    with pytest.raises(ValueError, match=r"activation_memory_budget 1.5: expected a fraction in \[0, 1\]"):
+        arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "h", "--compile_layers", "true",
+                  "--activation_memory_budget", "1.5")
+    with pytest.raises(ValueError, match="replaces --activation_checkpointing"):
+        run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "h", "--compile_layers", "true",
+                            "--activation_memory_budget", "0.5", "--activation_checkpointing", "true"))
 
 
 def test_generate_predictions_writes_jsonl_in_dataset_order(tiny_model, tiny_processor, levir_folder, tmp_path):
@@ -557,11 +586,16 @@ def test_compile_layers_compiles_every_transformer_layer(tiny_model):
 
 
 @pytest.mark.slow
-def test_compiled_layers_train_like_eager_ones(tiny_checkpoint, levir_folder, tmp_path):
-    options = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--activation_checkpointing", "true"]
+@pytest.mark.parametrize("memory_saving", [["--activation_checkpointing", "true"],
+                                           ["--activation_memory_budget", "0.2"]], ids=["checkpointing", "budget"])
+def test_compiled_layers_train_like_eager_ones(memory_saving, tiny_checkpoint, levir_folder, tmp_path):
+    options = ["--max_steps", "2", "--per_device_train_batch_size", "2"]
     run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "eager", *options))
-    run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "compiled", *options,
-                        "--compile_layers", "true"))
+    # The budget is process-wide and read at compilation: fresh compilations, and the default restored afterwards.
+    torch._dynamo.reset()
+    with torch._functorch.config.patch(activation_memory_budget=1.0):
+        run_stage(arguments("stage2", tiny_checkpoint, levir_folder, tmp_path / "compiled", *options, *memory_saving,
+                            "--compile_layers", "true"))
     eager, compiled, start = weights(tmp_path / "eager"), weights(tmp_path / "compiled"), weights(tiny_checkpoint)
     assert any(not torch.equal(start[name], compiled[name]) for name in start)
     for name, value in eager.items():
