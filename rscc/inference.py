@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoConfig
+from transformers.utils import logging
 
 from .batch import (
     PARTIAL_SUFFIX,
@@ -26,6 +27,8 @@ from .batch import (
 )
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import RsccProcessor, load_image
+
+logger = logging.get_logger(__name__)
 
 # Zero-shot default until a fine-tuned rscc checkpoint is published: LLaVA-OneVision-0.5B with the rscc prompt.
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -63,6 +66,21 @@ def _check_available(model_id_or_path: str) -> None:
         )
 
 
+def match_change_classes(model: RsccForConditionalGeneration, processor: RsccProcessor) -> RsccProcessor:
+    """Make the processor decode change masks into the classes of the model's change head.
+
+    A head of 3 classes (LEVIR-MCI: road, building) needs masks decoded into 3 classes: with a processor left at 2,
+    roads and buildings would both become "change" and the head would never see its last class.
+    """
+    if model.config.use_change_head and processor.num_change_classes != model.config.change_head_num_classes:
+        logger.info(
+            f"change masks are decoded into the change head's {model.config.change_head_num_classes} classes "
+            f"(the processor had {processor.num_change_classes})"
+        )
+        processor.num_change_classes = model.config.change_head_num_classes
+    return processor
+
+
 def load_captioner(
     model_id_or_path: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[RsccForConditionalGeneration, RsccProcessor]:
@@ -89,7 +107,7 @@ def load_captioner(
         processor = RsccProcessor.from_pretrained(model_id_or_path)
     else:
         raise ValueError(f"{model_id_or_path} holds a '{model_type}' model; expected an rscc or llava_onevision one")
-    return model.to(device).eval(), processor
+    return model.to(device).eval(), match_change_classes(model, processor)
 
 
 @dataclass

@@ -52,7 +52,7 @@ from .evaluation import (
     reference_captions,
     write_predictions,
 )
-from .inference import DEFAULT_MAX_NEW_TOKENS
+from .inference import DEFAULT_MAX_NEW_TOKENS, match_change_classes
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import RsccProcessor
 
@@ -536,7 +536,7 @@ def load_model_and_processor(
             f"--model_name_or_path {model_name_or_path} holds a '{model_type}' model; expected an rscc or a "
             "llava_onevision checkpoint"
         )
-    return model, processor
+    return model, match_change_classes(model, processor)
 
 
 def deepspeed_config_of(training_kwargs: dict) -> Optional[dict]:

@@ -213,6 +213,17 @@ def test_collator_passes_change_masks_only_to_processors_that_take_them(tiny_pro
     assert [mask.size for mask in masked.received] == [(256, 256), (256, 256)]
 
 
+def test_processor_decodes_masks_into_the_change_head_classes(tiny_checkpoint, levir_folder):
+    # LEVIR-CD's 255 is a building: the last class of a 3-class (LEVIR-MCI) head, "change" of a 2-class one.
+    view = EpochCaptionDataset(load_change_dataset(levir_folder, split="train"), "flatten", seed=0)
+    for num_classes in (3, 2):
+        model, processor = load_model_and_processor(
+            str(tiny_checkpoint), {"use_change_head": True, "change_head_num_classes": num_classes})
+        assert processor.num_change_classes == num_classes
+        masks = ChangeCaptionCollator(processor)([view[0], view[5]])["change_masks"]
+        assert masks.max().item() == num_classes - 1
+
+
 def test_random_choice_redraws_captions_per_epoch_from_seed_and_epoch(levir_folder):
     pairs = load_change_dataset(levir_folder, split="train")
     dataset = EpochCaptionDataset(pairs, "random_choice", seed=3)
