@@ -116,12 +116,16 @@ def counting_inductor(flops: dict):
     return lambda graph_module, example_inputs: compile_fx(graph_module, example_inputs, inner_compile=inner_compile)
 
 
-def fresh_inputs(captured):
-    """A layer's captured inputs, detached, requiring gradients where they did (new leaves for each run)."""
-    return tree_map(
-        lambda value: value.detach().requires_grad_(value.requires_grad) if isinstance(value, torch.Tensor) else value,
-        captured,
-    )
+def fresh_inputs(inputs, copy_values: bool = False):
+    """A layer's inputs as new leaves, requiring gradients where they did (copied, to keep them as they were)."""
+
+    def leaf(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        detached = value.detach().clone() if copy_values else value.detach()
+        return detached.requires_grad_(value.requires_grad)
+
+    return tree_map(leaf, inputs)
 
 
 def run_layer(layer: torch.nn.Module, captured) -> int:
@@ -159,11 +163,7 @@ def main() -> None:
     def capture(layer, layer_args, layer_kwargs):
         kind = type(layer).__name__
         if kind not in captured:
-            captured[kind] = tree_map(
-                lambda value: value.detach().clone().requires_grad_(value.requires_grad)
-                if isinstance(value, torch.Tensor) else value,
-                (layer_args, layer_kwargs),
-            )
+            captured[kind] = fresh_inputs((layer_args, layer_kwargs), copy_values=True)
             first_layers[kind] = layer
 
     layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]

@@ -817,9 +817,11 @@ class RsccTrainer(Trainer):
     def _load_optimizer_and_scheduler(self, checkpoint: Optional[str]) -> None:
         # Also reached under DeepSpeed, which loads the weights and the optimizer itself.
         super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
         history = self._task_loss_history()
-        path = None if checkpoint is None else Path(checkpoint) / LOSS_HISTORY_FILE
-        if history is not None and path is not None and path.is_file():
+        path = Path(checkpoint) / LOSS_HISTORY_FILE
+        if history is not None and path.is_file():
             tensors = load_file(str(path))
             history.clear()
             history.extend(tensors[str(index)] for index in range(len(tensors)))
