@@ -65,7 +65,8 @@ class RsccConfig(LlavaOnevisionConfig):
             How the caption and change-detection losses combine when both are present. `"fixed"`:
             `caption + change_loss_weight * change` (Semantic-CC, weight 0.5). `"dwa"`: dynamic weight averaging
             (KCFI): `w_k = 2 exp(r_k / T) / sum_i exp(r_i / T)` with `r_k` the ratio of task k's loss at the two
-            previous training steps (both weights 1 for the first two steps). `"normalized"`: each loss divided by its
+            previous training steps (both weights 1 for the first two steps; under rscc's Trainer a step is an
+            optimizer step, its micro-batches' losses averaged). `"normalized"`: each loss divided by its
             own detached value (Change-Agent), so both tasks get gradients of the same scale.
         change_loss_weight (`float`, *optional*, defaults to 0.5):
             Weight of the change-detection loss under `"fixed"` weighting.

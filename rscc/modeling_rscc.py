@@ -760,6 +760,10 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         # (caption, change) losses of the last two training steps, for dynamic weight averaging: training state,
         # not weights (rscc's Trainer keeps it in checkpoints with the optimizer's state).
         self.task_loss_history = deque(maxlen=2)
+        self.task_losses_of_this_step = []
+        # False: every training forward is a step. rscc's Trainer sets True and ends steps at optimizer steps, so the
+        # micro-batches of one gradient-accumulation step share its weights and count as one step.
+        self.task_loss_steps_ended_by_caller = False
         self.post_init()
 
     @can_return_tuple
@@ -897,31 +901,56 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         """The training loss from the caption and change-detection losses, as `config.change_loss_weighting` says.
 
         With one of them missing the other is returned unweighted. Under `"dwa"`, each training-mode call with both
-        losses records them for the weights of the next steps, averaged over the processes of a distributed run so
-        that every process weights its losses alike.
+        losses records them for the weights of the next steps (see `end_task_loss_step`).
         """
-        if caption_loss is None or change_loss is None:
-            return change_loss if caption_loss is None else caption_loss
         weighting = self.config.change_loss_weighting
-        if weighting == "fixed":
-            return caption_loss + self.config.change_loss_weight * change_loss
         tiny = torch.finfo(torch.float32).tiny
-        if weighting == "normalized":
-            return sum(loss / loss.detach().clamp_min(tiny) for loss in (caption_loss, change_loss))
-        losses = torch.stack([caption_loss, change_loss.to(caption_loss.dtype)])
-        if len(self.task_loss_history) < 2:
-            weights = torch.ones_like(losses)
+        if caption_loss is None or change_loss is None:
+            loss = change_loss if caption_loss is None else caption_loss
+        elif weighting == "fixed":
+            loss = caption_loss + self.config.change_loss_weight * change_loss
+        elif weighting == "normalized":
+            loss = sum(loss / loss.detach().clamp_min(tiny) for loss in (caption_loss, change_loss))
         else:
-            before_previous, previous = self.task_loss_history
-            rates = previous.to(losses.device) / before_previous.to(losses.device).clamp_min(tiny)
-            weights = len(losses) * torch.softmax(rates / self.config.change_loss_dwa_temperature, dim=0)
-        if self.training:
-            recorded = losses.detach().clone()
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(recorded)
-                recorded /= torch.distributed.get_world_size()
-            self.task_loss_history.append(recorded)
-        return (weights * losses).sum()
+            losses = torch.stack([caption_loss, change_loss.to(caption_loss.dtype)])
+            if len(self.task_loss_history) < 2:
+                weights = torch.ones_like(losses)
+            else:
+                before_previous, previous = self.task_loss_history
+                rates = previous.to(losses.device) / before_previous.to(losses.device).clamp_min(tiny)
+                weights = len(losses) * torch.softmax(rates / self.config.change_loss_dwa_temperature, dim=0)
+            loss = (weights * losses).sum()
+            if self.training:
+                self.task_losses_of_this_step.append(losses.detach().float())
+        if weighting == "dwa" and self.training and not self.task_loss_steps_ended_by_caller:
+            # Also without both losses, so that the processes of a distributed run end their steps together.
+            self.end_task_loss_step()
+        return loss
+
+    def end_task_loss_step(self) -> None:
+        """Ends a training step of dynamic weight averaging (`config.change_loss_weighting="dwa"`).
+
+        The (caption, change) losses recorded since the previous step, averaged over the step's forwards and over
+        the processes of a distributed run (so that every process weights its losses alike), become the newest
+        entry of `task_loss_history`, from which the next steps' weights follow; a step where no process had both
+        losses adds none. Called after every training forward unless `task_loss_steps_ended_by_caller` is set;
+        rscc's Trainer sets it and calls this after each optimizer step. In a distributed run every process must
+        call it at the same steps.
+        """
+        recorded = self.task_losses_of_this_step
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not recorded and not distributed:
+            return
+        # Sums and a count: a process without both losses this step still takes part in the all-reduce.
+        totals = torch.zeros(3, device=recorded[0].device if recorded else self.device)
+        if recorded:
+            totals[:2] = torch.stack(recorded).sum(dim=0)
+            totals[2] = len(recorded)
+        recorded.clear()
+        if distributed:
+            torch.distributed.all_reduce(totals)
+        if totals[2] > 0:
+            self.task_loss_history.append(totals[:2] / totals[2])
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         kept_positions = getattr(outputs, "kept_positions", None)

@@ -468,6 +468,18 @@ class CaptionRedrawCallback(TrainerCallback):
         self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
 
 
+class TaskLossStepCallback(TrainerCallback):
+    """Ends each dynamic-weight-averaging step at an optimizer step, so that the micro-batches of one
+    gradient-accumulation step share its loss weights and their mean losses count as one step (KCFI's `t`)."""
+
+    def __init__(self, model):
+        self.model = model
+        model.task_loss_steps_ended_by_caller = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.model.end_task_loss_step()
+
+
 class ChangeCaptionCollator:
     """Turns examples of a caption view into a training batch with the processor (pairs + target captions).
 
@@ -681,6 +693,8 @@ class RsccTrainer(Trainer):
         self._interval_start = None
         self._interval_step = None
         self._step_learning_rates: dict[str, float] = {}
+        if self._task_loss_model() is not None:
+            self.add_callback(TaskLossStepCallback(self._task_loss_model()))
 
     # ---- optimizer --------------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -801,11 +815,16 @@ class RsccTrainer(Trainer):
         )
 
     # ---- checkpoints ----------------------------------------------------------------------------------------------
-    def _task_loss_history(self):
+    def _task_loss_model(self):
+        """The model that keeps a dynamic-weight-averaging loss history, or None."""
         model = self.accelerator.unwrap_model(self.model)
         if _is_peft(model):
             model = model.get_base_model()
-        return getattr(model, "task_loss_history", None)
+        return model if hasattr(model, "task_loss_history") else None
+
+    def _task_loss_history(self):
+        model = self._task_loss_model()
+        return None if model is None else model.task_loss_history
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
@@ -1319,6 +1338,7 @@ __all__ = [
     "load_saved_weights",
     "EpochCaptionDataset",
     "CaptionRedrawCallback",
+    "TaskLossStepCallback",
     "ChangeCaptionCollator",
     "load_split",
     "load_model_and_processor",

@@ -330,6 +330,46 @@ def test_resumed_run_reaches_the_same_parameters(model_options, tiny_checkpoint,
     assert any(not torch.equal(interrupted[name], resumed[name]) for name in resumed)  # step 5 did train
 
 
+class DwaRecorder(TrainerCallback):
+    """Records, for each training forward with both losses, its optimizer step, the loss history its weights came
+    from, and its (caption, change) losses."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        combine_losses = model.combine_losses
+
+        def recording(caption_loss, change_loss):
+            history = [losses.clone() for losses in model.task_loss_history]
+            if model.training and caption_loss is not None and change_loss is not None:
+                self.calls.append((state.global_step, history, torch.stack([caption_loss, change_loss]).detach()))
+            return combine_losses(caption_loss, change_loss)
+
+        model.combine_losses = recording
+
+
+def test_dwa_step_is_the_optimizer_step_under_gradient_accumulation(tiny_checkpoint, levir_folder, tmp_path):
+    # 3 pairs, 1 a micro-batch, 2 micro-batches a step: steps of 2, 1 (the epoch's end) and 2 forwards.
+    recorder = DwaRecorder()
+    run_stage(arguments("stage3", tiny_checkpoint, levir_folder, tmp_path / "out", "--max_steps", "3",
+                        "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2",
+                        "--model_config_overrides", json.dumps(KCFI_DWA)), callbacks=[recorder])
+    steps = {}
+    for step, history, losses in recorder.calls:
+        steps.setdefault(step, []).append((history, losses))
+    assert [len(forwards) for forwards in steps.values()] == [2, 1, 2]
+    step_means = []
+    for step, forwards in steps.items():
+        first_history = forwards[0][0]
+        assert all(len(history) == len(first_history) and all(map(torch.equal, history, first_history))
+                   for history, _ in forwards), "the forwards of one step share its weights"
+        assert len(first_history) == min(step, 2)
+        for recorded, expected in zip(reversed(first_history), reversed(step_means)):
+            torch.testing.assert_close(recorded, expected)
+        step_means.append(torch.stack([losses for _, losses in forwards]).mean(dim=0))
+
+
 class LanguageLayerInputs(TrainerCallback):
     """Records the KV cache the first language-model layer receives in each training forward."""
 
