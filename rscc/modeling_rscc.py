@@ -935,11 +935,11 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         entry of `task_loss_history`, from which the next steps' weights follow; a step where no process had both
         losses adds none. Called after every training forward unless `task_loss_steps_ended_by_caller` is set;
         rscc's Trainer sets it and calls this after each optimizer step. In a distributed run every process must
-        call it at the same steps.
+        call it at the same steps. Under other weightings it does nothing (no collective).
         """
         recorded = self.task_losses_of_this_step
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if not recorded and not distributed:
+        if self.config.change_loss_weighting != "dwa" or not (recorded or distributed):
             return
         # Sums and a count: a process without both losses this step still takes part in the all-reduce.
         totals = torch.zeros(3, device=recorded[0].device if recorded else self.device)
