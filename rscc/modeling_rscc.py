@@ -922,7 +922,7 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             loss = (weights * losses).sum()
             if self.training:
                 self.task_losses_of_this_step.append(losses.detach().float())
-        if weighting == "dwa" and self.training and not self.task_loss_steps_ended_by_caller:
+        if self.training and not self.task_loss_steps_ended_by_caller:
             # Also without both losses, so that the processes of a distributed run end their steps together.
             self.end_task_loss_step()
         return loss

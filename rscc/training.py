@@ -693,8 +693,9 @@ class RsccTrainer(Trainer):
         self._interval_start = None
         self._interval_step = None
         self._step_learning_rates: dict[str, float] = {}
-        if self._task_loss_model() is not None:
-            self.add_callback(TaskLossStepCallback(self._task_loss_model()))
+        task_loss_model = self._task_loss_model()
+        if task_loss_model is not None:
+            self.add_callback(TaskLossStepCallback(task_loss_model))
 
     # ---- optimizer --------------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
