@@ -860,9 +860,13 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         # the meta device, it costs no memory and no random initialisation (a minute at 0.5B on a CPU).
         with torch.device("meta"):
             super().__init__(config)
+        # The stock model consumed the deprecated `config.gradient_checkpointing` flag; its replacement keeps it.
+        checkpointing = self.is_activation_checkpointing
         self.model = RsccModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        if checkpointing:
+            self.activation_checkpointing_enable()
 
     @can_return_tuple
     def forward(
@@ -997,6 +1001,7 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             loss = loss + self.config.change_dice_weight * (1 - dice).mean()
         return loss
 
+    @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, **kwargs):
         r"""
         [`GenerationMixin.generate`], with two rscc additions:
