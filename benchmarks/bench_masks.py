@@ -16,6 +16,10 @@ Sizes (random weights, CPU fp32):
 
 Models: stock LLaVA-OneVision; rscc with difference integration and change_filter none / multiply / drop (masks given
 as input); rscc with drop but without difference integration (the filter alone). All hold the same base weights.
+
+`difference_module` gives the FLOPs the difference module executes per pair of the mix (torch's FLOP counter, one pair
+at a time): dense (no filter: every token of every pair) and under `drop` (the kept tokens of changed pairs only;
+unchanged pairs skip the module).
 """
 
 import argparse
@@ -34,7 +38,7 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 from rscc import RsccConfig, RsccForConditionalGeneration
 from rscc.checkpoints import llava_onevision_0_5b_config, make_processor, tiny_config
 from rscc.inference import caption_pairs
-from rscc.modeling_rscc import NEW_MODULE_PREFIXES
+from rscc.modeling_rscc import NEW_MODULE_PREFIXES, change_masks_to_tokens, context_token_mask
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "levir_cd_samples"
 RSCC_MODES = ("none", "multiply", "drop")
@@ -151,6 +155,37 @@ def build_models(config: RsccConfig) -> tuple:
     return rscc, stock, filter_only
 
 
+def difference_module_flops(model, processor, pairs, masks) -> dict:
+    """FLOPs of the difference module per pair, dense and on the kept tokens of `drop` (input masks)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = model.config
+    module = model.model.difference_module
+    grid = config.vision_grid_size
+    width = config.vision_config.hidden_size
+    levels = [torch.randn(1, grid * grid, width) for _ in config.difference_feature_layers]
+    floor = context_token_mask(grid, config.change_filter_min_tokens)
+
+    def count(token_mask) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(levels, levels, levels[-1], levels[-1], token_mask=token_mask)
+        return counter.get_total_flops()
+
+    dense = count(None)
+    sparse, kept_counts = [], []
+    for mask in processor(images=pairs, change_masks=masks)["change_masks"]:
+        changed = change_masks_to_tokens(mask[None], grid)
+        kept = changed | floor
+        kept_counts.append(int(kept.sum()) if changed.any() else 0)
+        sparse.append(count(kept) if changed.any() else 0.0)
+    return {
+        "dense_gflop_per_pair": dense / 1e9,
+        "drop_gflop_per_pair": statistics.mean(sparse) / 1e9,
+        "drop_refined_tokens_per_pair": statistics.mean(kept_counts),
+        "flop_reduction": dense / statistics.mean(sparse),
+    }
+
+
 def benchmark(size: str, real_pairs: int) -> dict:
     pairs, masks = levir_cd_mix()
     processor = make_processor(image_size=384, patch_size=14)
@@ -180,6 +215,7 @@ def benchmark(size: str, real_pairs: int) -> dict:
     for mode in RSCC_MODES if size == "tiny" else ("none", "drop"):
         runs[f"rscc_{mode}"] = (rscc, mode)
     runs["rscc_drop_without_difference_module"] = (filter_only, "drop")
+    figures["difference_module"] = difference_module_flops(rscc, processor, pairs, masks)
     figures["runs"] = measure(runs, processor, pairs, masks, batch_size, new_tokens, repeats)
     stock_run = figures["runs"]["stock"]
     for result in figures["runs"].values():

@@ -272,12 +272,20 @@ class RsccAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.o_proj = nn.Linear(dim, dim)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """
         Args:
             queries (`torch.Tensor` of shape `(batch, query_len, dim)`)
             keys (`torch.Tensor` of shape `(batch, key_len, dim)`)
             values (`torch.Tensor` of shape `(batch, key_len, dim)`)
+            key_mask (`torch.Tensor` of shape `(batch, 1, 1, key_len)`, *optional*): added to the attention scores,
+                a large negative value at padding keys.
 
         Returns:
             `torch.Tensor` of shape `(batch, query_len, dim)`.
@@ -293,7 +301,7 @@ class RsccAttention(nn.Module):
             split_heads(self.q_proj(queries)),
             split_heads(self.k_proj(keys)),
             split_heads(self.v_proj(values)),
-            None,
+            key_mask,
             scaling=self.scaling,
             is_causal=False,
         )
@@ -346,20 +354,26 @@ class RsccChangeAwareBlock(GradientCheckpointingLayer):
         after: torch.Tensor,
         position_embedding: torch.Tensor,
         role_embedding: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Args:
             change, before, after (`torch.Tensor` of shape `(batch, num_tokens, dim)`):
                 Change tokens and the tokens of the two images.
-            position_embedding (`torch.Tensor` of shape `(num_tokens, dim)`): 2-D position of each token.
+            position_embedding (`torch.Tensor` of shape `(num_tokens, dim)` or `(batch, num_tokens, dim)`): 2-D
+                position of each token.
             role_embedding (`torch.Tensor` of shape `(3, dim)`): learned before / after / change flags.
+            key_mask (`torch.Tensor` of shape `(batch, 1, 1, num_tokens)`, *optional*): additive mask of padding
+                tokens (packed token subsets of different sizes); `None` when every token is real.
 
         Returns:
             The updated `(change, before, after)`, same shapes.
         """
         role_before, role_after, role_change = role_embedding
+        two_masks = None if key_mask is None else torch.cat([key_mask, key_mask], dim=-1)
+        three_masks = None if key_mask is None else torch.cat([key_mask, key_mask, key_mask], dim=-1)
         change_keys = change + position_embedding + role_change
-        change = self.self_attn_norm(change + self.self_attn(change_keys, change_keys, change))
+        change = self.self_attn_norm(change + self.self_attn(change_keys, change_keys, change, key_mask))
 
         change_queries = change + position_embedding + role_change
         before_keys = before + position_embedding + role_before
@@ -367,7 +381,7 @@ class RsccChangeAwareBlock(GradientCheckpointingLayer):
         context_keys = torch.cat([before_keys, after_keys, change_queries], dim=1)
         context_values = torch.cat([before, after, change], dim=1)
         change = self.change_to_images_norm(
-            change + self.change_to_images_attn(change_queries, context_keys, context_values)
+            change + self.change_to_images_attn(change_queries, context_keys, context_values, three_masks)
         )
         change = self.mlp_norm(change + self.fc2(self.act(self.fc1(change))))
 
@@ -375,13 +389,13 @@ class RsccChangeAwareBlock(GradientCheckpointingLayer):
         before = self.images_norm(
             before
             + self.images_to_change_attn(
-                before_keys, torch.cat([before_keys, change_keys], 1), torch.cat([before, change], 1)
+                before_keys, torch.cat([before_keys, change_keys], 1), torch.cat([before, change], 1), two_masks
             )
         )
         after = self.images_norm(
             after
             + self.images_to_change_attn(
-                after_keys, torch.cat([after_keys, change_keys], 1), torch.cat([after, change], 1)
+                after_keys, torch.cat([after_keys, change_keys], 1), torch.cat([after, change], 1), two_masks
             )
         )
         return change, before, after
@@ -412,6 +426,7 @@ class RsccDifferenceIntegration(nn.Module):
         after_levels: list[torch.Tensor],
         before_features: torch.Tensor,
         after_features: torch.Tensor,
+        token_mask: torch.BoolTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -419,6 +434,11 @@ class RsccDifferenceIntegration(nn.Module):
                 Vision hidden states of the levels in `config.difference_feature_layers`.
             before_features, after_features (`torch.Tensor` of shape `(num_pairs, num_tokens, dim)`):
                 The features the stock model projects (`vision_feature_layer`).
+            token_mask (`torch.BoolTensor` of shape `(num_pairs, num_tokens)`, *optional*): the tokens to refine (a
+                change filter's kept tokens). The module then runs on those tokens alone, packed into one batch
+                (attention, change tokens and the level gates' pooling all over the kept tokens), and the other
+                tokens keep their raw features. Every pair needs at least one token; `None` (or all set): every
+                token, exactly as without a mask.
 
         Returns:
             `(before, after)`: the features to project, shapes as `before_features`.
@@ -433,18 +453,44 @@ class RsccDifferenceIntegration(nn.Module):
         before = torch.cat(before_levels, dim=0)
         after = torch.cat(after_levels, dim=0)
         position_embedding = sine_position_embedding_2d(self.grid_size, dim, before.device, before.dtype)
+        key_mask = real = kept_positions = None
+        if token_mask is not None and not bool(token_mask.all()):
+            # Levels are stacked along the batch: each level's pairs keep the same tokens.
+            kept_positions = pack_kept_positions(token_mask.to(before.device), left_padding=False)
+            level_positions = kept_positions.repeat(num_levels, 1)
+            before = gather_positions(before, level_positions, 0.0)
+            after = gather_positions(after, level_positions, 0.0)
+            position_embedding = position_embedding[level_positions.clamp(min=0)]
+            real = (level_positions >= 0)[..., None].to(before.dtype)
+            padding = torch.finfo(before.dtype).min
+            key_mask = ((1 - real[..., 0]) * padding)[:, None, None, :]
         change = self.change_init(before, after)
         for index, block in enumerate(self.blocks):
             if index:
                 # From the second block on, the change queries are refreshed from the updated images.
                 change = change + self.change_init(before, after)
-            change, before, after = block(change, before, after, position_embedding, self.role_embedding)
+            change, before, after = block(change, before, after, position_embedding, self.role_embedding, key_mask)
 
-        pooled = torch.cat([before.mean(1), after.mean(1), change.mean(1)], dim=-1)
+        if real is None:
+            pooled = torch.cat([before.mean(1), after.mean(1), change.mean(1)], dim=-1)
+        else:
+            count = real.sum(1)
+            pooled = torch.cat([(states * real).sum(1) / count for states in (before, after, change)], dim=-1)
         gates = torch.sigmoid(self.level_gate(pooled)).view(num_levels, num_pairs, 1, 1)
         normaliser = gates.sum(0) + 1e-6
-        fused_before = (gates * before.view(num_levels, num_pairs, num_tokens, dim)).sum(0) / normaliser
-        fused_after = (gates * after.view(num_levels, num_pairs, num_tokens, dim)).sum(0) / normaliser
+        kept_count = before.shape[1]
+        fused_before = (gates * before.view(num_levels, num_pairs, kept_count, dim)).sum(0) / normaliser
+        fused_after = (gates * after.view(num_levels, num_pairs, kept_count, dim)).sum(0) / normaliser
+        if kept_positions is not None:
+            # Back onto the grid: padding slots add zeros, so the scatter is exact.
+            index = kept_positions.clamp(min=0)[..., None].expand(-1, -1, dim)
+            pair_real = real[:num_pairs]
+            fused_before = fused_before.new_zeros(num_pairs, num_tokens, dim).scatter_add(
+                1, index, fused_before * pair_real
+            )
+            fused_after = fused_after.new_zeros(num_pairs, num_tokens, dim).scatter_add(
+                1, index, fused_after * pair_real
+            )
         return (
             before_features + self.output_scale * fused_before,
             after_features + self.output_scale * fused_after,
@@ -609,12 +655,16 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         before, after = features[0::2], features[1::2]
         grid_logits = self.change_head(before, after) if self.change_head is not None else None
         changed_tokens = self._changed_tokens(change_masks, grid_logits)
+        # The grid tokens the language model will see (with a value): "multiply" keeps the changed ones, "drop" adds
+        # the context floor.
+        keep = changed_tokens
+        if changed_tokens is not None and config.change_filter == "drop":
+            keep = changed_tokens | context_token_mask(
+                config.vision_grid_size, config.change_filter_min_tokens, changed_tokens.device
+            )
         if self.difference_module is not None:
-            # A pair whose mask shows no change skips the difference module (28% of a stock pair's FLOPs): under
-            # "multiply" all its grid tokens are zeroed anyway, under "drop" only the context sub-grid remains.
-            refined = None if changed_tokens is None else changed_tokens.any(1)
             before, after = self._integrate_differences(
-                [select(layer) for layer in levels], before, after, refined
+                [select(layer) for layer in levels], before, after, changed_tokens, keep
             )
         projected = self.multi_modal_projector(torch.stack([before, after], dim=1).flatten(0, 1))
 
@@ -622,9 +672,6 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         if changed_tokens is not None and config.change_filter == "multiply":
             projected = projected * changed_tokens.repeat_interleave(2, dim=0)[..., None].to(projected.dtype)
         elif changed_tokens is not None and config.change_filter == "drop":
-            keep = changed_tokens | context_token_mask(
-                config.vision_grid_size, config.change_filter_min_tokens, changed_tokens.device
-            )
             newline = keep.new_ones(2 * num_pairs, 1)  # each image's newline token always stays
             kept_tokens = torch.cat([keep.repeat_interleave(2, dim=0), newline], dim=1)
         image_features, _ = self.pack_image_features(
@@ -673,21 +720,28 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         levels: list[torch.Tensor],
         before: torch.Tensor,
         after: torch.Tensor,
-        refined: torch.BoolTensor | None,
+        changed_tokens: torch.BoolTensor | None,
+        kept_tokens: torch.BoolTensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the difference module on the pairs in `refined` (all when `None`); the others keep their features."""
-        if refined is None or bool(refined.all()):
+        """Run the difference module where a change filter needs it (everywhere without a filter).
+
+        A pair whose mask shows no change skips the module (28% of a stock pair's FLOPs): under "multiply" all its grid
+        tokens are zeroed anyway, under "drop" only the context sub-grid remains. The other pairs are refined on their
+        kept tokens only (`kept_tokens`, `(num_pairs, grid**2)`), the tokens the language model sees.
+        """
+        if changed_tokens is None:
             return self.difference_module(
                 [level[0::2] for level in levels], [level[1::2] for level in levels], before, after
             )
-        if not bool(refined.any()):
+        pairs = changed_tokens.any(1).nonzero()[:, 0]
+        if not len(pairs):
             return before, after
-        pairs = refined.nonzero()[:, 0]
         refined_before, refined_after = self.difference_module(
             [level[0::2][pairs] for level in levels],
             [level[1::2][pairs] for level in levels],
             before[pairs],
             after[pairs],
+            token_mask=kept_tokens[pairs],
         )
         return before.index_copy(0, pairs, refined_before), after.index_copy(0, pairs, refined_after)
 

@@ -317,6 +317,68 @@ def test_pairs_without_change_skip_difference_integration(tiny_processor, change
     assert torch.equal(refined[4], raw[4]) and torch.equal(refined[5], raw[5]), "the unchanged pair does not"
 
 
+def difference_inputs(model, processor, pairs):
+    """The difference module's inputs for `pairs`: per-level hidden states and the features it refines."""
+    inputs = processor(images=pairs)
+    size = model.config.vision_grid_size**2
+    with torch.no_grad():
+        hidden = model.model.vision_tower(
+            inputs["pixel_values"][:, 0], output_hidden_states=True
+        ).hidden_states
+    levels = [hidden[layer][:, -size:] for layer in model.config.difference_feature_layers]
+    features = hidden[model.config.vision_feature_layer][:, -size:]
+    return [level[0::2] for level in levels], [level[1::2] for level in levels], features[0::2], features[1::2]
+
+
+def test_mask_sparse_difference_module_packs_pairs_and_leaves_other_tokens_raw(tiny_processor, levir_cd):
+    model = build(tiny_processor)
+    module = model.model.difference_module
+    pairs = [levir_cd[0][0], levir_cd[1][0], levir_cd[2][0]]
+    before_levels, after_levels, before, after = difference_inputs(model, tiny_processor, pairs)
+    grid = model.config.vision_grid_size**2
+    generator = torch.Generator().manual_seed(0)
+    token_mask = torch.rand(3, grid, generator=generator) < torch.tensor([[0.2], [0.6], [0.9]])
+    assert len(set(token_mask.sum(1).tolist())) == 3, "different kept counts in one batch"
+    with torch.no_grad():
+        packed = module(before_levels, after_levels, before, after, token_mask=token_mask)
+        for pair in range(3):
+            alone = module(
+                [level[pair : pair + 1] for level in before_levels],
+                [level[pair : pair + 1] for level in after_levels],
+                before[pair : pair + 1],
+                after[pair : pair + 1],
+                token_mask=token_mask[pair : pair + 1],
+            )
+            for packed_side, alone_side, raw in zip(packed, alone, (before, after)):
+                torch.testing.assert_close(packed_side[pair], alone_side[0], rtol=1e-5, atol=1e-5)
+                kept = token_mask[pair]
+                assert torch.equal(packed_side[pair, ~kept], raw[pair, ~kept]), "unkept tokens stay raw"
+                assert not torch.allclose(packed_side[pair, kept], raw[pair, kept]), "kept tokens are refined"
+        dense = module(before_levels, after_levels, before, after)
+        all_kept = module(before_levels, after_levels, before, after, token_mask=torch.ones(3, grid, dtype=torch.bool))
+    assert all(torch.equal(a, b) for a, b in zip(dense, all_kept)), "all tokens kept: exactly the dense module"
+    assert not torch.allclose(packed[0], dense[0]), "the sparse module attends to the kept tokens only"
+
+
+def test_mask_sparse_difference_module_follows_the_kept_tokens(tiny_processor, changed_and_unchanged):
+    """Under "drop", each changed pair runs the difference module on its kept tokens (changed plus the context
+    floor), the changed pairs packed into one call; the unchanged pair skips it."""
+    pairs, masks = changed_and_unchanged
+    model = build(tiny_processor, change_filter="drop")
+    inputs = tiny_processor(images=pairs, change_masks=masks)
+    arguments = (inputs["pixel_values"], inputs["image_sizes"])
+    options = dict(batch_num_images=inputs["batch_num_images"], change_masks=inputs["change_masks"])
+    calls = []
+    model.model.difference_module.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append(kwargs["token_mask"].sum(1).tolist()), with_kwargs=True
+    )
+    with torch.no_grad():
+        features = model.model.get_image_features(*arguments, **options)
+    kept = features.kept_tokens[0::2, :-1].sum(1).tolist()
+    assert calls == [kept[:2]], "the changed pairs run on their kept tokens; the unchanged pair skips the module"
+    assert kept[0] < model.config.vision_grid_size**2
+
+
 def test_predicted_source_filters_with_the_head_unless_a_mask_is_given(tiny_processor, changed_and_unchanged):
     pairs, masks = changed_and_unchanged
     model = build(tiny_processor, change_filter="drop", use_change_head=True, change_mask_source="predicted")
