@@ -5,6 +5,10 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import LlavaOnevisionConfig
 
+from .compat_rscc import check_transformers_version
+
+check_transformers_version()
+
 # CCExpert reads SigLIP hidden states [-11, -8, -5, -2] of the 27-layer tower; the llava-hf checkpoints keep 26
 # layers (the last one was never used), so the same four layers are [-10, -7, -4, -1] there.
 CCEXPERT_FEATURE_LAYERS = (-10, -7, -4, -1)

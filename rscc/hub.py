@@ -22,6 +22,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoConfig
 
+from .compat_rscc import TESTED_TRANSFORMERS, TRANSFORMERS_REQUIREMENT
 from .configuration_rscc import RsccConfig
 from .inference import DEFAULT_MODEL, EXIT_BAD_INPUT, EXIT_OK
 from . import pipeline_rscc
@@ -175,6 +176,7 @@ def build_model_card(
     license: str = LICENSE,
     dataset_id: str | None = None,
     template_path: str | os.PathLike = MODEL_CARD_TEMPLATE,
+    revision: str | None = None,
 ) -> ModelCard:
     """Fill the rscc model-card template.
 
@@ -187,6 +189,8 @@ def build_model_card(
         license (`str`): a Hub license id.
         dataset_id (`str`, *optional*): Hub dataset id of the evaluation dataset.
         template_path (`str` or `os.PathLike`): the Jinja template.
+        revision (`str`, *optional*): the commit the card's loading example pins; a placeholder when unknown (a
+            card is written before its commit exists).
     """
     _check_repo_id(repo_id)
     model_name = repo_id.split("/")[-1]
@@ -211,6 +215,9 @@ def build_model_card(
         architecture=describe_architecture(config),
         evaluation=evaluation,
         recipe=recipe,
+        revision=revision or "COMMIT_SHA",
+        transformers_window=TESTED_TRANSFORMERS,
+        transformers_requirement=TRANSFORMERS_REQUIREMENT,
     )
 
 

@@ -8,7 +8,6 @@ stock model computes until training moves that scale or a mask filters the token
 """
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ from transformers.activations import ACT2FN
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.modeling_utils import slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llava_onevision.modeling_llava_onevision import (
     LlavaOnevisionCausalLMOutputWithPast,
     LlavaOnevisionModelOutputWithPast,
@@ -28,16 +27,20 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
+from .compat_rscc import given_cache
 from .configuration_rscc import IGNORE_INDEX, RsccConfig
 
 logger = logging.get_logger(__name__)
 
 # Hub checkpoints of LLaVA-OneVision use the legacy key layout (`language_model.model.*`); rscc checkpoints are
-# read and written through the same renaming, so both load into the stock parameter names.
-if get_checkpoint_conversion_mapping(RsccConfig.model_type) is None:
-    register_checkpoint_conversion_mapping(
-        RsccConfig.model_type, get_checkpoint_conversion_mapping(LlavaOnevisionConfig.model_type)
-    )
+# read and written through the same renaming as stock's, by model type (the captioning model) and by class (the
+# model without the language-model head), so both load into, and save as, the stock parameter names.
+for rscc_name, stock_name in (
+    (RsccConfig.model_type, LlavaOnevisionConfig.model_type),
+    ("RsccModel", LlavaOnevisionModel.__name__),
+):
+    if get_checkpoint_conversion_mapping(rscc_name) is None and get_checkpoint_conversion_mapping(stock_name):
+        register_checkpoint_conversion_mapping(rscc_name, get_checkpoint_conversion_mapping(stock_name))
 
 # Submodules that a LLaVA-OneVision checkpoint does not have.
 NEW_MODULE_PREFIXES = ("model.difference_module.", "model.change_head.")
@@ -69,6 +72,18 @@ class RsccImageFeaturesOutput(BaseModelOutputWithPooling):
             pooler_output=[self.pooler_output[index] for index in images],
             change_logits=None if self.change_logits is None else self.change_logits[pair_indices],
             kept_tokens=None if self.kept_tokens is None else self.kept_tokens[images],
+        )
+
+    def kept_only(self) -> "RsccImageFeaturesOutput":
+        """The features of the kept tokens alone (`kept_tokens` `None`): what the language model receives under
+        `change_filter="drop"`, one tensor per image with as many rows as the image keeps placeholders."""
+        if self.kept_tokens is None:
+            return self
+        return RsccImageFeaturesOutput(
+            pooler_output=[
+                features[kept.to(features.device)] for features, kept in zip(self.pooler_output, self.kept_tokens)
+            ],
+            change_logits=self.change_logits,
         )
 
 
@@ -213,13 +228,45 @@ def sine_position_embedding_2d(grid_size: int, dim: int, device=None, dtype=None
     return torch.cat([rows, columns], dim=-1).reshape(grid_size * grid_size, dim).to(dtype)
 
 
-class RsccAttention(nn.Module):
-    """Multi-head attention whose queries and keys carry position/role embeddings and whose values do not."""
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with an explicit softmax (transformers' `"eager"` implementation for [`RsccAttention`]).
 
-    def __init__(self, dim: int, num_heads: int):
+    Returns:
+        `(attn_output, attn_weights)` of shapes `(batch, query_len, heads, head_dim)` and
+        `(batch, heads, query_len, key_len)`.
+    """
+    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+class RsccAttention(nn.Module):
+    """Multi-head attention whose queries and keys carry position/role embeddings and whose values do not.
+
+    It runs through transformers' attention interface, so `attn_implementation=` and `set_attn_implementation`
+    choose its kernel as they do the vision tower's and the language model's.
+    """
+
+    def __init__(self, config: RsccConfig):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        dim = config.vision_config.hidden_size
+        self.config = config
+        self.num_heads = config.difference_num_heads
+        self.head_dim = dim // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
@@ -240,10 +287,17 @@ class RsccAttention(nn.Module):
         def split_heads(states):
             return states.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
 
-        attended = nn.functional.scaled_dot_product_attention(
-            split_heads(self.q_proj(queries)), split_heads(self.k_proj(keys)), split_heads(self.v_proj(values))
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        attended, _ = attention(
+            self,
+            split_heads(self.q_proj(queries)),
+            split_heads(self.k_proj(keys)),
+            split_heads(self.v_proj(values)),
+            None,
+            scaling=self.scaling,
+            is_causal=False,
         )
-        return self.o_proj(attended.transpose(1, 2).reshape(batch, query_len, dim))
+        return self.o_proj(attended.reshape(batch, query_len, dim))
 
 
 class RsccChangeInit(nn.Module):
@@ -273,17 +327,16 @@ class RsccChangeAwareBlock(GradientCheckpointingLayer):
     def __init__(self, config: RsccConfig):
         super().__init__()
         dim = config.vision_config.hidden_size
-        heads = config.difference_num_heads
         eps = config.difference_layer_norm_eps
-        self.self_attn = RsccAttention(dim, heads)
+        self.self_attn = RsccAttention(config)
         self.self_attn_norm = nn.LayerNorm(dim, eps=eps)
-        self.change_to_images_attn = RsccAttention(dim, heads)
+        self.change_to_images_attn = RsccAttention(config)
         self.change_to_images_norm = nn.LayerNorm(dim, eps=eps)
         self.fc1 = nn.Linear(dim, int(dim * config.difference_mlp_ratio))
         self.act = ACT2FN["gelu"]
         self.fc2 = nn.Linear(int(dim * config.difference_mlp_ratio), dim)
         self.mlp_norm = nn.LayerNorm(dim, eps=eps)
-        self.images_to_change_attn = RsccAttention(dim, heads)
+        self.images_to_change_attn = RsccAttention(config)
         self.images_norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(
@@ -481,6 +534,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         # (modules initialised once are skipped).
         self.post_init()
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -517,6 +571,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 vision_feature_select_strategy=vision_feature_select_strategy,
                 vision_aspect_ratio=vision_aspect_ratio,
                 batch_num_images=batch_num_images,
+                return_dict=True,
                 **kwargs,
             )
         vision_feature_layer = config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
@@ -541,7 +596,6 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 )
             change_masks = change_masks.to(pixel_values.device)
 
-        kwargs.pop("return_dict", None)
         levels = config.difference_feature_layers if self.difference_module is not None else []
         wanted_layers = sorted({vision_feature_layer, *levels})
         kwargs["output_hidden_states"] = kwargs.get("output_hidden_states") or wanted_layers
@@ -637,40 +691,47 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         )
         return before.index_copy(0, pairs, refined_before), after.index_copy(0, pairs, refined_after)
 
-    @can_return_tuple
-    def forward(
+    def prepare_language_model_inputs(
         self,
         input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
-        inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         vision_aspect_ratio: str | None = None,
         batch_num_images: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
         mm_encoder_outputs: dict | None = None,
         change_masks: torch.Tensor | None = None,
-        **kwargs,
-    ) -> RsccModelOutputWithPast:
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+    ) -> dict:
         r"""
-        [`LlavaOnevisionModel.forward`] with the change-mask filter.
+        Encode the images (unless `mm_encoder_outputs` holds them) and, under `change_filter="drop"`, shorten the
+        sequence to the tokens the filter keeps: the one place where rscc's inputs become an ordinary LLaVA-OneVision
+        input. The placeholders of dropped vision tokens leave `input_ids`, `attention_mask` and `labels`, and each
+        sample is re-packed on the side the batch was padded on, so every image has as many placeholders as it
+        keeps tokens. Embeddings, positions (contiguous: the language model's default) and the cache of `generate`
+        all follow from that shorter sequence, as for any prompt.
 
         Args:
-            change_masks (`torch.Tensor` of shape `(num_pairs, height, width)`, *optional*):
-                Class ids per pair (see [`RsccModel.get_image_features`]).
+            input_ids (`torch.LongTensor` of shape `(batch_size, seq_len)`): with one placeholder per vision token.
+            attention_mask (`torch.Tensor` of shape `(batch_size, seq_len)`, *optional*).
+            pixel_values, image_sizes, batch_num_images, change_masks: as for [`RsccModel.get_image_features`].
+            mm_encoder_outputs (`dict`, *optional*): already encoded modalities; an `"image"` entry with `kept_tokens`
+                (from `get_image_features` under `"drop"`) is shortened like features computed here.
+            labels (`torch.LongTensor` of shape `(batch_size, seq_len)`, *optional*): shortened with the sequence.
+            position_ids: refused under `"drop"` with features to shorten (they would describe the longer sequence).
 
-        Under `change_filter="drop"` the language model runs on a shorter sequence: the placeholder positions of
-        dropped vision tokens are removed from the embeddings, the attention mask and the position ids, and each
-        sample is re-packed on the side the input was padded on. The kept tokens keep their original position ids,
-        so rotary positions still tell the language model where in the image grid each token was, and an all-kept
-        mask computes exactly the unfiltered model. `kept_positions` in the output maps the shorter sequence back.
+        Returns:
+            `dict` with `input_ids`, `attention_mask`, `labels` and `mm_encoder_outputs` (image features of the kept
+            tokens only), plus `kept_positions` (`torch.LongTensor` of shape `(batch_size, new_len)`, the input
+            position of each kept position, -1 for padding; `None` when nothing was shortened).
         """
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
-        if pixel_values is not None and mm_encoder_outputs.get("image") is None:
+        if pixel_values is not None and mm_encoder_outputs.get("image") is not None:
+            raise ValueError("pass either pixel_values or mm_encoder_outputs['image'], not both")
+        if pixel_values is not None:
             mm_encoder_outputs["image"] = self.get_image_features(
                 pixel_values,
                 image_sizes,
@@ -679,64 +740,106 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 vision_aspect_ratio=vision_aspect_ratio,
                 batch_num_images=batch_num_images,
                 change_masks=change_masks,
+                return_dict=True,
             )
+        prepared = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "mm_encoder_outputs": mm_encoder_outputs or None,
+            "kept_positions": None,
+        }
         image_outputs = mm_encoder_outputs.get("image")
         kept_tokens = getattr(image_outputs, "kept_tokens", None)
-        kept_positions = image_hidden_states = None
-        if kept_tokens is not None:
-            if inputs_embeds is None:
-                inputs_embeds = self.get_input_embeddings()(input_ids)
-            image_hidden_states = torch.cat(image_outputs.pooler_output, dim=0).to(
-                inputs_embeds.device, inputs_embeds.dtype
+        if kept_tokens is None:
+            return prepared
+        if input_ids is None:
+            raise ValueError(
+                "change_filter='drop' needs input_ids (it removes the image placeholders of dropped tokens); "
+                "inputs_embeds alone cannot be shortened"
             )
-            image_positions, _ = self.get_placeholder_mask(
-                input_ids, inputs_embeds=inputs_embeds, image_features=image_hidden_states
+        if position_ids is not None:
+            raise ValueError(
+                "change_filter='drop' shortens the sequence, so position_ids of the full sequence do not apply; "
+                "leave position_ids unset (the shortened sequence gets contiguous positions)"
             )
-            inputs_embeds = inputs_embeds.masked_scatter(image_positions, image_hidden_states)
-            image_positions = image_positions[..., 0]
-            keep = ~image_positions
-            keep[image_positions] = kept_tokens.flatten().to(keep.device)
-            batch_size, length = keep.shape
-            if attention_mask is not None:
-                keep &= attention_mask.bool()
-            if position_ids is None:
-                # The positions the language model would use for the full sequence (Qwen2's default).
-                past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-                position_ids = torch.arange(past_length, past_length + length, device=keep.device)
-            position_ids = position_ids.expand(batch_size, length)
-            left_padding = attention_mask is None or bool(attention_mask[:, -1].all())
-            kept_positions = pack_kept_positions(keep, left_padding)
-            inputs_embeds = gather_positions(inputs_embeds, kept_positions, 0.0)
-            position_ids = gather_positions(position_ids, kept_positions, 0)
-            # Always explicit: with gapped position ids and no mask, the language model would read packed sequences.
-            attention_mask = (kept_positions >= 0).long()
-            input_ids = None
-            mm_encoder_outputs = {}
-        outputs = super().forward(
-            input_ids=input_ids,
-            image_sizes=image_sizes,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
+        image_positions = input_ids == self.config.image_token_id
+        if int(image_positions.sum()) != kept_tokens.numel():
+            raise ValueError(
+                f"input_ids hold {int(image_positions.sum())} image placeholders, but the images have "
+                f"{kept_tokens.numel()} tokens ({tuple(kept_tokens.shape)}): build inputs with RsccProcessor"
+            )
+        keep = ~image_positions
+        keep[image_positions] = kept_tokens.flatten().to(keep.device)
+        if attention_mask is not None:
+            keep &= attention_mask.bool()
+        left_padding = attention_mask is None or bool(attention_mask[:, -1].all())
+        kept_positions = pack_kept_positions(keep, left_padding)
+        pad_token_id = self.config.get_text_config().pad_token_id
+        prepared["input_ids"] = gather_positions(input_ids, kept_positions, pad_token_id or 0)
+        prepared["attention_mask"] = (kept_positions >= 0).long()
+        if labels is not None:
+            prepared["labels"] = gather_positions(labels, kept_positions.to(labels.device), IGNORE_INDEX)
+        prepared["mm_encoder_outputs"] = {**mm_encoder_outputs, "image": image_outputs.kept_only()}
+        prepared["kept_positions"] = kept_positions
+        return prepared
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
+        batch_num_images: torch.LongTensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        change_masks: torch.Tensor | None = None,
+        **kwargs,
+    ) -> RsccModelOutputWithPast:
+        r"""
+        [`LlavaOnevisionModel.forward`] on the inputs of [`RsccModel.prepare_language_model_inputs`]: under
+        `change_filter="drop"` the language model runs on the shorter sequence of the kept tokens. Every other argument
+        (`cache` / `past_key_values`, `position_ids`, `inputs_embeds`, `use_cache`, ...) goes to LLaVA-OneVision as is.
+
+        Args:
+            change_masks (`torch.Tensor` of shape `(num_pairs, height, width)`, *optional*):
+                Class ids per pair (see [`RsccModel.get_image_features`]).
+        """
+        prepared = self.prepare_language_model_inputs(
+            input_ids,
+            attention_mask,
+            pixel_values,
+            image_sizes,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
             vision_aspect_ratio=vision_aspect_ratio,
             batch_num_images=batch_num_images,
-            use_cache=use_cache,
-            mm_encoder_outputs=mm_encoder_outputs or None,
+            mm_encoder_outputs=mm_encoder_outputs,
+            change_masks=change_masks,
+            position_ids=kwargs.get("position_ids"),
+        )
+        outputs = super().forward(
+            input_ids=prepared["input_ids"],
+            attention_mask=prepared["attention_mask"],
+            image_sizes=image_sizes,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            vision_aspect_ratio=vision_aspect_ratio,
+            batch_num_images=batch_num_images,
+            mm_encoder_outputs=prepared["mm_encoder_outputs"],
+            return_dict=True,
             **kwargs,
         )
+        image_outputs = (prepared["mm_encoder_outputs"] or {}).get("image")
         return RsccModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states if kept_positions is None else image_hidden_states,
-            video_hidden_states=outputs.video_hidden_states,
+            **outputs,
             change_logits=getattr(image_outputs, "change_logits", None),
-            kept_positions=kept_positions,
+            kept_positions=prepared["kept_positions"],
         )
+
 
 class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditionalGeneration):
     """LLaVA-OneVision for change captioning: [`RsccModel`] plus the language-model head.
@@ -753,17 +856,12 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
     ```"""
 
     def __init__(self, config: RsccConfig):
-        # Skip LlavaOnevisionForConditionalGeneration.__init__, which would build a stock LlavaOnevisionModel.
-        super(LlavaOnevisionForConditionalGeneration, self).__init__(config)
+        # LLaVA-OneVision's constructor builds a stock model, which rscc's replaces (same parameter names): built on
+        # the meta device, it costs no memory and no random initialisation (a minute at 0.5B on a CPU).
+        with torch.device("meta"):
+            super().__init__(config)
         self.model = RsccModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        # (caption, change) losses of the last two training steps, for dynamic weight averaging: training state,
-        # not weights (rscc's Trainer keeps it in checkpoints with the optimizer's state).
-        self.task_loss_history = deque(maxlen=2)
-        self.task_losses_of_this_step = []
-        # False: every training forward is a step. rscc's Trainer sets True and ends steps at optimizer steps, so the
-        # micro-batches of one gradient-accumulation step share its weights and count as one step.
-        self.task_loss_steps_ended_by_caller = False
         self.post_init()
 
     @can_return_tuple
@@ -773,15 +871,11 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
-        inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         vision_aspect_ratio: str | None = None,
         batch_num_images: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict | None = None,
         change_masks: torch.Tensor | None = None,
@@ -790,6 +884,8 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
     ) -> RsccCausalLMOutputWithPast:
         r"""
         [`LlavaOnevisionForConditionalGeneration.forward`] with the change-mask filter and the change-detection loss.
+        Every argument not listed (`cache` / `past_key_values`, `position_ids`, `inputs_embeds`, `use_cache`, ...) goes
+        to LLaVA-OneVision as is.
 
         Args:
             labels (`torch.LongTensor` of shape `(batch_size, seq_len)`, *optional*): caption targets (-100 elsewhere),
@@ -804,33 +900,43 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
                 tenth of a training step's FLOPs at 0.5B). `logits` then cover those last positions only.
 
         Returns:
-            [`RsccCausalLMOutputWithPast`]: `loss` combines `caption_loss` and `change_loss` by
-            `config.change_loss_weighting` when both exist, and is whichever exists otherwise.
+            [`RsccCausalLMOutputWithPast`]: `loss` is `caption_loss + config.change_loss_weight * change_loss` when
+            both exist, and whichever exists otherwise. Weightings that need the training history (`"dwa"`) or
+            rescale by the losses themselves (`"normalized"`) are applied by rscc's Trainer from `caption_loss` and
+            `change_loss`.
         """
-        outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            image_sizes=image_sizes,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
+        prepared = self.model.prepare_language_model_inputs(
+            input_ids,
+            attention_mask,
+            pixel_values,
+            image_sizes,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
             vision_aspect_ratio=vision_aspect_ratio,
             batch_num_images=batch_num_images,
-            use_cache=use_cache,
             mm_encoder_outputs=mm_encoder_outputs,
             change_masks=change_masks,
+            labels=labels,
+            position_ids=kwargs.get("position_ids"),
+        )
+        labels = prepared["labels"]
+        outputs = self.model(
+            input_ids=prepared["input_ids"],
+            attention_mask=prepared["attention_mask"],
+            image_sizes=image_sizes,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            vision_aspect_ratio=vision_aspect_ratio,
+            batch_num_images=batch_num_images,
+            mm_encoder_outputs=prepared["mm_encoder_outputs"],
+            return_dict=True,
             **kwargs,
         )
-        if labels is not None and outputs.kept_positions is not None:
-            # Dropped positions are vision placeholders, never supervised; the caption keeps its neighbours.
-            labels = gather_positions(labels, outputs.kept_positions.to(labels.device), IGNORE_INDEX)
         if labels is not None and labelled_logits_only:
             labels = labels[:, first_predicting_position(labels) :]
             logits_to_keep = labels.shape[1]
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(outputs.last_hidden_state[:, kept, :])
 
         caption_loss = change_loss = None
         if labels is not None:
@@ -839,19 +945,15 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             )
         if outputs.change_logits is not None and change_masks is not None:
             change_loss = self.change_detection_loss(outputs.change_logits, change_masks)
+        if caption_loss is None or change_loss is None:
+            loss = change_loss if caption_loss is None else caption_loss
+        else:
+            loss = caption_loss + self.config.change_loss_weight * change_loss
 
+        language_model_outputs = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        language_model_outputs["kept_positions"] = prepared["kept_positions"]
         return RsccCausalLMOutputWithPast(
-            loss=self.combine_losses(caption_loss, change_loss),
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
-            video_hidden_states=outputs.video_hidden_states,
-            change_logits=outputs.change_logits,
-            caption_loss=caption_loss,
-            change_loss=change_loss,
-            kept_positions=outputs.kept_positions,
+            loss=loss, logits=logits, caption_loss=caption_loss, change_loss=change_loss, **language_model_outputs
         )
 
     def change_detection_loss(self, change_logits: torch.Tensor, change_masks: torch.Tensor) -> torch.Tensor | None:
@@ -895,89 +997,63 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             loss = loss + self.config.change_dice_weight * (1 - dice).mean()
         return loss
 
-    def combine_losses(
-        self, caption_loss: torch.Tensor | None, change_loss: torch.Tensor | None
-    ) -> torch.Tensor | None:
-        """The training loss from the caption and change-detection losses, as `config.change_loss_weighting` says.
+    def generate(self, inputs: torch.Tensor | None = None, **kwargs):
+        r"""
+        [`GenerationMixin.generate`], with two rscc additions:
 
-        With one of them missing the other is returned unweighted. Under `"dwa"`, each training-mode call with both
-        losses records them for the weights of the next steps (see `end_task_loss_step`).
+        - `input_ids` with image placeholders need their images (`pixel_values` or `mm_encoder_outputs`), unless a
+          cache that already holds the prompt is given; without them the caption would come from the prompt alone.
+        - Under `change_filter="drop"` the images are encoded first and generation runs on the shortened prompt of
+          [`RsccModel.prepare_language_model_inputs`], so the cache, the attention mask and the positions all describe
+          the sequence the language model saw, through the standard generation loop (beam search, assisted decoding,
+          static caches included). The returned sequences still start with the caller's `input_ids`. To continue from
+          a returned cache, pass the returned sequences with the same `pixel_values` (and `change_masks`) again.
         """
-        weighting = self.config.change_loss_weighting
-        tiny = torch.finfo(torch.float32).tiny
-        if caption_loss is None or change_loss is None:
-            loss = change_loss if caption_loss is None else caption_loss
-        elif weighting == "fixed":
-            loss = caption_loss + self.config.change_loss_weight * change_loss
-        elif weighting == "normalized":
-            loss = sum(loss / loss.detach().clamp_min(tiny) for loss in (caption_loss, change_loss))
-        else:
-            losses = torch.stack([caption_loss, change_loss.to(caption_loss.dtype)])
-            if len(self.task_loss_history) < 2:
-                weights = torch.ones_like(losses)
-            else:
-                before_previous, previous = self.task_loss_history
-                rates = previous.to(losses.device) / before_previous.to(losses.device).clamp_min(tiny)
-                weights = len(losses) * torch.softmax(rates / self.config.change_loss_dwa_temperature, dim=0)
-            loss = (weights * losses).sum()
-            if self.training:
-                self.task_losses_of_this_step.append(losses.detach().float())
-        if self.training and not self.task_loss_steps_ended_by_caller:
-            # Also without both losses, so that the processes of a distributed run end their steps together.
-            self.end_task_loss_step()
-        return loss
-
-    def end_task_loss_step(self) -> None:
-        """Ends a training step of dynamic weight averaging (`config.change_loss_weighting="dwa"`).
-
-        The (caption, change) losses recorded since the previous step, averaged over the step's forwards and over
-        the processes of a distributed run (so that every process weights its losses alike), become the newest
-        entry of `task_loss_history`, from which the next steps' weights follow; a step where no process had both
-        losses adds none. Called after every training forward unless `task_loss_steps_ended_by_caller` is set;
-        rscc's Trainer sets it and calls this after each optimizer step. In a distributed run every process must
-        call it at the same steps. Under other weightings it does nothing (no collective).
-        """
-        recorded = self.task_losses_of_this_step
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if self.config.change_loss_weighting != "dwa" or not (recorded or distributed):
-            return
-        # Sums and a count: a process without both losses this step still takes part in the all-reduce.
-        totals = torch.zeros(3, device=recorded[0].device if recorded else self.device)
-        if recorded:
-            totals[:2] = torch.stack(recorded).sum(dim=0)
-            totals[2] = len(recorded)
-        recorded.clear()
-        if distributed:
-            torch.distributed.all_reduce(totals)
-        if totals[2] > 0:
-            self.task_loss_history.append(totals[:2] / totals[2])
-
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
-        kept_positions = getattr(outputs, "kept_positions", None)
-        if kept_positions is not None and getattr(outputs, "past_key_values", None) is not None:
-            # The prefill dropped vision tokens, so the cache holds the shorter prompt: the following steps need its
-            # attention mask and position ids, not those of the full prompt. (Without a cache, every step recomputes
-            # the full prompt and drops the same tokens again.)
-            model_kwargs["attention_mask"] = (kept_positions >= 0).long()
-            if model_kwargs.get("position_ids") is not None:
-                position_ids = model_kwargs["position_ids"].to(kept_positions.device)
-                model_kwargs["position_ids"] = gather_positions(position_ids, kept_positions, 0)
-        return super()._update_model_kwargs_for_generation(
-            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
-        )
-
-    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
-        mm_encoder_output = super()._expand_multimodal_outputs(
-            input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds
-        )
-        image_outputs = mm_encoder_output.get("image")
-        if expand_size > 1 and getattr(image_outputs, "kept_tokens", None) is not None:
-            # Same layout as the expanded features: each sample's (before, after) pair repeated `expand_size` times.
-            kept_tokens = image_outputs.kept_tokens
-            image_outputs.kept_tokens = (
-                kept_tokens.unflatten(0, (-1, 2)).repeat_interleave(expand_size, dim=0).flatten(0, 1)
+        input_ids = kwargs.pop("input_ids", inputs)
+        image_outputs = (kwargs.get("mm_encoder_outputs") or {}).get("image")
+        has_images = kwargs.get("pixel_values") is not None or image_outputs is not None
+        cache = given_cache(kwargs)
+        cached_length = cache.get_seq_length() if cache is not None else 0
+        placeholders = input_ids is not None and bool((input_ids == self.config.image_token_id).any())
+        if placeholders and not has_images and (cached_length == 0 or self.config.change_filter == "drop"):
+            raise ValueError(
+                "input_ids hold image placeholders but no pixel_values (or mm_encoder_outputs) were given: the caption "
+                "would come from the prompt alone. Pass the processor's whole output"
+                + (
+                    ", also when continuing from a cache under change_filter='drop' (the images decide which "
+                    "placeholders the cached prompt kept)"
+                    if cached_length
+                    else ""
+                )
             )
-        return mm_encoder_output
+        if self.config.change_filter != "drop" or not has_images or input_ids is None:
+            return super().generate(input_ids, **kwargs)
+
+        prepared = self.model.prepare_language_model_inputs(
+            input_ids,
+            kwargs.pop("attention_mask", None),
+            kwargs.pop("pixel_values", None),
+            kwargs.get("image_sizes"),
+            vision_feature_layer=kwargs.get("vision_feature_layer"),
+            vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"),
+            vision_aspect_ratio=kwargs.get("vision_aspect_ratio"),
+            batch_num_images=kwargs.get("batch_num_images"),
+            mm_encoder_outputs=kwargs.pop("mm_encoder_outputs", None),
+            change_masks=kwargs.pop("change_masks", None),
+        )
+        if prepared["mm_encoder_outputs"] is not None and not cached_length:
+            # With a cache, the prompt's images are in it already.
+            kwargs["mm_encoder_outputs"] = prepared["mm_encoder_outputs"]
+        shortened = prepared["input_ids"]
+        outputs = super().generate(shortened, attention_mask=prepared["attention_mask"], **kwargs)
+        sequences = outputs if isinstance(outputs, torch.Tensor) else outputs.sequences
+        repeats = sequences.shape[0] // input_ids.shape[0]
+        prompt = input_ids.repeat_interleave(repeats, dim=0).to(sequences.device)
+        sequences = torch.cat([prompt, sequences[:, shortened.shape[1] :]], dim=1)
+        if isinstance(outputs, torch.Tensor):
+            return sequences
+        outputs.sequences = sequences
+        return outputs
 
     @classmethod
     def from_llava_onevision(

@@ -38,6 +38,7 @@ import torch._functorch.config
 import yaml
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import ExportableState
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from transformers.utils import logging
@@ -84,7 +85,6 @@ OBJECTIVES = ("combined", "change")
 LOSS_TERMS = ("caption_loss", "change_loss")
 TRAINED_PARTS_FILE = "trained_parts.safetensors"
 # The dynamic-weight-averaging loss history of a checkpoint (training state, saved with the optimizer's).
-LOSS_HISTORY_FILE = "task_loss_history.safetensors"
 ADAPTER_FOLDER = "adapter"
 STAGE_RECORD_FILE = "rscc_stage.json"
 
@@ -468,16 +468,73 @@ class CaptionRedrawCallback(TrainerCallback):
         self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
 
 
-class TaskLossStepCallback(TrainerCallback):
-    """Ends each dynamic-weight-averaging step at an optimizer step, so that the micro-batches of one
-    gradient-accumulation step share its loss weights and their mean losses count as one step (KCFI's `t`)."""
+class TaskLossWeighting(TrainerCallback, ExportableState):
+    """Combines the caption and change-detection losses under the weightings that need more than one batch
+    (`change_loss_weighting` `"dwa"` or `"normalized"`; the model's own `loss` is the fixed weighting).
 
-    def __init__(self, model):
-        self.model = model
-        model.task_loss_steps_ended_by_caller = True
+    `"dwa"` (KCFI's dynamic weight averaging): `w_k = 2 exp(r_k / T) / sum_i exp(r_i / T)`, `r_k` the ratio of task k's
+    loss at the two previous steps (both weights 1 for the first two). A step is an optimizer step: the losses of its
+    micro-batches, averaged over them and over the processes of a distributed run (so every process weights alike),
+    make one history entry at `on_step_end`. The history is kept in checkpoints (`trainer_state.json`), so a resumed run
+    weights as the uninterrupted one. `"normalized"` (Change-Agent): each loss divided by its own detached value.
+
+    Args:
+        weighting (`str`): `"dwa"` or `"normalized"`.
+        temperature (`float`, *optional*, defaults to 2.0): `T` of `"dwa"`.
+        history (`list[list[float]]`, *optional*): the (caption, change) losses of the last two steps, oldest first.
+    """
+
+    def __init__(self, weighting: str, temperature: float = 2.0, history: Optional[list] = None):
+        if weighting not in ("dwa", "normalized"):
+            raise ValueError(f"weighting={weighting!r}: expected 'dwa' or 'normalized' (the model applies 'fixed')")
+        self.weighting = weighting
+        self.temperature = temperature
+        self.history = [list(losses) for losses in history or []][-2:]
+        self.step_losses: list[torch.Tensor] = []
+
+    def combine(self, caption_loss: torch.Tensor, change_loss: torch.Tensor, training: bool) -> torch.Tensor:
+        """The weighted loss; in training, the losses are also recorded for the step's history entry."""
+        tiny = torch.finfo(torch.float32).tiny
+        if self.weighting == "normalized":
+            return sum(loss / loss.detach().clamp_min(tiny) for loss in (caption_loss, change_loss))
+        losses = torch.stack([caption_loss, change_loss.to(caption_loss.dtype)])
+        if len(self.history) < 2:
+            weights = torch.ones_like(losses)
+        else:
+            before_previous, previous = torch.tensor(self.history, dtype=torch.float32, device=losses.device)
+            rates = previous / before_previous.clamp_min(tiny)
+            weights = len(losses) * torch.softmax(rates / self.temperature, dim=0).to(losses.dtype)
+        if training:
+            self.step_losses.append(losses.detach().float())
+        return (weights * losses).sum()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.model.end_task_loss_step()
+        if self.weighting != "dwa":
+            return
+        recorded = self.step_losses
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        # Sums and a count: a process without both losses this step still takes part in the all-reduce.
+        totals = torch.zeros(3, device=recorded[0].device if recorded else args.device)
+        if recorded:
+            totals[:2] = torch.stack(recorded).sum(dim=0)
+            totals[2] = len(recorded)
+        recorded.clear()
+        if distributed:
+            torch.distributed.all_reduce(totals)
+        if totals[2] > 0:
+            self.history = [*self.history, (totals[:2] / totals[2]).tolist()][-2:]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run's trainer_state.json holds the history of the checkpoint.
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        if isinstance(saved, dict):
+            self.history = [list(losses) for losses in saved["attributes"]["history"]]
+
+    def state(self) -> dict:
+        return {
+            "args": {"weighting": self.weighting, "temperature": self.temperature},
+            "attributes": {"history": self.history},
+        }
 
 
 class ChangeCaptionCollator:
@@ -659,9 +716,8 @@ class GenerationValidation:
 
 class RsccTrainer(Trainer):
     """The Trainer with stage-aware optimizer groups, loss-term / per-part learning-rate / throughput logging,
-    validation by generation, LoRA checkpoints that keep the other trained parts, and checkpoints that keep the
-    dynamic-weight-averaging loss history (`change_loss_weighting="dwa"`), so a resumed run weights as the
-    uninterrupted one would.
+    validation by generation, LoRA checkpoints that keep the other trained parts, and the loss weightings that need
+    more than one batch ([`TaskLossWeighting`], a callback whose history is kept in checkpoints).
 
     Args:
         stage: The [`StageSpec`] being trained (learning-rate multipliers and objective).
@@ -693,9 +749,9 @@ class RsccTrainer(Trainer):
         self._interval_start = None
         self._interval_step = None
         self._step_learning_rates: dict[str, float] = {}
-        task_loss_model = self._task_loss_model()
-        if task_loss_model is not None:
-            self.add_callback(TaskLossStepCallback(task_loss_model))
+        config = self.model.config
+        if getattr(config, "change_loss_weighting", "fixed") != "fixed":
+            self.add_callback(TaskLossWeighting(config.change_loss_weighting, config.change_loss_dwa_temperature))
 
     # ---- optimizer --------------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -737,6 +793,13 @@ class RsccTrainer(Trainer):
             inputs = {**inputs, "labelled_logits_only": True}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         terms = {name: outputs.get(name) for name in LOSS_TERMS} if isinstance(outputs, Mapping) else {}
+        # Looked up each time: restoring callback states from a checkpoint replaces the callback object.
+        weighting = next((c for c in self.callback_handler.callbacks if isinstance(c, TaskLossWeighting)), None)
+        if weighting is not None and None not in terms.values():
+            # The Trainer may have scaled the model's loss (tokens averaged across processes); the weighted loss
+            # takes the same scale.
+            scale = loss.detach() / outputs["loss"].detach().clamp_min(torch.finfo(torch.float32).tiny)
+            loss = scale * weighting.combine(terms["caption_loss"], terms["change_loss"], training=model.training)
         if self.stage.objective == "change":
             if terms.get("change_loss") is None:
                 raise ValueError(
@@ -816,36 +879,6 @@ class RsccTrainer(Trainer):
         )
 
     # ---- checkpoints ----------------------------------------------------------------------------------------------
-    def _task_loss_model(self):
-        """The model that keeps a dynamic-weight-averaging loss history, or None."""
-        model = self.accelerator.unwrap_model(self.model)
-        if _is_peft(model):
-            model = model.get_base_model()
-        return model if hasattr(model, "task_loss_history") else None
-
-    def _task_loss_history(self):
-        model = self._task_loss_model()
-        return None if model is None else model.task_loss_history
-
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        super()._save_optimizer_and_scheduler(output_dir)
-        history = self._task_loss_history()
-        if history and self.args.should_save:
-            tensors = {str(index): losses.cpu().contiguous() for index, losses in enumerate(history)}
-            save_file(tensors, os.path.join(output_dir, LOSS_HISTORY_FILE), {"format": "pt"})
-
-    def _load_optimizer_and_scheduler(self, checkpoint: Optional[str]) -> None:
-        # Also reached under DeepSpeed, which loads the weights and the optimizer itself.
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        history = self._task_loss_history()
-        path = Path(checkpoint) / LOSS_HISTORY_FILE
-        if history is not None and path.is_file():
-            tensors = load_file(str(path))
-            history.clear()
-            history.extend(tensors[str(index)] for index in range(len(tensors)))
-
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
         if not _is_peft(self.model) or not self.args.should_save:
@@ -1339,7 +1372,7 @@ __all__ = [
     "load_saved_weights",
     "EpochCaptionDataset",
     "CaptionRedrawCallback",
-    "TaskLossStepCallback",
+    "TaskLossWeighting",
     "ChangeCaptionCollator",
     "load_split",
     "load_model_and_processor",

@@ -11,6 +11,7 @@ from huggingface_hub import ModelCard
 from test_remote_code import HIDE_RSCC_AND_GENERATE
 
 from rscc.cli import main
+from rscc.compat_rscc import TRANSFORMERS_REQUIREMENT
 from rscc.hub import build_model_card, eval_results_from_evaluation, load_evaluation, publish, validate_model_card
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -52,6 +53,7 @@ def test_card_carries_hub_metadata_and_model_index_with_the_convention(evaluatio
     assert next(r for r in results if r.metric_name == "BLEU-4").metric_args == {"max_order": 4}
     text = card.text
     assert "trust_remote_code=True" in text and 'load_captioner("someone/rscc-tiny")' in text
+    assert "revision=revision" in text and TRANSFORMERS_REQUIREMENT in text, "remote code pinned, window stated"
     assert "| CIDEr-D | 130.48 |" in text and "levir-cc-official" in text and "pairs 1929" in text
     assert "SigLIP, 4 layers, width 32" in text  # from the checkpoint's config
     assert "## Limitations" in text and "Not recorded for this checkpoint." in text

@@ -3,6 +3,7 @@
 import datetime
 import math
 import socket
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,9 +13,11 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 
 from rscc import RsccConfig, RsccForConditionalGeneration
 from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_tiny_tokenizer, llava_onevision_0_5b_config, tiny_config
+from rscc.compat_rscc import image_features_seen
 from rscc.inference import describe_changes
 from rscc.modeling_rscc import change_masks_to_tokens, context_token_mask, pack_kept_positions
 from rscc.processing_rscc import load_change_mask
+from rscc.training import TaskLossWeighting
 
 CAPTIONS = ["A road is built.", "Many houses appear along the new road in the top left corner."]
 
@@ -199,7 +202,7 @@ def test_multiply_zeroes_unchanged_tokens_of_both_images_and_keeps_the_length(ti
     masks[0, :8, :8] = 1  # the top-left 2x2 tokens of the 7x7 grid of pair 0; pair 1 unchanged
     with torch.no_grad():
         output = model(**inputs, change_masks=masks)
-    features = output.image_hidden_states.view(4, 50, -1)
+    features = image_features_seen(output).view(4, 50, -1)
     nonzero = features.abs().sum(-1) > 0
     expected = torch.zeros(7, 7, dtype=torch.bool)
     expected[:2, :2] = True
@@ -256,9 +259,8 @@ def test_drop_equals_the_language_model_on_the_physically_shorter_sequence(tiny_
     for row in range(3):
         positions = keep[row].nonzero()[:, 0]
         with torch.no_grad():
-            hidden = model.model.language_model(
-                inputs_embeds=embeds[row, positions][None], position_ids=positions[None]
-            ).last_hidden_state
+            # The shortened sequence is an ordinary one: contiguous positions, as the language model's default.
+            hidden = model.model.language_model(inputs_embeds=embeds[row, positions][None]).last_hidden_state
         reference = model.lm_head(hidden)[0]
         slots = output.kept_positions[row] >= 0
         assert torch.equal(output.kept_positions[row, slots], positions)
@@ -355,20 +357,24 @@ def head_gradient(model, loss):
     return model.model.change_head.classifier.weight.grad.clone()
 
 
+CPU_STEP = SimpleNamespace(device=torch.device("cpu"))  # the `args` a TrainerCallback's `on_step_end` reads
+
+
 @pytest.mark.parametrize("weighting", ["fixed", "normalized"])
 def test_fixed_and_normalized_weighting(tiny_processor, levir_cd, weighting):
     model = build(tiny_processor, use_change_head=True, change_loss_weighting=weighting, change_loss_weight=0.3).train()
     inputs = tiny_processor(images=[levir_cd[0][0]], captions=CAPTIONS[:1], change_masks=[levir_cd[0][1]])
     output = model(**inputs)
+    # The model's own loss is the fixed weighting under every setting; "normalized" is the Trainer's.
+    torch.testing.assert_close(output.loss, output.caption_loss + 0.3 * output.change_loss)
     # The head acts on the caption only through the filter (off here), so its gradient is the change loss's.
-    total_gradient = head_gradient(model, output.loss)
     change_gradient = head_gradient(model, model(**inputs).change_loss)
     if weighting == "fixed":
-        torch.testing.assert_close(output.loss, output.caption_loss + 0.3 * output.change_loss)
-        torch.testing.assert_close(total_gradient, 0.3 * change_gradient)
+        torch.testing.assert_close(head_gradient(model, output.loss), 0.3 * change_gradient)
     else:
-        torch.testing.assert_close(output.loss, torch.tensor(2.0))
-        torch.testing.assert_close(total_gradient, change_gradient / output.change_loss.detach())
+        combined = TaskLossWeighting("normalized").combine(output.caption_loss, output.change_loss, training=True)
+        torch.testing.assert_close(combined, torch.tensor(2.0))
+        torch.testing.assert_close(head_gradient(model, combined), change_gradient / output.change_loss.detach())
 
 
 def test_dwa_weights_follow_the_formula(tiny_processor, levir_cd):
@@ -376,6 +382,7 @@ def test_dwa_weights_follow_the_formula(tiny_processor, levir_cd):
     model = build(
         tiny_processor, use_change_head=True, change_loss_weighting="dwa", change_loss_dwa_temperature=temperature
     ).train()
+    weighting = TaskLossWeighting("dwa", temperature=temperature)
     history, weights_seen = [], []
     for step in range(4):
         (pair, mask), (other_pair, other_mask) = levir_cd[step], levir_cd[step + 1]
@@ -389,15 +396,18 @@ def test_dwa_weights_follow_the_formula(tiny_processor, levir_cd):
         else:
             rates = history[-1] / history[-2]
             weights = 2 * torch.exp(rates / temperature) / torch.exp(rates / temperature).sum()
-        torch.testing.assert_close(output.loss, (weights * losses).sum())
+        combined = weighting.combine(output.caption_loss, output.change_loss, training=True)
+        torch.testing.assert_close(combined, (weights * losses).sum())
+        weighting.on_step_end(CPU_STEP, None, None)
         history.append(losses)
         weights_seen.append(weights)
     assert max((weights - 1).abs().max().item() for weights in weights_seen) > 1e-3, "the weights moved"
 
-    model.eval()
-    with torch.no_grad():
-        model(**inputs)
-    assert torch.equal(model.task_loss_history[-1], history[-1]), "evaluation does not feed the weights"
+    weighting.combine(output.caption_loss, output.change_loss, training=False)
+    weighting.on_step_end(CPU_STEP, None, None)
+    assert torch.equal(torch.tensor(weighting.history[-1]), history[-1]), "evaluation does not feed the weights"
+    restored = TaskLossWeighting(**weighting.state()["args"], history=weighting.state()["attributes"]["history"])
+    assert restored.history == weighting.history, "the state a checkpoint keeps rebuilds the weighting"
 
 
 def _record_dwa_losses(rank: int, port: int, results) -> None:
@@ -405,14 +415,13 @@ def _record_dwa_losses(rank: int, port: int, results) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                                          timeout=datetime.timedelta(seconds=60))
     try:
-        model = RsccForConditionalGeneration(
-            tiny_config(build_tiny_tokenizer(), use_change_head=True, change_loss_weighting="dwa")
-        ).train()
+        weighting = TaskLossWeighting("dwa")
         for step in range(3):
-            # Process 1's step 1 has no labelled change mask, so no change loss.
-            change_loss = None if (rank, step) == (1, 1) else torch.tensor(10.0 * (rank + 1) + step)
-            model.combine_losses(torch.tensor(1.0 + rank + step), change_loss)
-        results[rank] = [losses.tolist() for losses in model.task_loss_history]
+            # Process 1's step 1 has no labelled change mask, so no change loss (and no combination).
+            if (rank, step) != (1, 1):
+                weighting.combine(torch.tensor(1.0 + rank + step), torch.tensor(10.0 * (rank + 1) + step), True)
+            weighting.on_step_end(CPU_STEP, None, None)
+        results[rank] = weighting.history
     finally:
         torch.distributed.destroy_process_group()
 
@@ -425,7 +434,7 @@ def test_dwa_history_is_averaged_over_processes():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     torch.multiprocessing.start_processes(_record_dwa_losses, args=(port, results), nprocs=2, start_method="spawn")
-    # Steps 1 and 2 (the deque keeps two). Step 1: process 0's losses (2, 11) alone; step 2: caption (3, 4) -> 3.5,
+    # Steps 1 and 2 (the history keeps two). Step 1: process 0's losses (2, 11) alone; step 2: caption (3, 4) -> 3.5,
     # change (12, 22) -> 17.
     assert results[0] == results[1] == [[2.0, 11.0], [3.5, 17.0]]
 

@@ -198,3 +198,23 @@ def test_capability_flags(tiny_model):
     assert tiny_model.supports_gradient_checkpointing
     assert tiny_model._supports_sdpa
     assert {"SiglipEncoderLayer", "Qwen2DecoderLayer", "RsccChangeAwareBlock"} <= set(tiny_model._no_split_modules)
+
+
+def test_set_attn_implementation_reaches_the_difference_module(tiny_model, tiny_processor, example_pairs, monkeypatch):
+    import rscc.modeling_rscc as modeling
+
+    inputs = tiny_processor(images=example_pairs[:1])
+    eager_calls = []
+    eager = modeling.eager_attention_forward
+    monkeypatch.setattr(modeling, "eager_attention_forward", lambda *a, **k: eager_calls.append(1) or eager(*a, **k))
+    with torch.no_grad():
+        tiny_model.model.difference_module.output_scale.fill_(0.5)
+        sdpa_logits = tiny_model(**inputs).logits
+        assert not eager_calls
+        tiny_model.set_attn_implementation("eager")
+        configs = [tiny_model.config, tiny_model.config.vision_config, tiny_model.config.text_config]
+        assert [config._attn_implementation for config in configs] == ["eager"] * 3
+        eager_logits = tiny_model(**inputs).logits
+    # Each of the two blocks attends four times: change to change, change to images, each image to change.
+    assert len(eager_calls) == 2 * 4
+    assert (eager_logits - sdpa_logits).abs().max().item() <= 1e-4

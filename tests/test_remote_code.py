@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 import rscc
@@ -33,7 +34,8 @@ print(json.dumps({"model": type(model).__module__ + "." + type(model).__name__,
 
 def test_saved_folder_carries_remote_code_and_auto_map(tiny_checkpoint):
     files = set(os.listdir(tiny_checkpoint))
-    assert {"configuration_rscc.py", "modeling_rscc.py", "processing_rscc.py", "model.safetensors"} <= files
+    assert {"configuration_rscc.py", "modeling_rscc.py", "processing_rscc.py", "compat_rscc.py",
+            "model.safetensors"} <= files
     auto_map = json.loads((tiny_checkpoint / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_rscc.RsccConfig",
@@ -60,6 +62,43 @@ def test_remote_code_loads_and_generates_without_rscc(tiny_checkpoint, example_p
     )
     assert report["processor"] == "RsccProcessor"
     assert len(report["captions"]) == 2 and not report["rscc_imported"]
+
+
+REMOTE_LOGITS = r"""
+import importlib.abc, sys
+import torch
+
+class HideRscc(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "rscc" or name.startswith("rscc."):
+            raise ImportError("rscc is hidden in this process")
+
+sys.meta_path.insert(0, HideRscc())
+from transformers import AutoModel, AutoProcessor
+
+folder, before, after, out = sys.argv[1:5]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    torch.save(model(**processor(images=[[before, after]])).logits, out)
+"""
+
+
+def test_remote_code_computes_the_installed_models_logits(tiny_checkpoint, tiny_model, tiny_processor, example_pairs,
+                                                          tmp_path):
+    out = tmp_path / "logits.pt"
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_LOGITS, str(tiny_checkpoint), *example_pairs[0], str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with torch.no_grad():
+        expected = tiny_model(**tiny_processor(images=[example_pairs[0]])).logits
+    assert (torch.load(out) - expected).abs().max().item() <= 1e-5
 
 
 def test_installed_package_registers_auto_classes(tiny_checkpoint):

@@ -21,6 +21,7 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 
 from rscc import RsccForConditionalGeneration, RsccProcessor
 from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_image_processor, make_processor, tiny_config
+from rscc.compat_rscc import given_cache
 from rscc.data import build_dataset, caption_view, levir_cc_records, load_change_dataset, manifest_records
 from rscc.evaluation import generate_predictions, read_predictions, reference_captions
 from rscc.training import (
@@ -31,6 +32,7 @@ from rscc.training import (
     ChangeCaptionCollator,
     EpochCaptionDataset,
     StageSpec,
+    TaskLossWeighting,
     apply_lora,
     compile_layers,
     configure_trainable,
@@ -330,31 +332,41 @@ def test_resumed_run_reaches_the_same_parameters(model_options, tiny_checkpoint,
     assert any(not torch.equal(interrupted[name], resumed[name]) for name in resumed)  # step 5 did train
 
 
-class DwaRecorder(TrainerCallback):
+class DwaRecorder:
     """Records, for each training forward with both losses, its optimizer step, the loss history its weights came
-    from, and its (caption, change) losses."""
+    from, and its (caption, change) losses (wraps `TaskLossWeighting.combine`)."""
 
-    def __init__(self):
+    def __init__(self, monkeypatch):
         self.calls = []
+        self.step = 0
+        combine = TaskLossWeighting.combine
+        recorder = self
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        combine_losses = model.combine_losses
+        def recording(weighting, caption_loss, change_loss, training):
+            if training:
+                history = [torch.tensor(losses) for losses in weighting.history]
+                recorder.calls.append((recorder.step, history, torch.stack([caption_loss, change_loss]).detach()))
+            return combine(weighting, caption_loss, change_loss, training)
 
-        def recording(caption_loss, change_loss):
-            history = [losses.clone() for losses in model.task_loss_history]
-            if model.training and caption_loss is not None and change_loss is not None:
-                self.calls.append((state.global_step, history, torch.stack([caption_loss, change_loss]).detach()))
-            return combine_losses(caption_loss, change_loss)
-
-        model.combine_losses = recording
+        monkeypatch.setattr(TaskLossWeighting, "combine", recording)
 
 
-def test_dwa_step_is_the_optimizer_step_under_gradient_accumulation(tiny_checkpoint, levir_folder, tmp_path):
+class StepCounter(TrainerCallback):
+    def __init__(self, recorder: DwaRecorder):
+        self.recorder = recorder
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.recorder.step = state.global_step
+
+
+def test_dwa_step_is_the_optimizer_step_under_gradient_accumulation(
+    tiny_checkpoint, levir_folder, tmp_path, monkeypatch
+):
     # 3 pairs, 1 a micro-batch, 2 micro-batches a step: steps of 2, 1 (the epoch's end) and 2 forwards.
-    recorder = DwaRecorder()
+    recorder = DwaRecorder(monkeypatch)
     run_stage(arguments("stage3", tiny_checkpoint, levir_folder, tmp_path / "out", "--max_steps", "3",
                         "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2",
-                        "--model_config_overrides", json.dumps(KCFI_DWA)), callbacks=[recorder])
+                        "--model_config_overrides", json.dumps(KCFI_DWA)), callbacks=[StepCounter(recorder)])
     steps = {}
     for step, history, losses in recorder.calls:
         steps.setdefault(step, []).append((history, losses))
@@ -378,7 +390,7 @@ class LanguageLayerInputs(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         model.model.language_model.layers[0].register_forward_pre_hook(
-            lambda module, args, kwargs: self.caches.append(kwargs.get("past_key_values")), with_kwargs=True)
+            lambda module, args, kwargs: self.caches.append(given_cache(kwargs)), with_kwargs=True)
 
 
 def test_training_forward_builds_no_kv_cache(tiny_checkpoint, levir_folder, tmp_path):

@@ -1,0 +1,124 @@
+"""The tested transformers window, and every transformers name rscc relies on that is not a documented public API.
+
+Each test in the second half pins one such name: when a release renames or changes it, the failure names it, so the
+port starts from the message rather than from a traceback deep in a forward pass.
+"""
+
+import configparser
+import inspect
+import warnings
+
+import pytest
+import torch
+from transformers import LlavaOnevisionModel
+
+from rscc.checkpoints import build_tiny_tokenizer, tiny_config
+from rscc.compat_rscc import (
+    INSTALL_COMMAND,
+    TESTED_TRANSFORMERS,
+    TRANSFORMERS_REQUIREMENT,
+    check_transformers_version,
+    release_numbers,
+)
+from rscc.modeling_rscc import RsccForConditionalGeneration
+
+from conftest import REPO_ROOT
+
+
+def test_a_release_below_the_floor_is_refused_with_the_window_and_the_command():
+    with pytest.raises(ImportError) as error:
+        check_transformers_version("5.22.2")
+    message = str(error.value)
+    assert "5.22.2" in message and TESTED_TRANSFORMERS[0] in message and TESTED_TRANSFORMERS[1] in message
+    assert INSTALL_COMMAND in message
+
+
+def test_a_release_above_the_ceiling_warns_once_and_releases_inside_are_silent():
+    major, minor = release_numbers(TESTED_TRANSFORMERS[1])[:2]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_transformers_version(f"{major}.{minor}.3")
+        check_transformers_version(f"{TESTED_TRANSFORMERS[0]}.0")
+        assert not caught
+        check_transformers_version(f"{major}.{minor + 1}.0.dev0")
+    assert len(caught) == 1 and f"{major}.{minor + 1}.0.dev0" in str(caught[0].message)
+
+
+def test_setup_cfg_declares_the_tested_window():
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    requirements = [line.strip() for line in setup["options"]["install_requires"].splitlines() if line.strip()]
+    assert TRANSFORMERS_REQUIREMENT in requirements, f"setup.cfg and rscc/compat_rscc.py disagree: {requirements}"
+
+
+# --- transformers names that are not documented public API --------------------------------------------------------
+
+
+def test_pinned_checkpoint_conversion_mapping():
+    """`transformers.conversion_mapping.{get,register}_checkpoint_conversion_mapping`: rscc registers LLaVA-OneVision's
+    key renaming for its model type and for `RsccModel`, so rscc checkpoints use the stock (legacy) key layout."""
+    from transformers import conversion_mapping
+
+    for name in ("get_checkpoint_conversion_mapping", "register_checkpoint_conversion_mapping"):
+        assert hasattr(conversion_mapping, name), f"transformers.conversion_mapping.{name} is gone"
+    for key in ("llava_onevision", "LlavaOnevisionModel", "rscc", "RsccModel"):
+        assert conversion_mapping.get_checkpoint_conversion_mapping(key), f"no conversion mapping for {key!r}"
+
+
+def test_pinned_pack_image_features_signature():
+    """`LlavaOnevisionModel.pack_image_features(image_features, image_sizes, image_newline, vision_aspect_ratio)`
+    appends each image's newline token after rscc's own projection."""
+    parameters = list(inspect.signature(LlavaOnevisionModel.pack_image_features).parameters)
+    assert parameters[:5] == ["self", "image_features", "image_sizes", "image_newline", "vision_aspect_ratio"], (
+        f"LlavaOnevisionModel.pack_image_features changed: {parameters}"
+    )
+
+
+def test_pinned_forward_accepts_mm_encoder_outputs():
+    """`mm_encoder_outputs` (transformers >= 5.18): rscc hands LLaVA-OneVision the features of the kept tokens."""
+    assert "mm_encoder_outputs" in inspect.signature(LlavaOnevisionModel.forward).parameters, (
+        "LlavaOnevisionModel.forward no longer takes mm_encoder_outputs"
+    )
+
+
+def test_pinned_vision_tower_selects_hidden_states_by_index():
+    """`vision_tower(..., output_hidden_states=[i, ...])`: rscc asks for the levels it reads by index."""
+    config = tiny_config(build_tiny_tokenizer())
+    model = RsccForConditionalGeneration(config).eval()
+    size = config.vision_config.image_size
+    with torch.no_grad():
+        output = model.model.vision_tower(torch.zeros(1, 3, size, size), output_hidden_states=[-1, -3])
+    assert output.hidden_states is not None and output.hidden_states[-1].shape[1] == config.vision_grid_size**2, (
+        "the vision tower no longer returns hidden states for output_hidden_states=[...]"
+    )
+
+
+def test_pinned_attn_implementation_and_init_weights():
+    """`config._attn_implementation` (read by the difference module's attention) and
+    `PreTrainedModel._init_weights` (extended for the new modules) are transformers' extension points."""
+    config = tiny_config(build_tiny_tokenizer())
+    model = RsccForConditionalGeneration(config)
+    assert model.config._attn_implementation in ("sdpa", "eager"), "config._attn_implementation changed meaning"
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager", "set_attn_implementation no longer sets the top config"
+    assert torch.count_nonzero(model.model.difference_module.role_embedding) > 0, "_init_weights was not called"
+    assert not torch.count_nonzero(model.model.difference_module.output_scale), "output_scale must start at zero"
+
+
+@pytest.mark.parametrize(
+    "module, name, use",
+    [
+        ("transformers.models.llava_onevision.modeling_llava_onevision", "LlavaOnevisionModelOutputWithPast",
+         "base of RsccModelOutputWithPast"),
+        ("transformers.models.llava_onevision.modeling_llava_onevision", "LlavaOnevisionCausalLMOutputWithPast",
+         "base of RsccCausalLMOutputWithPast"),
+        ("transformers.models.llava_onevision.modeling_llava_onevision", "LlavaOnevisionPreTrainedModel",
+         "base of RsccPreTrainedModel"),
+        ("transformers.modeling_layers", "GradientCheckpointingLayer", "base of the change-aware block"),
+        ("transformers.modeling_utils", "ALL_ATTENTION_FUNCTIONS", "the difference module's attention kernels"),
+        ("transformers.utils.generic", "can_return_tuple", "return_dict=False support of rscc's forwards"),
+    ],
+)
+def test_pinned_import_locations(module, name, use):
+    imported = __import__(module, fromlist=[name])
+    assert hasattr(imported, name), f"{module}.{name} ({use}) is gone"
