@@ -545,6 +545,16 @@ class RsccPreTrainedModel(LlavaOnevisionPreTrainedModel):
     # Pair validation reads `batch_num_images` on the host.
     _can_compile_fullgraph = False
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """`False`: rscc initialises its weights through `transformers.initialization`, as transformers' own models do.
+
+        transformers initialises the missing weights of models defined elsewhere with a shortcut that treats a module
+        without parameters of its own as initialised; SigLIP initialises its attention and MLP layers at that level,
+        so `from_pretrained` without vision weights would give SigLIP other weights than `__init__` does.
+        """
+        return False
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as transformers does, with `auto_map` entries so the folder loads with `trust_remote_code=True`.
 

@@ -93,6 +93,15 @@ def test_pinned_vision_tower_selects_hidden_states_by_index():
     )
 
 
+def test_pinned_is_custom_code():
+    """`PreTrainedModel.is_custom_code`: rscc answers False so that missing weights initialise as in `__init__`
+    (transformers' custom-code shortcut skips SigLIP's parameter-less attention and MLP modules)."""
+    from transformers import PreTrainedModel
+
+    assert callable(getattr(PreTrainedModel, "is_custom_code", None)), "PreTrainedModel.is_custom_code is gone"
+    assert RsccForConditionalGeneration.is_custom_code() is False
+
+
 def test_pinned_attn_implementation_and_init_weights():
     """`config._attn_implementation` (read by the difference module's attention) and
     `PreTrainedModel._init_weights` (extended for the new modules) are transformers' extension points."""
