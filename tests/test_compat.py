@@ -51,6 +51,16 @@ def test_setup_cfg_declares_the_tested_window():
     assert TRANSFORMERS_REQUIREMENT in requirements, f"setup.cfg and rscc/compat_rscc.py disagree: {requirements}"
 
 
+def test_every_dependency_has_a_tested_window():
+    """A release the tests never ran on must not reach users: every requirement has a ceiling (or is pinned)."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    sections = [setup["options"]["install_requires"], *setup["options.extras_require"].values()]
+    requirements = [line.strip() for section in sections for line in section.splitlines() if line.strip()]
+    unbounded = [requirement for requirement in requirements if "<" not in requirement and "==" not in requirement]
+    assert not unbounded, f"setup.cfg requirements without a tested ceiling: {unbounded}"
+
+
 # --- transformers names that are not documented public API --------------------------------------------------------
 
 
