@@ -1,0 +1,371 @@
+"""Inference cost of rscc against stock LLaVA-OneVision: one workload, every model side by side, one results table.
+
+    python benchmarks/bench_inference.py --preset tiny|real|7b [--pairs N] [--batch-sizes 1 8] [--json out.json]
+        [--readme benchmarks/README.md] [--device cpu|cuda] [--dtype float32|bfloat16]
+
+Workload `levir-cd-mix`: the labelled LEVIR-CD pairs of `../shared/data/levir_cd_samples` with their real masks, then the
+same pairs under empty masks (LEVIR-CC is half no-change); 12 new tokens (LEVIR-CC's mean caption length plus the end
+token), greedy, through the shared inference path (`rscc.inference.caption_pairs`).
+
+Presets (random weights): `tiny` (the tiny checkpoint's widths at LLaVA-OneVision's 384 px / 14 px, so token counts are
+the real ones), `real` (LLaVA-OneVision-0.5B dimensions), `7b` (Qwen2-7B language model: memory planning only, built on
+the meta device: parameters, weight bytes and KV cache per pair at the sequence lengths the tiny preset measures).
+
+Models, all holding the same base weights: stock; rscc with every option off; the difference module alone; + `drop`
+with the workload's masks as input; full rscc (difference module + change head + `drop` with `change_mask_source=
+"predicted"`: the head runs on every pair, and the workload's masks are given, which win over its prediction, since
+random weights predict noise); + the no-change shortcut (pairs whose predicted mask is empty skip the language model;
+with random weights the head rarely predicts an empty mask, so this row shows the shortcut's overhead, not its gain).
+
+Figures per model: pairs/s at each batch size (runs alternate, best of `--repeats` per batch, ratios to stock from the
+same process), latency per pair at batch 1, the language model's sequence length and visual tokens per pair (recorded
+at each prefill), FLOPs executed per pair by part (torch's FLOP counter: vision tower, projector, difference module,
+change head, language-model prefill and decode, LM head), and achieved FLOP/s against the machine's measured matmul
+rate. The Markdown table is printed last and, with `--readme`, written between the results markers of that file.
+"""
+
+import argparse
+import json
+import math
+import platform
+import resource
+import statistics
+import time
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+from rscc import RsccConfig, RsccForConditionalGeneration
+from rscc.checkpoints import llava_onevision_0_5b_config, make_processor, tiny_config
+from rscc.inference import caption_pairs
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "levir_cd_samples"
+NEW_TOKENS = 12
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+# Model name -> rscc options (None: stock LLaVA-OneVision) and whether the workload's masks are passed.
+MODELS = {
+    "stock": (None, False),
+    "rscc, options off": ({"use_difference_integration": False}, False),
+    "difference module": ({}, False),
+    "difference + drop (input masks)": ({"change_filter": "drop"}, True),
+    "full (difference + head + drop, predicted)": (
+        {"use_change_head": True, "change_filter": "drop", "change_mask_source": "predicted"},
+        True,
+    ),
+    "full + no-change shortcut": (
+        {"use_change_head": True, "change_filter": "drop", "change_mask_source": "predicted", "no_change_shortcut": True},
+        True,
+    ),
+}
+PARTS = ("vision_tower", "multi_modal_projector", "difference_module", "change_head", "language_model", "lm_head")
+QWEN2_7B = dict(
+    model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1000000.0,
+)
+
+
+def levir_cd_mix(limit: int | None) -> tuple[list, list]:
+    """The labelled LEVIR-CD pairs with their real masks, then the same pairs with empty masks (`limit` pairs in all,
+    half of each)."""
+    names = sorted(path.name for path in (DATA / "label").iterdir())
+    if limit is not None:
+        names = names[: max(limit // 2, 1)]
+    pairs = [[str(DATA / "A" / name), str(DATA / "B" / name)] for name in names]
+    empty = np.zeros((256, 256), np.uint8)
+    return pairs + pairs, [str(DATA / "label" / name) for name in names] + [empty] * len(names)
+
+
+def build_models(config: RsccConfig, device, dtype) -> dict:
+    """Every model of `MODELS`, built on the meta device and given the modules of one fully built rscc model: one set
+    of weights (and buffers) in memory."""
+    torch.manual_seed(0)
+    full_options = MODELS["full + no-change shortcut"][0]
+    source = RsccForConditionalGeneration(RsccConfig(**{**config.to_dict(), **full_options})).to(device, dtype).eval()
+    source.requires_grad_(False)  # inference only; the FLOP counter tracks modules through autograd otherwise
+    rscc_options = {*RsccConfig.__dataclass_fields__} - {*LlavaOnevisionConfig.__dataclass_fields__}
+    models = {}
+    for name, (options, _) in MODELS.items():
+        with torch.device("meta"):
+            if options is None:
+                stock_options = {k: v for k, v in config.to_dict().items() if k not in rscc_options | {"model_type"}}
+                model = LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(**stock_options))
+            else:
+                model = RsccForConditionalGeneration(RsccConfig(**{**config.to_dict(), **options}))
+        for child, _ in list(model.model.named_children()):
+            if getattr(model.model, child) is not None:
+                setattr(model.model, child, getattr(source.model, child))
+        model.model.image_newline = source.model.image_newline
+        model.lm_head = source.lm_head
+        left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+        if left_on_meta:
+            raise RuntimeError(f"{name}: not given weights for {left_on_meta[:5]}")
+        models[name] = model.eval()
+    return models
+
+
+class PrefillRecorder:
+    """At each language-model call, the real positions of each sample (prefill) under the run in progress."""
+
+    def __init__(self, models):
+        self.run_name = None
+        self.real_positions = defaultdict(list)
+        language_models = {id(m.model.language_model): m.model.language_model for m in models}.values()
+        self.handles = [lm.register_forward_pre_hook(self, with_kwargs=True) for lm in language_models]
+
+    def __call__(self, module, args, kwargs):
+        embeds = kwargs["inputs_embeds"]
+        if embeds.shape[1] == 1:
+            return
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            self.real_positions[self.run_name].extend(mask.sum(1).tolist())
+        else:
+            self.real_positions[self.run_name].extend([embeds.shape[1]] * embeds.shape[0])
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def flops_by_part(model, caption) -> dict:
+    """FLOPs of one captioning call by part (hooks on each part read the counter's total before and after each call);
+    the language model's split into prefill (calls over more than one position) and decode."""
+    counts = defaultdict(float)
+    starts = {}
+
+    def part_name(name, kwargs):
+        if name != "language_model":
+            return name
+        return "lm_prefill" if kwargs["inputs_embeds"].shape[1] > 1 else "lm_decode"
+
+    def before(name):
+        def hook(module, args, kwargs):
+            starts[name] = counter.get_total_flops()
+
+        return hook
+
+    def after(name):
+        def hook(module, args, kwargs, output):
+            counts[part_name(name, kwargs)] += counter.get_total_flops() - starts[name]
+
+        return hook
+
+    handles = []
+    for name in PARTS:
+        module = getattr(model, name, None) or getattr(model.model, name, None)
+        if module is not None:
+            handles.append(module.register_forward_pre_hook(before(name), with_kwargs=True))
+            handles.append(module.register_forward_hook(after(name), with_kwargs=True))
+    try:
+        with FlopCounterMode(display=False) as counter:
+            caption()
+    finally:
+        for handle in handles:
+            handle.remove()
+    counts["total"] = float(counter.get_total_flops())
+    return dict(counts)
+
+
+def matmul_rate(device, dtype, size: int = 2048, seconds: float = 3.0) -> float:
+    """The machine's sustained matmul rate (FLOP/s) for `dtype`: the limit the achieved rates are read against."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * count / (time.perf_counter() - start)
+
+
+def measure(models: dict, processor, pairs, masks, batch_sizes, repeats, device) -> dict:
+    """Time every model on every batch of every batch size (runs alternate on each batch, best of `repeats`), record
+    sequence lengths, and count FLOPs (separate pass, batch 1)."""
+
+    def caption(name, batch, batch_size, **overrides):
+        options, with_masks = MODELS[name]
+        caption_pairs(
+            models[name], processor, pairs[batch], batch_size=batch_size,
+            change_masks=masks[batch] if with_masks else None,
+            **{"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, **overrides},
+        )
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    names = list(models)
+    for name in names:  # warm-up: first-call allocations are not the model's cost
+        caption(name, slice(0, 1), 1, max_new_tokens=1, min_new_tokens=1)
+    recorder = PrefillRecorder(models.values())
+    timings = {name: {} for name in names}
+    for batch_size in batch_sizes:
+        batches = [slice(start, start + batch_size) for start in range(0, len(pairs), batch_size)]
+        best = {name: [math.inf] * len(batches) for name in names}
+        for repeat in range(repeats):
+            for index, batch in enumerate(batches):
+                for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                    recorder.run_name = (name, batch_size, repeat)
+                    synchronize()
+                    start = time.perf_counter()
+                    caption(name, batch, batch_size)
+                    synchronize()
+                    best[name][index] = min(best[name][index], time.perf_counter() - start)
+        for name in names:
+            timings[name][batch_size] = sum(best[name])
+    recorder.remove()
+    results = {}
+    for name in names:
+        first_run = recorder.real_positions[(name, batch_sizes[0], 0)]
+        text = processor(images=pairs)
+        text_tokens = ((text["input_ids"] != processor.image_token_id) & text["attention_mask"].bool()).sum(1)
+        skipped = len(pairs) - len(first_run)  # the no-change shortcut skips the language model
+        flops = [flops_by_part(models[name], lambda i=i: caption(name, slice(i, i + 1), 1)) for i in range(len(pairs))]
+        best_batch = min(timings[name], key=timings[name].get)
+        results[name] = {
+            "pairs_per_s": {str(size): len(pairs) / seconds for size, seconds in timings[name].items()},
+            "best_batch_size": best_batch,
+            "latency_s_batch_1": timings[name].get(1, math.nan) / len(pairs),
+            "lm_sequence_length": statistics.mean(first_run) if first_run else 0.0,
+            "visual_tokens_per_pair": statistics.mean(
+                count - int(text_tokens[0]) for count in first_run
+            ) if first_run else 0.0,
+            "pairs_skipping_the_language_model": skipped,
+            "gflop_per_pair": {
+                part: statistics.mean(counts.get(part, 0.0) for counts in flops) / 1e9
+                for part in {part for counts in flops for part in counts}
+            },
+            "seconds_best_batch": timings[name][best_batch],
+        }
+    return results
+
+
+def run_preset(preset: str, limit: int | None, batch_sizes, repeats, device, dtype) -> dict:
+    pairs, masks = levir_cd_mix(limit)
+    processor = make_processor(image_size=384, patch_size=14)
+    image_ids = dict(
+        image_token_index=processor.image_token_id,
+        video_token_index=processor.tokenizer.convert_tokens_to_ids("<video>"),
+    )
+    if preset == "tiny":
+        config = tiny_config(processor.tokenizer, image_size=384, patch_size=14)
+    else:
+        config = llava_onevision_0_5b_config(**image_ids)
+    models = build_models(config, device, dtype)
+    figures = {
+        "preset": preset,
+        "pairs": len(pairs),
+        "new_tokens": NEW_TOKENS,
+        "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()},
+        "runs": measure(models, processor, pairs, masks, batch_sizes, repeats, device),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if device.type == "cuda":
+        figures["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return figures
+
+
+def plan_7b(sequence_lengths: dict) -> dict:
+    """Parameters, bf16 weight bytes and KV cache per pair of a 7B rscc model (meta device: nothing is computed)."""
+    config = llava_onevision_0_5b_config(text_config=QWEN2_7B, use_change_head=True)
+    with torch.device("meta"):
+        model = RsccForConditionalGeneration(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    text = config.text_config
+    kv_bytes_per_position = 2 * text.num_hidden_layers * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) * 2
+    return {
+        "parameters": parameters,
+        "weights_gb_bf16": parameters * 2 / 1e9,
+        "kv_cache_mb_per_pair_bf16": {
+            name: (length + NEW_TOKENS) * kv_bytes_per_position / 2**20 for name, length in sequence_lengths.items()
+        },
+    }
+
+
+def markdown_table(figures: dict, limit_rate: float) -> str:
+    runs = figures["runs"]
+    stock = runs["stock"]
+    sizes = list(stock["pairs_per_s"])
+    header = (
+        "| model | " + " | ".join(f"pairs/s (batch {size})" for size in sizes)
+        + " | vs stock (best batch) | latency at batch 1 (s) | visual tokens / pair | LM length | "
+        "GFLOP / pair: vision, projector, difference, head, LM prefill, LM decode, LM head | achieved / limit |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for name, run in runs.items():
+        best = run["pairs_per_s"][str(run["best_batch_size"])]
+        stock_best = stock["pairs_per_s"][str(stock["best_batch_size"])]
+        flops = run["gflop_per_pair"]
+        parts = ", ".join(
+            f"{flops.get(part, 0.0):.3g}"
+            for part in ("vision_tower", "multi_modal_projector", "difference_module", "change_head", "lm_prefill",
+                         "lm_decode", "lm_head")
+        )
+        achieved = flops["total"] * 1e9 * figures["pairs"] / run["seconds_best_batch"]
+        lines.append(
+            f"| {name} | " + " | ".join(f"{run['pairs_per_s'][size]:.3f}" for size in sizes)
+            + f" | {best / stock_best:.2f}x | {run['latency_s_batch_1']:.2f} | {run['visual_tokens_per_pair']:.0f} | "
+            f"{run['lm_sequence_length']:.0f} | {parts} | {achieved / limit_rate:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(path: Path, section: str) -> None:
+    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{RESULTS_START}\n{RESULTS_END}\n"
+    if RESULTS_START not in text or RESULTS_END not in text:
+        raise ValueError(f"{path}: no {RESULTS_START} ... {RESULTS_END} markers to write the results between")
+    before, rest = text.split(RESULTS_START, 1)
+    _, after = rest.split(RESULTS_END, 1)
+    path.write_text(f"{before}{RESULTS_START}\n{section}\n{RESULTS_END}{after}")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["tiny", "real", "7b"], default="tiny")
+    parser.add_argument("--pairs", type=int, help="pairs of the workload (half real masks, half empty); all by default")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--readme", help="write the Markdown table between the results markers of this file")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.preset == "7b":
+        tiny = run_preset("tiny", 2, [1], 1, device, torch.float32)
+        figures = {"preset": "7b", **plan_7b({n: r["lm_sequence_length"] for n, r in tiny["runs"].items()})}
+        print(json.dumps(figures, indent=2))
+        return figures
+    limit_rate = matmul_rate(device, dtype)
+    figures = run_preset(args.preset, args.pairs, sorted(set(args.batch_sizes)), args.repeats, device, dtype)
+    figures.update(
+        matmul_limit_gflop_per_s=limit_rate / 1e9,
+        machine=f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device} {args.dtype}",
+        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+        date=date.today().isoformat(),
+    )
+    table = markdown_table(figures, limit_rate)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    if args.readme:
+        heading = (
+            f"Preset `{args.preset}`, workload `levir-cd-mix` ({figures['pairs']} pairs, half with empty masks, "
+            f"{NEW_TOKENS} new tokens, greedy), {figures['machine']}, matmul limit "
+            f"{figures['matmul_limit_gflop_per_s']:.0f} GFLOP/s, torch {torch.__version__}, transformers "
+            f"{transformers.__version__}, {figures['date']}:"
+        )
+        write_readme(Path(args.readme), f"{heading}\n\n{table}")
+    print(table)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
