@@ -30,8 +30,8 @@ import numpy as np
 import rasterio
 import torch
 from affine import Affine
-from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import shapes
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_coordinates
@@ -40,6 +40,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from .captions import is_no_change_caption
+from .imagery import SceneInputError, open_raster, rgb_bands
 from .inference import (
     DEFAULT_MAX_NEW_TOKENS,
     DTYPES,
@@ -73,53 +74,6 @@ GRID_TOLERANCE_PX = 1e-3
 # Per-pixel change masks of a batch of tiles: (before tiles, after tiles) as uint8 (H, W, 3) or (H, W) arrays,
 # in; one boolean (H, W) array per tile, out.
 ChangeMaskFunction = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
-
-
-class SceneInputError(ValueError):
-    """A scene input (raster, band choice, option or output path) is not what `rscc scene` expects."""
-
-
-def open_raster(path: str | os.PathLike, name: str) -> rasterio.io.DatasetReader:
-    """Open a raster with rasterio, turning a missing or unreadable file into a [`SceneInputError`].
-
-    Args:
-        path (`str` or `os.PathLike`): the raster file.
-        name (`str`): how errors refer to it (BEFORE, AFTER).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SceneInputError(f"{name}: raster file not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as error:
-        raise SceneInputError(f"{name}: {path} is not a raster that GDAL can read ({error})") from None
-
-
-def rgb_bands(dataset, name: str, bands: list[int] | None = None) -> list[int]:
-    """The 1-based bands that make the image the model sees: three (RGB) or one (grey).
-
-    Args:
-        dataset: an open rasterio dataset.
-        name (`str`): how errors refer to it.
-        bands (`list[int]`, *optional*): explicit band numbers. By default the bands whose colour interpretation
-            is red, green and blue, else the first three bands that are not alpha, else the first band.
-    """
-    if bands is not None:
-        out_of_range = [band for band in bands if not 1 <= band <= dataset.count]
-        if len(bands) not in (1, 3) or out_of_range:
-            raise SceneInputError(
-                f"{name}: --bands {','.join(map(str, bands))} is not valid for a {dataset.count}-band raster; "
-                f"expected three band numbers (red, green, blue) or one (grey) between 1 and {dataset.count}"
-            )
-        return list(bands)
-    interpretation = list(dataset.colorinterp)
-    rgb = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-    if all(colour in interpretation for colour in rgb):
-        return [interpretation.index(colour) + 1 for colour in rgb]
-    not_alpha = [index + 1 for index, colour in enumerate(interpretation) if colour != ColorInterp.alpha]
-    return not_alpha[:3] if len(not_alpha) >= 3 else not_alpha[:1]
 
 
 def _overlap_on_before_grid(before, after) -> Window:
