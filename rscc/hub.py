@@ -23,13 +23,13 @@ from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoConfig
 
 from .configuration_rscc import RsccConfig
-from .inference import DEFAULT_MODEL, EXIT_BAD_INPUT, EXIT_OK
+from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK
+from .inference import DEFAULT_MODEL
 from . import pipeline_rscc
 from .modeling_rscc import RsccForConditionalGeneration
-from .processing_rscc import RsccProcessor
+from .processing_rscc import RsccInputError, RsccProcessor
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "template.md"
-EXIT_HUB_ERROR = 4
 LICENSE = "apache-2.0"  # the base model's (LLaVA-OneVision-0.5B: SigLIP and Qwen2, Apache-2.0)
 PIPELINE_TAG = "image-text-to-text"
 TASK_NAME = "Remote sensing change captioning"
@@ -51,7 +51,7 @@ REQUIRED_CARD_METADATA = ("license", "library_name", "pipeline_tag", "tags", "ba
 HUB_ERRORS = (HfHubHTTPError, *HfHubHTTPError.__bases__)
 
 
-class HubInputError(ValueError):
+class HubInputError(RsccInputError):
     """An input of `rscc card` or `rscc publish` (evaluation JSON, folder, path, repo id) is not as expected."""
 
 
@@ -413,7 +413,7 @@ def _run_publish(args) -> int:
     except HUB_ERRORS as error:
         kept = f" (the assembled folder is kept in {args.out})" if args.out else ""
         print(f"rscc publish: error: the Hub upload failed: {error}{kept}", file=sys.stderr)
-        return EXIT_HUB_ERROR
+        return EXIT_HUB
     print(result.url or result.folder)
     return EXIT_OK
 
