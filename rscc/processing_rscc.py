@@ -20,6 +20,16 @@ from transformers.utils import logging
 
 from .configuration_rscc import IGNORE_INDEX
 
+try:  # rscc's one input-error type; this file also runs as remote code where rscc is not installed
+    from rscc.errors import InputFileNotFoundError, RsccInputError
+except ImportError:
+
+    class RsccInputError(ValueError):
+        """A user's input is not what rscc expects; the message names it and what was expected."""
+
+    class InputFileNotFoundError(RsccInputError, FileNotFoundError):
+        """A named input file does not exist."""
+
 logger = logging.get_logger(__name__)
 
 # CCExpert's prompt: two image placeholders, then the question.
@@ -41,15 +51,6 @@ _EIGHT_BIT_BAND_MODES = ("RGB", "RGBA", "LA", "CMYK")
 # GDAL-written TIFF) into an (H, W) or (H, W, C) array; `name` is how errors refer to it. The rscc package sets a GDAL
 # one (`rscc.imagery`); where none is set (remote code without rscc) such files are refused, never truncated.
 full_depth_reader = None
-
-
-class RsccInputError(ValueError):
-    """A user's input (a file, an array, an option) is not what rscc expects; the message names it and what was
-    expected. Every reader of user input raises this type (or a subclass) for bad input."""
-
-
-class InputFileNotFoundError(RsccInputError, FileNotFoundError):
-    """A named input file does not exist."""
 
 
 def to_sentence_case(caption: str) -> str:

@@ -229,3 +229,54 @@ def test_scene_out_onto_its_own_input_is_refused(shared_data, tiny_checkpoint, t
             "--model", str(tiny_checkpoint)]
     assert main(argv) == EXIT_BAD_INPUT
     assert "is an input of this command" in error_of(capsys) and Path(before).read_bytes() == content
+
+
+@pytest.fixture
+def eval_files(shared_data, tmp_path):
+    """Three real LEVIR-CC test entries as references, and predictions for them."""
+    captions = json.loads((shared_data / "levir_cc" / "LevirCCcaptions.json").read_text())
+    entries = [entry for entry in captions["images"] if entry["split"] == "test"][:3]
+    references = tmp_path / "refs.json"
+    references.write_text(json.dumps({"images": entries}))
+    ids = [Path(entry["filename"]).stem for entry in entries]
+    return references, ids
+
+
+def _eval(references, predictions, tmp_path, rows):
+    predictions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return main(["eval", "--predictions", str(predictions), "--references", str(references), "--metrics", "BLEU-4"])
+
+
+@pytest.mark.parametrize(
+    "caption, message",
+    [(None, "line 2: caption must be text, got null"), (["a", "road"], 'line 2: caption must be text, got \\["a"')],
+)
+def test_eval_refuses_captions_that_are_not_text(caption, message, eval_files, tmp_path, capsys):
+    references, ids = eval_files
+    rows = [{"id": ids[0], "caption": "a road is built"}, {"id": ids[1], "caption": caption},
+            {"id": ids[2], "caption": "houses appear"}]
+    assert _eval(references, tmp_path / "preds.jsonl", tmp_path, rows) == EXIT_BAD_INPUT
+    assert __import__("re").search(message, error_of(capsys))
+
+
+def test_eval_refuses_empty_references_and_names_bad_entries(eval_files, tmp_path, capsys):
+    references, ids = eval_files
+    content = json.loads(references.read_text())
+    for sentence in content["images"][1]["sentences"]:
+        sentence["raw"] = "  "
+    references.write_text(json.dumps(content))
+    rows = [{"id": pair_id, "caption": "a road is built"} for pair_id in ids]
+    assert _eval(references, tmp_path / "preds.jsonl", tmp_path, rows) == EXIT_BAD_INPUT
+    assert f"1 reference pairs have no reference caption, or an empty one" in error_of(capsys)
+    content["images"][1]["sentences"] = [{"raw": None}]
+    references.write_text(json.dumps(content))
+    assert _eval(references, tmp_path / "preds.jsonl", tmp_path, rows) == EXIT_BAD_INPUT
+    assert "images[1] is not an entry of the form" in error_of(capsys)
+
+
+def test_eval_names_a_predictions_file_that_is_not_utf8(eval_files, tmp_path, capsys):
+    references, ids = eval_files
+    predictions = tmp_path / "preds.jsonl"
+    predictions.write_bytes(f'{{"id": "{ids[0]}", "caption": "caf\u00e9"}}\n'.encode("latin-1"))
+    assert main(["eval", "--predictions", str(predictions), "--references", str(references)]) == EXIT_BAD_INPUT
+    assert "preds.jsonl: line 1 is not UTF-8" in error_of(capsys)
