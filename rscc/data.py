@@ -43,7 +43,8 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
 from rscc.captions import canonical_form, is_no_change_caption
-from rscc.processing_rscc import RsccInputError, load_change_mask, pillow_truncates, to_sentence_case
+from rscc.errors import RsccInputError, read_text_file
+from rscc.processing_rscc import load_change_mask, pillow_truncates, to_sentence_case
 
 FEATURES = datasets.Features(
     {
@@ -187,24 +188,6 @@ _DUBAI_CC_NO_CHANGE = re.compile(
     r"|^(everything|all) (remains|remained|is) the same\b"
     r"|^the area appears the same$"
 )
-
-
-def read_text_file(path: Path, encoding: str = "utf-8") -> str:
-    """The whole text of a user's file; a missing file, a folder or text in another encoding is a `DataInputError`
-    naming the file (and the line of the first undecodable byte)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataInputError(f"{path}: file not found") from None
-    except OSError as error:
-        raise DataInputError(f"{path}: cannot read file ({error.strerror or error})") from None
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataInputError(
-            f"{path}: line {line} is not UTF-8 text (byte {data[error.start]:#04x}); save the file as UTF-8"
-        ) from None
 
 
 def _read_json(path: Path) -> Any:

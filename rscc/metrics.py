@@ -42,7 +42,7 @@ from rscc_console import start_meteor_process, take_prestarted_meteor
 
 from .captions import is_no_change_caption
 from .cli import EXIT_BAD_INPUT, EXIT_OK
-from .errors import InputFileNotFoundError, RsccInputError
+from .errors import RsccInputError, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -678,7 +678,7 @@ def read_prediction_records(path: str | Path) -> list[dict]:
     """Read JSON lines `{"id": ..., "caption": ...}` as they are (no de-duplication); errors name the line."""
     path = Path(path)
     records = []
-    for number, line in enumerate(_read_text(path, "predictions file").splitlines(), start=1):
+    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -698,21 +698,6 @@ def read_prediction_records(path: str | Path) -> list[dict]:
     if not records:
         raise RsccInputError(f"predictions file {path} holds no predictions")
     return records
-
-
-def _read_text(path: Path, what: str) -> str:
-    """A user's UTF-8 text file; errors name the file (and the line of a byte that is not UTF-8)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputFileNotFoundError(f"{what} not found: {path}") from None
-    except OSError as error:
-        raise RsccInputError(f"cannot read {what} {path}: {error.strerror or error}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise RsccInputError(f"{what} {path}: line {line} is not UTF-8 text; save it as UTF-8") from None
 
 
 def load_predictions(path: str | Path) -> tuple[dict[str, str], dict[str, int]]:
@@ -742,7 +727,7 @@ def load_references(path: str | Path, split: str | None = "test") -> dict[str, l
     path = Path(path)
     if path.is_dir():
         return _references_from_dataset(path, split)
-    text = _read_text(path, "references")
+    text = read_text_file(path)
     try:
         data = json.loads(text)
         entries = data["images"]

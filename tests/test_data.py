@@ -425,10 +425,11 @@ def test_unclosed_quote_in_a_csv_manifest_fails_naming_its_line(shared_data, tmp
 
 def test_manifest_and_caption_files_that_are_not_utf8_or_of_another_shape_are_named(tmp_path):
     from rscc.data import DataInputError
+    from rscc.errors import RsccInputError
 
     latin = tmp_path / "latin.csv"
     latin.write_bytes("before,after,caption\na.png,b.png,un caf\u00e9 est construit\n".encode("latin-1"))
-    with pytest.raises(DataInputError, match=r"latin.csv: line 2 is not UTF-8 text \(byte 0xe9\)"):
+    with pytest.raises(RsccInputError, match=r"latin.csv: line 2 is not UTF-8 text \(byte 0xe9\)"):
         list(manifest_records(latin))
     shapes = {
         "strings.json": {"images": ["train_000016.png"]},
