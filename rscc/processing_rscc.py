@@ -227,6 +227,8 @@ def load_change_mask(mask, name: str = "change mask", num_classes: int = 2) -> n
         ValueError: for values no encoding explains, naming `name` and the values found.
     """
     array = _mask_array(mask, name)
+    if isinstance(mask, (str, os.PathLike)) and str(mask) not in name:
+        name = f"{name} ({mask})"  # errors about its values name the file too
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] in (1, 2):
