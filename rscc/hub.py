@@ -24,7 +24,7 @@ from transformers import AutoConfig
 
 from .configuration_rscc import RsccConfig
 from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK
-from .inference import DEFAULT_MODEL
+from .inference import DEFAULT_MODEL, ModelLoadError, check_model_folder
 from . import pipeline_rscc
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import RsccInputError, RsccProcessor
@@ -251,12 +251,13 @@ def _check_rscc_folder(folder: str | os.PathLike) -> RsccConfig:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise HubInputError(f"FOLDER {folder}: no config.json; expected a folder saved by rscc (save_pretrained)")
-    config = AutoConfig.from_pretrained(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:  # a config.json that is not JSON, or not a config
+        raise HubInputError(f"FOLDER {folder}: config.json cannot be read ({error})") from None
     if config.model_type != RsccConfig.model_type:
         raise HubInputError(f"FOLDER {folder} holds a '{config.model_type}' model; expected an rscc checkpoint")
-    weights = list(folder.glob("*.safetensors")) + list(folder.glob("*.bin"))
-    if not weights:
-        raise HubInputError(f"FOLDER {folder}: no weights (*.safetensors or *.bin)")
+    check_model_folder(folder)
     return config
 
 
@@ -277,8 +278,11 @@ def assemble_hub_folder(folder: str | os.PathLike, out: str | os.PathLike, card:
     _check_rscc_folder(folder)
     out = _check_new_folder(out)
     validate_model_card(card)
-    model = RsccForConditionalGeneration.from_pretrained(folder, dtype="auto")
-    processor = RsccProcessor.from_pretrained(folder)
+    try:
+        model = RsccForConditionalGeneration.from_pretrained(folder, dtype="auto")
+        processor = RsccProcessor.from_pretrained(folder)
+    except Exception as error:  # whatever transformers or safetensors raise on broken weights or processor files
+        raise ModelLoadError(f"FOLDER {folder} cannot be loaded: {type(error).__name__}: {error}") from error
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     temporary.chmod(0o755)  # mkdtemp's folder is private; the result is meant to be shared
     model.config.custom_pipelines = pipeline_rscc.CUSTOM_PIPELINES
@@ -393,7 +397,7 @@ def _run_card(args) -> int:
             os.replace(temporary, out)
         finally:
             Path(temporary).unlink(missing_ok=True)
-    except (HubInputError, OSError) as error:
+    except (RsccInputError, OSError) as error:
         print(f"rscc card: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(out)
@@ -407,7 +411,7 @@ def _run_publish(args) -> int:
             args.folder, args.repo_id, _card_from_args(args, config), out=args.out, private=args.private,
             dry_run=args.dry_run,
         )
-    except HubInputError as error:
+    except RsccInputError as error:
         print(f"rscc publish: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except HUB_ERRORS as error:

@@ -66,7 +66,8 @@ MODEL_FOLDER_FILES = {
 }
 
 
-def _check_model_folder(folder: Path) -> None:
+def check_model_folder(folder: Path) -> None:
+    """Fail naming the files a checkpoint folder lacks (see `MODEL_FOLDER_FILES`)."""
     missing = [f"{part} ({' or '.join(names)})" for part, names in MODEL_FOLDER_FILES.items()
                if not any((folder / name).is_file() for name in names)]
     if missing:
@@ -90,7 +91,7 @@ def _looks_like_a_path(model_id_or_path: str) -> bool:
 
 def _check_available(model_id_or_path: str) -> None:
     if Path(model_id_or_path).is_dir():
-        _check_model_folder(Path(model_id_or_path))
+        check_model_folder(Path(model_id_or_path))
         return
     if Path(model_id_or_path).exists() or _looks_like_a_path(model_id_or_path):
         what = "is a file" if Path(model_id_or_path).exists() else "does not exist"

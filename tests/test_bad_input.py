@@ -280,3 +280,31 @@ def test_eval_names_a_predictions_file_that_is_not_utf8(eval_files, tmp_path, ca
     predictions.write_bytes(f'{{"id": "{ids[0]}", "caption": "caf\u00e9"}}\n'.encode("latin-1"))
     assert main(["eval", "--predictions", str(predictions), "--references", str(references)]) == EXIT_BAD_INPUT
     assert "preds.jsonl: line 1 is not UTF-8" in error_of(capsys)
+
+
+@pytest.mark.parametrize("damage", [_break_config, _garbage_weights, _remove("tokenizer.json")])
+def test_publish_of_a_broken_folder_is_bad_input_not_a_hub_failure(damage, tiny_checkpoint, tmp_path, capsys):
+    folder = shutil.copytree(tiny_checkpoint, tmp_path / "broken")
+    damage(folder)
+    argv = ["publish", str(folder), "--repo-id", "user/name", "--dry-run", "--out", str(tmp_path / "hub")]
+    assert main(argv) == EXIT_BAD_INPUT
+    assert str(folder) in error_of(capsys) and not (tmp_path / "hub").exists()
+
+
+def test_tiny_checkpoint_never_writes_over_an_existing_folder(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text('{"precious": true}')
+    assert main(["tiny-checkpoint", str(tmp_path / "mine")]) == EXIT_BAD_INPUT
+    assert "not an empty folder" in error_of(capsys)
+    assert (tmp_path / "mine" / "config.json").read_text() == '{"precious": true}'
+
+
+def test_caption_of_a_manifest_with_an_unclosed_quote_captions_nothing(example_pairs, tiny_checkpoint, tmp_path,
+                                                                       capsys):
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("before,after,caption\n" + "".join(
+        f'{before},{after},{caption}\n' for (before, after), caption in
+        zip(example_pairs * 2, ["a road", '"houses appear', "trees", "more trees"])))
+    out = tmp_path / "captions.jsonl"
+    assert main(["caption", str(manifest), "--model", str(tiny_checkpoint), "--out", str(out)]) == EXIT_BAD_INPUT
+    assert "row after line 2 is not valid CSV" in error_of(capsys) and not out.exists()
