@@ -64,8 +64,9 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.run(args)
-    except Terminated:
-        return EXIT_TERMINATED
+    except KeyboardInterrupt as interrupt:  # commands without their own message; their finally blocks have run
+        print(f"rscc {args.command}: interrupted", file=sys.stderr)
+        return interrupted_exit_code(interrupt)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
