@@ -45,6 +45,17 @@ def interrupted_exit_code(interrupt: KeyboardInterrupt) -> int:
     return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts and sizes (--batch-size, --max-new-tokens, --max-shard-size): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every subcommand, or only of `command`'s module when it names one."""
     parser = argparse.ArgumentParser(prog="rscc", description="Remote-sensing image change captioning.")

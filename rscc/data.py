@@ -43,6 +43,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
 from rscc.captions import canonical_form, is_no_change_caption
+from rscc.cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS, EXIT_OK, positive_int
 from rscc.errors import RsccInputError, read_text_file
 from rscc.processing_rscc import load_change_mask, pillow_truncates, to_sentence_case
 
@@ -379,11 +380,16 @@ def _read_csv_rows(path: Path) -> tuple:
     except csv.Error as error:
         raise DataInputError(f"{path}: the row after line {last_line} is not valid CSV ({error}): a quote (\") may be "
                              "left open") from None
+    columns = reader.fieldnames or []
+    repeated = sorted({column for column in columns if columns.count(column) > 1})
+    if repeated:  # csv.DictReader keeps the last cell of a repeated column and drops the others
+        raise DataInputError(f"{path}: line 1 names the column(s) {', '.join(map(repr, repeated))} more than once; "
+                             "number repeated captions caption_1, caption_2, ...")
     for where, row in rows:
         if None in row:  # csv.DictReader's key for cells beyond the header
             raise DataInputError(f"{path}: {where} has more cells than the header has columns "
                                  f"(quote captions that contain commas)")
-    return rows, reader.fieldnames or []
+    return rows, columns
 
 
 def read_manifest(path: Path, require_captions: bool = True) -> list:
@@ -1062,7 +1068,8 @@ def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.add_argument("--pretty-name", help="title of the dataset card")
     parser.add_argument("--license", help="Hub license id for the card (default: the source's, else 'unknown')")
-    parser.add_argument("--max-shard-size", type=int, default=DEFAULT_MAX_SHARD_SIZE // 1024**2, metavar="MB",
+    parser.add_argument("--max-shard-size", type=positive_int, default=DEFAULT_MAX_SHARD_SIZE // 1024**2,
+                        metavar="MB",
                         help="approximate maximum size of a Parquet shard (default: %(default)s)")
 
 
@@ -1109,12 +1116,12 @@ def _run(args: argparse.Namespace) -> int:
         for problem in error.problems:
             print(problem, file=sys.stderr)
         print(f"\nrscc data {args.data_command}: build failed.\n{error}", file=sys.stderr)
-        return 1
+        return EXIT_INVALID_RECORDS
     except (OSError, ValueError) as error:
         print(f"rscc data {args.data_command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(summary)
-    return 0
+    return EXIT_OK
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

@@ -32,6 +32,7 @@ from .cli import (
     EXIT_OK,
     EXIT_OUT_OF_MEMORY,
     interrupted_exit_code,
+    positive_int,
 )
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
@@ -60,7 +61,9 @@ class HubUnreachableError(RuntimeError):
 # (a folder without tokenizer.json gets a tokenizer whose image token is not the model's).
 MODEL_FOLDER_FILES = {
     "config": ("config.json",),
-    "weights": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    "weights": (
+        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+    ),
     "tokenizer": ("tokenizer.json", "vocab.json"),
     "image processor settings": ("processor_config.json", "preprocessor_config.json"),
 }
@@ -314,17 +317,6 @@ def caption_pairs(
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-
-def positive_int(text: str) -> int:
-    """argparse type of counts (--batch-size, --max-new-tokens): a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def torch_device(text: str) -> str:

@@ -201,7 +201,9 @@ def _mask_array(mask, name: str) -> np.ndarray:
         return mask.detach().cpu().numpy()
     if isinstance(mask, np.ndarray):
         return mask
-    raise RsccInputError(f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(mask).__name__}")
+    raise RsccInputError(
+        f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(mask).__name__}"
+    )
 
 
 def load_change_mask(mask, name: str = "change mask", num_classes: int = 2) -> np.ndarray:
@@ -244,7 +246,9 @@ def load_change_mask(mask, name: str = "change mask", num_classes: int = 2) -> n
             )
         array = colours[..., 0]
     if array.ndim != 2:
-        raise RsccInputError(f"{name}: array of shape {array.shape} is not a mask; expected (H, W), (H, W, C) or (C, H, W)")
+        raise RsccInputError(
+            f"{name}: array of shape {array.shape} is not a mask; expected (H, W), (H, W, C) or (C, H, W)"
+        )
     if array.size == 0:
         raise RsccInputError(f"{name}: mask of shape {array.shape} has no pixels")
     if array.dtype == np.bool_:

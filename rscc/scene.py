@@ -715,7 +715,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--out", required=True, help="GeoJSON output file")
     add_device_arguments(parser)
     parser.add_argument("--tile-size", type=int,
-                        help=f"tile side in BEFORE's pixels, at least {MIN_TILE_SIZE} (default: the model's input size)")
+                        help=f"tile side in BEFORE's pixels, at least {MIN_TILE_SIZE} "
+                        "(default: the model's input size)")
     parser.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tiles (default 0)")
     parser.add_argument("--bands", type=_band_list, help="1-based bands as R,G,B (or one band), e.g. 4,3,2")
     parser.add_argument("--assume-aligned", action="store_true",

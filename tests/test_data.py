@@ -516,3 +516,13 @@ def test_mix_names_a_source_folder_that_does_not_exist(tmp_path, capsys):
     assert main(["data", "mix", "--source", f"{typo}:train:2", "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
     assert f"{typo}" in error and "no such local folder" in error and "Traceback" not in error
+
+
+def test_a_csv_column_named_twice_and_a_shard_size_below_one_are_refused(tmp_path, capsys):
+    (tmp_path / "twice.csv").write_text("before,after,caption,caption\na.png,b.png,a road,houses appear\n")
+    with pytest.raises(ValueError, match=r"twice.csv: line 1 names the column\(s\) 'caption' more than once"):
+        list(manifest_records(tmp_path / "twice.csv"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "manifest", "--manifest", str(tmp_path / "twice.csv"), "--out", str(tmp_path / "out"),
+              "--max-shard-size", "0"])
+    assert exit_info.value.code == 2 and "--max-shard-size: must be at least 1" in capsys.readouterr().err
