@@ -504,13 +504,7 @@ def mixture_records(components: Iterable[MixtureComponent], split: str = "train"
         if component.factor < 1:
             raise ValueError(f"{component.path}: mixture factor must be at least 1, got {component.factor}")
         # Streaming reads the Parquet shards directly instead of converting each source into the Arrow cache first.
-        try:
-            rows = datasets.load_dataset(component.path, split=component.split, streaming=True)
-        except (FileNotFoundError, ConnectionError, ValueError) as error:  # DatasetNotFoundError is one
-            where = ("" if Path(component.path).exists()
-                     else "no such local folder, and not a dataset the Hugging Face Hub has or could be asked for: ")
-            raise DataInputError(f"mixture source {component.path} (split {component.split!r}): {where}{error}"
-                                 ) from None
+        rows = _load_built_dataset(component.path, split=component.split, streaming=True)
         missing = [name for name in FEATURES if rows.features is not None and name not in rows.features]
         if missing:
             raise ValueError(f"{component.path}: not a change-captioning dataset of this schema "
@@ -966,6 +960,16 @@ def _write_card(folder: Path, writers: dict, skipped: list, *, pretty_name: Opti
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _load_built_dataset(path_or_repo: str, split: Optional[str], **load_kwargs):
+    """`datasets.load_dataset`, with a missing folder or split named as such (not as a Hub failure)."""
+    try:
+        return datasets.load_dataset(path_or_repo, split=split, **load_kwargs)
+    except (FileNotFoundError, ConnectionError, ValueError) as error:  # DatasetNotFoundError is one
+        where = ("" if Path(path_or_repo).exists()
+                 else "no such local folder, and not a dataset the Hugging Face Hub has or could be asked for: ")
+        raise DataInputError(f"dataset {path_or_repo} (split {split!r}): {where}{error}") from None
+
+
 def load_change_dataset(path_or_repo: Union[str, os.PathLike], split: Optional[str] = None, **load_kwargs
                         ) -> Union[datasets.Dataset, datasets.DatasetDict]:
     """Load a dataset built by this module (a local folder or a Hub dataset repo).
@@ -975,7 +979,7 @@ def load_change_dataset(path_or_repo: Union[str, os.PathLike], split: Optional[s
         split: One split ("train", "validation", "test"); None returns a `DatasetDict` of all.
         **load_kwargs: Passed to `datasets.load_dataset` (e.g. `cache_dir`, `revision`, `streaming`).
     """
-    dataset = datasets.load_dataset(os.fspath(path_or_repo), split=split, **load_kwargs)
+    dataset = _load_built_dataset(os.fspath(path_or_repo), split=split, **load_kwargs)
     features = dataset.features if split is not None else next(iter(dataset.values())).features
     missing = [name for name in FEATURES if features is not None and name not in features]
     if missing:

@@ -245,7 +245,13 @@ def describe_changes(
         `list[ChangeDescription]`, one per pair, in order.
     """
     if change_masks is not None and len(change_masks) != len(pairs):
-        raise ValueError(f"change_masks: expected one entry per pair ({len(pairs)}), got {len(change_masks)}")
+        raise RsccInputError(f"change_masks: expected one entry per pair ({len(pairs)}), got {len(change_masks)}")
+    if change_masks is not None and any(mask is not None for mask in change_masks) and not uses_input_masks(
+            model.config):
+        raise RsccInputError(
+            "change_masks: this model's token filter does not take input masks (change_filter="
+            f"{getattr(model.config, 'change_filter', 'none')!r}); they would be ignored"
+        )
     generate_kwargs.setdefault("do_sample", False)
     config = model.config
     has_change_head = getattr(config, "use_change_head", False)
@@ -374,7 +380,7 @@ def show_progress(args) -> bool:
 
 def uses_input_masks(config) -> bool:
     """Whether a model's token filter takes change masks given with the pairs (otherwise they would do nothing)."""
-    return getattr(config, "change_filter", "none") != "none" and config.change_mask_source == "input"
+    return getattr(config, "change_filter", "none") != "none" and getattr(config, "change_mask_source", None) == "input"
 
 
 def _check_mask_option(model, args) -> None:

@@ -308,3 +308,21 @@ def test_caption_of_a_manifest_with_an_unclosed_quote_captions_nothing(example_p
     out = tmp_path / "captions.jsonl"
     assert main(["caption", str(manifest), "--model", str(tiny_checkpoint), "--out", str(out)]) == EXIT_BAD_INPUT
     assert "row after line 2 is not valid CSV" in error_of(capsys) and not out.exists()
+
+
+def test_describe_changes_refuses_masks_that_a_model_would_ignore(tiny_model, tiny_processor, example_pairs,
+                                                                 shared_data):
+    from rscc.errors import RsccInputError
+    from rscc.inference import describe_changes
+
+    label = shared_data / "levir_cd_samples" / "label" / "test_2_0000_0000.png"
+    with pytest.raises(RsccInputError, match="change_masks: this model's token filter does not take input masks"):
+        describe_changes(tiny_model, tiny_processor, example_pairs[:1], change_masks=[label])
+
+
+def test_a_dataset_folder_that_does_not_exist_is_named_as_such(tmp_path):
+    from rscc.data import load_change_dataset
+    from rscc.errors import RsccInputError
+
+    with pytest.raises(RsccInputError, match=f"{tmp_path / 'levir_ccc'}.*no such local folder"):
+        load_change_dataset(tmp_path / "levir_ccc", split="train")
