@@ -312,7 +312,7 @@ def cases() -> list:
                    lambda: cli("caption", w / "p.jsonl", *MODEL, *tokens))[1], fragment="p.jsonl")
     add("readers", "data mix local path typo",
         lambda w: lambda: cli("data", "mix", "--source", f"{w}/levir_ccc:train:2", "--out", w / "out"),
-        fragment=("levir_ccc", "local folder"))
+        fragment="levir_ccc")
 
     def eval_files(w, caption=None, refs=None, latin=False):
         entries = [{"filename": f"test_{i}.png", "split": "test", "sentences": [{"raw": "a road is built"}]}
@@ -334,6 +334,18 @@ def cases() -> list:
         fragment="refs.json")
     add("readers", "eval predictions latin-1", lambda w: eval_files(w, caption="caf\u00e9", latin=True),
         fragment="p.jsonl")
+
+    add("readers", "data manifest csv column named twice",
+        lambda w: (lambda m=manifest_csv(w / "p.csv", [f"{PAIR[0]},{PAIR[1]},a road,houses appear"],
+                                         header="before,after,caption,caption"): lambda: cli(
+            "data", "manifest", "--manifest", m, "--out", w / "out"))(), fragment=("p.csv", "caption"))
+
+    def load_missing_dataset(w):
+        from rscc.data import load_change_dataset
+
+        return lambda: api(lambda: load_change_dataset(w / "levir_ccc", split="train"))
+
+    add("readers", "load_change_dataset local path typo", load_missing_dataset, fragment="levir_ccc")
 
     # Nothing of the user's deleted or overwritten.
     add("deletion", "data --out is the source root --overwrite",
@@ -462,6 +474,25 @@ def cases() -> list:
     add("masks", "data caption '.'",
         lambda w: mask_build(w, "m.png", lambda g, p: Image.fromarray(g).save(p), caption="."),
         fragment="empty caption")
+
+    def masks_to_a_plain_model(w):
+        from rscc import RsccForConditionalGeneration, RsccProcessor
+        from rscc.inference import describe_changes
+
+        model = RsccForConditionalGeneration.from_pretrained(TINY).eval()
+        return lambda: api(lambda: describe_changes(model, RsccProcessor.from_pretrained(TINY), [PAIR],
+                                                    change_masks=[label], max_new_tokens=2))
+
+    add("masks", "describe_changes with masks on a model without a filter", masks_to_a_plain_model,
+        fragment="change_masks")
+    add("options", "data --max-shard-size 0",
+        lambda w: lambda: cli("data", "manifest", "--manifest", manifest_csv(
+            w / "p.csv", [f"{PAIR[0]},{PAIR[1]},houses appear"]), "--out", w / "out", "--max-shard-size", "0"),
+        fragment="--max-shard-size")
+    add("options", "caption --batch-size 0",
+        lambda w: lambda: cli("caption", *PAIR, *MODEL, "--batch-size", "0"), fragment="--batch-size")
+    add("options", "caption --max-new-tokens 0",
+        lambda w: lambda: cli("caption", *PAIR, *MODEL, "--max-new-tokens", "0"), fragment="--max-new-tokens")
 
     # Scene options.
     scene = ["scene", CHIPS / "pre" / "0_pre.tif", CHIPS / "post" / "0_post.tif"]
