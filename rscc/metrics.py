@@ -846,6 +846,14 @@ class ChangeDetectionMetrics:
         prediction, target = _to_numpy(prediction), _to_numpy(target)
         if prediction.shape != target.shape:
             raise ValueError(f"prediction shape {prediction.shape} differs from target shape {target.shape}")
+        for name, values in (("prediction", prediction), ("target", target)):
+            # Probabilities or logits cast to int64 would silently become class 0.
+            if np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values)):
+                example = values[values != np.round(values)][0]
+                raise RsccInputError(
+                    f"{name} holds values that are not whole class indices (e.g. {example}); pass class indices "
+                    "(argmax of the logits), not probabilities"
+                )
         keep = np.ones(target.shape, dtype=bool) if self.ignore_index is None else target != self.ignore_index
         prediction, target = prediction[keep].astype(np.int64), target[keep].astype(np.int64)
         for name, values in (("prediction", prediction), ("target", target)):

@@ -326,3 +326,13 @@ def test_a_dataset_folder_that_does_not_exist_is_named_as_such(tmp_path):
 
     with pytest.raises(RsccInputError, match=f"{tmp_path / 'levir_ccc'}.*no such local folder"):
         load_change_dataset(tmp_path / "levir_ccc", split="train")
+
+
+@pytest.mark.parametrize("prediction", [[[0.2, 0.9]], [[float("nan"), 1.0]]])
+def test_change_detection_metrics_refuse_probabilities_and_nan(prediction):
+    import numpy as np
+
+    from rscc.metrics import ChangeDetectionMetrics
+
+    with pytest.raises(ValueError, match="not whole class indices|outside 0..1"):
+        ChangeDetectionMetrics().update(np.array(prediction), np.array([[0, 1]]))
