@@ -494,6 +494,16 @@ def cases() -> list:
     add("options", "caption --max-new-tokens 0",
         lambda w: lambda: cli("caption", *PAIR, *MODEL, "--max-new-tokens", "0"), fragment="--max-new-tokens")
 
+    for option in (["--value-range", "0", "3000"], ["--assume-aligned"]):
+        add("options", f"scene {option[0]} on 8-bit georeferenced rasters",
+            lambda w, option=option: lambda: cli("scene", CHIPS / "pre" / "0_pre.tif", CHIPS / "post" / "0_post.tif",
+                                                 "--out", w / "s.geojson", *MODEL, *tokens, "--tile-size", "512",
+                                                 *option), fragment=option[0])
+    add("options", "eval --vocab without --convention vocab-ids",
+        lambda w: (eval_files(w, caption="x"), lambda: cli(
+            "eval", "--predictions", w / "p.jsonl", "--references", w / "refs.json", "--metrics", "BLEU-4",
+            "--vocab", SHARED / "levir_cc" / "splits" / "vocab_468.json"))[1], fragment="--vocab")
+
     # Scene options.
     scene = ["scene", CHIPS / "pre" / "0_pre.tif", CHIPS / "post" / "0_post.tif"]
     add("scene", "--tile-size 0", lambda w: lambda: cli(*scene, "--out", w / "s.geojson", *MODEL, *tokens,

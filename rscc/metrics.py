@@ -1043,6 +1043,10 @@ def run_eval(args: argparse.Namespace) -> int:
             raise RsccInputError(f"--output {args.output} is a folder or an input; expected a .json file path")
         if args.convention == "vocab-ids" and args.vocab is None:
             raise ValueError("--convention vocab-ids needs --vocab (e.g. splits/vocab_468.json)")
+        if args.vocab is not None and args.convention != "vocab-ids":
+            raise RsccInputError(f"--vocab is used by --convention vocab-ids only; {args.convention!r} would ignore it")
+        if args.keep_duplicates and args.human_agreement:
+            raise RsccInputError("--keep-duplicates applies to --predictions; --human-agreement has none")
         vocab = load_vocab(args.vocab) if args.vocab is not None else None
         references = load_references(args.references, args.split)
         options = {"convention": args.convention, "vocab": vocab, "metrics": args.metrics,

@@ -654,19 +654,33 @@ def _band_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated band numbers like 4,3,2, got {text!r}") from None
 
 
+def _check_options_take_effect(pair: ScenePair, args) -> None:
+    """Refuse options that these rasters would ignore, rather than run as if they had been applied."""
+    eight_bit = all(source.dataset.dtypes[source.bands[0] - 1] == "uint8" for source in (pair.before, pair.after))
+    stretch_options = [option for option, given in (("--percentiles", args.percentiles is not None),
+                                                    ("--value-range", args.value_range is not None)) if given]
+    if stretch_options and eight_bit:
+        raise SceneInputError(f"{' and '.join(stretch_options)} stretch data deeper than 8 bits; BEFORE and AFTER "
+                              "are 8-bit and are used as they are")
+    if args.assume_aligned and pair.before.dataset.crs and pair.after.dataset.crs:
+        raise SceneInputError("--assume-aligned is for rasters without a CRS; BEFORE and AFTER both have one and are "
+                              "aligned by their georeferencing")
+
+
 def _run_scene(args) -> int:
     try:
         # Check the rasters and the outputs before the model loads, so bad input fails in a second.
         check_output_file(args.out, "--out", "a .geojson file path", inputs=[args.before, args.after])
         if args.tile_size is not None:
             _check_tile_size(args.tile_size)
-        with ScenePair(args.before, args.after, args.bands, args.assume_aligned, args.resampling):
-            pass
+        with ScenePair(args.before, args.after, args.bands, args.assume_aligned, args.resampling) as pair:
+            _check_options_take_effect(pair, args)
         model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
         summary = describe_scene(
             model, processor, args.before, args.after, args.out, tile_size=args.tile_size, overlap=args.overlap,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bands=args.bands,
-            assume_aligned=args.assume_aligned, resampling=args.resampling, percentiles=tuple(args.percentiles),
+            assume_aligned=args.assume_aligned, resampling=args.resampling,
+            percentiles=HIGH_BIT_DEPTH_PERCENTILES if args.percentiles is None else tuple(args.percentiles),
             value_range=None if args.value_range is None else tuple(args.value_range),
             min_valid_fraction=args.min_valid_fraction,
             polygons=args.polygons, mask_out=args.mask_out, progress=show_progress(args),
@@ -724,7 +738,6 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--resampling", default="bilinear", choices=["nearest", "bilinear", "cubic"],
                         help="resampling of AFTER onto BEFORE's grid (default bilinear)")
     parser.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        default=list(HIGH_BIT_DEPTH_PERCENTILES),
                         help="stretch of data deeper than 8 bits (default 2 98)")
     parser.add_argument("--value-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                         help="fixed stretch range for data deeper than 8 bits, e.g. 0 3000 (instead of percentiles)")

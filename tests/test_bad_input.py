@@ -336,3 +336,34 @@ def test_change_detection_metrics_refuse_probabilities_and_nan(prediction):
 
     with pytest.raises(ValueError, match="not whole class indices|outside 0..1"):
         ChangeDetectionMetrics().update(np.array(prediction), np.array([[0, 1]]))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--value-range", "0", "3000"], "--value-range stretch data deeper than 8 bits"),
+        (["--percentiles", "1", "99"], "--percentiles stretch data deeper than 8 bits"),
+        (["--assume-aligned"], "--assume-aligned is for rasters without a CRS"),
+    ],
+)
+def test_scene_options_these_rasters_would_ignore_are_refused(options, message, shared_data, tiny_checkpoint,
+                                                              tmp_path, capsys):
+    chips = shared_data / "geotiff_xview2"  # 8-bit and georeferenced
+    argv = ["scene", str(chips / "pre" / "0_pre.tif"), str(chips / "post" / "0_post.tif"), "--out",
+            str(tmp_path / "c.geojson"), "--model", str(tiny_checkpoint), *options]
+    assert main(argv) == EXIT_BAD_INPUT
+    assert message in error_of(capsys) and not (tmp_path / "c.geojson").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [(["--vocab", "v.json"], "--vocab is used by --convention vocab-ids only"),
+     (["--human-agreement", "--keep-duplicates"], "--keep-duplicates applies to --predictions")],
+)
+def test_eval_options_that_would_be_ignored_are_refused(options, message, eval_files, tmp_path, capsys):
+    references, ids = eval_files
+    predictions = tmp_path / "preds.jsonl"
+    predictions.write_text("".join(json.dumps({"id": pair_id, "caption": "a road"}) + "\n" for pair_id in ids))
+    source = [] if "--human-agreement" in options else ["--predictions", str(predictions)]
+    assert main(["eval", *source, "--references", str(references), *options]) == EXIT_BAD_INPUT
+    assert message in error_of(capsys)
