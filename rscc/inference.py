@@ -42,6 +42,7 @@ logger = logging.get_logger(__name__)
 # Zero-shot default until a fine-tuned rscc checkpoint is published: LLaVA-OneVision-0.5B with the rscc prompt.
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 DEFAULT_MAX_NEW_TOKENS = 64  # LEVIR-CC's longest caption has 39 words
+DEFAULT_BATCH_SIZE = 8
 MAX_CHANGE_CLASSES = 3  # LEVIR-MCI's: the most classes a change mask given on the command line may encode
 
 
@@ -357,7 +358,9 @@ def add_device_arguments(parser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="rscc or LLaVA-OneVision checkpoint (Hub id or folder)")
     parser.add_argument("--device", default="cpu", type=torch_device, help="torch device, e.g. cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="pairs per generate call (default 8)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, help=f"pairs per generate call (default {DEFAULT_BATCH_SIZE})"
+    )
     parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
 
 
@@ -371,6 +374,11 @@ def add_progress_arguments(parser) -> None:
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar on stderr (default: when stderr is a terminal)",
     )
+
+
+def batch_size_of(args) -> int:
+    """--batch-size, or its default (see `add_device_arguments`)."""
+    return DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
 
 
 def show_progress(args) -> bool:
@@ -395,9 +403,11 @@ def _check_mask_option(model, args) -> None:
 
 
 def _caption_one_pair(args) -> int:
-    if args.out is not None or args.overwrite:
-        option = "--out" if args.out is not None else "--overwrite"
-        raise BatchInputError(f"{option} is for batch mode (two folders or a manifest); one pair prints its caption")
+    given = [option for option, value in (("--out", args.out), ("--overwrite", args.overwrite or None),
+                                          ("--batch-size", args.batch_size), ("--progress", args.progress))
+             if value is not None]
+    if given:
+        raise BatchInputError(f"{given[0]} is for batch mode (two folders or a manifest); one pair prints its caption")
     before, after = args.inputs
     for name, path in (("BEFORE", before), ("AFTER", after)):
         load_image(path, name=name)  # fail on bad input before the model loads
@@ -499,7 +509,7 @@ def _caption_batch(args) -> int:
 
     try:
         summary = caption_records(
-            records, caption_batch, out=out, batch_size=args.batch_size, progress=show_progress(args),
+            records, caption_batch, out=out, batch_size=batch_size_of(args), progress=show_progress(args),
             overwrite=args.overwrite, made_by=made_by(args.model, model, args),
         )
     except BatchInputError:

@@ -49,6 +49,7 @@ from .inference import (
     HubUnreachableError,
     add_device_arguments,
     add_progress_arguments,
+    batch_size_of,
     describe_changes,
     load_captioner,
     show_progress,
@@ -678,7 +679,7 @@ def _run_scene(args) -> int:
         model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
         summary = describe_scene(
             model, processor, args.before, args.after, args.out, tile_size=args.tile_size, overlap=args.overlap,
-            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bands=args.bands,
+            batch_size=batch_size_of(args), max_new_tokens=args.max_new_tokens, bands=args.bands,
             assume_aligned=args.assume_aligned, resampling=args.resampling,
             percentiles=HIGH_BIT_DEPTH_PERCENTILES if args.percentiles is None else tuple(args.percentiles),
             value_range=None if args.value_range is None else tuple(args.value_range),

@@ -367,3 +367,9 @@ def test_eval_options_that_would_be_ignored_are_refused(options, message, eval_f
     source = [] if "--human-agreement" in options else ["--predictions", str(predictions)]
     assert main(["eval", *source, "--references", str(references), *options]) == EXIT_BAD_INPUT
     assert message in error_of(capsys)
+
+
+@pytest.mark.parametrize("option", [["--batch-size", "4"], ["--progress"], ["--overwrite"]])
+def test_batch_options_on_one_pair_are_refused(option, example_pairs, tiny_checkpoint, capsys):
+    assert main(["caption", *example_pairs[0], "--model", str(tiny_checkpoint), *option]) == EXIT_BAD_INPUT
+    assert f"{option[0]} is for batch mode" in error_of(capsys)
