@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 from tqdm.auto import tqdm
 
 from .data import manifest_captions, read_manifest
-from .processing_rscc import RsccInputError
+from .errors import RsccInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 PARTIAL_SUFFIX = ".partial"
@@ -194,8 +194,9 @@ def _finished_ids(path: Path, records: list[PairRecord], made_by: dict | None) -
                 "that is not in this input; pass another --out or --overwrite to start again"
             )
         if line.get("made_by") != made_by:
+            earlier = line.get("made_by") or "an unrecorded model and options (an older rscc)"
             raise BatchInputError(
-                f"{path}, line {number}: pair {record.id!r} was captioned by {line.get('made_by')}, and this run "
+                f"{path}, line {number}: pair {record.id!r} was captioned by {earlier}, and this run "
                 f"would caption by {made_by}; captions of different models or options are not mixed. Rerun with "
                 "the earlier options, or pass another --out or --overwrite to start again"
             )
