@@ -18,6 +18,12 @@ The same script runs on any commit of the package (set RSCC_ROOT to a checkout, 
     RSCC_ROOT=/tmp/rscc_base python benchmarks/bad_input_campaign.py
 
 It needs a transformers under which the tiny model captions (5.23).
+
+Counts on two CPU cores, transformers 5.23, 83 cases (clear error / handled / unclear error / silent / ran away):
+
+    before issue 14 (0e9c600):  13 / 4 / 24 / 41 / 1
+    after:                      71 / 11 / 0 / 1 / 0   (the one silent case: `generate` without `pixel_values`,
+                                                       which modeling_rscc.py has to refuse)
 """
 
 import argparse
