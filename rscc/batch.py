@@ -17,15 +17,16 @@ from typing import Callable, Iterable, Iterator, TextIO
 from tqdm.auto import tqdm
 
 from .data import manifest_captions, read_manifest
+from .errors import RsccInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 PARTIAL_SUFFIX = ".partial"
 
-# Captions a list of [before, after] pairs (one batch), returning one caption per pair in order.
-CaptionBatchFunction = Callable[[list[list[str]]], list[str]]
+# Captions one batch of pairs, returning one caption per pair in order.
+CaptionBatchFunction = Callable[[list["PairRecord"]], list[str]]
 
 
-class BatchInputError(ValueError):
+class BatchInputError(RsccInputError):
     """A batch input (folder, manifest, image or output path) is not what batch captioning expects."""
 
 
@@ -47,13 +48,15 @@ class PairRecord:
     references: list[str] = field(default_factory=list)
     mask: str | None = None
 
-    def result_line(self, caption: str) -> dict:
-        """The JSON-lines record of this pair once captioned."""
+    def result_line(self, caption: str, made_by: dict | None = None) -> dict:
+        """The JSON-lines record of this pair once captioned, with what made the caption (`made_by`)."""
         line = {"id": self.id, "before": self.before, "after": self.after, "caption": caption}
         if self.references:
             line["references"] = self.references
         if self.mask:
             line["mask"] = self.mask
+        if made_by is not None:
+            line["made_by"] = made_by
         return line
 
 
@@ -178,15 +181,24 @@ def _finished_lines(path: Path) -> list[dict]:
     return lines
 
 
-def _finished_ids(path: Path, records: list[PairRecord]) -> set[str]:
+def _finished_ids(path: Path, records: list[PairRecord], made_by: dict | None) -> set[str]:
     by_id = {record.id: record for record in records}
     finished = set()
-    for line in _finished_lines(path):
+    for number, line in enumerate(_finished_lines(path), start=1):
+        if not isinstance(line, dict):
+            raise BatchInputError(f"{path}, line {number}: not a result object; pass another --out or --overwrite")
         record = by_id.get(line.get("id"))
         if record is None or (line.get("before"), line.get("after")) != (record.before, record.after):
             raise BatchInputError(
                 f"{path} holds a result for pair {line.get('id')!r} ({line.get('before')}, {line.get('after')}) "
                 "that is not in this input; pass another --out or --overwrite to start again"
+            )
+        if line.get("made_by") != made_by:
+            earlier = line.get("made_by") or "an unrecorded model and options (an older rscc)"
+            raise BatchInputError(
+                f"{path}, line {number}: pair {record.id!r} was captioned by {earlier}, and this run "
+                f"would caption by {made_by}; captions of different models or options are not mixed. Rerun with "
+                "the earlier options, or pass another --out or --overwrite to start again"
             )
         finished.add(record.id)
     return finished
@@ -213,11 +225,14 @@ def _write_batches(
     sink: TextIO,
     batch_size: int,
     progress_bar,
+    made_by: dict | None,
 ) -> None:
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
-        captions = caption_batch([[record.before, record.after] for record in batch])
-        sink.write("".join(json.dumps(record.result_line(caption)) + "\n" for record, caption in zip(batch, captions)))
+        captions = caption_batch(batch)
+        sink.write(
+            "".join(json.dumps(record.result_line(caption, made_by)) + "\n" for record, caption in zip(batch, captions))
+        )
         sink.flush()
         progress_bar.update(len(batch))
 
@@ -229,18 +244,21 @@ def caption_records(
     batch_size: int = 8,
     progress: bool = False,
     overwrite: bool = False,
+    made_by: dict | None = None,
 ) -> BatchSummary:
     """Caption pairs batch by batch into JSON lines, resuming an earlier run into the same `out`.
 
     Args:
         records (`list[PairRecord]`): the pairs, ids unique.
-        caption_batch (`CaptionBatchFunction`): captions one batch of `[before, after]` path pairs.
+        caption_batch (`CaptionBatchFunction`): captions one batch of records.
         out (`str` or `os.PathLike`, *optional*): the JSON-lines file. Results go to `OUT.partial` as they come and
             the file is renamed to `out` at the end; a rerun skips the pairs already in `OUT.partial` (or in `out`,
             when new pairs were added to the input). Without `out`, lines go to stdout and nothing is resumed.
         batch_size (`int`): pairs per `caption_batch` call.
         progress (`bool`): show a progress bar on stderr.
         overwrite (`bool`): ignore earlier results in `out` and `OUT.partial`.
+        made_by (`dict`, *optional*): what makes the captions (model, revision, options), written on every line; a
+            rerun resumes only lines made the same way and refuses to mix in others.
 
     Returns:
         [`BatchSummary`].
@@ -249,7 +267,7 @@ def caption_records(
         raise BatchInputError(f"--batch-size must be at least 1, got {batch_size}")
     if out is None:
         with tqdm(total=len(records), unit="pair", file=sys.stderr, disable=not progress) as progress_bar:
-            _write_batches(records, caption_batch, sys.stdout, batch_size, progress_bar)
+            _write_batches(records, caption_batch, sys.stdout, batch_size, progress_bar, made_by)
         return BatchSummary(total=len(records), captioned=len(records), resumed=0)
 
     out = Path(out)
@@ -258,13 +276,13 @@ def caption_records(
         partial.unlink(missing_ok=True)
     elif not partial.exists() and out.is_file():
         shutil.copyfile(out, partial)  # continue from a finished run whose input has grown
-    finished = _finished_ids(partial, records) if partial.exists() else set()
+    finished = _finished_ids(partial, records, made_by) if partial.exists() else set()
     pending = [record for record in records if record.id not in finished]
     try:
         with open(partial, "a", encoding="utf-8") as sink, tqdm(
             total=len(records), initial=len(finished), unit="pair", file=sys.stderr, disable=not progress
         ) as progress_bar:
-            _write_batches(pending, caption_batch, sink, batch_size, progress_bar)
+            _write_batches(pending, caption_batch, sink, batch_size, progress_bar, made_by)
     except BaseException:
         if partial.stat().st_size == 0:
             partial.unlink()  # nothing finished: nothing to resume from
@@ -273,19 +291,39 @@ def caption_records(
     return BatchSummary(total=len(records), captioned=len(pending), resumed=len(finished))
 
 
-def check_output_path(out: str) -> Path:
-    """Validate a batch output path and create its folder.
+def check_output_file(
+    path: str | os.PathLike | None, option: str, expected: str, inputs: Iterable[str | os.PathLike] = ()
+) -> Path:
+    """Validate an output file path before any work, and create its folder.
 
     Args:
-        out (`str`): the `--out` argument.
+        path: the option's value.
+        option (`str`): the option, for messages (`--out`).
+        expected (`str`): what the file is, for messages (`a .jsonl file path`).
+        inputs: the files the command reads; an output replacing one of them is refused.
+
+    Raises:
+        BatchInputError: an empty path, a folder, an input file, or a folder that cannot be created.
     """
-    if not out or not out.strip():
-        raise BatchInputError("--out is an empty path; expected a .jsonl file path")
-    path = Path(out)
+    if path is None or not str(path).strip():
+        raise BatchInputError(f"{option} is an empty path; expected {expected}")
+    path = Path(path)
     if path.is_dir():
-        raise BatchInputError(f"--out {path} is a folder; expected a .jsonl file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise BatchInputError(f"{option} {path} is a folder; expected {expected}")
+    for source in inputs:
+        if source is not None and path.resolve() == Path(source).resolve():
+            raise BatchInputError(f"{option} {path} is an input of this command; it would be overwritten. "
+                                  f"Expected {expected} of its own")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BatchInputError(f"{option} {path}: cannot create its folder ({error.strerror or error})") from None
     return path
+
+
+def record_paths(records: Iterable[PairRecord]) -> list[str]:
+    """Every file the records name (images and masks)."""
+    return [path for record in records for path in (record.before, record.after, record.mask) if path]
 
 
 __all__ = [
@@ -295,6 +333,7 @@ __all__ = [
     "pairs_from_folders",
     "pairs_from_manifest",
     "check_images_exist",
-    "check_output_path",
+    "check_output_file",
+    "record_paths",
     "caption_records",
 ]

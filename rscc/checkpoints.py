@@ -8,6 +8,7 @@ with the LLaVA-OneVision special tokens, LLaVA-OneVision's image processor, and 
 """
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import LlavaOnevisionImageProcessorPil, Qwen2Tokenizer
 
 from .captions import NO_CHANGE_SENTENCES
+from .cli import EXIT_BAD_INPUT, EXIT_OK
 from .configuration_rscc import RsccConfig
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import DEFAULT_CONVERSATION_TEMPLATE, DEFAULT_PROMPT, RsccProcessor
@@ -186,8 +188,13 @@ def add_cli(subparsers) -> None:
 
 
 def _run_tiny_checkpoint(args) -> int:
-    print(make_tiny_checkpoint(args.out, seed=args.seed))
-    return 0
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        print(f"rscc tiny-checkpoint: error: {out} exists and is not an empty folder; its files would be replaced. "
+              "Choose a new path", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(make_tiny_checkpoint(out, seed=args.seed))
+    return EXIT_OK
 
 
 __all__ = [

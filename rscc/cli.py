@@ -7,6 +7,7 @@ Each module in `SUBCOMMAND_MODULES` defines `add_cli(subparsers)`, which adds it
 
 import argparse
 import importlib
+import signal
 import sys
 
 # Subcommand -> the module that defines it.
@@ -19,6 +20,40 @@ SUBCOMMAND_MODULES = {
     "card": "rscc.hub",
     "publish": "rscc.hub",
 }
+
+
+# The exit codes of every command (README, "Errors").
+EXIT_OK = 0
+EXIT_INVALID_RECORDS = 1  # rscc data: records failed validation, every problem listed (nothing written)
+EXIT_BAD_INPUT = 2  # a file, option or model the command cannot use; also argparse's code for a bad command line
+EXIT_OUT_OF_MEMORY = 3
+EXIT_HUB = 4  # the Hugging Face Hub refused or could not be reached
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), the shell's 128 + 2
+EXIT_TERMINATED = 143  # SIGTERM, the shell's 128 + 15
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that a command cleans up (temporary outputs, resumable files) the same way."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def interrupted_exit_code(interrupt: KeyboardInterrupt) -> int:
+    """The exit code of a command stopped by Ctrl-C or SIGTERM."""
+    return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts and sizes (--batch-size, --max-new-tokens, --max-shard-size): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -37,7 +72,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
-    return args.run(args)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt as interrupt:  # commands without their own message; their finally blocks have run
+        print(f"rscc {args.command}: interrupted", file=sys.stderr)
+        return interrupted_exit_code(interrupt)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
 from rscc.captions import canonical_form, is_no_change_caption
-from rscc.processing_rscc import to_sentence_case
+from rscc.cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS, EXIT_OK, positive_int
+from rscc.errors import RsccInputError, read_text_file
+from rscc.processing_rscc import load_change_mask, pillow_truncates, to_sentence_case
 
 FEATURES = datasets.Features(
     {
@@ -60,6 +62,8 @@ FEATURES = datasets.Features(
 # An image given as a file path, or as already-encoded bytes {"bytes": ..., "path": file name} (rows of a built set).
 ImageSource = Union[str, os.PathLike, dict]
 
+# Classes a stored change mask may encode: LEVIR-MCI's three (0/128/255, or class ids 0/1/2), LEVIR-CD's two.
+MAX_MASK_CLASSES = 3
 # Small row groups let readers (and the Hub's dataset viewer) fetch a few pairs without reading 50 MB of images.
 ROWS_PER_ROW_GROUP = 100
 DEFAULT_MAX_SHARD_SIZE = 500 * 1024**2
@@ -108,7 +112,11 @@ class Problem:
         return f"{self.file}: [{self.id}] {self.kind}: {self.detail}"
 
 
-class InvalidRecordsError(ValueError):
+class DataInputError(RsccInputError):
+    """A source file (caption file, records, manifest) or an option of a build is not what rscc expects."""
+
+
+class InvalidRecordsError(RsccInputError):
     """Raised by a build that found invalid records; `problems` holds every one of them."""
 
     def __init__(self, problems: list[Problem], max_listed: int = 20):
@@ -185,12 +193,9 @@ _DUBAI_CC_NO_CHANGE = re.compile(
 
 def _read_json(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        return json.loads(read_text_file(path))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+        raise DataInputError(f"{path}: not valid JSON ({error})") from None
 
 
 def _karpathy_entries(path: Path) -> list:
@@ -198,11 +203,20 @@ def _karpathy_entries(path: Path) -> list:
     content = _read_json(path)
     entries = content.get("images") if isinstance(content, dict) else None
     if not isinstance(entries, list):
-        raise ValueError(f'{path}: expected a Karpathy-style caption file, {{"images": [...]}}')
+        raise DataInputError(f'{path}: expected a Karpathy-style caption file, {{"images": [...]}}')
     for position, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DataInputError(f"{path}: images[{position}] is a {type(entry).__name__}, not a JSON object")
         missing = [key for key in ("filename", "split", "sentences") if key not in entry]
         if missing:
-            raise ValueError(f"{path}: images[{position}] has no {', '.join(missing)}")
+            raise DataInputError(f"{path}: images[{position}] has no {', '.join(missing)}")
+        wrong = [key for key, kind in (("filename", str), ("split", str), ("sentences", list))
+                 if not isinstance(entry[key], kind)]
+        wrong += [f"sentences[{index}]" for index, sentence in enumerate(entry["sentences"])
+                  if not isinstance(sentence, dict) or not isinstance(sentence.get("raw", ""), str)]
+        if wrong:
+            raise DataInputError(f"{path}: images[{position}]: {', '.join(wrong)} not of the expected type "
+                                 '(filename and split: text; sentences: a list of {"raw": text})')
     return entries
 
 
@@ -285,25 +299,21 @@ def dubai_cc_records(captions_dir: Union[str, os.PathLike], images_dir: Union[st
 def _read_json_or_jsonl(path: Path) -> list:
     """Items of a JSON list or of a JSON Lines file, each with its position for error messages."""
     if path.suffix == ".jsonl":
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: file not found") from None
         items = []
-        for number, line in enumerate(lines, start=1):
+        for number, line in enumerate(read_text_file(path).splitlines(), start=1):
             if line.strip():
                 try:
                     items.append((f"line {number}", json.loads(line)))
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}: line {number} is not valid JSON ({error})") from None
+                    raise DataInputError(f"{path}: line {number} is not valid JSON ({error})") from None
     else:
         content = _read_json(path)
         if not isinstance(content, list):
-            raise ValueError(f"{path}: expected a JSON list of records")
+            raise DataInputError(f"{path}: expected a JSON list of records")
         items = [(f"[{position}]", item) for position, item in enumerate(content)]
     for where, item in items:
         if not isinstance(item, dict):
-            raise ValueError(f"{path}: {where} is not a JSON object")
+            raise DataInputError(f"{path}: {where} is not a JSON object")
     return items
 
 
@@ -325,7 +335,10 @@ def ccexpert_records(records_file: Union[str, os.PathLike], split: str = "train"
     for where, item in _read_json_or_jsonl(path):
         missing = [key for key in ("uid", "img1_path", "img2_path", "change_caption") if key not in item]
         if missing:
-            raise ValueError(f"{path}: {where} has no {', '.join(missing)}")
+            raise DataInputError(f"{path}: {where} has no {', '.join(missing)}")
+        not_text = [key for key in ("img1_path", "img2_path") if not isinstance(item[key], str)]
+        if not_text:
+            raise DataInputError(f"{path}: {where}: {', '.join(not_text)} must be a path (text)")
         captions = item["change_caption"]
         change_flag = item.get("change_flag")
         yield ChangeRecord(
@@ -344,36 +357,70 @@ MANIFEST_FIELDS = ("id", "split", "before", "after", "caption", "captions", "mas
 _NUMBERED_CAPTION = re.compile(r"^caption_\d+$")
 
 
+def _read_csv_rows(path: Path) -> tuple:
+    """(line, row) pairs and the header of a CSV manifest, every row read or a `DataInputError` naming the line.
+
+    A manifest cell is a path, an id, a flag or a one-sentence caption, so a cell spanning lines is a quote left
+    open: csv would otherwise swallow every later row into that one cell.
+    """
+    text = read_text_file(path, encoding="utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    rows, last_line = [], 1
+    try:
+        for row in reader:
+            breaks = sum(cell.count("\n") for cell in row.values() if isinstance(cell, str))
+            if breaks:
+                first = reader.line_num - breaks
+                raise DataInputError(
+                    f"{path}: line {first}: a cell runs over lines {first}-{reader.line_num}: a quote (\") is left "
+                    'open; close it, or double the quotes inside a quoted cell ("")'
+                )
+            rows.append((f"line {reader.line_num}", row))
+            last_line = reader.line_num
+    except csv.Error as error:
+        raise DataInputError(f"{path}: the row after line {last_line} is not valid CSV ({error}): a quote (\") may be "
+                             "left open") from None
+    columns = reader.fieldnames or []
+    repeated = sorted({column for column in columns if columns.count(column) > 1})
+    if repeated:  # csv.DictReader keeps the last cell of a repeated column and drops the others
+        raise DataInputError(f"{path}: line 1 names the column(s) {', '.join(map(repr, repeated))} more than once; "
+                             "number repeated captions caption_1, caption_2, ...")
+    for where, row in rows:
+        if None in row:  # csv.DictReader's key for cells beyond the header
+            raise DataInputError(f"{path}: {where} has more cells than the header has columns "
+                                 f"(quote captions that contain commas)")
+    return rows, columns
+
+
 def read_manifest(path: Path, require_captions: bool = True) -> list:
     """(line, row) pairs of a CSV or JSONL manifest; unknown columns are an error, since a misspelt optional
     column (say "msk") would otherwise be dropped without a word. Captions are optional for captioning runs."""
     if path.suffix == ".csv":
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as file:
-                reader = csv.DictReader(file)
-                rows = [(f"line {reader.line_num}", row) for row in reader]
-                columns = reader.fieldnames or []
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: file not found") from None
-        for where, row in rows:
-            if None in row:  # csv.DictReader's key for cells beyond the header
-                raise ValueError(f"{path}: {where} has more cells than the header has columns "
-                                 f"(quote captions that contain commas)")
+        rows, columns = _read_csv_rows(path)
     elif path.suffix == ".jsonl":
         rows = _read_json_or_jsonl(path)
         columns = sorted({key for _, row in rows for key in row})
+        for where, row in rows:
+            wrong = [key for key in ("before", "after", "mask", "split", "caption")
+                     if row.get(key) is not None and not isinstance(row[key], str)]
+            captions = row.get("captions")
+            if captions is not None and not (isinstance(captions, str) or (
+                    isinstance(captions, list) and all(isinstance(caption, str) for caption in captions))):
+                wrong.append("captions")
+            if wrong:
+                raise DataInputError(f"{path}: {where}: {', '.join(wrong)} must be text (captions: a list of text)")
     else:
-        raise ValueError(f"{path}: a manifest must be a .csv or a .jsonl file")
+        raise DataInputError(f"{path}: a manifest must be a .csv or a .jsonl file")
     unknown = [c for c in columns if c not in MANIFEST_FIELDS and not _NUMBERED_CAPTION.match(c or "")]
     if unknown:
-        raise ValueError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; expected "
+        raise DataInputError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; expected "
                          f"{', '.join(MANIFEST_FIELDS)} or caption_1, caption_2, ...")
     missing = [c for c in ("before", "after") if c not in columns]
     has_captions = any(c in ("caption", "captions") or _NUMBERED_CAPTION.match(c) for c in columns)
     if missing or (require_captions and not has_captions):
         needed = "before, after and caption (or captions, or caption_1, caption_2, ...)" if require_captions else (
             "before and after")
-        raise ValueError(f"{path}: a manifest needs the columns {needed}")
+        raise DataInputError(f"{path}: a manifest needs the columns {needed}")
     return rows
 
 
@@ -440,7 +487,7 @@ class MixtureComponent:
         """Parse `PATH:SPLIT:FACTOR`, e.g. `out/levir_cc:train:6`."""
         parts = spec.rsplit(":", 2)
         if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
-            raise ValueError(f"mixture source {spec!r}: expected PATH:SPLIT:FACTOR with FACTOR a positive integer")
+            raise DataInputError(f"mixture source {spec!r}: expected PATH:SPLIT:FACTOR with FACTOR a positive integer")
         return cls(parts[0], parts[1], int(parts[2]))
 
 
@@ -457,7 +504,7 @@ def mixture_records(components: Iterable[MixtureComponent], split: str = "train"
         if component.factor < 1:
             raise ValueError(f"{component.path}: mixture factor must be at least 1, got {component.factor}")
         # Streaming reads the Parquet shards directly instead of converting each source into the Arrow cache first.
-        rows = datasets.load_dataset(component.path, split=component.split, streaming=True)
+        rows = _load_built_dataset(component.path, split=component.split, streaming=True)
         missing = [name for name in FEATURES if rows.features is not None and name not in rows.features]
         if missing:
             raise ValueError(f"{component.path}: not a change-captioning dataset of this schema "
@@ -515,15 +562,35 @@ def _load_image(source: ImageSource) -> tuple:
     try:
         with Image.open(io.BytesIO(data)) as image:
             size = image.size
+            if pillow_truncates(image):
+                raise _ImageProblem(
+                    "16-bit colour image", file, "training decodes images with Pillow, which keeps only the high "
+                    "byte of each 16-bit colour band (a black image); convert it to 8 bits first")
             # PNG's verify() checks the CRC of every chunk, which catches truncated and corrupted files without
             # decoding pixels (about 20x faster); other formats have no such check, so they are decoded.
             if image.format == "PNG":
                 image.verify()
             else:
                 image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise _ImageProblem("unreadable image", file, f"not a readable image ({error})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError) as error:
+        raise _ImageProblem("unreadable image", file, f"not an image Pillow can read ({error})") from None
+    if size[0] == 0 or size[1] == 0:
+        raise _ImageProblem("unreadable image", file, f"image of {size[0]} x {size[1]} pixels has no pixels")
     return {"bytes": data, "path": name}, file, size
+
+
+def _check_mask_values(encoded: dict) -> None:
+    """Raise `_ImageProblem` unless the mask's values are an encoding the change head reads (`load_change_mask`,
+    up to LEVIR-MCI's three classes)."""
+    try:
+        load_change_mask(Image.open(io.BytesIO(encoded["bytes"])), name="mask", num_classes=MAX_MASK_CLASSES)
+    except RsccInputError as error:
+        raise _ImageProblem("bad mask values", encoded["path"], str(error)) from None
+
+
+def _has_words(caption: str) -> bool:
+    """Whether a caption says anything once whitespace and punctuation are gone ("." and " , " say nothing)."""
+    return any(character.isalnum() for character in caption)
 
 
 def _check_record(record: ChangeRecord) -> tuple:
@@ -543,9 +610,10 @@ def _check_record(record: ChangeRecord) -> tuple:
     captions = [" ".join(caption.split()) if isinstance(caption, str) else "" for caption in captions]
     if not captions:
         report("empty caption", record.origin, f"no captions (got {record.captions!r})")
-    elif not all(captions):
-        empty = [str(index) for index, caption in enumerate(captions) if not caption]
-        report("empty caption", record.origin, f"caption(s) {', '.join(empty)} of {len(captions)} empty or not text")
+    elif not all(map(_has_words, captions)):
+        empty = [str(index) for index, caption in enumerate(captions) if not _has_words(caption)]
+        report("empty caption", record.origin,
+               f"caption(s) {', '.join(empty)} of {len(captions)} empty, punctuation only or not text")
     change_flag = record.change_flag
     if change_flag is None:
         change_flag = 0 if captions and all(map(is_no_change_caption, captions)) else 1
@@ -569,6 +637,11 @@ def _check_record(record: ChangeRecord) -> tuple:
         (_, _, image_size), (_, mask_file, mask_size) = images["before"], images["change_mask"]
         report("mask size mismatch", mask_file,
                f"mask is {mask_size[0]}x{mask_size[1]} but the images are {image_size[0]}x{image_size[1]}")
+    elif "change_mask" in images:
+        try:
+            _check_mask_values(images["change_mask"][0])
+        except _ImageProblem as problem:
+            report(problem.kind, images["change_mask"][1], problem.detail)
     if problems:
         return None, problems
     row = {
@@ -663,6 +736,26 @@ def _checked(records: Iterable[ChangeRecord], num_workers: int) -> Iterator[tupl
             yield record, future.result()
 
 
+# What a build writes into its folder; --overwrite replaces only folders holding nothing else.
+_BUILD_OUTPUTS = ("README.md", "data")
+
+
+def _check_replaceable(out_dir: Path, inputs: Iterable[Union[str, os.PathLike]]) -> None:
+    """Refuse to replace `out_dir` when it is or holds an input, or holds anything a build does not write."""
+    folder = out_dir.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if source == folder or folder in source.parents:
+            raise DataInputError(f"--out {out_dir} holds the input {source}; --overwrite would delete it. "
+                                 "Write the dataset to another folder")
+    foreign = [path.name for path in out_dir.iterdir() if path.name not in _BUILD_OUTPUTS]
+    foreign += [f"data/{path.name}" for path in (out_dir / "data").glob("*") if path.suffix != ".parquet"]
+    if foreign or not (out_dir / "data").is_dir() and any(out_dir.iterdir()):
+        shown = ", ".join(sorted(foreign)[:5]) or "no data/ folder"
+        raise DataInputError(f"--out {out_dir} holds files that rscc data did not write ({shown}); --overwrite only "
+                             "replaces a dataset folder built by rscc data. Write the dataset to another folder")
+
+
 def _split_sort_key(split: str) -> tuple:
     return (_SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER), split)
 
@@ -678,6 +771,7 @@ def build_dataset(
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     num_workers: int = 2,
     mixture: Optional[list] = None,
+    inputs: Iterable[Union[str, os.PathLike]] = (),
 ) -> BuildSummary:
     """Validate every record, then write Parquet shards per split and a dataset card to `out_dir`.
 
@@ -693,15 +787,22 @@ def build_dataset(
         pretty_name: Title of the card; defaults to the sources' names.
         license: Hub license id for the card; defaults to the sources' licence when known, else "unknown".
         skip_invalid: Leave invalid records out (listed in the card) instead of failing.
-        overwrite: Replace an existing non-empty `out_dir`.
+        overwrite: Replace an existing non-empty `out_dir`, which must hold only what a build writes (a card and
+            `data/*.parquet`) and none of `inputs`.
         max_shard_size: Approximate maximum bytes of image data per Parquet shard.
         num_workers: Threads reading and checking images while the main thread writes.
         mixture: The components of a mixture, recorded in the card.
+        inputs: The source files and folders read (caption files, manifests, image folders, datasets mixed):
+            `overwrite` never replaces a folder that is or holds one of them.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir}: folder exists and is not empty (pass overwrite=True / --overwrite)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataInputError(f"--out {out_dir} is a file; expected a dataset folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir}: folder exists and is not empty (pass overwrite=True / --overwrite)")
+        _check_replaceable(out_dir, inputs)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build next to the destination and move it in place at the end, so a failed build leaves nothing behind.
     work_dir = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
@@ -739,6 +840,7 @@ def build_dataset(
             writer.close()
         _write_card(work_dir, writers, problems, pretty_name=pretty_name, license=license, mixture=mixture)
         if out_dir.exists():
+            _check_replaceable(out_dir, inputs)  # again: it may have changed during the build
             shutil.rmtree(out_dir)
         work_dir.rename(out_dir)
     finally:
@@ -858,6 +960,16 @@ def _write_card(folder: Path, writers: dict, skipped: list, *, pretty_name: Opti
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _load_built_dataset(path_or_repo: str, split: Optional[str], **load_kwargs):
+    """`datasets.load_dataset`, with a missing folder or split named as such (not as a Hub failure)."""
+    try:
+        return datasets.load_dataset(path_or_repo, split=split, **load_kwargs)
+    except (FileNotFoundError, ConnectionError, ValueError) as error:  # DatasetNotFoundError is one
+        where = ("" if Path(path_or_repo).exists()
+                 else "no such local folder, and not a dataset the Hugging Face Hub has or could be asked for: ")
+        raise DataInputError(f"dataset {path_or_repo} (split {split!r}): {where}{error}") from None
+
+
 def load_change_dataset(path_or_repo: Union[str, os.PathLike], split: Optional[str] = None, **load_kwargs
                         ) -> Union[datasets.Dataset, datasets.DatasetDict]:
     """Load a dataset built by this module (a local folder or a Hub dataset repo).
@@ -867,7 +979,7 @@ def load_change_dataset(path_or_repo: Union[str, os.PathLike], split: Optional[s
         split: One split ("train", "validation", "test"); None returns a `DatasetDict` of all.
         **load_kwargs: Passed to `datasets.load_dataset` (e.g. `cache_dir`, `revision`, `streaming`).
     """
-    dataset = datasets.load_dataset(os.fspath(path_or_repo), split=split, **load_kwargs)
+    dataset = _load_built_dataset(os.fspath(path_or_repo), split=split, **load_kwargs)
     features = dataset.features if split is not None else next(iter(dataset.values())).features
     missing = [name for name in FEATURES if features is not None and name not in features]
     if missing:
@@ -960,7 +1072,8 @@ def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.add_argument("--pretty-name", help="title of the dataset card")
     parser.add_argument("--license", help="Hub license id for the card (default: the source's, else 'unknown')")
-    parser.add_argument("--max-shard-size", type=int, default=DEFAULT_MAX_SHARD_SIZE // 1024**2, metavar="MB",
+    parser.add_argument("--max-shard-size", type=positive_int, default=DEFAULT_MAX_SHARD_SIZE // 1024**2,
+                        metavar="MB",
                         help="approximate maximum size of a Parquet shard (default: %(default)s)")
 
 
@@ -979,25 +1092,40 @@ def _records_for(args: argparse.Namespace, mixture: Optional[list]) -> Iterable[
     return mixture_records(mixture, args.split)
 
 
+def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
+    """The files and folders a `rscc data` command reads, which its --out must never replace."""
+    if args.data_command == "levir-cc":
+        return [args.root, *([args.captions] if args.captions else [])]
+    if args.data_command == "dubai-cc":
+        return [args.captions, args.images]
+    if args.data_command == "ccexpert":
+        paths = [path for _, path in map(_split_and_path, args.records)]
+        return paths + [args.image_root or path.parent for path in paths]
+    if args.data_command == "manifest":
+        paths = [path for _, path in map(_split_and_path, args.manifest)]
+        return paths + [path.parent for path in paths]
+    return [component.path for component in mixture if Path(component.path).exists()]
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         mixture = [MixtureComponent.parse(spec) for spec in args.source] if args.data_command == "mix" else None
         summary = build_dataset(
             _records_for(args, mixture), args.out, pretty_name=args.pretty_name, license=args.license,
             skip_invalid=args.skip_invalid, overwrite=args.overwrite, max_shard_size=args.max_shard_size * 1024**2,
-            mixture=mixture,
+            mixture=mixture, inputs=_inputs_of(args, mixture),
         )
     except InvalidRecordsError as error:
         # Every problem, then the summary last so that it is what a terminal shows.
         for problem in error.problems:
             print(problem, file=sys.stderr)
         print(f"\nrscc data {args.data_command}: build failed.\n{error}", file=sys.stderr)
-        return 1
+        return EXIT_INVALID_RECORDS
     except (OSError, ValueError) as error:
         print(f"rscc data {args.data_command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(summary)
-    return 0
+    return EXIT_OK
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

@@ -24,13 +24,13 @@ from transformers import AutoConfig
 
 from .compat_rscc import TESTED_TRANSFORMERS, TRANSFORMERS_REQUIREMENT
 from .configuration_rscc import RsccConfig
-from .inference import DEFAULT_MODEL, EXIT_BAD_INPUT, EXIT_OK
+from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK
+from .inference import DEFAULT_MODEL, ModelLoadError, check_model_folder
 from . import pipeline_rscc
 from .modeling_rscc import RsccForConditionalGeneration
-from .processing_rscc import RsccProcessor
+from .processing_rscc import RsccInputError, RsccProcessor
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "template.md"
-EXIT_HUB_ERROR = 4
 LICENSE = "apache-2.0"  # the base model's (LLaVA-OneVision-0.5B: SigLIP and Qwen2, Apache-2.0)
 PIPELINE_TAG = "image-text-to-text"
 TASK_NAME = "Remote sensing change captioning"
@@ -52,7 +52,7 @@ REQUIRED_CARD_METADATA = ("license", "library_name", "pipeline_tag", "tags", "ba
 HUB_ERRORS = (HfHubHTTPError, *HfHubHTTPError.__bases__)
 
 
-class HubInputError(ValueError):
+class HubInputError(RsccInputError):
     """An input of `rscc card` or `rscc publish` (evaluation JSON, folder, path, repo id) is not as expected."""
 
 
@@ -258,12 +258,13 @@ def _check_rscc_folder(folder: str | os.PathLike) -> RsccConfig:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise HubInputError(f"FOLDER {folder}: no config.json; expected a folder saved by rscc (save_pretrained)")
-    config = AutoConfig.from_pretrained(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:  # a config.json that is not JSON, or not a config
+        raise HubInputError(f"FOLDER {folder}: config.json cannot be read ({error})") from None
     if config.model_type != RsccConfig.model_type:
         raise HubInputError(f"FOLDER {folder} holds a '{config.model_type}' model; expected an rscc checkpoint")
-    weights = list(folder.glob("*.safetensors")) + list(folder.glob("*.bin"))
-    if not weights:
-        raise HubInputError(f"FOLDER {folder}: no weights (*.safetensors or *.bin)")
+    check_model_folder(folder)
     return config
 
 
@@ -284,8 +285,11 @@ def assemble_hub_folder(folder: str | os.PathLike, out: str | os.PathLike, card:
     _check_rscc_folder(folder)
     out = _check_new_folder(out)
     validate_model_card(card)
-    model = RsccForConditionalGeneration.from_pretrained(folder, dtype="auto")
-    processor = RsccProcessor.from_pretrained(folder)
+    try:
+        model = RsccForConditionalGeneration.from_pretrained(folder, dtype="auto")
+        processor = RsccProcessor.from_pretrained(folder)
+    except Exception as error:  # whatever transformers or safetensors raise on broken weights or processor files
+        raise ModelLoadError(f"FOLDER {folder} cannot be loaded: {type(error).__name__}: {error}") from error
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     temporary.chmod(0o755)  # mkdtemp's folder is private; the result is meant to be shared
     model.config.custom_pipelines = pipeline_rscc.CUSTOM_PIPELINES
@@ -400,7 +404,7 @@ def _run_card(args) -> int:
             os.replace(temporary, out)
         finally:
             Path(temporary).unlink(missing_ok=True)
-    except (HubInputError, OSError) as error:
+    except (RsccInputError, OSError) as error:
         print(f"rscc card: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(out)
@@ -414,13 +418,13 @@ def _run_publish(args) -> int:
             args.folder, args.repo_id, _card_from_args(args, config), out=args.out, private=args.private,
             dry_run=args.dry_run,
         )
-    except HubInputError as error:
+    except RsccInputError as error:
         print(f"rscc publish: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except HUB_ERRORS as error:
         kept = f" (the assembled folder is kept in {args.out})" if args.out else ""
         print(f"rscc publish: error: the Hub upload failed: {error}{kept}", file=sys.stderr)
-        return EXIT_HUB_ERROR
+        return EXIT_HUB
     print(result.url or result.folder)
     return EXIT_OK
 

@@ -21,22 +21,62 @@ from .batch import (
     PairRecord,
     caption_records,
     check_images_exist,
-    check_output_path,
+    check_output_file,
     pairs_from_folders,
     pairs_from_manifest,
+    record_paths,
+)
+from .cli import (
+    EXIT_BAD_INPUT,
+    EXIT_HUB,
+    EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
+    interrupted_exit_code,
+    positive_int,
 )
 from .modeling_rscc import RsccForConditionalGeneration
-from .processing_rscc import RsccProcessor, load_image
+from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
 
 logger = logging.get_logger(__name__)
 
 # Zero-shot default until a fine-tuned rscc checkpoint is published: LLaVA-OneVision-0.5B with the rscc prompt.
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 DEFAULT_MAX_NEW_TOKENS = 64  # LEVIR-CC's longest caption has 39 words
+DEFAULT_BATCH_SIZE = 8
+MAX_CHANGE_CLASSES = 3  # LEVIR-MCI's: the most classes a change mask given on the command line may encode
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(RsccInputError):
     """The model is neither a local folder nor reachable on the Hub."""
+
+
+class ModelLoadError(RsccInputError):
+    """A model folder (or Hub repo) that does not hold a loadable rscc or LLaVA-OneVision checkpoint."""
+
+
+class HubUnreachableError(RuntimeError):
+    """The Hugging Face Hub could not be reached, or failed, while a model was downloaded."""
+
+
+# Files a checkpoint folder needs, as alternatives; from_pretrained would otherwise fail deep inside, or worse, load
+# (a folder without tokenizer.json gets a tokenizer whose image token is not the model's).
+MODEL_FOLDER_FILES = {
+    "config": ("config.json",),
+    "weights": (
+        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+    ),
+    "tokenizer": ("tokenizer.json", "vocab.json"),
+    "image processor settings": ("processor_config.json", "preprocessor_config.json"),
+}
+
+
+def check_model_folder(folder: Path) -> None:
+    """Fail naming the files a checkpoint folder lacks (see `MODEL_FOLDER_FILES`)."""
+    missing = [f"{part} ({' or '.join(names)})" for part, names in MODEL_FOLDER_FILES.items()
+               if not any((folder / name).is_file() for name in names)]
+    if missing:
+        raise ModelLoadError(f"model folder {folder} lacks its {', '.join(missing)}; expected a complete checkpoint "
+                             "(save_pretrained of the model and the processor)")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -48,9 +88,19 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
+def _looks_like_a_path(model_id_or_path: str) -> bool:
+    # Hub ids are NAME or OWNER/NAME; these can only be paths.
+    return model_id_or_path.startswith((".", "/", "~")) or model_id_or_path.count("/") > 1 or "\\" in model_id_or_path
+
+
 def _check_available(model_id_or_path: str) -> None:
     if Path(model_id_or_path).is_dir():
+        check_model_folder(Path(model_id_or_path))
         return
+    if Path(model_id_or_path).exists() or _looks_like_a_path(model_id_or_path):
+        what = "is a file" if Path(model_id_or_path).exists() else "does not exist"
+        raise ModelNotAvailableError(f"model folder {model_id_or_path} {what}; expected a checkpoint folder or a "
+                                     "Hub id (OWNER/NAME)")
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(model_id_or_path, "config.json"), str):
@@ -96,18 +146,57 @@ def load_captioner(
         `(model, processor)`, the model in eval mode.
     """
     _check_available(model_id_or_path)
-    model_type = AutoConfig.from_pretrained(model_id_or_path).model_type
-    if model_type == "llava_onevision":
-        model = RsccForConditionalGeneration.from_llava_onevision(
-            model_id_or_path, use_difference_integration=False, from_pretrained_kwargs={"dtype": dtype}
-        )
-        processor = RsccProcessor.from_llava_onevision(model_id_or_path)
-    elif model_type == "rscc":
-        model = RsccForConditionalGeneration.from_pretrained(model_id_or_path, dtype=dtype)
-        processor = RsccProcessor.from_pretrained(model_id_or_path)
-    else:
-        raise ValueError(f"{model_id_or_path} holds a '{model_type}' model; expected an rscc or llava_onevision one")
+    try:
+        model_type = AutoConfig.from_pretrained(model_id_or_path).model_type
+        if model_type == "llava_onevision":
+            model = RsccForConditionalGeneration.from_llava_onevision(
+                model_id_or_path, use_difference_integration=False, from_pretrained_kwargs={"dtype": dtype}
+            )
+            processor = RsccProcessor.from_llava_onevision(model_id_or_path)
+        elif model_type == "rscc":
+            model, loading = RsccForConditionalGeneration.from_pretrained(
+                model_id_or_path, dtype=dtype, output_loading_info=True
+            )
+            # Weights missing from the file would be left at random values without a word.
+            absent = [*loading["missing_keys"], *(key for key, *_ in loading["mismatched_keys"])]
+            if absent:
+                raise ModelLoadError(
+                    f"model {model_id_or_path}: {len(absent)} weight(s) missing from its weights or of another shape "
+                    f"than its config.json says (first: {', '.join(sorted(absent)[:3])})"
+                )
+            processor = RsccProcessor.from_pretrained(model_id_or_path)
+        else:
+            raise ModelLoadError(
+                f"{model_id_or_path} holds a '{model_type}' model; expected an rscc or llava_onevision one"
+            )
+    except (RsccInputError, torch.OutOfMemoryError):
+        raise
+    except Exception as error:  # whatever transformers, safetensors or the tokenizer raise on a broken folder
+        if not Path(model_id_or_path).is_dir() and _is_connection_error(error):
+            raise HubUnreachableError(f"model {model_id_or_path}: the Hugging Face Hub failed ({error})") from error
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelLoadError(
+            f"model {model_id_or_path} cannot be loaded: {type(error).__name__}: {message[:500]}"
+        ) from error
     return model.to(device).eval(), match_change_classes(model, processor)
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    """Whether a loading error (or one of its causes) is the network's or the Hub server's, not the model's."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    while error is not None:
+        if isinstance(error, (RepositoryNotFoundError, RevisionNotFoundError)):
+            return False
+        network_library = type(error).__module__.split(".")[0] in ("requests", "httpx", "httpcore", "urllib3")
+        if isinstance(error, (ConnectionError, TimeoutError)) or (
+            network_library and any(word in type(error).__name__ for word in ("Connect", "Timeout"))
+        ):
+            return True
+        if isinstance(error, HfHubHTTPError) and (error.response is None or error.response.status_code >= 500):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @dataclass
@@ -157,7 +246,13 @@ def describe_changes(
         `list[ChangeDescription]`, one per pair, in order.
     """
     if change_masks is not None and len(change_masks) != len(pairs):
-        raise ValueError(f"change_masks: expected one entry per pair ({len(pairs)}), got {len(change_masks)}")
+        raise RsccInputError(f"change_masks: expected one entry per pair ({len(pairs)}), got {len(change_masks)}")
+    if change_masks is not None and any(mask is not None for mask in change_masks) and not uses_input_masks(
+            model.config):
+        raise RsccInputError(
+            "change_masks: this model's token filter does not take input masks (change_filter="
+            f"{getattr(model.config, 'change_filter', 'none')!r}); they would be ignored"
+        )
     generate_kwargs.setdefault("do_sample", False)
     config = model.config
     has_change_head = getattr(config, "use_change_head", False)
@@ -229,11 +324,28 @@ def caption_pairs(
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Exit codes of the commands that caption (documented in their --help).
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_OUT_OF_MEMORY = 3
-EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+
+
+def torch_device(text: str) -> str:
+    """argparse type of --device: a device this torch build has."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device ({error}); expected cpu, cuda, cuda:1, mps")
+    available = {
+        "cpu": lambda: True,
+        "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": lambda: torch.backends.mps.is_available(),
+    }
+    if device.type not in available:
+        raise argparse.ArgumentTypeError(f"{text!r}: rscc runs on cpu, cuda or mps devices")
+    if not available[device.type]():
+        count = torch.cuda.device_count() if device.type == "cuda" else 0
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: this machine's torch {torch.__version__} has no such device "
+            f"({count} CUDA device(s)); use --device cpu"
+        )
+    return text
 
 
 def add_device_arguments(parser) -> None:
@@ -244,10 +356,12 @@ def add_device_arguments(parser) -> None:
         parser (`argparse.ArgumentParser`): the subcommand's parser.
     """
     parser.add_argument("--model", default=DEFAULT_MODEL, help="rscc or LLaVA-OneVision checkpoint (Hub id or folder)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    parser.add_argument("--device", default="cpu", type=torch_device, help="torch device, e.g. cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
-    parser.add_argument("--batch-size", type=int, default=8, help="pairs per generate call (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument(
+        "--batch-size", type=positive_int, help=f"pairs per generate call (default {DEFAULT_BATCH_SIZE})"
+    )
+    parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
 
 
 def add_progress_arguments(parser) -> None:
@@ -262,22 +376,47 @@ def add_progress_arguments(parser) -> None:
     )
 
 
+def batch_size_of(args) -> int:
+    """--batch-size, or its default (see `add_device_arguments`)."""
+    return DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
+
+
 def show_progress(args) -> bool:
     """Whether to draw a progress bar for `args` (see `add_progress_arguments`)."""
     return sys.stderr.isatty() if args.progress is None else args.progress
 
 
+def uses_input_masks(config) -> bool:
+    """Whether a model's token filter takes change masks given with the pairs (otherwise they would do nothing)."""
+    return getattr(config, "change_filter", "none") != "none" and getattr(config, "change_mask_source", None) == "input"
+
+
+def _check_mask_option(model, args) -> None:
+    if args.mask is not None and not uses_input_masks(model.config):
+        raise BatchInputError(
+            f"--mask: the model {args.model} does not use an input change mask (change_filter="
+            f"{getattr(model.config, 'change_filter', 'none')!r}, change_mask_source="
+            f"{getattr(model.config, 'change_mask_source', None)!r}); it would be ignored. Leave --mask out"
+        )
+    if args.mask_out is not None and not getattr(model.config, "use_change_head", False):
+        raise BatchInputError(f"--mask-out: the model {args.model} has no change-detection head to predict a mask")
+
+
 def _caption_one_pair(args) -> int:
-    if args.out is not None:
-        raise BatchInputError("--out is for batch mode (two folders or a manifest); one pair prints its caption")
+    given = [option for option, value in (("--out", args.out), ("--overwrite", args.overwrite or None),
+                                          ("--batch-size", args.batch_size), ("--progress", args.progress))
+             if value is not None]
+    if given:
+        raise BatchInputError(f"{given[0]} is for batch mode (two folders or a manifest); one pair prints its caption")
     before, after = args.inputs
     for name, path in (("BEFORE", before), ("AFTER", after)):
         load_image(path, name=name)  # fail on bad input before the model loads
-    if args.mask is not None and not Path(args.mask).is_file():
-        raise BatchInputError(f"--mask: file not found: {args.mask}")
+    if args.mask is not None:
+        load_change_mask(args.mask, name="--mask", num_classes=MAX_CHANGE_CLASSES)
+    if args.mask_out is not None:
+        check_output_file(args.mask_out, "--mask-out", "a .png file path", inputs=[before, after, args.mask])
     model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
-    if args.mask_out is not None and not getattr(model.config, "use_change_head", False):
-        raise BatchInputError(f"--mask-out: the model {args.model} has no change-detection head to predict a mask")
+    _check_mask_option(model, args)
     (description,) = describe_changes(
         model,
         processor,
@@ -331,19 +470,47 @@ def _batch_records(inputs: list[str]) -> list[PairRecord]:
     return pairs_from_manifest(manifest)
 
 
+def made_by(model_id_or_path: str, model, args) -> dict:
+    """What makes a run's captions, recorded on every result line: the model (a folder as its absolute path, with
+    the Hub commit when it came from the Hub) and the options that change captions."""
+    local = Path(model_id_or_path).is_dir()
+    return {
+        "model": str(Path(model_id_or_path).resolve()) if local else model_id_or_path,
+        "revision": getattr(model.config, "_commit_hash", None),
+        "max_new_tokens": args.max_new_tokens,
+        "dtype": args.dtype,
+    }
+
+
 def _caption_batch(args) -> int:
+    for option, value in (("--mask", args.mask), ("--mask-out", args.mask_out), ("--json", args.json or None)):
+        if value is not None:
+            raise BatchInputError(f"{option} is for one pair; in batch mode give masks in a manifest's mask column "
+                                  "and read the JSON lines of --out")
     records = _batch_records(args.inputs)
     check_images_exist(records)
-    out = None if args.out is None else check_output_path(args.out)
+    inputs = [*args.inputs, *record_paths(records)]
+    out = None if args.out is None else check_output_file(args.out, "--out", "a .jsonl file path", inputs=inputs)
+    if out is not None:
+        check_output_file(f"{out}{PARTIAL_SUFFIX}", "--out", "a .jsonl file path", inputs=inputs)
     model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    with_masks = [record for record in records if record.mask]
+    masks_used = bool(with_masks) and uses_input_masks(model.config)
+    if with_masks and not masks_used:
+        print(f"rscc caption: note: the manifest's mask column is copied to the output, not used: the model "
+              f"{args.model} has no token filter that takes input masks", file=sys.stderr)
 
-    def caption_batch(pairs: list[list[str]]) -> list[str]:
-        return caption_pairs(model, processor, pairs, batch_size=len(pairs), max_new_tokens=args.max_new_tokens)
+    def caption_batch(batch: list[PairRecord]) -> list[str]:
+        return caption_pairs(
+            model, processor, [[record.before, record.after] for record in batch], batch_size=len(batch),
+            max_new_tokens=args.max_new_tokens,
+            change_masks=[record.mask for record in batch] if masks_used else None,
+        )
 
     try:
         summary = caption_records(
-            records, caption_batch, out=out, batch_size=args.batch_size, progress=show_progress(args),
-            overwrite=args.overwrite,
+            records, caption_batch, out=out, batch_size=batch_size_of(args), progress=show_progress(args),
+            overwrite=args.overwrite, made_by=made_by(args.model, model, args),
         )
     except BatchInputError:
         raise
@@ -363,22 +530,23 @@ def _run_caption(args) -> int:
     try:
         if len(args.inputs) > 2:
             raise BatchInputError(f"expected BEFORE AFTER, two folders or one manifest; got {len(args.inputs)} paths")
-        if args.batch_size < 1:
-            raise BatchInputError(f"--batch-size must be at least 1, got {args.batch_size}")
         if len(args.inputs) == 2 and any(Path(path).is_dir() for path in args.inputs) and not is_batch:
             raise BatchInputError("BEFORE and AFTER must both be image files or both be folders")
         return _caption_batch(args) if is_batch else _caption_one_pair(args)
-    except (ModelNotAvailableError, FileNotFoundError, ValueError) as error:
+    except (RsccInputError, FileNotFoundError) as error:
         print(f"rscc caption: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except HubUnreachableError as error:
+        print(f"rscc caption: error: {error}", file=sys.stderr)
+        return EXIT_HUB
     except torch.OutOfMemoryError:
         resume = "; finished pairs are kept, rerun to resume" if is_batch and args.out else ""
         print(f"rscc caption: error: out of memory on {args.device}; lower --batch-size{resume}", file=sys.stderr)
         return EXIT_OUT_OF_MEMORY
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         resume = "; finished pairs are kept, rerun the same command to resume" if is_batch and args.out else ""
         print(f"rscc caption: interrupted{resume}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupted_exit_code(interrupt)
 
 
 def add_cli(subparsers) -> None:
@@ -392,14 +560,19 @@ def add_cli(subparsers) -> None:
         "mask]}, to --out (or stdout), batching on the device; rerunning an interrupted command into the same --out "
         "captions only the pairs not done yet. "
         f"Without --model, {DEFAULT_MODEL} runs zero-shot with the rscc prompt (no fine-tuned rscc checkpoint is "
-        "published yet). Exit codes: 0 success; 2 bad input (missing or unreadable file, bad manifest, model not "
-        "available); 3 out of device memory; 130 interrupted. After 3 or 130 finished pairs are kept in "
-        "OUT.partial and the same command resumes.",
+        "published yet). Every line records what made it (made_by: model, revision, options); a rerun with another "
+        "model or options is refused rather than mixed. Exit codes: 0 success; 2 bad input (missing or unreadable "
+        "file, bad manifest, bad option, model folder missing, incomplete or unloadable); 3 out of device memory; "
+        "4 the Hugging Face Hub failed; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). After 3, 130 or 143 "
+        "finished pairs are kept in OUT.partial and the same command resumes.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="BEFORE AFTER, BEFORE_DIR AFTER_DIR, or MANIFEST")
     add_device_arguments(parser)
     parser.add_argument("--json", action="store_true", help="one pair: print a JSON object instead of the caption")
-    parser.add_argument("--mask", help="one pair: change mask for the model's token filter (PNG, LEVIR encodings)")
+    parser.add_argument(
+        "--mask", help="one pair: change mask for the model's token filter (PNG, LEVIR encodings); refused for a model "
+        "without a filter that takes input masks"
+    )
     parser.add_argument(
         "--mask-out", help="one pair: write the change head's predicted mask here (PNG, 0/255 or LEVIR-MCI 0/128/255)"
     )

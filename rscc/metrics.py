@@ -41,6 +41,8 @@ from pycocoevalcap.rouge.rouge import Rouge
 from rscc_console import start_meteor_process, take_prestarted_meteor
 
 from .captions import is_no_change_caption
+from .cli import EXIT_BAD_INPUT, EXIT_OK
+from .errors import RsccInputError, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class JavaNotFoundError(RuntimeError):
     """Raised when a scorer that runs on the JVM (METEOR, PTBTokenizer) is needed and `java` is not on PATH."""
 
 
-class MissingPredictionsError(ValueError):
+class MissingPredictionsError(RsccInputError):
     """Raised when some reference pairs have no prediction."""
 
 
@@ -330,9 +332,16 @@ def _check_ids(predictions: Mapping[str, str], references: Mapping[str, Sequence
     extra = [pair_id for pair_id in predictions if pair_id not in references]
     if extra:
         logger.warning("ignoring %d predictions whose id is not in the references: %s", len(extra), _preview(extra))
-    empty = [pair_id for pair_id, refs in references.items() if not refs]
+    not_text = [pair_id for pair_id, caption in predictions.items() if not isinstance(caption, str)]
+    if not_text:
+        raise RsccInputError(f"{len(not_text)} prediction(s) are not text: {_preview(not_text)}")
+    empty = [pair_id for pair_id, refs in references.items()
+             if not refs or not all(isinstance(ref, str) and ref.strip() for ref in refs)]
     if empty:
-        raise ValueError(f"{len(empty)} reference pairs have no reference caption: {_preview(empty)}")
+        raise RsccInputError(
+            f"{len(empty)} reference pairs have no reference caption, or an empty one or one that is not text: "
+            f"{_preview(empty)}"
+        )
     return extra
 
 
@@ -668,23 +677,26 @@ def every_row_as_a_pair(
 def read_prediction_records(path: str | Path) -> list[dict]:
     """Read JSON lines `{"id": ..., "caption": ...}` as they are (no de-duplication); errors name the line."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise ValueError(f"cannot read predictions file {path}: {error}") from error
     records = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from error
+            raise RsccInputError(f"{path}, line {number}: not valid JSON ({error})") from None
         if not isinstance(record, dict) or "id" not in record or "caption" not in record:
-            raise ValueError(f'{path}, line {number}: expected an object with "id" and "caption", got {line[:200]}')
+            raise RsccInputError(
+                f'{path}, line {number}: expected an object with "id" and "caption", got {line[:200]}'
+            )
+        # A null or a list would otherwise be scored as the words "None" or "['a', 'b']".
+        if not isinstance(record["caption"], str):
+            raise RsccInputError(f"{path}, line {number}: caption must be text, got {json.dumps(record['caption'])}")
+        if isinstance(record["id"], bool) or not isinstance(record["id"], (str, int)):
+            raise RsccInputError(f"{path}, line {number}: id must be text or a number, got {json.dumps(record['id'])}")
         records.append(record)
     if not records:
-        raise ValueError(f"predictions file {path} holds no predictions")
+        raise RsccInputError(f"predictions file {path} holds no predictions")
     return records
 
 
@@ -715,27 +727,42 @@ def load_references(path: str | Path, split: str | None = "test") -> dict[str, l
     path = Path(path)
     if path.is_dir():
         return _references_from_dataset(path, split)
-    if not path.is_file():
-        raise FileNotFoundError(f"references not found: {path}")
+    text = read_text_file(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
         entries = data["images"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(
+        if not isinstance(entries, list):
+            raise TypeError(f"'images' is a {type(entries).__name__}")
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise RsccInputError(
             f"cannot read references from {path}: expected a LEVIR-CC-style JSON with an 'images' list ({error!r})"
-        ) from error
+        ) from None
+    captions = [_entry_captions(entry) for entry in entries]
+    if None in captions:
+        raise RsccInputError(
+            f"{path}: images[{captions.index(None)}] is not an entry of the form "
+            '{"filename": text, "split": text, "sentences": [{"raw": text}, ...]}'
+        )
     if split is not None:
         splits_present = sorted({str(entry.get("split")) for entry in entries})
         entries = [entry for entry in entries if entry.get("split") == split]
         if not entries:
             raise ValueError(f"no pairs of split {split!r} in {path}; splits present: {', '.join(splits_present)}")
-    references = {}
-    for entry in entries:
-        # `raw` is the published sentence; older files have only `tokens`.
-        references[_pair_id(entry["filename"])] = [
-            sentence["raw"] if "raw" in sentence else " ".join(sentence["tokens"]) for sentence in entry["sentences"]
-        ]
-    return references
+    return {_pair_id(entry["filename"]): _entry_captions(entry) for entry in entries}
+
+
+def _entry_captions(entry: object) -> list[str] | None:
+    """The reference captions of a caption-file entry, or None when the entry is not of the Karpathy form."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+        return None
+    sentences = entry.get("sentences")
+    if not isinstance(sentences, list) or not all(isinstance(sentence, dict) for sentence in sentences):
+        return None
+    # `raw` is the published sentence; older files have only `tokens`.
+    captions = [sentence["raw"] if "raw" in sentence else sentence.get("tokens") for sentence in sentences]
+    captions = [" ".join(caption) if isinstance(caption, list) and all(isinstance(token, str) for token in caption)
+                else caption for caption in captions]
+    return captions if all(isinstance(caption, str) for caption in captions) else None
 
 
 def _references_from_dataset(path: Path, split: str | None) -> dict[str, list[str]]:
@@ -819,6 +846,14 @@ class ChangeDetectionMetrics:
         prediction, target = _to_numpy(prediction), _to_numpy(target)
         if prediction.shape != target.shape:
             raise ValueError(f"prediction shape {prediction.shape} differs from target shape {target.shape}")
+        for name, values in (("prediction", prediction), ("target", target)):
+            # Probabilities or logits cast to int64 would silently become class 0.
+            if np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values)):
+                example = values[values != np.round(values)][0]
+                raise RsccInputError(
+                    f"{name} holds values that are not whole class indices (e.g. {example}); pass class indices "
+                    "(argmax of the logits), not probabilities"
+                )
         keep = np.ones(target.shape, dtype=bool) if self.ignore_index is None else target != self.ignore_index
         prediction, target = prediction[keep].astype(np.int64), target[keep].astype(np.int64)
         for name, values in (("prediction", prediction), ("target", target)):
@@ -1004,8 +1039,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """Run `rscc eval`; returns the exit code."""
     try:
+        if args.output is not None and (args.output.is_dir() or args.output in (args.predictions, args.references)):
+            raise RsccInputError(f"--output {args.output} is a folder or an input; expected a .json file path")
         if args.convention == "vocab-ids" and args.vocab is None:
             raise ValueError("--convention vocab-ids needs --vocab (e.g. splits/vocab_468.json)")
+        if args.vocab is not None and args.convention != "vocab-ids":
+            raise RsccInputError(f"--vocab is used by --convention vocab-ids only; {args.convention!r} would ignore it")
+        if args.keep_duplicates and args.human_agreement:
+            raise RsccInputError("--keep-duplicates applies to --predictions; --human-agreement has none")
         vocab = load_vocab(args.vocab) if args.vocab is not None else None
         references = load_references(args.references, args.split)
         options = {"convention": args.convention, "vocab": vocab, "metrics": args.metrics,
@@ -1024,7 +1065,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                "duplicates_scored": args.keep_duplicates}
     except (ValueError, FileNotFoundError, JavaNotFoundError) as error:
         print(f"rscc eval: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     report["references"] = {"path": str(args.references), "split": args.split}
     report["convention"]["vocab"] = str(args.vocab) if args.vocab is not None else None
     if prediction_info is not None:
@@ -1032,4 +1073,4 @@ def run_eval(args: argparse.Namespace) -> int:
     print(format_table(report))
     if args.output is not None:
         print(f"report written to {write_report(report, args.output)}")
-    return 0
+    return EXIT_OK

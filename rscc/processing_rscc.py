@@ -12,13 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from transformers import AutoImageProcessor, AutoTokenizer, LlavaOnevisionConfig
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
 from .configuration_rscc import IGNORE_INDEX
+
+try:  # rscc's one input-error type; this file also runs as remote code where rscc is not installed
+    from rscc.errors import InputFileNotFoundError, RsccInputError
+except ImportError:
+
+    class RsccInputError(ValueError):
+        """A user's input is not what rscc expects; the message names it and what was expected."""
+
+    class InputFileNotFoundError(RsccInputError, FileNotFoundError):
+        """A named input file does not exist."""
 
 logger = logging.get_logger(__name__)
 
@@ -34,6 +44,13 @@ DEFAULT_CONVERSATION_TEMPLATE = (
 HIGH_BIT_DEPTH_PERCENTILES = (2.0, 98.0)
 # LEVIR-CD (0/255) and LEVIR-MCI (0/128/255, channel 0 of its RGB labels) grey levels; None: the last class.
 GREY_LEVEL_CLASSES = {0: 0, 128: 1, 255: None}
+# Pillow modes of 8 bits per band: a file decoded into one of them through a 16-bit raw mode keeps only high bytes.
+_EIGHT_BIT_BAND_MODES = ("RGB", "RGBA", "LA", "CMYK")
+
+# Reads an image file that Pillow cannot read at full depth (16-bit colour PNG or TIFF, band-interleaved or
+# GDAL-written TIFF) into an (H, W) or (H, W, C) array; `name` is how errors refer to it. The rscc package sets a GDAL
+# one (`rscc.imagery`); where none is set (remote code without rscc) such files are refused, never truncated.
+full_depth_reader = None
 
 
 def to_sentence_case(caption: str) -> str:
@@ -44,7 +61,7 @@ def to_sentence_case(caption: str) -> str:
     text = " ".join(caption.split())
     text = re.sub(r"\s+([.,;:!?])", r"\1", text).rstrip(".").rstrip()
     if not text:
-        raise ValueError(f"caption {caption!r} is empty after normalisation")
+        raise RsccInputError(f"caption {caption!r} is empty after normalisation")
     return text[0].upper() + text[1:] + "."
 
 
@@ -73,9 +90,11 @@ def _array_to_rgb(array: np.ndarray, name: str) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(
+        raise RsccInputError(
             f"{name}: array of shape {array.shape} is not an image; expected (H, W), (H, W, 1|3|4) or (1|3|4, H, W)"
         )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise RsccInputError(f"{name}: image of shape {array.shape} has no pixels")
     if array.ndim == 3:
         array = array[..., :3]  # alpha is dropped: co-registered imagery has no meaningful transparency
     if array.dtype == np.uint8:
@@ -83,14 +102,52 @@ def _array_to_rgb(array: np.ndarray, name: str) -> Image.Image:
     elif array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
     elif np.issubdtype(array.dtype, np.floating):
-        if array.size and (np.nanmin(array) < 0.0 or np.nanmax(array) > 1.0):
-            raise ValueError(f"{name}: float image values must lie in [0, 1], found {array.min()}..{array.max()}")
-        array = (np.nan_to_num(array) * 255.0).round().astype(np.uint8)
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise RsccInputError(
+                f"{name}: float image holds {int((~finite).sum())} of {finite.size} values NaN or infinite; "
+                "replace them (e.g. nodata) before captioning"
+            )
+        if array.min() < 0.0 or array.max() > 1.0:
+            raise RsccInputError(
+                f"{name}: float image values must lie in [0, 1], found {array.min()}..{array.max()}"
+            )
+        array = (array * 255.0).round().astype(np.uint8)
     elif np.issubdtype(array.dtype, np.integer):
         array = stretch_to_uint8(array)
     else:
-        raise ValueError(f"{name}: unsupported image dtype {array.dtype}")
+        raise RsccInputError(f"{name}: unsupported image dtype {array.dtype}")
     return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+
+
+def pillow_truncates(image: Image.Image) -> bool:
+    """Whether Pillow decodes this opened file into 8 bits per band from 16 (it keeps only the high bytes)."""
+    return image.mode in _EIGHT_BIT_BAND_MODES and any(";16" in str(tile.args) for tile in image.tile)
+
+
+def _read_image_file(path: Path, name: str) -> Image.Image:
+    pillow_problem = "Pillow reads only the high byte of each 16-bit band"
+    try:
+        with Image.open(path) as opened:
+            if not pillow_truncates(opened):
+                opened.load()
+                return load_image(opened, name=f"{name} ({path})")
+    except Image.DecompressionBombError as error:
+        raise RsccInputError(f"{name}: image file {path} is too large to decode safely ({error})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
+        if isinstance(error, RsccInputError):
+            raise
+        pillow_problem = f"Pillow cannot read it ({error})"
+    if full_depth_reader is None:
+        raise RsccInputError(
+            f"{name}: cannot read image file {path}: {pillow_problem}; with rscc installed it is read with GDAL, or "
+            "pass the image as a numpy array"
+        )
+    try:
+        array = full_depth_reader(path, name)
+    except RsccInputError as error:
+        raise RsccInputError(f"{name}: cannot read image file {path}: {pillow_problem}, nor GDAL ({error})") from None
+    return _array_to_rgb(array, f"{name} ({path})")
 
 
 def load_image(image, name: str = "image") -> Image.Image:
@@ -107,14 +164,11 @@ def load_image(image, name: str = "image") -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise FileNotFoundError(f"{name}: image file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                return load_image(opened, name=f"{name} ({path})")
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"{name}: cannot read image file {path}: {error}") from error
+            raise InputFileNotFoundError(f"{name}: image file not found: {path}")
+        return _read_image_file(path, name)
     if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise RsccInputError(f"{name}: image of {image.width} x {image.height} pixels has no pixels")
         if image.mode in ("RGB",):
             return image
         if image.mode in ("L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr", "1"):
@@ -124,20 +178,22 @@ def load_image(image, name: str = "image") -> Image.Image:
         return _array_to_rgb(image.detach().cpu().numpy(), name)
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image, name)
-    raise TypeError(f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(image).__name__}")
+    raise RsccInputError(
+        f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(image).__name__}"
+    )
 
 
 def _mask_array(mask, name: str) -> np.ndarray:
     if isinstance(mask, (str, os.PathLike)):
         path = Path(mask)
         if not path.is_file():
-            raise FileNotFoundError(f"{name}: mask file not found: {path}")
+            raise InputFileNotFoundError(f"{name}: mask file not found: {path}")
         try:
             with Image.open(path) as opened:
                 opened.load()
                 return _mask_array(opened, f"{name} ({path})")
-        except (OSError, SyntaxError) as error:
-            raise ValueError(f"{name}: cannot read mask file {path}: {error}") from error
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError) as error:
+            raise RsccInputError(f"{name}: cannot read mask file {path}: {error}") from error
     if isinstance(mask, Image.Image):
         # A palette image shows its classes through its palette, so read it as the colours it displays.
         return np.asarray(mask.convert("RGBA") if mask.mode in ("P", "PA") else mask)
@@ -145,7 +201,9 @@ def _mask_array(mask, name: str) -> np.ndarray:
         return mask.detach().cpu().numpy()
     if isinstance(mask, np.ndarray):
         return mask
-    raise TypeError(f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(mask).__name__}")
+    raise RsccInputError(
+        f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(mask).__name__}"
+    )
 
 
 def load_change_mask(mask, name: str = "change mask", num_classes: int = 2) -> np.ndarray:
@@ -171,6 +229,8 @@ def load_change_mask(mask, name: str = "change mask", num_classes: int = 2) -> n
         ValueError: for values no encoding explains, naming `name` and the values found.
     """
     array = _mask_array(mask, name)
+    if isinstance(mask, (str, os.PathLike)) and str(mask) not in name:
+        name = f"{name} ({mask})"  # errors about its values name the file too
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] in (1, 2):
@@ -180,20 +240,24 @@ def load_change_mask(mask, name: str = "change mask", num_classes: int = 2) -> n
         stray = (colours[..., 0] == 0) & (colours[..., 1:] != 0).any(-1)
         if stray.any():
             found = np.unique(colours[stray].reshape(-1, 3), axis=0)[:8].tolist()
-            raise ValueError(
+            raise RsccInputError(
                 f"{name}: RGB mask colours {found} have no class: a coloured mask carries its class in the red channel "
                 "(LEVIR-MCI: 0 background, 128 road, 255 building)"
             )
         array = colours[..., 0]
     if array.ndim != 2:
-        raise ValueError(f"{name}: array of shape {array.shape} is not a mask; expected (H, W), (H, W, C) or (C, H, W)")
+        raise RsccInputError(
+            f"{name}: array of shape {array.shape} is not a mask; expected (H, W), (H, W, C) or (C, H, W)"
+        )
+    if array.size == 0:
+        raise RsccInputError(f"{name}: mask of shape {array.shape} has no pixels")
     if array.dtype == np.bool_:
         array = array.astype(np.int64)
     elif np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise ValueError(f"{name}: float mask values must be whole class codes; found {np.unique(array)[:8]}")
+            raise RsccInputError(f"{name}: float mask values must be whole class codes; found {np.unique(array)[:8]}")
     elif not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name}: unsupported mask dtype {array.dtype}")
+        raise RsccInputError(f"{name}: unsupported mask dtype {array.dtype}")
     array = array.astype(np.int64)
     values = np.unique(array)
     if values.min() >= 0 and values.max() < num_classes:
@@ -203,7 +267,7 @@ def load_change_mask(mask, name: str = "change mask", num_classes: int = 2) -> n
         for level, class_id in GREY_LEVEL_CLASSES.items():
             classes[array == level] = num_classes - 1 if class_id is None else class_id
         return classes
-    raise ValueError(
+    raise RsccInputError(
         f"{name}: mask values {values[:12].tolist()} match no documented encoding: class ids 0..{num_classes - 1}, "
         "grey levels 0/255 (binary) or 0/128/255 (LEVIR-MCI), or RGB with the class in the red channel"
     )
@@ -285,10 +349,10 @@ class RsccProcessor(ProcessorMixin):
 
     def _check_prompt(self, prompt, name: str) -> None:
         if not isinstance(prompt, str):
-            raise TypeError(f"{name}: expected a string, got {type(prompt).__name__}")
+            raise RsccInputError(f"{name}: expected a string, got {type(prompt).__name__}")
         found = prompt.count(self.image_token)
         if found != 2:
-            raise ValueError(
+            raise RsccInputError(
                 f"{name} must contain exactly two {self.image_token!r} placeholders (before, after); found {found} "
                 f"in {prompt!r}"
             )
@@ -297,12 +361,12 @@ class RsccProcessor(ProcessorMixin):
     def _check_pairs(images) -> list:
         expected = "images must be a list of [before, after] pairs, e.g. images=[[before, after], ...]"
         if not isinstance(images, (list, tuple)) or not images:
-            raise ValueError(f"{expected}; got {type(images).__name__ if images is not None else None}")
+            raise RsccInputError(f"{expected}; got {type(images).__name__ if images is not None else None}")
         for index, pair in enumerate(images):
             if not isinstance(pair, (list, tuple)):
-                raise ValueError(f"{expected}; element {index} is a {type(pair).__name__}, not a pair")
+                raise RsccInputError(f"{expected}; element {index} is a {type(pair).__name__}, not a pair")
             if len(pair) != 2:
-                raise ValueError(f"{expected}; element {index} holds {len(pair)} images")
+                raise RsccInputError(f"{expected}; element {index} holds {len(pair)} images")
         return list(images)
 
     def _per_sample(self, values, num_pairs: int, name: str) -> list:
@@ -311,7 +375,7 @@ class RsccProcessor(ProcessorMixin):
             values = [values] * num_pairs if name == "text" else [values]
         if not isinstance(values, (list, tuple)) or len(values) != num_pairs:
             got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
-            raise ValueError(f"{name}: expected one entry per pair ({num_pairs}), got {got}")
+            raise RsccInputError(f"{name}: expected one entry per pair ({num_pairs}), got {got}")
         return list(values)
 
     def _encode(self, text: str) -> list[int]:
@@ -351,7 +415,7 @@ class RsccProcessor(ProcessorMixin):
             ids, -100 for every pixel of a pair given `None`).
         """
         if return_tensors != "pt":
-            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
+            raise RsccInputError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
         pairs = self._check_pairs(images)
         prompts = self._per_sample(self.prompt if text is None else text, len(pairs), "text")
         for index, prompt in enumerate(prompts):
@@ -361,7 +425,7 @@ class RsccProcessor(ProcessorMixin):
             targets = [to_sentence_case(c) for c in self._per_sample(captions, len(pairs), "captions")]
         padding_side = padding_side or ("left" if targets is None else "right")
         if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
+            raise RsccInputError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
 
         loaded = [
             [load_image(image, name=f"images[{index}][{position}]") for position, image in enumerate(pair)]
@@ -376,7 +440,7 @@ class RsccProcessor(ProcessorMixin):
                 prompt_ids.extend([token_id] * (self.tokens_per_image if token_id == self.image_token_id else 1))
             target_ids = [] if targets is None else self._encode(targets[index] + self.turn_end)
             if self.image_token_id in target_ids:
-                raise ValueError(f"captions[{index}] contains the image token {self.image_token!r}")
+                raise RsccInputError(f"captions[{index}] contains the image token {self.image_token!r}")
             sequences.append(prompt_ids + target_ids)
             label_sequences.append([IGNORE_INDEX] * len(prompt_ids) + target_ids)
 
@@ -439,7 +503,7 @@ class RsccProcessor(ProcessorMixin):
         if target_sizes is None:
             target_sizes = [tuple(change_logits.shape[-2:])] * change_logits.shape[0]
         if len(target_sizes) != change_logits.shape[0]:
-            raise ValueError(
+            raise RsccInputError(
                 f"target_sizes: expected one (height, width) per pair ({change_logits.shape[0]}), "
                 f"got {len(target_sizes)}"
             )
@@ -468,7 +532,14 @@ class RsccProcessor(ProcessorMixin):
             `list[str]`, one caption per pair, without special tokens and surrounding whitespace.
         """
         if inputs is not None:
-            generated_ids = generated_ids[:, inputs["input_ids"].shape[1] :]
+            prompt_ids = inputs["input_ids"]
+            matches = generated_ids.shape[0] == prompt_ids.shape[0] and generated_ids.shape[1] >= prompt_ids.shape[1]
+            if not matches or not torch.equal(generated_ids[:, : prompt_ids.shape[1]].cpu(), prompt_ids.cpu()):
+                raise RsccInputError(
+                    f"post_process_captions: generated_ids {tuple(generated_ids.shape)} do not start with the prompts "
+                    f"of inputs {tuple(prompt_ids.shape)}; pass the inputs that generate was called with"
+                )
+            generated_ids = generated_ids[:, prompt_ids.shape[1] :]
         texts = self.tokenizer.batch_decode(generated_ids, skip_special_tokens=True)
         return [" ".join(text.split()) for text in texts]
 
@@ -485,4 +556,13 @@ class RsccProcessor(ProcessorMixin):
 
 RsccProcessor.register_for_auto_class()
 
-__all__ = ["RsccProcessor", "load_image", "load_change_mask", "to_sentence_case", "stretch_to_uint8"]
+__all__ = [
+    "RsccProcessor",
+    "RsccInputError",
+    "InputFileNotFoundError",
+    "load_image",
+    "load_change_mask",
+    "to_sentence_case",
+    "stretch_to_uint8",
+    "pillow_truncates",
+]

@@ -30,8 +30,8 @@ import numpy as np
 import rasterio
 import torch
 from affine import Affine
-from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import shapes
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_coordinates
@@ -40,16 +40,16 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from .captions import is_no_change_caption
+from .imagery import SceneInputError, open_raster, rgb_bands
+from .batch import check_output_file
+from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK, EXIT_OUT_OF_MEMORY, interrupted_exit_code
 from .inference import (
     DEFAULT_MAX_NEW_TOKENS,
     DTYPES,
-    EXIT_BAD_INPUT,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_OUT_OF_MEMORY,
-    ModelNotAvailableError,
+    HubUnreachableError,
     add_device_arguments,
     add_progress_arguments,
+    batch_size_of,
     describe_changes,
     load_captioner,
     show_progress,
@@ -69,57 +69,12 @@ MASK_NODATA = 255  # the mask mosaic's value outside the overlap, in nodata and 
 OUTLINE_POINTS_PER_EDGE = 33
 # Below this, a fractional pixel offset between the grids is rounding noise, not misregistration.
 GRID_TOLERANCE_PX = 1e-3
+# Smallest tile side: LEVIR-CC's pairs are 256 px; a tile of a few pixels says nothing and a scene has millions.
+MIN_TILE_SIZE = 32
 
 # Per-pixel change masks of a batch of tiles: (before tiles, after tiles) as uint8 (H, W, 3) or (H, W) arrays,
 # in; one boolean (H, W) array per tile, out.
 ChangeMaskFunction = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
-
-
-class SceneInputError(ValueError):
-    """A scene input (raster, band choice, option or output path) is not what `rscc scene` expects."""
-
-
-def open_raster(path: str | os.PathLike, name: str) -> rasterio.io.DatasetReader:
-    """Open a raster with rasterio, turning a missing or unreadable file into a [`SceneInputError`].
-
-    Args:
-        path (`str` or `os.PathLike`): the raster file.
-        name (`str`): how errors refer to it (BEFORE, AFTER).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SceneInputError(f"{name}: raster file not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as error:
-        raise SceneInputError(f"{name}: {path} is not a raster that GDAL can read ({error})") from None
-
-
-def rgb_bands(dataset, name: str, bands: list[int] | None = None) -> list[int]:
-    """The 1-based bands that make the image the model sees: three (RGB) or one (grey).
-
-    Args:
-        dataset: an open rasterio dataset.
-        name (`str`): how errors refer to it.
-        bands (`list[int]`, *optional*): explicit band numbers. By default the bands whose colour interpretation
-            is red, green and blue, else the first three bands that are not alpha, else the first band.
-    """
-    if bands is not None:
-        out_of_range = [band for band in bands if not 1 <= band <= dataset.count]
-        if len(bands) not in (1, 3) or out_of_range:
-            raise SceneInputError(
-                f"{name}: --bands {','.join(map(str, bands))} is not valid for a {dataset.count}-band raster; "
-                f"expected three band numbers (red, green, blue) or one (grey) between 1 and {dataset.count}"
-            )
-        return list(bands)
-    interpretation = list(dataset.colorinterp)
-    rgb = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-    if all(colour in interpretation for colour in rgb):
-        return [interpretation.index(colour) + 1 for colour in rgb]
-    not_alpha = [index + 1 for index, colour in enumerate(interpretation) if colour != ColorInterp.alpha]
-    return not_alpha[:3] if len(not_alpha) >= 3 else not_alpha[:1]
 
 
 def _overlap_on_before_grid(before, after) -> Window:
@@ -452,23 +407,6 @@ def _atomic_output(path: Path, suffix: str) -> Iterator[Path]:
         Path(temporary).unlink(missing_ok=True)
 
 
-def check_output_path(path: str | os.PathLike | None, option: str, expected: str) -> Path:
-    """Validate an output file path and create its folder.
-
-    Args:
-        path: the option's value.
-        option (`str`): the option, for messages.
-        expected (`str`): what the file is, for messages.
-    """
-    if path is None or not str(path).strip():
-        raise SceneInputError(f"{option} is an empty path; expected {expected}")
-    path = Path(path)
-    if path.is_dir():
-        raise SceneInputError(f"{option} {path} is a folder; expected {expected}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @dataclass(frozen=True)
 class SceneSummary:
     """What `describe_scene` did.
@@ -493,6 +431,14 @@ class SceneSummary:
 def _mask_polygons(mask: np.ndarray, valid: np.ndarray, transform: Affine, crs) -> Iterator[dict]:
     for geometry, _ in shapes(mask.astype(np.uint8), mask=mask & valid, transform=transform):
         yield _rfc7946_polygon(transform_geom(crs, WGS84, geometry))
+
+
+def _check_tile_size(tile_size: int) -> None:
+    if tile_size < MIN_TILE_SIZE:
+        raise SceneInputError(
+            f"--tile-size must be at least {MIN_TILE_SIZE} pixels, got {tile_size}: the model sees every tile resized "
+            "to its input size, and smaller tiles show it nothing to describe (and a scene millions of them)"
+        )
 
 
 def describe_scene(
@@ -550,8 +496,9 @@ def describe_scene(
     Returns:
         [`SceneSummary`].
     """
-    out = check_output_path(out, "--out", "a .geojson file path")
-    mask_out = None if mask_out is None else check_output_path(mask_out, "--mask-out", "a .tif file path")
+    out = check_output_file(out, "--out", "a .geojson file path", inputs=[before, after])
+    mask_out = None if mask_out is None else check_output_file(
+        mask_out, "--mask-out", "a .tif file path", inputs=[before, after, out])
     has_masks = change_masks is not None or getattr(model.config, "use_change_head", False)
     if (polygons or mask_out is not None) and not has_masks:
         raise SceneInputError(
@@ -566,7 +513,9 @@ def describe_scene(
         raise SceneInputError(f"--percentiles must satisfy 0 <= LOW < HIGH <= 100, got {percentiles}")
     if value_range is not None and not value_range[0] < value_range[1]:
         raise SceneInputError(f"--value-range must satisfy MIN < MAX, got {value_range}")
-    tile_size = tile_size or processor.image_processor.size["height"]
+    if tile_size is None:
+        tile_size = processor.image_processor.size["height"]
+    _check_tile_size(tile_size)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
@@ -706,31 +655,50 @@ def _band_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated band numbers like 4,3,2, got {text!r}") from None
 
 
+def _check_options_take_effect(pair: ScenePair, args) -> None:
+    """Refuse options that these rasters would ignore, rather than run as if they had been applied."""
+    eight_bit = all(source.dataset.dtypes[source.bands[0] - 1] == "uint8" for source in (pair.before, pair.after))
+    stretch_options = [option for option, given in (("--percentiles", args.percentiles is not None),
+                                                    ("--value-range", args.value_range is not None)) if given]
+    if stretch_options and eight_bit:
+        raise SceneInputError(f"{' and '.join(stretch_options)} stretch data deeper than 8 bits; BEFORE and AFTER "
+                              "are 8-bit and are used as they are")
+    if args.assume_aligned and pair.before.dataset.crs and pair.after.dataset.crs:
+        raise SceneInputError("--assume-aligned is for rasters without a CRS; BEFORE and AFTER both have one and are "
+                              "aligned by their georeferencing")
+
+
 def _run_scene(args) -> int:
     try:
         # Check the rasters and the outputs before the model loads, so bad input fails in a second.
-        check_output_path(args.out, "--out", "a .geojson file path")
-        with ScenePair(args.before, args.after, args.bands, args.assume_aligned, args.resampling):
-            pass
+        check_output_file(args.out, "--out", "a .geojson file path", inputs=[args.before, args.after])
+        if args.tile_size is not None:
+            _check_tile_size(args.tile_size)
+        with ScenePair(args.before, args.after, args.bands, args.assume_aligned, args.resampling) as pair:
+            _check_options_take_effect(pair, args)
         model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
         summary = describe_scene(
             model, processor, args.before, args.after, args.out, tile_size=args.tile_size, overlap=args.overlap,
-            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bands=args.bands,
-            assume_aligned=args.assume_aligned, resampling=args.resampling, percentiles=tuple(args.percentiles),
+            batch_size=batch_size_of(args), max_new_tokens=args.max_new_tokens, bands=args.bands,
+            assume_aligned=args.assume_aligned, resampling=args.resampling,
+            percentiles=HIGH_BIT_DEPTH_PERCENTILES if args.percentiles is None else tuple(args.percentiles),
             value_range=None if args.value_range is None else tuple(args.value_range),
             min_valid_fraction=args.min_valid_fraction,
             polygons=args.polygons, mask_out=args.mask_out, progress=show_progress(args),
         )
-    except (ModelNotAvailableError, ValueError, OSError) as error:  # OSError: unreadable raster blocks, model files
+    except (ValueError, OSError) as error:  # OSError: unreadable raster blocks
         print(f"rscc scene: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except HubUnreachableError as error:
+        print(f"rscc scene: error: {error}", file=sys.stderr)
+        return EXIT_HUB
     except torch.OutOfMemoryError:
         print(f"rscc scene: error: out of memory on {args.device}; lower --batch-size (nothing was written)",
               file=sys.stderr)
         return EXIT_OUT_OF_MEMORY
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("rscc scene: interrupted (nothing was written)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupted_exit_code(interrupt)
     print(
         f"rscc scene: {summary.captioned} tile(s) captioned ({summary.changed} changed), {summary.skipped} skipped "
         f"for nodata; overlap {int(summary.window.width)} x {int(summary.window.height)} px, {summary.alignment}; "
@@ -752,15 +720,18 @@ def add_cli(subparsers) -> None:
         "the 2nd and 98th percentiles of its overlap (--percentiles, --value-range). Nodata (and AFTER's area "
         "outside BEFORE) is honoured: such pixels are blanked in both dates, and tiles with less than "
         "--min-valid-fraction valid pixels are skipped. Exit codes: 0 success; 2 bad input (missing or "
-        "unreadable raster, no CRS without --assume-aligned, no overlap, bad option or output path, model not "
-        "available); 3 out of device memory; 130 interrupted. Outputs are written to temporary files and renamed "
-        "at the end: a failed run leaves nothing.",
+        "unreadable raster, no CRS without --assume-aligned, no overlap, bad option or output path, model folder "
+        "missing, incomplete or unloadable); 3 out of device memory; 4 the Hugging Face Hub failed; 130 "
+        "interrupted (Ctrl-C), 143 terminated (SIGTERM). Outputs are written to temporary files and renamed at the "
+        "end: a failed, interrupted or terminated run leaves nothing.",
     )
     parser.add_argument("before", help="GeoTIFF (any GDAL raster) of the earlier date; its grid is the output grid")
     parser.add_argument("after", help="raster of the later date")
     parser.add_argument("--out", required=True, help="GeoJSON output file")
     add_device_arguments(parser)
-    parser.add_argument("--tile-size", type=int, help="tile side in BEFORE's pixels (default: the model's input size)")
+    parser.add_argument("--tile-size", type=int,
+                        help=f"tile side in BEFORE's pixels, at least {MIN_TILE_SIZE} "
+                        "(default: the model's input size)")
     parser.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tiles (default 0)")
     parser.add_argument("--bands", type=_band_list, help="1-based bands as R,G,B (or one band), e.g. 4,3,2")
     parser.add_argument("--assume-aligned", action="store_true",
@@ -768,7 +739,6 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--resampling", default="bilinear", choices=["nearest", "bilinear", "cubic"],
                         help="resampling of AFTER onto BEFORE's grid (default bilinear)")
     parser.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        default=list(HIGH_BIT_DEPTH_PERCENTILES),
                         help="stretch of data deeper than 8 bits (default 2 98)")
     parser.add_argument("--value-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                         help="fixed stretch range for data deeper than 8 bits, e.g. 0 3000 (instead of percentiles)")

@@ -393,3 +393,136 @@ def test_cli_levir_cc(shared_data, tmp_path, capsys):
     problem_lines = [line for line in err if not line.startswith(" ")]  # the summary quotes some, indented
     assert sum(line.endswith("missing image: before: file not found") for line in problem_lines) == 10077 - 3
     assert any(f"{2 * (10077 - 3)} problem(s)" in line for line in err[-30:])  # the summary comes last
+
+
+def _real_pair_rows(shared_data, count):
+    images = shared_data / "levir_cd_samples"
+    names = [line for line in (images / "list" / "demo.txt").read_text().split() if line][:count]
+    return [(str(images / "A" / name), str(images / "B" / name)) for name in names]
+
+
+def test_unclosed_quote_in_a_csv_manifest_fails_naming_its_line(shared_data, tmp_path, capsys):
+    # 5 real pairs; row 2's caption opens a quote it never closes, which used to swallow rows 3-5 into its caption.
+    rows = _real_pair_rows(shared_data, 5)
+    lines = ["before,after,caption"] + [f"{b},{a},houses appear" for b, a in rows]
+    lines[2] = f'{rows[1][0]},{rows[1][1]},"a road is built'
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"pairs.csv: the row after line 2 is not valid CSV.*quote"):
+        list(manifest_records(manifest))
+    assert main(["data", "manifest", "--manifest", str(manifest), "--out", str(tmp_path / "out")]) == 2
+    assert "row after line 2" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+    # A later quoted caption closes the open quote: csv then reads on, but a cell spanning lines is refused.
+    lines[4] = f'{rows[3][0]},{rows[3][1]},"roads, and houses"'
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"pairs.csv: the row after line 2 is not valid CSV"):
+        list(manifest_records(manifest))
+    manifest.write_text('before,after,caption\nx.png,y.png,"one\nsentence"\n')
+    with pytest.raises(ValueError, match=r"line 2: a cell runs over lines 2-3"):
+        list(manifest_records(manifest))
+
+
+def test_manifest_and_caption_files_that_are_not_utf8_or_of_another_shape_are_named(tmp_path):
+    from rscc.data import DataInputError
+    from rscc.errors import RsccInputError
+
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("before,after,caption\na.png,b.png,un caf\u00e9 est construit\n".encode("latin-1"))
+    with pytest.raises(RsccInputError, match=r"latin.csv: line 2 is not UTF-8 text \(byte 0xe9\)"):
+        list(manifest_records(latin))
+    shapes = {
+        "strings.json": {"images": ["train_000016.png"]},
+        "sentences.json": {"images": [{"filename": "a.png", "split": "train", "sentences": [3]}]},
+        "filename.json": {"images": [{"filename": 7, "split": "train", "sentences": []}]},
+    }
+    for name, content in shapes.items():
+        (tmp_path / name).write_text(json.dumps(content))
+        with pytest.raises(DataInputError, match=f"{name}: images\\[0\\]"):
+            list(levir_cc_records(tmp_path, tmp_path / name))
+    (tmp_path / "records.json").write_text(json.dumps([{"uid": 1, "img1_path": 3, "img2_path": "b.png",
+                                                          "change_caption": "x"}]))
+    with pytest.raises(DataInputError, match=r"records.json: \[0\]: img1_path must be a path"):
+        list(ccexpert_records(tmp_path / "records.json"))
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"before": ["a.png"], "after": "b.png", "caption": "x"}))
+    with pytest.raises(DataInputError, match=r"pairs.jsonl: line 1: before must be text"):
+        list(manifest_records(tmp_path / "pairs.jsonl"))
+
+
+def test_overwrite_never_deletes_a_folder_holding_inputs(shared_data, tmp_path, capsys):
+    root = make_levir_root(shared_data, tmp_path / "root")
+    before = sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+    for out in (root, root / "images"):
+        assert main(["data", "levir-cc", "--root", str(root), "--out", str(out), "--overwrite"]) == 2
+        assert "--overwrite" in capsys.readouterr().err
+    assert sorted(str(path.relative_to(root)) for path in root.rglob("*")) == before
+
+    rows = _real_pair_rows(shared_data, 2)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    manifest = folder / "pairs.csv"
+    manifest.write_text("before,after,caption\n" + "".join(f"{b},{a},houses appear\n" for b, a in rows))
+    assert main(["data", "manifest", "--manifest", str(manifest), "--out", str(folder), "--overwrite"]) == 2
+    assert "holds the input" in capsys.readouterr().err and manifest.is_file()
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.tex").write_text("years of work")
+    assert main(["data", "manifest", "--manifest", str(manifest), "--out", str(notes), "--overwrite"]) == 2
+    assert "did not write (thesis.tex)" in capsys.readouterr().err and (notes / "thesis.tex").is_file()
+
+    built = tmp_path / "built"
+    assert main(["data", "manifest", "--manifest", str(manifest), "--out", str(built)]) == 0
+    assert main(["data", "mix", "--source", f"{built}:train:2", "--out", str(built), "--overwrite"]) == 2
+    assert "holds the input" in capsys.readouterr().err
+    assert main(["data", "manifest", "--manifest", str(manifest), "--out", str(built), "--overwrite"]) == 0
+
+
+def test_build_refuses_what_training_cannot_read(shared_data, tmp_path):
+    rows = _real_pair_rows(shared_data, 1)
+    label = shared_data / "levir_cd_samples" / "label" / Path(rows[0][0]).name
+    grey = np.asarray(Image.open(label).convert("L"))
+    Image.fromarray(np.where(grey > 0, 7, 0).astype(np.uint8)).save(tmp_path / "sevens.png")
+    Image.fromarray(grey).save(tmp_path / "jpeg_damaged.jpg", quality=50)  # edges become 1, 254, ...
+    deep = np.asarray(Image.open(rows[0][1])).astype(np.uint16) * 40  # 16-bit colour, as a GeoTIFF export is
+    import warnings
+
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(tmp_path / "deep.png", "w", driver="PNG", width=256, height=256, count=3,
+                           dtype="uint16") as raster:
+            raster.write(np.moveaxis(deep[..., :3], -1, 0))
+    before, after = rows[0]
+    records = [
+        {"id": "sevens", "before": before, "after": after, "caption": "houses appear", "mask": "sevens.png"},
+        {"id": "jpeg", "before": before, "after": after, "caption": "houses appear", "mask": "jpeg_damaged.jpg"},
+        {"id": "dot", "before": before, "after": after, "caption": " . "},
+        {"id": "deep", "before": before, "after": "deep.png", "caption": "houses appear"},
+        {"id": "good", "before": before, "after": after, "caption": "houses appear", "mask": str(label)},
+    ]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(record) for record in records))
+    with pytest.raises(InvalidRecordsError) as failure:
+        build_dataset(manifest_records(tmp_path / "pairs.jsonl"), tmp_path / "out")
+    assert {(problem.id, problem.kind) for problem in failure.value.problems} == {
+        ("sevens", "bad mask values"), ("jpeg", "bad mask values"), ("dot", "empty caption"),
+        ("deep", "16-bit colour image")}
+    assert "[0, 7]" in next(str(p) for p in failure.value.problems if p.id == "sevens")
+
+
+def test_mix_names_a_source_folder_that_does_not_exist(tmp_path, capsys):
+    typo = tmp_path / "levir_ccc"
+    assert main(["data", "mix", "--source", f"{typo}:train:2", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert f"{typo}" in error and "no such local folder" in error and "Traceback" not in error
+
+
+def test_a_csv_column_named_twice_and_a_shard_size_below_one_are_refused(tmp_path, capsys):
+    (tmp_path / "twice.csv").write_text("before,after,caption,caption\na.png,b.png,a road,houses appear\n")
+    with pytest.raises(ValueError, match=r"twice.csv: line 1 names the column\(s\) 'caption' more than once"):
+        list(manifest_records(tmp_path / "twice.csv"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "manifest", "--manifest", str(tmp_path / "twice.csv"), "--out", str(tmp_path / "out"),
+              "--max-shard-size", "0"])
+    assert exit_info.value.code == 2 and "--max-shard-size: must be at least 1" in capsys.readouterr().err

@@ -141,3 +141,85 @@ def test_post_process_strips_prompt_and_special_tokens(tiny_processor, example_p
     target = tiny_processor.tokenizer("A road is built.<|im_end|>", add_special_tokens=False)["input_ids"]
     generated = torch.cat([inputs["input_ids"], torch.tensor([target])], dim=1)
     assert tiny_processor.post_process_captions(generated, inputs) == ["A road is built."]
+
+
+def _write_16_bit(path, values, **profile):
+    import warnings
+
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no georeference: what many image tools write
+        bands = values.shape[0]
+        with rasterio.open(path, "w", width=values.shape[2], height=values.shape[1], count=bands, dtype=values.dtype,
+                           **profile) as raster:
+            raster.write(values)
+    return path
+
+
+@pytest.mark.parametrize(
+    "file_name, profile",
+    [
+        ("rgb16.png", {"driver": "PNG"}),  # Pillow decodes it into its high bytes
+        ("rgb16.tif", {"driver": "GTiff"}),  # GDAL's pixel-interleaved layout: Pillow cannot identify it
+        ("rgb16_bands.tif", {"driver": "GTiff", "interleave": "band"}),  # Pillow: unknown raw mode
+        ("rgb16_photometric.tif", {"driver": "GTiff", "photometric": "RGB"}),  # Pillow: high bytes
+    ],
+)
+def test_16_bit_colour_imagery_is_stretched_like_16_bit_grey(tmp_path, file_name, profile):
+    rng = np.random.default_rng(0)
+    values = rng.integers(800, 11000, size=(3, 40, 50)).astype(np.uint16)  # high bytes 3..42: black if truncated
+    image = np.asarray(load_image(_write_16_bit(tmp_path / file_name, values, **profile)))
+    expected = np.asarray(load_image(np.moveaxis(values, 0, -1)))
+    assert np.array_equal(image, expected)
+    assert image.max() == 255 and image.min() == 0
+
+
+def test_16_bit_colour_png_is_refused_not_truncated_without_a_full_depth_reader(tmp_path, monkeypatch):
+    from rscc import processing_rscc
+    from rscc.processing_rscc import RsccInputError
+
+    monkeypatch.setattr(processing_rscc, "full_depth_reader", None)  # the remote-code copy on a machine without rscc
+    path = _write_16_bit(tmp_path / "rgb16.png", np.full((3, 8, 8), 5000, np.uint16), driver="PNG")
+    with pytest.raises(RsccInputError, match="rgb16.png: Pillow reads only the high byte"):
+        load_image(path)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.full((8, 8, 3), np.nan, np.float32), "64 of 192 values NaN|192 of 192 values NaN"),
+        (np.where(np.eye(8)[..., None] > 0, np.nan, 0.5).repeat(3, -1), "NaN or infinite"),
+        (np.zeros((0, 0, 3), np.uint8), "has no pixels"),
+        (np.zeros((0, 5), np.uint16), "has no pixels"),
+    ],
+)
+def test_arrays_that_are_not_images_are_refused(array, message):
+    from rscc.processing_rscc import RsccInputError
+
+    with pytest.raises(RsccInputError, match=message):
+        load_image(array, name="images[0][0]")
+
+
+def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
+    from rscc.processing_rscc import RsccInputError
+
+    path = tmp_path / "bomb.png"
+    Image.new("L", (400, 400)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 160,000 pixels: over twice the limit
+    with pytest.raises(RsccInputError, match="bomb.png is too large to decode safely"):
+        load_image(path)
+
+
+def test_post_process_captions_refuses_the_inputs_of_another_batch(tiny_processor, example_pairs):
+    from rscc.processing_rscc import RsccInputError
+
+    inputs = tiny_processor(images=example_pairs)
+    other = tiny_processor(images=example_pairs[:1])
+    generated = torch.cat([inputs["input_ids"], torch.full((2, 3), 5)], dim=1)
+    assert len(tiny_processor.post_process_captions(generated, inputs)) == 2
+    with pytest.raises(RsccInputError, match="do not start with the prompts of inputs"):
+        tiny_processor.post_process_captions(generated, other)
+    shifted = torch.cat([inputs["input_ids"][:, 1:], torch.full((2, 4), 5)], dim=1)
+    with pytest.raises(RsccInputError, match="do not start with the prompts"):
+        tiny_processor.post_process_captions(shifted, {"input_ids": torch.cat([inputs["input_ids"][:1]] * 2)})

@@ -1,0 +1,643 @@
+"""The bad-input campaign of issue 14: bad input to every command and the Python API, each case's outcome counted.
+
+Each case sets up files (real imagery from ../shared/data, a tiny random checkpoint), runs one command line through
+`rscc.cli.main` (or one Python API call) in this process, and checks what came of it:
+
+- `clear error`: refused as expected, with a documented exit code (1 or 2), no traceback, a message naming the
+  input and nothing of the user's lost;
+- `handled`: valid input that ran and gave the right result;
+- `unclear error`: a traceback, another exception type, an undocumented exit code, a message that does not name
+  the cause, or valid input refused;
+- `silent`: exit 0 (or no exception) with a wrong or lost result, or a user's file deleted or changed;
+- `ran away`: still running after the case's time limit.
+
+The same script runs on any commit of the package (set RSCC_ROOT to a checkout, e.g. one made with
+`git archive 0e9c600 | tar -x -C /tmp/rscc_base`), so the counts before and after a change are comparable:
+
+    python benchmarks/bad_input_campaign.py [--only FAMILY] [--verbose]
+    RSCC_ROOT=/tmp/rscc_base python benchmarks/bad_input_campaign.py
+
+It needs a transformers under which the tiny model captions (5.23).
+
+Counts on two CPU cores, transformers 5.23, 83 cases (clear error / handled / unclear error / silent / ran away):
+
+    before issue 14 (0e9c600):  13 / 4 / 24 / 41 / 1
+    after:                      71 / 11 / 0 / 1 / 0   (the one silent case: `generate` without `pixel_values`,
+                                                       which modeling_rscc.py has to refuse)
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(os.environ.get("RSCC_ROOT", Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(ROOT))
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from rscc.checkpoints import make_tiny_checkpoint  # noqa: E402
+from rscc.cli import main  # noqa: E402
+
+OUTCOMES = ("clear error", "handled", "unclear error", "silent", "ran away")
+LEVIR = SHARED / "levir_cc" / "images" / "train"
+LEVIR_CD = SHARED / "levir_cd_samples"
+CHIPS = SHARED / "geotiff_xview2"
+PAIR = [str(LEVIR / "A" / "train_000016.png"), str(LEVIR / "B" / "train_000016.png")]
+CD_NAMES = [line for line in (LEVIR_CD / "list" / "demo.txt").read_text().split() if line]
+
+
+class RanAway(Exception):
+    pass
+
+
+@dataclass
+class Result:
+    code: int | None = None
+    err: str = ""
+    out: object = ""
+    exception: BaseException | None = None
+    from_api: bool = False  # a Python call: a ValueError of the package is its clear error
+
+
+@dataclass
+class Case:
+    """`run(work)` returns a `Result`; `expect` is "error" (with `fragment` in the message) or "ok"; `intact` lists
+    files that must come out unchanged; `verify(work, result)` says whether an "ok" result is right (for errors,
+    whether nothing was lost)."""
+
+    family: str
+    name: str
+    run: Callable
+    expect: str = "error"
+    fragment: str | tuple = ""
+    verify: Callable | None = None
+    intact: Callable | None = None
+    limit_s: int = 120
+    notes: list = field(default_factory=list)
+
+
+def cli(*argv) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    result = Result()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            result.code = main([str(arg) for arg in argv])
+        except SystemExit as exit_:
+            result.code = exit_.code if isinstance(exit_.code, int) else 2
+        except RanAway:
+            raise
+        except BaseException as error:  # an uncaught exception is what a user sees as a traceback
+            result.exception = error
+            traceback.print_exc(file=err)
+            result.code = 1
+    result.out, result.err = out.getvalue(), err.getvalue()
+    return result
+
+
+def api(function) -> Result:
+    result = Result(from_api=True)
+    try:
+        result.out = function()
+        result.code = 0
+    except RanAway:
+        raise
+    except BaseException as error:
+        result.exception = error
+        result.err = f"{type(error).__name__}: {error}"
+        result.code = 1
+    return result
+
+
+def classify(case: Case, work: Path, result: Result, snapshot: dict) -> str:
+    changed = [path for path, content in snapshot.items() if not path.exists() or path.read_bytes() != content]
+    if changed:
+        case.notes.append(f"input changed or deleted: {changed[0]}")
+        return "silent"
+    fragments = (case.fragment,) if isinstance(case.fragment, str) else case.fragment
+    if case.expect == "error":
+        if result.code == 0:
+            return "silent"
+        if result.exception is not None:
+            typed = isinstance(result.exception, (ValueError, FileNotFoundError)) and result.from_api
+            named = all(fragment in str(result.exception) for fragment in fragments)
+            return "clear error" if typed and named else "unclear error"
+        named = all(fragment in result.err for fragment in fragments)
+        documented = result.code in (1, 2, 3, 4, 130, 143)
+        return "clear error" if named and documented and "Traceback" not in result.err else "unclear error"
+    if result.code != 0:
+        return "unclear error"
+    return "handled" if case.verify is None or case.verify(work, result) else "silent"
+
+
+def run_case(case: Case, scratch: Path, verbose: bool) -> str:
+    work = scratch / f"{case.family}-{case.name}".replace(" ", "_").replace("/", "_")
+    work.mkdir()
+    old_handler = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(RanAway()))
+    signal.alarm(case.limit_s)
+    try:
+        setup_and_run = case.run(work)
+        snapshot = {path: path.read_bytes() for path in (case.intact(work) if case.intact else [])}
+        result = setup_and_run()
+        outcome = classify(case, work, result, snapshot)
+    except RanAway:
+        outcome, result = "ran away", Result()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old_handler)
+    if verbose or outcome in ("unclear error", "silent", "ran away"):
+        message = (result.err.strip().splitlines() or [""])[-1][:160]
+        if outcome == "silent" and isinstance(result.out, str):
+            message += f" | output: {result.out.strip()[:120]}"
+        print(f"  [{outcome:13}] {case.family}/{case.name}: rc={result.code} {message} {'; '.join(case.notes)}",
+              file=sys.__stderr__)
+    return outcome
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def write_16_bit(path: Path, values: np.ndarray, **profile) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path, "w", width=values.shape[2], height=values.shape[1], count=values.shape[0],
+                           dtype="uint16", **profile) as raster:
+            raster.write(values)
+    return path
+
+
+def real_16_bit(path: Path, **profile) -> Path:
+    """A real LEVIR-CC image as 16-bit data filling 0..10,200 (high bytes 0..39, as satellite exports are)."""
+    pixels = np.moveaxis(np.asarray(Image.open(PAIR[1]).convert("RGB")), -1, 0).astype(np.uint16) * 40
+    return write_16_bit(path, pixels, **profile)
+
+
+def bomb_png(path: Path) -> Path:
+    """A PNG claiming 30,000 x 30,000 pixels (over twice Pillow's limit) in a few bytes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def manifest_csv(path: Path, rows: list, header="before,after,caption") -> Path:
+    path.write_text(header + "\n" + "".join(row + "\n" for row in rows))
+    return path
+
+
+def cd_rows(count=5) -> list:
+    return [(str(LEVIR_CD / "A" / name), str(LEVIR_CD / "B" / name)) for name in CD_NAMES[:count]]
+
+
+def unclosed_quote_manifest(path: Path) -> Path:
+    rows = [f"{b},{a},houses appear" for b, a in cd_rows()]
+    rows[1] = f'{cd_rows()[1][0]},{cd_rows()[1][1]},"a road is built'
+    return manifest_csv(path, rows)
+
+
+def levir_root(root: Path) -> Path:
+    captions = json.loads((SHARED / "levir_cc" / "LevirCCcaptions.json").read_text())["images"]
+    names = ("train_000016.png", "train_000051.png", "train_000054.png")
+    for side in ("A", "B"):
+        (root / "images" / "train" / side).mkdir(parents=True)
+        for name in names:
+            shutil.copy(LEVIR / side / name, root / "images" / "train" / side / name)
+    (root / "LevirCCcaptions.json").write_text(json.dumps({"images": [e for e in captions if e["filename"] in names]}))
+    return root
+
+
+def files_under(folder: Path) -> list:
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
+def built_pairs(folder: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(shard).num_rows for shard in (folder / "data").glob("*.parquet"))
+
+
+def jsonl_lines(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def damaged_checkpoint(work: Path, damage) -> Path:
+    folder = shutil.copytree(TINY, work / "broken")
+    damage(folder)
+    return folder
+
+
+def drop_a_weight(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    del weights[sorted(weights)[0]]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def double_mlp(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["intermediate_size"] *= 2
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------------------------------------
+
+TINY = HEAD = None
+MODEL = []
+
+
+def cases() -> list:
+    c = []
+    tokens = ["--max-new-tokens", "2"]
+
+    def add(family, name, setup, **kwargs):
+        c.append(Case(family, name, setup, **kwargs))
+
+    # Readers of user files: every row or a named error.
+    add("readers", "data manifest csv unclosed quote",
+        lambda w: (lambda m=unclosed_quote_manifest(w / "p.csv"): lambda: cli(
+            "data", "manifest", "--manifest", m, "--out", w / "out"))(), fragment="line 2")
+    add("readers", "caption manifest csv unclosed quote",
+        lambda w: (lambda m=unclosed_quote_manifest(w / "p.csv"): lambda: cli(
+            "caption", m, *MODEL, *tokens, "--out", w / "c.jsonl"))(), fragment="line 2")
+    add("readers", "data manifest latin-1 csv",
+        lambda w: (lambda m=(w / "p.csv").write_bytes(
+            f"before,after,caption\n{PAIR[0]},{PAIR[1]},caf\u00e9 built\n".encode("latin-1")): lambda: cli(
+            "data", "manifest", "--manifest", w / "p.csv", "--out", w / "out"))(), fragment=("p.csv", "UTF-8"))
+    add("readers", "caption manifest latin-1 csv",
+        lambda w: (lambda m=(w / "p.csv").write_bytes(
+            f"before,after,caption\n{PAIR[0]},{PAIR[1]},caf\u00e9 built\n".encode("latin-1")): lambda: cli(
+            "caption", w / "p.csv", *MODEL, *tokens))(), fragment=("p.csv", "UTF-8"))
+    add("readers", "data manifest csv multi-line cell",
+        lambda w: (lambda m=manifest_csv(w / "p.csv", [f'{PAIR[0]},{PAIR[1]},"one\nsentence"']): lambda: cli(
+            "data", "manifest", "--manifest", m, "--out", w / "out"))(), fragment="line 2")
+    for name, content in (("entries are strings", {"images": ["train_000016.png"]}),
+                          ("sentences are numbers", {"images": [{"filename": "train_000016.png", "split": "train",
+                                                                 "sentences": [3]}]}),
+                          ("images is a dict", {"images": {"a": 1}})):
+        add("readers", f"data levir-cc json {name}",
+            lambda w, content=content: (lambda r=levir_root(w / "root"): (
+                (r / "LevirCCcaptions.json").write_text(json.dumps(content)),
+                lambda: cli("data", "levir-cc", "--root", r, "--out", w / "out"))[1])(),
+            fragment="LevirCCcaptions.json")
+    add("readers", "data ccexpert image path is a number",
+        lambda w: ((w / "r.json").write_text(json.dumps([{"uid": 1, "img1_path": 5, "img2_path": PAIR[1],
+                                                          "change_caption": ["a road"]}])),
+                   lambda: cli("data", "ccexpert", "--records", w / "r.json", "--out", w / "out"))[1],
+        fragment="r.json")
+    add("readers", "caption manifest jsonl before is a list",
+        lambda w: ((w / "p.jsonl").write_text(json.dumps({"before": [PAIR[0]], "after": PAIR[1]})),
+                   lambda: cli("caption", w / "p.jsonl", *MODEL, *tokens))[1], fragment="p.jsonl")
+    add("readers", "data mix local path typo",
+        lambda w: lambda: cli("data", "mix", "--source", f"{w}/levir_ccc:train:2", "--out", w / "out"),
+        fragment="levir_ccc")
+
+    def eval_files(w, caption=None, refs=None, latin=False):
+        entries = [{"filename": f"test_{i}.png", "split": "test", "sentences": [{"raw": "a road is built"}]}
+                   for i in range(3)]
+        if refs is not None:
+            entries[1]["sentences"] = refs
+        (w / "refs.json").write_text(json.dumps({"images": entries}))
+        rows = [{"id": f"test_{i}", "caption": "a road is built" if i != 1 else caption} for i in range(3)]
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        (w / "p.jsonl").write_bytes(text.encode("latin-1" if latin else "utf-8"))
+        return lambda: cli("eval", "--predictions", w / "p.jsonl", "--references", w / "refs.json", "--metrics",
+                           "BLEU-4", "--output", w / "eval.json")
+
+    add("readers", "eval caption null", lambda w: eval_files(w, caption=None), fragment=("p.jsonl", "line 2"))
+    add("readers", "eval caption list", lambda w: eval_files(w, caption=["a", "road"]), fragment=("p.jsonl", "line 2"))
+    add("readers", "eval references all empty", lambda w: eval_files(w, caption="x", refs=[{"raw": " "}]),
+        fragment="test_1")
+    add("readers", "eval references raw null", lambda w: eval_files(w, caption="x", refs=[{"raw": None}]),
+        fragment="refs.json")
+    add("readers", "eval predictions latin-1", lambda w: eval_files(w, caption="caf\u00e9", latin=True),
+        fragment="p.jsonl")
+
+    add("readers", "data manifest csv column named twice",
+        lambda w: (lambda m=manifest_csv(w / "p.csv", [f"{PAIR[0]},{PAIR[1]},a road,houses appear"],
+                                         header="before,after,caption,caption"): lambda: cli(
+            "data", "manifest", "--manifest", m, "--out", w / "out"))(), fragment=("p.csv", "caption"))
+
+    def load_missing_dataset(w):
+        from rscc.data import load_change_dataset
+
+        return lambda: api(lambda: load_change_dataset(w / "levir_ccc", split="train"))
+
+    add("readers", "load_change_dataset local path typo", load_missing_dataset, fragment="levir_ccc")
+
+    # Nothing of the user's deleted or overwritten.
+    add("deletion", "data --out is the source root --overwrite",
+        lambda w: (lambda r=levir_root(w / "root"): lambda: cli("data", "levir-cc", "--root", r, "--out", r,
+                                                                 "--overwrite"))(),
+        fragment="--overwrite", intact=lambda w: files_under(w / "root"))
+    add("deletion", "data --out is the source images/ --overwrite",
+        lambda w: (lambda r=levir_root(w / "root"): lambda: cli("data", "levir-cc", "--root", r, "--out",
+                                                                 r / "images", "--overwrite"))(),
+        fragment="--overwrite", intact=lambda w: files_under(w / "root"))
+    add("deletion", "data --out is the manifest's folder --overwrite",
+        lambda w: (lambda m=manifest_csv(w / "p.csv", [f"{b},{a},houses" for b, a in cd_rows(2)]): lambda: cli(
+            "data", "manifest", "--manifest", m, "--out", w, "--overwrite"))(),
+        fragment="--overwrite", intact=lambda w: [w / "p.csv"])
+    add("deletion", "data --out is a folder of other files --overwrite",
+        lambda w: ((w / "notes").mkdir(), (w / "notes" / "thesis.tex").write_text("years"), lambda: cli(
+            "data", "manifest", "--manifest", manifest_csv(w / "p.csv", [f"{PAIR[0]},{PAIR[1]},houses"]),
+            "--out", w / "notes", "--overwrite"))[2],
+        fragment="--overwrite", intact=lambda w: [w / "notes" / "thesis.tex"])
+    add("deletion", "data mix --out is its own source --overwrite",
+        lambda w: (cli("data", "manifest", "--manifest", manifest_csv(w / "p.csv", [f"{PAIR[0]},{PAIR[1]},houses"]),
+                       "--out", w / "built"),
+                   lambda: cli("data", "mix", "--source", f"{w / 'built'}:train:2", "--out", w / "built",
+                               "--overwrite"))[1],
+        fragment="--overwrite", intact=lambda w: files_under(w / "built"))
+    add("deletion", "caption --out is the manifest",
+        lambda w: ((w / "p.jsonl").write_text(json.dumps({"before": PAIR[0], "after": PAIR[1]}) + "\n"),
+                   lambda: cli("caption", w / "p.jsonl", *MODEL, *tokens, "--out", w / "p.jsonl"))[1],
+        fragment="p.jsonl", intact=lambda w: [w / "p.jsonl"])
+    add("deletion", "caption --mask-out is the after image",
+        lambda w: (lambda pair=[shutil.copy(p, w / f"{s}.png") for s, p in zip("ab", PAIR)]: lambda: cli(
+            "caption", *pair, "--model", HEAD, *tokens, "--mask-out", pair[1]))(),
+        fragment="b.png", intact=lambda w: [w / "b.png"])
+    add("deletion", "scene --out is BEFORE",
+        lambda w: (lambda b=shutil.copy(CHIPS / "pre" / "0_pre.tif", w / "b.tif"): lambda: cli(
+            "scene", b, CHIPS / "post" / "0_post.tif", "--out", b, *MODEL, *tokens))(),
+        fragment="b.tif", intact=lambda w: [w / "b.tif"])
+    add("deletion", "tiny-checkpoint into a model folder",
+        lambda w: ((w / "mine").mkdir(), (w / "mine" / "config.json").write_text("{}"),
+                   lambda: cli("tiny-checkpoint", w / "mine"))[2],
+        fragment="mine", intact=lambda w: [w / "mine" / "config.json"])
+    add("deletion", "eval --output is the predictions file",
+        lambda w: (eval_files(w, caption="x"), lambda: cli(
+            "eval", "--predictions", w / "p.jsonl", "--references", w / "refs.json", "--metrics", "BLEU-4",
+            "--output", w / "p.jsonl"))[1],
+        fragment="p.jsonl", intact=lambda w: [w / "p.jsonl"])
+
+    # Imagery: one reader, full depth.
+    def not_black(work, result):
+        image = np.asarray(result.out)
+        return image.max() >= 200 and image.min() <= 30
+
+    from rscc.processing_rscc import load_image
+
+    for name, profile in (("16-bit RGB PNG", {"driver": "PNG"}), ("16-bit RGB TIFF (GDAL)", {"driver": "GTiff"}),
+                          ("16-bit RGB TIFF band-interleaved", {"driver": "GTiff", "interleave": "band"}),
+                          ("16-bit RGB TIFF photometric RGB", {"driver": "GTiff", "photometric": "RGB"})):
+        add("imagery", f"load_image {name}",
+            lambda w, profile=profile: (lambda p=real_16_bit(w / f"x.{profile['driver'].lower()}", **profile):
+                                        lambda: api(lambda: load_image(p)))(),
+            expect="ok", verify=not_black)
+    add("imagery", "caption a 16-bit RGB TIFF pair",
+        lambda w: (lambda b=real_16_bit(w / "b.tif", driver="GTiff"), a=real_16_bit(w / "a.tif", driver="GTiff"):
+                   lambda: cli("caption", b, a, *MODEL, *tokens))(), expect="ok")
+    add("imagery", "load_image 16-bit grey PNG",
+        lambda w: (lambda p=write_16_bit(w / "g.png", np.asarray(Image.open(PAIR[1]).convert("L"))[None].astype(
+            np.uint16) * 40, driver="PNG"): lambda: api(lambda: load_image(p)))(), expect="ok", verify=not_black)
+    add("imagery", "data build with a 16-bit RGB PNG",
+        lambda w: (lambda p=real_16_bit(w / "deep.png", driver="PNG"): lambda: cli(
+            "data", "manifest", "--manifest", manifest_csv(w / "p.csv", [f"{PAIR[0]},{p},houses appear"]),
+            "--out", w / "out"))(), fragment="deep.png")
+    add("imagery", "load_image all-NaN array",
+        lambda w: lambda: api(lambda: load_image(np.full((64, 64, 3), np.nan, np.float32))), fragment="NaN")
+    add("imagery", "load_image some NaN",
+        lambda w: lambda: api(lambda: load_image(np.where(np.eye(64)[..., None] > 0, np.nan, 0.5).repeat(3, -1))),
+        fragment="NaN")
+    add("imagery", "load_image 0 x 0 array", lambda w: lambda: api(lambda: load_image(np.zeros((0, 0, 3), np.uint8))),
+        fragment="no pixels")
+    add("imagery", "caption a decompression bomb PNG",
+        lambda w: (lambda p=bomb_png(w / "bomb.png"): lambda: cli("caption", PAIR[0], p, *MODEL, *tokens))(),
+        fragment="bomb.png")
+    add("imagery", "data build with a decompression bomb PNG",
+        lambda w: (lambda p=bomb_png(w / "bomb.png"): lambda: cli(
+            "data", "manifest", "--manifest", manifest_csv(w / "p.csv", [f"{PAIR[0]},{p},houses appear"]),
+            "--out", w / "out"))(), fragment="bomb.png")
+
+    # Resumable outputs record what made them.
+    def rerun(w, *changed):
+        folders = [w / "A", w / "B"]
+        for folder, image in zip(folders, PAIR):
+            folder.mkdir()
+            shutil.copy(image, folder / "x.png")
+            shutil.copy(image, folder / "y.png")
+        cli("caption", *folders, *MODEL, *tokens, "--out", w / "c.jsonl")
+        return lambda: cli("caption", *folders, *MODEL, *tokens, "--out", w / "c.jsonl", *changed)
+
+    add("resume", "rerun with another --max-new-tokens", lambda w: rerun(w, "--max-new-tokens", "3"),
+        fragment="c.jsonl")
+    add("resume", "rerun with another --model",
+        lambda w: rerun(w, "--model", shutil.copytree(TINY, w / "other")), fragment="c.jsonl")
+    add("resume", "rerun the same command", lambda w: rerun(w), expect="ok",
+        verify=lambda w, r: len(jsonl_lines(w / "c.jsonl")) == 2 and "2 already done" in r.err)
+
+    # Masks either take effect or are refused.
+    label = LEVIR_CD / "label" / CD_NAMES[0]
+    add("masks", "--mask on a model without a token filter",
+        lambda w: lambda: cli("caption", *PAIR, *MODEL, *tokens, "--mask", label), fragment="--mask")
+    for option in (["--mask", label], ["--json"], ["--mask-out", "m.png"]):
+        add("masks", f"batch with {option[0]}",
+            lambda w, option=option: (lambda f=[shutil.copytree(LEVIR / s, w / s) for s in "AB"]: lambda: cli(
+                "caption", *f, *MODEL, *tokens, *option))(), fragment=option[0])
+
+    def mask_build(w, mask_name, writer, caption="houses appear"):
+        grey = np.asarray(Image.open(label).convert("L"))
+        writer(grey, w / mask_name)
+        before, after = cd_rows(1)[0]
+        return lambda: cli("data", "manifest", "--manifest", manifest_csv(
+            w / "p.csv", [f"{before},{after},{caption},{w / mask_name}"], header="before,after,caption,mask"),
+            "--out", w / "out")
+
+    add("masks", "data mask of values 0/7",
+        lambda w: mask_build(w, "m.png", lambda g, p: Image.fromarray(np.where(g > 0, 7, 0).astype(np.uint8)).save(p)),
+        fragment="m.png")
+    add("masks", "data JPEG-damaged mask",
+        lambda w: mask_build(w, "m.jpg", lambda g, p: Image.fromarray(g).save(p, quality=50)), fragment="m.jpg")
+    add("masks", "data caption '.'",
+        lambda w: mask_build(w, "m.png", lambda g, p: Image.fromarray(g).save(p), caption="."),
+        fragment="empty caption")
+
+    def masks_to_a_plain_model(w):
+        from rscc import RsccForConditionalGeneration, RsccProcessor
+        from rscc.inference import describe_changes
+
+        model = RsccForConditionalGeneration.from_pretrained(TINY).eval()
+        return lambda: api(lambda: describe_changes(model, RsccProcessor.from_pretrained(TINY), [PAIR],
+                                                    change_masks=[label], max_new_tokens=2))
+
+    add("masks", "describe_changes with masks on a model without a filter", masks_to_a_plain_model,
+        fragment="change_masks")
+    add("options", "data --max-shard-size 0",
+        lambda w: lambda: cli("data", "manifest", "--manifest", manifest_csv(
+            w / "p.csv", [f"{PAIR[0]},{PAIR[1]},houses appear"]), "--out", w / "out", "--max-shard-size", "0"),
+        fragment="--max-shard-size")
+    add("options", "caption --batch-size 0",
+        lambda w: lambda: cli("caption", *PAIR, *MODEL, "--batch-size", "0"), fragment="--batch-size")
+    add("options", "caption --max-new-tokens 0",
+        lambda w: lambda: cli("caption", *PAIR, *MODEL, "--max-new-tokens", "0"), fragment="--max-new-tokens")
+
+    for option in (["--value-range", "0", "3000"], ["--assume-aligned"]):
+        add("options", f"scene {option[0]} on 8-bit georeferenced rasters",
+            lambda w, option=option: lambda: cli("scene", CHIPS / "pre" / "0_pre.tif", CHIPS / "post" / "0_post.tif",
+                                                 "--out", w / "s.geojson", *MODEL, *tokens, "--tile-size", "512",
+                                                 *option), fragment=option[0])
+    add("options", "eval --vocab without --convention vocab-ids",
+        lambda w: (eval_files(w, caption="x"), lambda: cli(
+            "eval", "--predictions", w / "p.jsonl", "--references", w / "refs.json", "--metrics", "BLEU-4",
+            "--vocab", SHARED / "levir_cc" / "splits" / "vocab_468.json"))[1], fragment="--vocab")
+
+    # Scene options.
+    scene = ["scene", CHIPS / "pre" / "0_pre.tif", CHIPS / "post" / "0_post.tif"]
+    add("scene", "--tile-size 0", lambda w: lambda: cli(*scene, "--out", w / "s.geojson", *MODEL, *tokens,
+                                                        "--tile-size", "0"), fragment="--tile-size")
+    add("scene", "--tile-size 1", lambda w: lambda: cli(*scene, "--out", w / "s.geojson", *MODEL, *tokens,
+                                                        "--tile-size", "1"), fragment="--tile-size", limit_s=30)
+    add("scene", "--out is a folder", lambda w: lambda: cli(*scene, "--out", w, *MODEL, *tokens), fragment="folder")
+    add("scene", "SIGTERM during a run", sigterm_scene, expect="ok", verify=stopped_cleanly, limit_s=200)
+
+    # Model folders, devices and outputs of caption.
+    damages = {
+        "config not JSON": lambda f: (f / "config.json").write_text("{not json"),
+        "config.json missing": lambda f: (f / "config.json").unlink(),
+        "weights missing": lambda f: (f / "model.safetensors").unlink(),
+        "weights truncated": lambda f: (f / "model.safetensors").write_bytes(
+            (f / "model.safetensors").read_bytes()[:20000]),
+        "weights garbage": lambda f: (f / "model.safetensors").write_bytes(b"\x00garbage" * 50),
+        "tokenizer.json missing": lambda f: (f / "tokenizer.json").unlink(),
+        "processor_config.json missing": lambda f: (f / "processor_config.json").unlink(),
+        "config shape mismatch": double_mlp,
+        "a weight missing": drop_a_weight,
+    }
+    for name, damage in damages.items():
+        add("model", name, lambda w, damage=damage: (lambda f=damaged_checkpoint(w, damage): lambda: cli(
+            "caption", *PAIR, "--model", f, *tokens))(), fragment="broken")
+    add("model", "missing local folder", lambda w: lambda: cli("caption", *PAIR, "--model", "./runs/stage3"),
+        fragment=("./runs/stage3", "folder"))
+    add("model", "--device cuda on a CPU build" if not torch.cuda.is_available() else "--device cuda:99",
+        lambda w: lambda: cli("caption", *PAIR, *MODEL, *tokens, "--device",
+                              "cuda" if not torch.cuda.is_available() else "cuda:99"), fragment="--device")
+    add("model", "--mask-out into a missing folder",
+        lambda w: lambda: cli("caption", *PAIR, "--model", HEAD, *tokens, "--mask-out", w / "new" / "m.png"),
+        expect="ok", verify=lambda w, r: (w / "new" / "m.png").is_file() and r.out.strip() != "")
+    add("model", "--mask-out onto a folder",
+        lambda w: lambda: cli("caption", *PAIR, "--model", HEAD, *tokens, "--mask-out", w), fragment="folder")
+    add("model", "publish a broken folder (dry run)",
+        lambda w: (lambda f=damaged_checkpoint(w, damages["weights garbage"]): lambda: cli(
+            "publish", f, "--repo-id", "u/n", "--dry-run", "--out", w / "hub"))(), fragment="broken")
+
+    # Python API.
+    def other_batch_inputs():
+        from rscc import RsccProcessor
+
+        processor = RsccProcessor.from_pretrained(TINY)
+        inputs, other = processor(images=[PAIR, PAIR]), processor(images=[PAIR])
+        generated = torch.cat([inputs["input_ids"], torch.full((2, 3), 5)], dim=1)
+        return processor.post_process_captions(generated, other)
+
+    add("api", "post_process_captions with another batch's inputs", lambda w: lambda: api(other_batch_inputs),
+        fragment="inputs")
+
+    def generate_without_images():
+        from rscc import RsccForConditionalGeneration, RsccProcessor
+
+        model = RsccForConditionalGeneration.from_pretrained(TINY).eval()
+        inputs = RsccProcessor.from_pretrained(TINY)(images=[PAIR])
+        return model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                              max_new_tokens=2)
+
+    add("api", "generate without pixel_values (modeling_rscc.py, main's)", lambda w: lambda: api(
+        generate_without_images), fragment="pixel_values")
+
+    # Controls: bad input every version handled.
+    add("controls", "caption missing image", lambda w: lambda: cli("caption", PAIR[0], w / "gone.png", *MODEL),
+        fragment="gone.png")
+    add("controls", "data --out not empty", lambda w: ((w / "out").mkdir(), (w / "out" / "x").write_text("x"),
+                                                       lambda: cli("data", "manifest", "--manifest", manifest_csv(
+                                                           w / "p.csv", [f"{PAIR[0]},{PAIR[1]},houses"]),
+                                                           "--out", w / "out"))[2], fragment="not empty")
+    add("controls", "eval missing predictions", lambda w: (eval_files(w, caption="x"), lambda: cli(
+        "eval", "--predictions", w / "gone.jsonl", "--references", w / "refs.json"))[1], fragment="gone.jsonl")
+    add("controls", "caption manifest unknown column",
+        lambda w: ((w / "p.jsonl").write_text(json.dumps({"before": PAIR[0], "after": PAIR[1], "msk": "m"})),
+                   lambda: cli("caption", w / "p.jsonl", *MODEL))[1], fragment="msk")
+    add("controls", "caption a pair", lambda w: lambda: cli("caption", *PAIR, *MODEL, *tokens), expect="ok")
+    add("controls", "data manifest good",
+        lambda w: lambda: cli("data", "manifest", "--manifest", manifest_csv(
+            w / "p.csv", [f"{b},{a},houses appear" for b, a in cd_rows()]), "--out", w / "out"),
+        expect="ok", verify=lambda w, r: built_pairs(w / "out") == 5)
+    return c
+
+
+def sigterm_scene(work: Path):
+    """`rscc scene` in a child process, sent SIGTERM mid-run: it must stop, and leave no file, hidden or not."""
+    def run() -> Result:
+        argv = ["scene", CHIPS / "pre" / "0_pre.tif", CHIPS / "post" / "0_post.tif", "--out", work / "s.geojson",
+                "--model", TINY, "--tile-size", "32", "--max-new-tokens", "8"]
+        code = f"import sys; from rscc.cli import main; sys.exit(main({[str(arg) for arg in argv]!r}))"
+        child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        time.sleep(25)  # imports and the model load, then 1,024 tiles to caption
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+        return Result(code=0, err=err, out=json.dumps({"rc": child.returncode, "left": sorted(
+            path.name for path in work.iterdir())}))
+    return run
+
+
+def stopped_cleanly(work: Path, result: Result) -> bool:
+    child = json.loads(result.out)
+    return child["rc"] in (130, 143) and not child["left"]
+
+
+def main_campaign() -> None:
+    global TINY, HEAD, MODEL
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="run one family")
+    parser.add_argument("--verbose", action="store_true", help="print every case's outcome")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="rscc-campaign-") as scratch:
+        scratch = Path(scratch)
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            TINY = make_tiny_checkpoint(scratch / "tiny")
+            HEAD = make_tiny_checkpoint(scratch / "head", use_change_head=True)
+        MODEL = ["--model", TINY]
+        counts, by_family = Counter(), {}
+        for case in cases():
+            if args.only and case.family != args.only:
+                continue
+            outcome = run_case(case, scratch, args.verbose)
+            counts[outcome] += 1
+            by_family.setdefault(case.family, Counter())[outcome] += 1
+    print(f"rscc at {ROOT}: {sum(counts.values())} cases")
+    print(f"{'family':10} " + " ".join(f"{name:>13}" for name in OUTCOMES))
+    for family, family_counts in [*by_family.items(), ("all", counts)]:
+        print(f"{family:10} " + " ".join(f"{family_counts[name]:>13}" for name in OUTCOMES))
+
+
+if __name__ == "__main__":
+    main_campaign()

@@ -1,0 +1,31 @@
+"""Bad user input: the error type every rscc reader and command raises for it, and the reader of users' text files
+(standard library only, so that `rscc eval` and the remote-code processor use them without torch)."""
+
+from pathlib import Path
+
+
+class RsccInputError(ValueError):
+    """A user's input (a file, an array, an option) is not what rscc expects; the message names it and what was
+    expected. Every reader of user input raises this type (or a subclass) for bad input."""
+
+
+class InputFileNotFoundError(RsccInputError, FileNotFoundError):
+    """A named input file does not exist."""
+
+
+def read_text_file(path: Path, encoding: str = "utf-8") -> str:
+    """The whole text of a user's file; a missing file, a folder or text in another encoding is an `RsccInputError`
+    naming the file (and the line of the first byte that does not decode)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputFileNotFoundError(f"{path}: file not found") from None
+    except OSError as error:
+        raise RsccInputError(f"{path}: cannot read file ({error.strerror or error})") from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise RsccInputError(
+            f"{path}: line {line} is not UTF-8 text (byte {data[error.start]:#04x}); save the file as UTF-8"
+        ) from None
