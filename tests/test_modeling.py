@@ -218,3 +218,9 @@ def test_set_attn_implementation_reaches_the_difference_module(tiny_model, tiny_
     # Each of the two blocks attends four times: change to change, change to images, each image to change.
     assert len(eager_calls) == 2 * 4
     assert (eager_logits - sdpa_logits).abs().max().item() <= 1e-4
+
+
+def test_generate_refuses_image_placeholders_without_images(tiny_model, tiny_processor, example_pairs):
+    inputs = tiny_processor(images=example_pairs[:1])
+    with pytest.raises(ValueError, match="no pixel_values"):
+        tiny_model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=2)
