@@ -16,7 +16,7 @@ def test_inference_benchmark_runs_and_writes_its_results(shared_data, tmp_path, 
     import bench_inference
 
     readme = tmp_path / "README.md"
-    readme.write_text("# Benchmarks\n\nintro\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n")
+    readme.write_text("# Benchmarks\n\nintro\n\n<!-- results:tiny:start -->\nold\n<!-- results:tiny:end -->\n\nafter\n")
     out = tmp_path / "figures.json"
     bench_inference.main(["--preset", "tiny", "--pairs", "2", "--batch-sizes", "1", "--repeats", "1",
                           "--json", str(out), "--readme", str(readme)])
