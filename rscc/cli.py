@@ -15,7 +15,7 @@ SUBCOMMAND_MODULES = {
     "caption": "rscc.inference",
     "tiny-checkpoint": "rscc.checkpoints",
     "data": "rscc.data",
-    "eval": "rscc.metrics",
+    "eval": "rscc.metrics.cli",
     "scene": "rscc.scene",
     "card": "rscc.hub",
     "publish": "rscc.hub",

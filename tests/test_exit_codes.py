@@ -49,7 +49,7 @@ def commands(tiny_checkpoint, example_pairs, shared_data, tmp_path):
         "eval": (["--predictions", str(predictions), "--references", str(references), "--split", "test",
                   "--metrics", "BLEU-1", "--output", str(eval_json)],
                  ["--predictions", str(tmp_path / "gone.jsonl"), "--references", str(references)],
-                 "rscc.metrics.evaluate_captions"),
+                 "rscc.metrics.cli.evaluate_captions"),
         "card": ([str(eval_json), "--repo-id", "user/name", "--out", str(tmp_path / "README.md")],
                  [str(tmp_path / "gone.json"), "--repo-id", "user/name", "--out", str(tmp_path / "README.md")],
                  "rscc.hub.validate_model_card"),
