@@ -14,7 +14,7 @@ import sys
 SUBCOMMAND_MODULES = {
     "caption": "rscc.inference",
     "tiny-checkpoint": "rscc.checkpoints",
-    "data": "rscc.data",
+    "data": "rscc.data.cli",
     "eval": "rscc.metrics.cli",
     "scene": "rscc.scene",
     "card": "rscc.hub",

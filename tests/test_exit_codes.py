@@ -45,7 +45,7 @@ def commands(tiny_checkpoint, example_pairs, shared_data, tmp_path):
                    *model], "rscc.scene.load_captioner"),
         "data": (["manifest", "--manifest", str(manifest), "--out", str(tmp_path / "built")],
                  ["manifest", "--manifest", str(tmp_path / "gone.csv"), "--out", str(tmp_path / "built2")],
-                 "rscc.data.build_dataset"),
+                 "rscc.data.cli.build_dataset"),
         "eval": (["--predictions", str(predictions), "--references", str(references), "--split", "test",
                   "--metrics", "BLEU-1", "--output", str(eval_json)],
                  ["--predictions", str(tmp_path / "gone.jsonl"), "--references", str(references)],
