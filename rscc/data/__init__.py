@@ -15,8 +15,9 @@ dataset card (README.md) whose YAML makes `datasets.load_dataset(folder)` return
 as it is (`hf upload USER/NAME FOLDER --repo-type dataset`, or `HfApi.upload_folder`).
 
 Where each part lives: `schema` (FEATURES, ChangeRecord, problems), one module per source converter (`levir_cc`,
-`dubai_cc`, `ccexpert`, `manifest`, `mixture`), `validation` (one record), `build` (`build_dataset`), `card` (the
-dataset card), `views` (`load_change_dataset`, `caption_view`) and `cli` (`rscc data`).
+`dubai_cc`, `ccexpert`, `manifest`, `mixture`; the files they read in `source_files`), `validation` (one record),
+`build` (`build_dataset`), `card` (the dataset card), `views` (`load_change_dataset`, `caption_view`) and `cli`
+(`rscc data`).
 """
 
 from .build import DEFAULT_MAX_SHARD_SIZE, ROWS_PER_ROW_GROUP, BuildSummary, build_dataset

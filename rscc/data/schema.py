@@ -11,6 +11,7 @@ from typing import Optional, Union
 import datasets
 
 from ..errors import RsccInputError
+from ..masks import MASK_GREY_LEVELS
 
 FEATURES = datasets.Features(
     {
@@ -28,7 +29,7 @@ FEATURES = datasets.Features(
 ImageSource = Union[str, os.PathLike, dict]
 
 # Classes a stored change mask may encode: LEVIR-MCI's three (0/128/255, or class ids 0/1/2), LEVIR-CD's two.
-MAX_MASK_CLASSES = 3
+MAX_MASK_CLASSES = max(MASK_GREY_LEVELS)
 SPLIT_ORDER = ("train", "validation", "test")  # splits first in a build and its card, in this order
 SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")  # what `datasets` accepts as a split name
 
