@@ -12,9 +12,14 @@ NO_CHANGE_SENTENCES = (
 
 def canonical_form(caption: str) -> str:
     """Lower-case, drop periods and collapse whitespace: the form used to compare captions."""
-    return " ".join(caption.lower().replace(".", " ").split())
+    return collapse_whitespace(caption.lower().replace(".", " "))
 
 
 def is_no_change_caption(caption: str) -> bool:
     """Whether `caption` is one of LEVIR-CC's canonical no-change sentences (case and period ignored)."""
     return canonical_form(caption) in NO_CHANGE_SENTENCES
+
+
+def collapse_whitespace(text: str) -> str:
+    """Strip and collapse runs of whitespace to single spaces: the form every reader stores captions in."""
+    return " ".join(text.split())

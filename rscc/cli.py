@@ -14,8 +14,8 @@ import sys
 SUBCOMMAND_MODULES = {
     "caption": "rscc.inference",
     "tiny-checkpoint": "rscc.checkpoints",
-    "data": "rscc.data",
-    "eval": "rscc.metrics",
+    "data": "rscc.data.cli",
+    "eval": "rscc.metrics.cli",
     "scene": "rscc.scene",
     "card": "rscc.hub",
     "publish": "rscc.hub",

@@ -10,15 +10,14 @@ validation and `rscc caption` decode the same way.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Callable, Union
 
 import datasets
 from tqdm.auto import tqdm
 
+from .caption_files import read_prediction_records, write_predictions
 from .inference import DEFAULT_MAX_NEW_TOKENS, caption_pairs
 
 # A scoring function maps (predictions {id: caption}, references {id: [captions]}) to a report of metric values.
@@ -90,28 +89,9 @@ def generate_predictions(
     return predictions
 
 
-def write_predictions(predictions: dict[str, str], output_file: Union[str, os.PathLike]) -> Path:
-    """Write `{id: caption}` as JSON lines `{"id": ..., "caption": ...}` (parent folders created)."""
-    path = Path(output_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as file:
-        for identifier, caption in predictions.items():
-            file.write(json.dumps({"id": identifier, "caption": caption}, ensure_ascii=False) + "\n")
-    return path
-
-
 def read_predictions(path: Union[str, os.PathLike]) -> dict[str, str]:
-    """Read a JSON-lines predictions file written by [`write_predictions`]."""
-    predictions = {}
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row, dict) or "id" not in row or "caption" not in row:
-                raise ValueError(f"{path}:{number}: expected an object with 'id' and 'caption', got {line.strip()!r}")
-            predictions[str(row["id"])] = row["caption"]
-    return predictions
+    """Read a JSON-lines predictions file written by [`write_predictions`] as `{id: caption}`."""
+    return {str(record["id"]): record["caption"] for record in read_prediction_records(path)}
 
 
 def reference_captions(dataset: datasets.Dataset) -> dict[str, list[str]]:

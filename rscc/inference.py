@@ -34,6 +34,7 @@ from .cli import (
     interrupted_exit_code,
     positive_int,
 )
+from .masks import MASK_GREY_LEVELS
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
 
@@ -439,10 +440,6 @@ def _caption_one_pair(args) -> int:
     return EXIT_OK
 
 
-# PNG grey levels of predicted class ids: LEVIR-CD's 0/255 for two classes, LEVIR-MCI's 0/128/255 for three.
-MASK_PNG_LEVELS = {2: (0, 255), 3: (0, 128, 255)}
-
-
 def write_mask_png(change_mask: np.ndarray, num_classes: int, path: str | os.PathLike) -> Path:
     """Write a predicted mask of class ids as an 8-bit PNG in the LEVIR encodings (temporary file, then rename).
 
@@ -452,7 +449,7 @@ def write_mask_png(change_mask: np.ndarray, num_classes: int, path: str | os.Pat
         path (`str` or `os.PathLike`): the PNG to write.
     """
     path = Path(path)
-    levels = MASK_PNG_LEVELS.get(num_classes)
+    levels = MASK_GREY_LEVELS.get(num_classes)
     grey = change_mask.astype(np.uint8) if levels is None else np.asarray(levels, dtype=np.uint8)[change_mask]
     temporary = path.with_name(path.name + ".tmp")
     Image.fromarray(grey).save(temporary, format="PNG")

@@ -17,6 +17,7 @@ import rscc_console
 from rscc import cli
 from rscc.captions import is_no_change_caption
 from rscc import metrics as M
+from rscc.metrics import meteor, scoring
 from rscc.processing_rscc import to_sentence_case
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -457,11 +458,11 @@ def test_metrics_take_over_the_meteor_process_the_console_script_started(monkeyp
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        monkeypatch.setattr(rscc_console, "_prestarted_meteor", process)
-        monkeypatch.setattr(M, "_meteor_process", None)
-        monkeypatch.setattr(M, "_require_java", lambda what: None)
-        assert M._meteor().meteor_p is process
-        assert rscc_console.take_prestarted_meteor() is None, "handed out once"
+        monkeypatch.setattr(meteor, "_prestarted_meteor", process)
+        monkeypatch.setattr(meteor, "_meteor_process", None)
+        monkeypatch.setattr(meteor, "require_java", lambda what: None)
+        assert meteor.shared_meteor().meteor_p is process
+        assert meteor.take_prestarted_meteor() is None, "handed out once"
     finally:
         process.kill()
         process.wait()
@@ -480,7 +481,7 @@ def test_meteor_matches_pycocoevalcap_called_directly(test_references):
     references.update(REFERENCES)
     predictions["pair_empty"], references["pair_empty"] = "", ["a road is built"]
     report = M.evaluate_captions(predictions, references, require_meteor=True)
-    gts, res = M._normalise_pairs(predictions, references, "ccexpert", None)
+    gts, res = scoring._normalise_pairs(predictions, references, "ccexpert", None)
     direct = Meteor()
     assert report["metrics"]["all"]["METEOR"] == pytest.approx(100 * direct.compute_score(gts, res)[0], abs=1e-9)
     change = [i for i, refs in references.items() if not all(is_no_change_caption(r) for r in refs)]

@@ -1,0 +1,135 @@
+"""The `rscc data {levir-cc, dubai-cc, ccexpert, manifest, mix}` command: one converter per source format."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Optional
+
+from ..cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS, EXIT_OK, positive_int
+from .build import DEFAULT_MAX_SHARD_SIZE, build_dataset
+from .ccexpert import ccexpert_records
+from .dubai_cc import dubai_cc_records
+from .levir_cc import levir_cc_records
+from .manifest import MANIFEST_FIELDS, manifest_records
+from .mixture import MixtureComponent, mixture_records
+from .schema import ChangeRecord, InvalidRecordsError
+
+
+def _split_and_path(spec: str) -> tuple:
+    """`SPLIT=PATH` or `PATH` (split "train")."""
+    split, separator, path = spec.partition("=")
+    return (split, Path(path)) if separator else ("train", Path(spec))
+
+
+def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="leave invalid records out (listed in the card) instead of failing")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--pretty-name", help="title of the dataset card")
+    parser.add_argument("--license", help="Hub license id for the card (default: the source's, else 'unknown')")
+    parser.add_argument("--max-shard-size", type=positive_int, default=DEFAULT_MAX_SHARD_SIZE // 1024**2,
+                        metavar="MB",
+                        help="approximate maximum size of a Parquet shard (default: %(default)s)")
+
+
+def _records_for(args: argparse.Namespace, mixture: Optional[list]) -> Iterable[ChangeRecord]:
+    if args.data_command == "levir-cc":
+        return levir_cc_records(args.root, args.captions)
+    if args.data_command == "dubai-cc":
+        return dubai_cc_records(args.captions, args.images, args.before_dir, args.after_dir)
+    if args.data_command == "ccexpert":
+        return itertools.chain.from_iterable(
+            ccexpert_records(path, split, args.source_name, args.image_root)
+            for split, path in map(_split_and_path, args.records))
+    if args.data_command == "manifest":
+        return itertools.chain.from_iterable(
+            manifest_records(path, split, args.source_name) for split, path in map(_split_and_path, args.manifest))
+    return mixture_records(mixture, args.split)
+
+
+def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
+    """The files and folders a `rscc data` command reads, which its --out must never replace."""
+    if args.data_command == "levir-cc":
+        return [args.root, *([args.captions] if args.captions else [])]
+    if args.data_command == "dubai-cc":
+        return [args.captions, args.images]
+    if args.data_command == "ccexpert":
+        paths = [path for _, path in map(_split_and_path, args.records)]
+        return paths + [args.image_root or path.parent for path in paths]
+    if args.data_command == "manifest":
+        paths = [path for _, path in map(_split_and_path, args.manifest)]
+        return paths + [path.parent for path in paths]
+    return [component.path for component in mixture if Path(component.path).exists()]
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        mixture = [MixtureComponent.parse(spec) for spec in args.source] if args.data_command == "mix" else None
+        summary = build_dataset(
+            _records_for(args, mixture), args.out, pretty_name=args.pretty_name, license=args.license,
+            skip_invalid=args.skip_invalid, overwrite=args.overwrite, max_shard_size=args.max_shard_size * 1024**2,
+            mixture=mixture, inputs=_inputs_of(args, mixture),
+        )
+    except InvalidRecordsError as error:
+        # Every problem, then the summary last so that it is what a terminal shows.
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        print(f"\nrscc data {args.data_command}: build failed.\n{error}", file=sys.stderr)
+        return EXIT_INVALID_RECORDS
+    except (OSError, ValueError) as error:
+        print(f"rscc data {args.data_command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(summary)
+    return EXIT_OK
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add `rscc data ...`: one converter per source format, each writing a validated Parquet dataset."""
+    parser = subparsers.add_parser(
+        "data", help="build change-captioning datasets (Parquet shards + dataset card)",
+        description="Convert a change-captioning source into Parquet shards plus a dataset card that "
+                    "datasets.load_dataset(OUT) and push_to_hub accept. Every record is validated; any problem "
+                    "fails the build unless --skip-invalid.")
+    commands = parser.add_subparsers(dest="data_command", required=True, metavar="FORMAT")
+
+    levir = commands.add_parser("levir-cc", help="LEVIR-CC / LEVIR-MCI (Karpathy-style JSON + images/)")
+    levir.add_argument("--root", required=True, type=Path,
+                       help="folder with LevirCCcaptions.json and images/{train,val,test}/{A,B}[,label]")
+    levir.add_argument("--captions", type=Path, help="caption file (default: ROOT/LevirCCcaptions.json)")
+
+    dubai = commands.add_parser("dubai-cc", help="Dubai-CC ({Train,Validation,Test}_Dubai_CC.json + images)")
+    dubai.add_argument("--captions", required=True, type=Path,
+                       help="folder with the three caption files (or its parent)")
+    dubai.add_argument("--images", required=True, type=Path, help="folder with the before and after folders")
+    dubai.add_argument("--before-dir", default="500_2000", help="before-image folder in --images (%(default)s)")
+    dubai.add_argument("--after-dir", default="500_2010", help="after-image folder in --images (%(default)s)")
+
+    ccexpert = commands.add_parser("ccexpert", help="CCExpert records (uid, change_flag, img1_path, img2_path, "
+                                                    "change_caption)")
+    ccexpert.add_argument("--records", required=True, action="append", metavar="[SPLIT=]FILE",
+                          help="JSON or JSONL records file, optionally with its split (default train); repeatable")
+    ccexpert.add_argument("--image-root", type=Path, help="folder relative image paths start from "
+                                                          "(default: the records file's folder)")
+    ccexpert.add_argument("--source-name", help="source column value (default: the records file name)")
+
+    manifest = commands.add_parser("manifest", help="your own pairs: CSV or JSONL with before, after, caption(s)")
+    manifest.add_argument("--manifest", required=True, action="append", metavar="[SPLIT=]FILE",
+                          help="CSV or JSONL manifest, optionally with the split of rows without a split column "
+                               "(default train); repeatable. Columns: " + ", ".join(MANIFEST_FIELDS)
+                               + ", caption_1, caption_2, ...")
+    manifest.add_argument("--source-name", help="source column value (default: the manifest file name)")
+
+    mix = commands.add_parser("mix", help="mixture of built datasets with per-source upsampling factors")
+    mix.add_argument("--source", required=True, action="append", metavar="PATH:SPLIT:FACTOR",
+                     help="a built dataset (folder or Hub repo), its split and how many times to repeat it; "
+                          "repeatable, e.g. out/levir_cc:train:6")
+    mix.add_argument("--split", default="train", help="split name of the mixture (%(default)s)")
+
+    for command in (levir, dubai, ccexpert, manifest, mix):
+        _add_build_arguments(command)
+        command.set_defaults(run=_run)

@@ -1,0 +1,129 @@
+"""A user's manifest: a CSV or JSONL file with one image pair per row (also what `rscc caption` reads)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional, Union
+
+from ..errors import read_text_file
+from .source_files import read_json_records
+from .schema import ChangeRecord, DataInputError
+
+MANIFEST_FIELDS = ("id", "split", "before", "after", "caption", "captions", "mask", "change_flag")
+_NUMBERED_CAPTION = re.compile(r"^caption_\d+$")
+
+
+def _read_csv_rows(path: Path) -> tuple:
+    """(line, row) pairs and the header of a CSV manifest, every row read or a `DataInputError` naming the line.
+
+    A manifest cell is a path, an id, a flag or a one-sentence caption, so a cell spanning lines is a quote left
+    open: csv would otherwise swallow every later row into that one cell.
+    """
+    text = read_text_file(path, encoding="utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    rows, last_line = [], 1
+    try:
+        for row in reader:
+            breaks = sum(cell.count("\n") for cell in row.values() if isinstance(cell, str))
+            if breaks:
+                first = reader.line_num - breaks
+                raise DataInputError(
+                    f"{path}: line {first}: a cell runs over lines {first}-{reader.line_num}: a quote (\") is left "
+                    'open; close it, or double the quotes inside a quoted cell ("")'
+                )
+            rows.append((f"line {reader.line_num}", row))
+            last_line = reader.line_num
+    except csv.Error as error:
+        raise DataInputError(f"{path}: the row after line {last_line} is not valid CSV ({error}): a quote (\") may be "
+                             "left open") from None
+    columns = reader.fieldnames or []
+    repeated = sorted({column for column in columns if columns.count(column) > 1})
+    if repeated:  # csv.DictReader keeps the last cell of a repeated column and drops the others
+        raise DataInputError(f"{path}: line 1 names the column(s) {', '.join(map(repr, repeated))} more than once; "
+                             "number repeated captions caption_1, caption_2, ...")
+    for where, row in rows:
+        if None in row:  # csv.DictReader's key for cells beyond the header
+            raise DataInputError(f"{path}: {where} has more cells than the header has columns "
+                                 f"(quote captions that contain commas)")
+    return rows, columns
+
+
+def read_manifest(path: Path, require_captions: bool = True) -> list:
+    """(line, row) pairs of a CSV or JSONL manifest; unknown columns are an error, since a misspelt optional
+    column (say "msk") would otherwise be dropped without a word. Captions are optional for captioning runs."""
+    if path.suffix == ".csv":
+        rows, columns = _read_csv_rows(path)
+    elif path.suffix == ".jsonl":
+        rows = read_json_records(path)
+        columns = sorted({key for _, row in rows for key in row})
+        for where, row in rows:
+            wrong = [key for key in ("before", "after", "mask", "split", "caption")
+                     if row.get(key) is not None and not isinstance(row[key], str)]
+            captions = row.get("captions")
+            if captions is not None and not (isinstance(captions, str) or (
+                    isinstance(captions, list) and all(isinstance(caption, str) for caption in captions))):
+                wrong.append("captions")
+            if wrong:
+                raise DataInputError(f"{path}: {where}: {', '.join(wrong)} must be text (captions: a list of text)")
+    else:
+        raise DataInputError(f"{path}: a manifest must be a .csv or a .jsonl file")
+    unknown = [c for c in columns if c not in MANIFEST_FIELDS and not _NUMBERED_CAPTION.match(c or "")]
+    if unknown:
+        raise DataInputError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; expected "
+                         f"{', '.join(MANIFEST_FIELDS)} or caption_1, caption_2, ...")
+    missing = [c for c in ("before", "after") if c not in columns]
+    has_captions = any(c in ("caption", "captions") or _NUMBERED_CAPTION.match(c) for c in columns)
+    if missing or (require_captions and not has_captions):
+        needed = "before, after and caption (or captions, or caption_1, caption_2, ...)" if require_captions else (
+            "before and after")
+        raise DataInputError(f"{path}: a manifest needs the columns {needed}")
+    return rows
+
+
+def manifest_captions(row: dict) -> list:
+    captions = row.get("captions")
+    if captions is None:
+        captions = [row["caption"]] if row.get("caption") is not None else []
+    elif isinstance(captions, str):
+        captions = [captions]
+    numbered = sorted((key for key in row if _NUMBERED_CAPTION.match(key)), key=lambda key: int(key[8:]))
+    # A CSV row with fewer captions than the widest row leaves trailing caption_<n> cells empty.
+    return list(captions) + [row[key] for key in numbered if row[key]]
+
+
+def manifest_records(manifest: Union[str, os.PathLike], split: str = "train", source: Optional[str] = None
+                     ) -> Iterator[ChangeRecord]:
+    """Records of a user's manifest: a CSV or JSONL file with one image pair per row.
+
+    Columns: `before`, `after` (image paths, relative to the manifest's folder or absolute), the captions as
+    `caption` (one), `captions` (a list, JSONL) or `caption_1`, `caption_2`, ... (CSV); optional `id` (default:
+    the before image's file name without extension), `mask`, `change_flag` (0/1; default: derived from the
+    captions) and `split`.
+
+    Args:
+        manifest: The CSV or JSONL file.
+        split: Split of the rows that have no `split` column.
+        source: Source name; defaults to the manifest's file name without extension.
+    """
+    path = Path(manifest)
+    for where, row in read_manifest(path):
+        before, after, mask = (str(row.get(key) or "") for key in ("before", "after", "mask"))
+        change_flag = row.get("change_flag")
+        if isinstance(change_flag, str):
+            change_flag = int(change_flag) if change_flag.strip() in ("0", "1") else (change_flag.strip() or None)
+        yield ChangeRecord(
+            id=str(row.get("id") or Path(before).stem),
+            split=row.get("split") or split,
+            before=path.parent / before if before else "",
+            after=path.parent / after if after else "",
+            captions=manifest_captions(row),
+            change_flag=change_flag,
+            change_mask=path.parent / mask if mask else None,
+            source=source or path.stem,
+            origin=f"{path} ({where})",
+        )
