@@ -106,3 +106,41 @@ def test_installed_package_registers_auto_classes(tiny_checkpoint):
     assert type(AutoModel.from_pretrained(tiny_checkpoint)) is rscc.RsccForConditionalGeneration
     assert type(AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)) is rscc.RsccForConditionalGeneration
     assert type(AutoProcessor.from_pretrained(tiny_checkpoint)) is rscc.RsccProcessor
+
+
+HIDE_RSCC_AND_LOAD_IMAGE_PROCESSOR = r"""
+import importlib.abc, json, sys
+
+class HideRscc(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "rscc" or name.startswith("rscc."):
+            raise ImportError("rscc is hidden in this process")
+
+sys.meta_path.insert(0, HideRscc())
+from transformers import AutoImageProcessor, AutoProcessor
+
+folder = sys.argv[1]
+image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+print(json.dumps({"image_processor": type(image_processor).__module__ + "." + type(image_processor).__name__,
+                  "processor_holds": type(processor.image_processor).__name__,
+                  "num_change_classes": image_processor.num_change_classes}))
+"""
+
+
+def test_image_processor_is_saved_as_remote_code_and_loads_without_rscc(tiny_checkpoint, tmp_path):
+    image_processor_map = json.loads((tiny_checkpoint / "processor_config.json").read_text())["image_processor"]
+    assert image_processor_map["auto_map"]["AutoImageProcessor"] == "processing_rscc.RsccImageProcessor"
+    result = subprocess.run(
+        [sys.executable, "-c", HIDE_RSCC_AND_LOAD_IMAGE_PROCESSOR, str(tiny_checkpoint)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["image_processor"].startswith("transformers_modules.")
+    assert report["image_processor"].endswith("processing_rscc.RsccImageProcessor")
+    assert report["processor_holds"] == "RsccImageProcessor" and report["num_change_classes"] == 2
