@@ -10,17 +10,14 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import AutoConfig, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
-from ..configuration_rscc import RsccConfig
 from ..evaluation import (
     ScoringFunction,
 )
-from ..inference import match_change_classes
-from ..modeling_rscc import RsccForConditionalGeneration
-from ..processing_rscc import RsccProcessor
+from ..inference import load_model_and_processor
 from .arguments import StageRunArguments, parse_arguments
 from .lora import apply_lora, merge_lora
 from .memory import compile_layers
@@ -36,40 +33,6 @@ from .trainer import (
 )
 
 logger = logging.get_logger(__name__)
-
-def load_model_and_processor(
-    model_name_or_path: str, config_overrides: Optional[dict] = None, dtype: torch.dtype = torch.float32
-) -> tuple[RsccForConditionalGeneration, RsccProcessor]:
-    """Load the model to train and its processor from an rscc checkpoint or a LLaVA-OneVision one.
-
-    The kind is read from the config's `model_type`. A LLaVA-OneVision checkpoint gets a new difference module
-    (zero-initialised output scale, so training starts from the base model's outputs).
-
-    Args:
-        config_overrides: [`RsccConfig`] options; an option this rscc version does not know is an error.
-        dtype: Weights dtype (float32, or the DeepSpeed mixed-precision dtype).
-    """
-    config_overrides = dict(config_overrides or {})
-    unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(
-            f"model_config_overrides: {unknown} are not RsccConfig options"
-        )
-    model_type = AutoConfig.from_pretrained(model_name_or_path).model_type
-    if model_type == "rscc":
-        model = RsccForConditionalGeneration.from_pretrained(model_name_or_path, dtype=dtype, **config_overrides)
-        processor = RsccProcessor.from_pretrained(model_name_or_path)
-    elif model_type == "llava_onevision":
-        model = RsccForConditionalGeneration.from_llava_onevision(
-            model_name_or_path, from_pretrained_kwargs={"dtype": dtype}, **config_overrides
-        )
-        processor = RsccProcessor.from_llava_onevision(model_name_or_path)
-    else:
-        raise ValueError(
-            f"--model_name_or_path {model_name_or_path} holds a '{model_type}' model; expected an rscc or a "
-            "llava_onevision checkpoint"
-        )
-    return model, match_change_classes(model, processor)
 
 
 def deepspeed_config_of(training_kwargs: dict) -> Optional[dict]:
