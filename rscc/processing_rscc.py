@@ -354,7 +354,8 @@ class RsccImageProcessor(LlavaOnevisionImageProcessorPil):
         """Decode, resize and normalise (before, after) pairs, and their change masks.
 
         Args:
-            images (`list` of `[before, after]` pairs): each image anything [`load_image`] accepts.
+            images (`list` of `[before, after]` pairs): each image anything [`load_image`] accepts (a single image or
+                a flat list of them is processed as LLaVA-OneVision's image processor does).
             change_masks (`list`, *optional*): one change mask per pair, or `None` for a pair without one (anything
                 [`load_change_mask`] accepts). A mask whose size differs from its images' is resized with a warning.
             **kwargs: [`LlavaOnevisionImageProcessorPil`] options.
@@ -364,16 +365,19 @@ class RsccImageProcessor(LlavaOnevisionImageProcessorPil):
             original sizes), `batch_num_images` `(batch,)`, and with change masks `change_masks` `(batch, H, W)` (class
             ids at the vision input size, -100 for every pixel of a pair given `None`).
         """
-        decoded = [
-            [self.decode_image(image, name=f"images[{index}][{position}]") for position, image in enumerate(pair)]
-            for index, pair in enumerate(images)
-        ]
+        decoded = self._decode_images(images, "images")
         outputs = super().preprocess(decoded, **kwargs)
         if change_masks is not None:
             outputs["change_masks"] = self._change_mask_tensor(
                 change_masks, decoded, tuple(outputs["pixel_values"].shape[-2:])
             )
         return outputs
+
+    def _decode_images(self, images, name: str):
+        # Lists keep their nesting (pairs, or LLaVA-OneVision's single images); errors name the place, images[0][1].
+        if isinstance(images, (list, tuple)):
+            return [self._decode_images(image, f"{name}[{index}]") for index, image in enumerate(images)]
+        return self.decode_image(images, name=name)
 
     def _change_mask_tensor(self, masks: list, images: list, size: tuple[int, int]) -> torch.Tensor:
         tensors = []
