@@ -21,7 +21,8 @@ Figures per model: pairs/s at each batch size (runs alternate, best of `--repeat
 same process), latency per pair at batch 1, the language model's sequence length and visual tokens per pair (recorded
 at each prefill), FLOPs executed per pair by part (torch's FLOP counter: vision tower, projector, difference module,
 change head, language-model prefill and decode, LM head), and achieved FLOP/s against the machine's measured matmul
-rate. The Markdown table is printed last and, with `--readme`, written between the results markers of that file.
+rate. The Markdown table is printed last and, with `--readme`, written between that preset's results markers
+(`<!-- results:PRESET:start -->`, `<!-- results:PRESET:end -->`) of that file.
 """
 
 import argparse
@@ -47,7 +48,6 @@ from rscc.inference import caption_pairs
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "levir_cd_samples"
 NEW_TOKENS = 12
-RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 # Model name -> rscc options (None: stock LLaVA-OneVision) and whether the workload's masks are passed.
 MODELS = {
     "stock": (None, False),
@@ -318,13 +318,29 @@ def markdown_table(figures: dict, limit_rate: float) -> str:
     return "\n".join(lines)
 
 
-def write_readme(path: Path, section: str) -> None:
-    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{RESULTS_START}\n{RESULTS_END}\n"
-    if RESULTS_START not in text or RESULTS_END not in text:
-        raise ValueError(f"{path}: no {RESULTS_START} ... {RESULTS_END} markers to write the results between")
-    before, rest = text.split(RESULTS_START, 1)
-    _, after = rest.split(RESULTS_END, 1)
-    path.write_text(f"{before}{RESULTS_START}\n{section}\n{RESULTS_END}{after}")
+def write_readme(path: Path, preset: str, section: str) -> None:
+    """Replace the text between the preset's results markers of `path` (`<!-- results:PRESET:start -->` ...
+    `<!-- results:PRESET:end -->`, appended at the end when missing)."""
+    start, end = f"<!-- results:{preset}:start -->", f"<!-- results:{preset}:end -->"
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    if start not in text or end not in text:
+        text = f"{text.rstrip()}\n\n{start}\n{end}\n"
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    path.write_text(f"{before}{start}\n{section}\n{end}{after}")
+
+
+def plan_7b_table(figures: dict) -> str:
+    lines = [
+        f"7B (Qwen2-7B language model, SigLIP-so400m, difference module and change head; built on the meta device): "
+        f"{figures['parameters'] / 1e9:.2f}B parameters, {figures['weights_gb_bf16']:.1f} GB of bf16 weights. KV cache "
+        f"per pair in bf16 at the language-model lengths the tiny preset measures, plus {NEW_TOKENS} new tokens:",
+        "",
+        "| model | KV cache per pair (MB) |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {size:.1f} |" for name, size in figures["kv_cache_mb_per_pair_bf16"].items()]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -340,8 +356,12 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.preset == "7b":
-        tiny = run_preset("tiny", 2, [1], 1, device, torch.float32)
+        tiny = run_preset("tiny", args.pairs, [8], 1, device, torch.float32)
         figures = {"preset": "7b", **plan_7b({n: r["lm_sequence_length"] for n, r in tiny["runs"].items()})}
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+        if args.readme:
+            write_readme(Path(args.readme), "7b", plan_7b_table(figures))
         print(json.dumps(figures, indent=2))
         return figures
     limit_rate = matmul_rate(device, dtype)
@@ -362,7 +382,7 @@ def main(argv=None) -> dict:
             f"{figures['matmul_limit_gflop_per_s']:.0f} GFLOP/s, torch {torch.__version__}, transformers "
             f"{transformers.__version__}, {figures['date']}:"
         )
-        write_readme(Path(args.readme), f"{heading}\n\n{table}")
+        write_readme(Path(args.readme), args.preset, f"{heading}\n\n{table}")
     print(table)
     return figures
 

@@ -274,8 +274,8 @@ def describe_changes(
         model: an rscc (or stock LLaVA-OneVision) model.
         processor ([`RsccProcessor`]).
         pairs (`list`): `[before, after]` pairs, each image anything [`load_image`] accepts.
-        change_masks (`list`, *optional*): one change mask (or `None`) per pair, for the token filter of a model with
-            `change_mask_source="input"` (see `RsccProcessor`).
+        change_masks (`list`, *optional*): one change mask (or `None`) per pair, for the token filter (see
+            `RsccProcessor`); under `change_mask_source="predicted"` a given mask wins over the head's prediction.
         batch_size (`int`): pairs per `generate` call.
         max_new_tokens (`int`): caption length limit in tokens.
 
@@ -424,8 +424,9 @@ def show_progress(args) -> bool:
 
 
 def uses_input_masks(config) -> bool:
-    """Whether a model's token filter takes change masks given with the pairs (otherwise they would do nothing)."""
-    return getattr(config, "change_filter", "none") != "none" and getattr(config, "change_mask_source", None) == "input"
+    """Whether a model's token filter takes change masks given with the pairs (otherwise they would do nothing): every
+    filter does; under `change_mask_source="predicted"` a given mask wins over the head's prediction for its pair."""
+    return getattr(config, "change_filter", "none") != "none"
 
 
 def _check_mask_option(model, args) -> None:

@@ -1,0 +1,31 @@
+"""The inference benchmark runs end to end on the tiny preset and writes its JSON and table (figures are not tested)."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+@pytest.mark.slow
+def test_inference_benchmark_runs_and_writes_its_results(shared_data, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import bench_inference
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nintro\n\n<!-- results:tiny:start -->\nold\n<!-- results:tiny:end -->\n\nafter\n")
+    out = tmp_path / "figures.json"
+    bench_inference.main(["--preset", "tiny", "--pairs", "2", "--batch-sizes", "1", "--repeats", "1",
+                          "--json", str(out), "--readme", str(readme)])
+    figures = json.loads(out.read_text())
+    runs = figures["runs"]
+    assert list(runs) == list(bench_inference.MODELS)
+    assert runs["stock"]["visual_tokens_per_pair"] == 2 * (27 * 27 + 1)
+    assert runs["difference + drop (input masks)"]["visual_tokens_per_pair"] < runs["stock"]["visual_tokens_per_pair"]
+    assert runs["difference module"]["gflop_per_pair"]["difference_module"] > 0
+    text = readme.read_text()
+    assert "old" not in text and "| stock |" in text and text.endswith("after\n") and "intro" in text
+    sys.modules.pop("bench_inference", None)
