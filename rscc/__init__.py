@@ -18,24 +18,26 @@ _CLASS_MODULES = {
     "RsccPreTrainedModel": "modeling_rscc",
     "RsccForConditionalGeneration": "modeling_rscc",
     "RsccProcessor": "processing_rscc",
+    "RsccImageProcessor": "processing_rscc",
 }
 __all__ = list(_CLASS_MODULES)
 
 
 def register_auto_classes() -> None:
     """Register the rscc classes with the transformers Auto classes (again: a no-op)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
     from . import imagery  # noqa: F401  (installs the processor's reader of 16-bit colour imagery)
     from .configuration_rscc import RsccConfig
     from .modeling_rscc import RsccForConditionalGeneration
-    from .processing_rscc import RsccProcessor
+    from .processing_rscc import RsccImageProcessor, RsccProcessor
 
     AutoConfig.register(RsccConfig.model_type, RsccConfig, exist_ok=True)
     # AutoModel gives the captioning model (as remote-code VLMs do), so `AutoModel.from_pretrained(...).generate`
     # works the same whether or not rscc is installed.
     AutoModel.register(RsccConfig, RsccForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(RsccConfig, RsccForConditionalGeneration, exist_ok=True)
+    AutoImageProcessor.register(RsccConfig, image_processor_classes={"pil": RsccImageProcessor}, exist_ok=True)
     AutoProcessor.register(RsccConfig, RsccProcessor, exist_ok=True)
 
 
@@ -53,4 +55,4 @@ if os.environ.get("RSCC_LAZY_IMPORT") != "1":
     register_auto_classes()
     from .configuration_rscc import RsccConfig
     from .modeling_rscc import RsccForConditionalGeneration, RsccModel, RsccPreTrainedModel
-    from .processing_rscc import RsccProcessor
+    from .processing_rscc import RsccImageProcessor, RsccProcessor

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlavaOnevisionImageProcessorPil, Qwen2Tokenizer
+from transformers import Qwen2Tokenizer
 
 from .captions import NO_CHANGE_SENTENCES
 from .cli import EXIT_BAD_INPUT, EXIT_OK
 from .configuration_rscc import RsccConfig
 from .modeling_rscc import RsccForConditionalGeneration
-from .processing_rscc import DEFAULT_CONVERSATION_TEMPLATE, DEFAULT_PROMPT, RsccProcessor
+from .processing_rscc import DEFAULT_CONVERSATION_TEMPLATE, DEFAULT_PROMPT, RsccImageProcessor, RsccProcessor
 
 # The same special tokens as LLaVA-OneVision's Qwen2 tokenizer (which has them at ids 151643..151647).
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
@@ -131,9 +131,9 @@ def llava_onevision_0_5b_config(**overrides) -> RsccConfig:
     return RsccConfig(**options)
 
 
-def build_image_processor(size: int = TINY_IMAGE_SIZE) -> LlavaOnevisionImageProcessorPil:
-    """LLaVA-OneVision's image processor (SigLIP normalisation) for a `size` x `size` vision tower."""
-    return LlavaOnevisionImageProcessorPil(
+def build_image_processor(size: int = TINY_IMAGE_SIZE) -> RsccImageProcessor:
+    """rscc's image processor (LLaVA-OneVision's with SigLIP normalisation) for a `size` x `size` vision tower."""
+    return RsccImageProcessor(
         size={"height": size, "width": size},
         crop_size={"height": size, "width": size},
         image_mean=[0.5, 0.5, 0.5],

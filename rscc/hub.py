@@ -25,10 +25,9 @@ from transformers import AutoConfig
 from .compat_rscc import TESTED_TRANSFORMERS, TRANSFORMERS_REQUIREMENT
 from .configuration_rscc import RsccConfig
 from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK
-from .inference import DEFAULT_MODEL, ModelLoadError, check_model_folder
+from .inference import DEFAULT_MODEL, check_model_folder, load_model_and_processor
 from . import pipeline_rscc
-from .modeling_rscc import RsccForConditionalGeneration
-from .processing_rscc import RsccInputError, RsccProcessor
+from .processing_rscc import RsccInputError
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "template.md"
 LICENSE = "apache-2.0"  # the base model's (LLaVA-OneVision-0.5B: SigLIP and Qwen2, Apache-2.0)
@@ -285,11 +284,7 @@ def assemble_hub_folder(folder: str | os.PathLike, out: str | os.PathLike, card:
     _check_rscc_folder(folder)
     out = _check_new_folder(out)
     validate_model_card(card)
-    try:
-        model = RsccForConditionalGeneration.from_pretrained(folder, dtype="auto")
-        processor = RsccProcessor.from_pretrained(folder)
-    except Exception as error:  # whatever transformers or safetensors raise on broken weights or processor files
-        raise ModelLoadError(f"FOLDER {folder} cannot be loaded: {type(error).__name__}: {error}") from error
+    model, processor = load_model_and_processor(str(folder), dtype="auto")
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     temporary.chmod(0o755)  # mkdtemp's folder is private; the result is meant to be shared
     model.config.custom_pipelines = pipeline_rscc.CUSTOM_PIPELINES

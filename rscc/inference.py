@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoConfig
+from transformers import AutoConfig, LlavaOnevisionConfig
 from transformers.utils import logging
 
 from .batch import (
@@ -34,6 +34,7 @@ from .cli import (
     interrupted_exit_code,
     positive_int,
 )
+from .configuration_rscc import RsccConfig
 from .masks import MASK_GREY_LEVELS
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
@@ -117,59 +118,42 @@ def _check_available(model_id_or_path: str) -> None:
         )
 
 
-def match_change_classes(model: RsccForConditionalGeneration, processor: RsccProcessor) -> RsccProcessor:
-    """Make the processor decode change masks into the classes of the model's change head.
-
-    A head of 3 classes (LEVIR-MCI: road, building) needs masks decoded into 3 classes: with a processor left at 2,
-    roads and buildings would both become "change" and the head would never see its last class.
-    """
-    if model.config.use_change_head and processor.num_change_classes != model.config.change_head_num_classes:
-        logger.info(
-            f"change masks are decoded into the change head's {model.config.change_head_num_classes} classes "
-            f"(the processor had {processor.num_change_classes})"
-        )
-        processor.num_change_classes = model.config.change_head_num_classes
-    return processor
-
-
-def load_captioner(
-    model_id_or_path: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32
+def load_model_and_processor(
+    model_id_or_path: str = DEFAULT_MODEL,
+    config_overrides: dict | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | None = None,
+    for_captioning: bool = False,
 ) -> tuple[RsccForConditionalGeneration, RsccProcessor]:
-    """Load a model and processor for captioning.
+    """Load a model and its processor from an rscc checkpoint or a LLaVA-OneVision one: rscc's one loader.
+
+    The kind is read from the config's `model_type`. The processor's image processor is set to decode change masks
+    into the classes of the model's change head (`change_head_num_classes`), and saves that setting: a head of 3
+    classes (LEVIR-MCI: road, building) with masks decoded into 2 would never see its last class.
 
     Args:
-        model_id_or_path (`str`): an rscc checkpoint, or a LLaVA-OneVision one (run zero-shot with the rscc prompt;
-            difference integration is left out since it would be untrained).
-        device (`str`): torch device.
-        dtype (`torch.dtype`): weights dtype (float32 on CPU, bfloat16 on recent GPUs).
+        model_id_or_path (`str`): Hub id or folder of an rscc or a LLaVA-OneVision checkpoint.
+        config_overrides (`dict`, *optional*): [`RsccConfig`] options; an option this rscc version does not know is
+            an error.
+        dtype (`torch.dtype` or `"auto"`): weights dtype (float32 on CPU, bfloat16 on recent GPUs).
+        device (`str`, *optional*): torch device to move the model to; by default it stays on the CPU (a Trainer
+            places it).
+        for_captioning (`bool`): load to caption as the checkpoint is: every rscc weight must be in the file (none
+            left at random values) and the model is put in eval mode, and a LLaVA-OneVision checkpoint runs
+            zero-shot with the rscc prompt (no difference integration, which would be untrained). Otherwise (to
+            train) a LLaVA-OneVision checkpoint gets rscc's new modules, zero-initialised so training starts from
+            the base model's outputs.
 
     Returns:
-        `(model, processor)`, the model in eval mode.
+        `(model, processor)`.
     """
+    config_overrides = dict(config_overrides or {})
+    unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__))
+    if unknown:
+        raise RsccInputError(f"model_config_overrides: {unknown} are not RsccConfig options")
     _check_available(model_id_or_path)
     try:
-        model_type = AutoConfig.from_pretrained(model_id_or_path).model_type
-        if model_type == "llava_onevision":
-            model = RsccForConditionalGeneration.from_llava_onevision(
-                model_id_or_path, use_difference_integration=False, from_pretrained_kwargs={"dtype": dtype}
-            )
-            processor = RsccProcessor.from_llava_onevision(model_id_or_path)
-        elif model_type == "rscc":
-            model, loading = RsccForConditionalGeneration.from_pretrained(
-                model_id_or_path, dtype=dtype, output_loading_info=True
-            )
-            # Weights missing from the file would be left at random values without a word.
-            absent = [*loading["missing_keys"], *(key for key, *_ in loading["mismatched_keys"])]
-            if absent:
-                raise ModelLoadError(
-                    f"model {model_id_or_path}: {len(absent)} weight(s) missing from its weights or of another shape "
-                    f"than its config.json says (first: {', '.join(sorted(absent)[:3])})"
-                )
-            processor = RsccProcessor.from_pretrained(model_id_or_path)
-        else:
-            raise ModelLoadError(
-                f"{model_id_or_path} holds a '{model_type}' model; expected an rscc or llava_onevision one"
-            )
+        model, processor = _load_by_model_type(model_id_or_path, config_overrides, dtype, for_captioning)
     except (RsccInputError, torch.OutOfMemoryError):
         raise
     except Exception as error:  # whatever transformers, safetensors or the tokenizer raise on a broken folder
@@ -179,7 +163,60 @@ def load_captioner(
         raise ModelLoadError(
             f"model {model_id_or_path} cannot be loaded: {type(error).__name__}: {message[:500]}"
         ) from error
-    return model.to(device).eval(), match_change_classes(model, processor)
+    if model.config.use_change_head and processor.num_change_classes != model.config.change_head_num_classes:
+        logger.info(
+            f"change masks are decoded into the change head's {model.config.change_head_num_classes} classes "
+            f"(the processor had {processor.num_change_classes})"
+        )
+        processor.num_change_classes = model.config.change_head_num_classes
+    if device is not None:
+        model = model.to(device)
+    if for_captioning:
+        model.eval()
+    return model, processor
+
+
+def _load_by_model_type(
+    model_id_or_path: str, config_overrides: dict, dtype, for_captioning: bool
+) -> tuple[RsccForConditionalGeneration, RsccProcessor]:
+    """The one place that tells an rscc checkpoint from a LLaVA-OneVision one (see `load_model_and_processor`)."""
+    model_type = AutoConfig.from_pretrained(model_id_or_path).model_type
+    if model_type == LlavaOnevisionConfig.model_type:
+        if for_captioning:
+            config_overrides = {"use_difference_integration": False, **config_overrides}
+        model = RsccForConditionalGeneration.from_llava_onevision(
+            model_id_or_path, from_pretrained_kwargs={"dtype": dtype}, **config_overrides
+        )
+        return model, RsccProcessor.from_llava_onevision(model_id_or_path)
+    if model_type != RsccConfig.model_type:
+        raise ModelLoadError(f"{model_id_or_path} holds a '{model_type}' model; expected an rscc or llava_onevision one")
+    model, loading = RsccForConditionalGeneration.from_pretrained(
+        model_id_or_path, dtype=dtype, output_loading_info=True, **config_overrides
+    )
+    # Weights missing from the file would be left at random values without a word.
+    absent = [*loading["missing_keys"], *(key for key, *_ in loading["mismatched_keys"])]
+    if for_captioning and absent:
+        raise ModelLoadError(
+            f"model {model_id_or_path}: {len(absent)} weight(s) missing from its weights or of another shape "
+            f"than its config.json says (first: {', '.join(sorted(absent)[:3])})"
+        )
+    return model, RsccProcessor.from_pretrained(model_id_or_path)
+
+
+def load_captioner(
+    model_id_or_path: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype | str = torch.float32
+) -> tuple[RsccForConditionalGeneration, RsccProcessor]:
+    """Load a model and processor for captioning: [`load_model_and_processor`] with `for_captioning=True`.
+
+    Args:
+        model_id_or_path (`str`): an rscc checkpoint, or a LLaVA-OneVision one (run zero-shot with the rscc prompt).
+        device (`str`): torch device.
+        dtype (`torch.dtype`): weights dtype (float32 on CPU, bfloat16 on recent GPUs).
+
+    Returns:
+        `(model, processor)`, the model in eval mode.
+    """
+    return load_model_and_processor(model_id_or_path, dtype=dtype, device=device, for_captioning=True)
 
 
 def _is_connection_error(error: BaseException) -> bool:

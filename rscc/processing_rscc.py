@@ -4,6 +4,10 @@ Output feeds both `RsccForConditionalGeneration` and the stock `LlavaOnevisionFo
 sample holds two images, so LLaVA-OneVision uses the base view of each (no tiling) and every image placeholder
 stands for `num_image_tokens + 1` tokens (grid plus one newline token; 730 for SigLIP at 384 px). Optional change
 masks (one per pair) come out as class ids at the vision input size, for rscc models only.
+
+[`RsccImageProcessor`] owns everything about pixels: decoding image inputs (16-bit stretch), decoding change masks
+into the change head's classes, and reading the head's logits back as masks; [`RsccProcessor`] pairs it with the
+tokenizer and the prompt.
 """
 
 import os
@@ -13,8 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoImageProcessor, AutoTokenizer, LlavaOnevisionConfig
+from transformers import AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionImageProcessorPil
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+    LlavaOnevisionImageProcessorKwargs,
+)
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
@@ -65,7 +72,11 @@ def to_sentence_case(caption: str) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def stretch_to_uint8(array: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+def stretch_to_uint8(
+    array: np.ndarray,
+    value_range: tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = HIGH_BIT_DEPTH_PERCENTILES,
+) -> np.ndarray:
     """Map high-bit-depth imagery (16-bit, float radiance) to 0..255 by a linear 2nd-98th percentile stretch.
 
     The percentiles are taken over all bands together so colour balance is kept; a flat image maps to 0.
@@ -74,17 +85,19 @@ def stretch_to_uint8(array: np.ndarray, value_range: tuple[float, float] | None 
     Args:
         array (`np.ndarray`): the image, any numeric dtype.
         value_range (`tuple[float, float]`, *optional*): the values mapped to 0 and 255. Defaults to the
-            percentiles of `array`; pass a range measured once over a whole scene so that its tiles share one
+            `percentiles` of `array`; pass a range measured once over a whole scene so that its tiles share one
             stretch.
+        percentiles (`tuple[float, float]`, *optional*, defaults to `(2.0, 98.0)`): the percentiles mapped to 0 and
+            255 when no `value_range` is given.
     """
     values = array.astype(np.float64)
-    low, high = np.percentile(values, HIGH_BIT_DEPTH_PERCENTILES) if value_range is None else value_range
+    low, high = np.percentile(values, percentiles) if value_range is None else value_range
     if high <= low:
         return np.zeros(array.shape, dtype=np.uint8)
     return (np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def _array_to_rgb(array: np.ndarray, name: str) -> Image.Image:
+def _array_to_rgb(array: np.ndarray, name: str, percentiles: tuple[float, float]) -> Image.Image:
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -114,7 +127,7 @@ def _array_to_rgb(array: np.ndarray, name: str) -> Image.Image:
             )
         array = (array * 255.0).round().astype(np.uint8)
     elif np.issubdtype(array.dtype, np.integer):
-        array = stretch_to_uint8(array)
+        array = stretch_to_uint8(array, percentiles=percentiles)
     else:
         raise RsccInputError(f"{name}: unsupported image dtype {array.dtype}")
     return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
@@ -125,13 +138,13 @@ def pillow_truncates(image: Image.Image) -> bool:
     return image.mode in _EIGHT_BIT_BAND_MODES and any(";16" in str(tile.args) for tile in image.tile)
 
 
-def _read_image_file(path: Path, name: str) -> Image.Image:
+def _read_image_file(path: Path, name: str, percentiles: tuple[float, float]) -> Image.Image:
     pillow_problem = "Pillow reads only the high byte of each 16-bit band"
     try:
         with Image.open(path) as opened:
             if not pillow_truncates(opened):
                 opened.load()
-                return load_image(opened, name=f"{name} ({path})")
+                return load_image(opened, name=f"{name} ({path})", percentiles=percentiles)
     except Image.DecompressionBombError as error:
         raise RsccInputError(f"{name}: image file {path} is too large to decode safely ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
@@ -147,16 +160,20 @@ def _read_image_file(path: Path, name: str) -> Image.Image:
         array = full_depth_reader(path, name)
     except RsccInputError as error:
         raise RsccInputError(f"{name}: cannot read image file {path}: {pillow_problem}, nor GDAL ({error})") from None
-    return _array_to_rgb(array, f"{name} ({path})")
+    return _array_to_rgb(array, f"{name} ({path})", percentiles)
 
 
-def load_image(image, name: str = "image") -> Image.Image:
+def load_image(
+    image, name: str = "image", percentiles: tuple[float, float] = HIGH_BIT_DEPTH_PERCENTILES
+) -> Image.Image:
     """Turn one image input into an RGB PIL image.
 
     Args:
         image: a file path (`str` or `os.PathLike`), a PIL image, a numpy array or a torch tensor
             ((H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4).
         name (`str`): how errors refer to this input.
+        percentiles (`tuple[float, float]`, *optional*, defaults to `(2.0, 98.0)`): the stretch of other integer
+            depths (see [`stretch_to_uint8`]).
 
     RGBA loses its alpha channel, grayscale and palette images become RGB, 8-bit stays as it is, other integer
     depths (16-bit imagery) go through `stretch_to_uint8`, and float arrays must lie in [0, 1].
@@ -165,7 +182,7 @@ def load_image(image, name: str = "image") -> Image.Image:
         path = Path(image)
         if not path.is_file():
             raise InputFileNotFoundError(f"{name}: image file not found: {path}")
-        return _read_image_file(path, name)
+        return _read_image_file(path, name, percentiles)
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise RsccInputError(f"{name}: image of {image.width} x {image.height} pixels has no pixels")
@@ -173,11 +190,11 @@ def load_image(image, name: str = "image") -> Image.Image:
             return image
         if image.mode in ("L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr", "1"):
             return image.convert("RGB")
-        return _array_to_rgb(np.asarray(image), name)
+        return _array_to_rgb(np.asarray(image), name, percentiles)
     if isinstance(image, torch.Tensor):
-        return _array_to_rgb(image.detach().cpu().numpy(), name)
+        return _array_to_rgb(image.detach().cpu().numpy(), name, percentiles)
     if isinstance(image, np.ndarray):
-        return _array_to_rgb(image, name)
+        return _array_to_rgb(image, name, percentiles)
     raise RsccInputError(
         f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(image).__name__}"
     )
@@ -273,12 +290,159 @@ def load_change_mask(mask, name: str = "change mask", num_classes: int = 2) -> n
     )
 
 
-class RsccProcessor(ProcessorMixin):
+class RsccImageProcessorKwargs(LlavaOnevisionImageProcessorKwargs, total=False):
     r"""
-    Processor for change captioning: an image processor (LLaVA-OneVision's) and a Qwen2 tokenizer.
+    num_change_classes (`int`, *optional*, defaults to 2):
+        Classes of the model's change head (`config.change_head_num_classes`); decides how change masks are decoded
+        (see [`load_change_mask`]).
+    high_bit_depth_percentiles (`list[float]`, *optional*, defaults to `[2.0, 98.0]`):
+        The percentiles that integer images deeper than 8 bits are stretched between (see [`stretch_to_uint8`]).
+    """
+
+    num_change_classes: int
+    high_bit_depth_percentiles: list[float]
+
+
+class RsccImageProcessor(LlavaOnevisionImageProcessorPil):
+    r"""
+    Image processor for change captioning: LLaVA-OneVision's resizing and normalisation, after decoding remote-sensing
+    inputs, plus the change masks of the model's change head, in and out.
+
+    Images may be file paths, PIL images, arrays or tensors of any depth (see [`load_image`]); change masks are
+    decoded into `num_change_classes` classes (see [`load_change_mask`]) and resized like their images. Both
+    settings are saved with the processor, so a folder decodes masks as its model's head expects.
 
     Args:
-        image_processor ([`LlavaOnevisionImageProcessor`]): resizes each image to the vision tower's size.
+        num_change_classes (`int`, *optional*, defaults to 2): classes of the model's change head.
+        high_bit_depth_percentiles (`list[float]`, *optional*, defaults to `[2.0, 98.0]`): the stretch of images
+            deeper than 8 bits.
+        **kwargs: [`LlavaOnevisionImageProcessorPil`] options (`size`, `image_mean`, ...).
+    """
+
+    valid_kwargs = RsccImageProcessorKwargs
+    num_change_classes = 2
+    high_bit_depth_percentiles = list(HIGH_BIT_DEPTH_PERCENTILES)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.num_change_classes < 2:
+            raise ValueError(f"num_change_classes={self.num_change_classes}: expected at least 2")
+
+    @classmethod
+    def from_image_processor(cls, image_processor, **kwargs) -> "RsccImageProcessor":
+        """The same resizing and normalisation as another LLaVA-OneVision image processor, with rscc's settings.
+
+        Processor folders saved before rscc had its own image processor hold LLaVA-OneVision's; this is how they load.
+
+        Args:
+            image_processor: a LLaVA-OneVision image processor.
+            **kwargs: [`RsccImageProcessor`] settings (`num_change_classes`, ...).
+        """
+        names = cls.valid_kwargs.__annotations__
+        settings = {key: value for key, value in image_processor.to_dict().items() if key in names}
+        return cls(**{**settings, **kwargs})
+
+    def decode_image(self, image, name: str = "image") -> Image.Image:
+        """One image input as an RGB PIL image, stretched between `high_bit_depth_percentiles` (see [`load_image`])."""
+        return load_image(image, name=name, percentiles=tuple(self.high_bit_depth_percentiles))
+
+    def decode_change_mask(self, mask, name: str = "change mask") -> np.ndarray:
+        """One change mask as `(H, W)` int64 ids of the `num_change_classes` classes (see [`load_change_mask`])."""
+        return load_change_mask(mask, name=name, num_classes=self.num_change_classes)
+
+    def preprocess(self, images, change_masks=None, **kwargs) -> BatchFeature:
+        """Decode, resize and normalise (before, after) pairs, and their change masks.
+
+        Args:
+            images (`list` of `[before, after]` pairs): each image anything [`load_image`] accepts (a single image or
+                a flat list of them is processed as LLaVA-OneVision's image processor does).
+            change_masks (`list`, *optional*): one change mask per pair, or `None` for a pair without one (anything
+                [`load_change_mask`] accepts). A mask whose size differs from its images' is resized with a warning.
+            **kwargs: [`LlavaOnevisionImageProcessorPil`] options.
+
+        Returns:
+            [`BatchFeature`] with `pixel_values` `(2 * batch, 1, 3, H, W)`, `image_sizes` `(2 * batch, 2)` (the
+            original sizes), `batch_num_images` `(batch,)`, and with change masks `change_masks` `(batch, H, W)` (class
+            ids at the vision input size, -100 for every pixel of a pair given `None`).
+        """
+        decoded = self._decode_images(images, "images")
+        outputs = super().preprocess(decoded, **kwargs)
+        if change_masks is not None:
+            outputs["change_masks"] = self._change_mask_tensor(
+                change_masks, decoded, tuple(outputs["pixel_values"].shape[-2:])
+            )
+        return outputs
+
+    def _decode_images(self, images, name: str):
+        # Lists keep their nesting (pairs, or LLaVA-OneVision's single images); errors name the place, images[0][1].
+        if isinstance(images, (list, tuple)):
+            return [self._decode_images(image, f"{name}[{index}]") for index, image in enumerate(images)]
+        return self.decode_image(images, name=name)
+
+    def _change_mask_tensor(self, masks: list, images: list, size: tuple[int, int]) -> torch.Tensor:
+        tensors = []
+        for index, (mask, pair) in enumerate(zip(masks, images)):
+            if mask is None:
+                tensors.append(torch.full(size, IGNORE_INDEX, dtype=torch.long))
+                continue
+            name = f"change_masks[{index}]" + (f" ({mask})" if isinstance(mask, (str, os.PathLike)) else "")
+            classes = self.decode_change_mask(mask, name=name)
+            image_sizes = {image.size[::-1] for image in pair}
+            if {classes.shape} != image_sizes:
+                logger.warning(
+                    f"{name}: mask of {classes.shape[0]}x{classes.shape[1]} (height x width) differs from its images "
+                    f"({', '.join(f'{h}x{w}' for h, w in sorted(image_sizes))}); resized with nearest neighbour"
+                )
+            # nearest-exact samples each output pixel's centre, as the model samples masks at token centres.
+            resized = torch.nn.functional.interpolate(
+                torch.from_numpy(classes)[None, None].float(), size=size, mode="nearest-exact"
+            )
+            tensors.append(resized[0, 0].long())
+        return torch.stack(tensors)
+
+    def post_process_change_masks(self, change_logits: torch.Tensor, target_sizes=None) -> list[dict]:
+        """Per pair, the change head's mask, the fraction of its area that changed and a change / no-change flag.
+
+        Args:
+            change_logits (`torch.Tensor` of shape `(num_pairs, num_classes, height, width)`): the model's
+                `change_logits`.
+            target_sizes (*optional*): `(height, width)` of each returned mask, e.g. `inputs["image_sizes"][0::2]`
+                (the before images' original sizes); defaults to the logits' size. Logits are resized bilinearly
+                before the argmax, so boundaries stay smooth at any size.
+
+        Returns:
+            `list[dict]`, one per pair: `change_mask` (`np.ndarray` of shape `(height, width)`, int64 class ids, 0 no
+            change), `changed_fraction` (`float`, share of pixels of a non-zero class) and `changed` (`bool`).
+        """
+        if target_sizes is None:
+            target_sizes = [tuple(change_logits.shape[-2:])] * change_logits.shape[0]
+        if len(target_sizes) != change_logits.shape[0]:
+            raise RsccInputError(
+                f"target_sizes: expected one (height, width) per pair ({change_logits.shape[0]}), "
+                f"got {len(target_sizes)}"
+            )
+        results = []
+        for logits, size in zip(change_logits.detach(), target_sizes):
+            size = tuple(int(side) for side in size)
+            resized = torch.nn.functional.interpolate(
+                logits[None].float(), size=size, mode="bilinear", align_corners=False
+            )
+            classes = resized[0].argmax(0).cpu().numpy()
+            changed_fraction = float((classes != 0).mean())
+            results.append(
+                {"change_mask": classes, "changed_fraction": changed_fraction, "changed": changed_fraction > 0}
+            )
+        return results
+
+
+class RsccProcessor(ProcessorMixin):
+    r"""
+    Processor for change captioning: an [`RsccImageProcessor`] and a Qwen2 tokenizer.
+
+    Args:
+        image_processor ([`RsccImageProcessor`]): decodes and resizes each image to the vision tower's size, and the
+            change masks. A LLaVA-OneVision image processor (as processor folders saved before rscc had its own hold)
+            is taken over with its settings.
         tokenizer ([`Qwen2Tokenizer`]): must know the `image_token` and the conversation's special tokens.
         num_image_tokens (`int`): vision tokens per image before the newline token (729 for SigLIP-384).
         vision_feature_select_strategy (`str`, *optional*, defaults to `"full"`): as in the model config;
@@ -288,8 +452,8 @@ class RsccProcessor(ProcessorMixin):
             ending where the assistant's answer starts.
         turn_end (`str`, *optional*, defaults to `"<|im_end|>"`): appended to caption targets; supervised.
         image_token (`str`, *optional*, defaults to `"<image>"`).
-        num_change_classes (`int`, *optional*, defaults to 2): classes of the model's change head
-            (`config.change_head_num_classes`); decides how change masks are decoded (see [`load_change_mask`]).
+        num_change_classes (`int`, *optional*): the image processor's `num_change_classes`, as processor folders
+            saved before rscc had its own image processor hold it.
         chat_template (`str`, *optional*): kept for `apply_chat_template` users.
     """
 
@@ -303,14 +467,14 @@ class RsccProcessor(ProcessorMixin):
         conversation_template: str = DEFAULT_CONVERSATION_TEMPLATE,
         turn_end: str = "<|im_end|>",
         image_token: str = "<image>",
-        num_change_classes: int = 2,
+        num_change_classes: int | None = None,
         chat_template=None,
         **kwargs,
     ):
-        if num_change_classes < 2:
-            raise ValueError(f"num_change_classes={num_change_classes}: expected at least 2")
+        settings = {} if num_change_classes is None else {"num_change_classes": num_change_classes}
+        if settings or not isinstance(image_processor, RsccImageProcessor):
+            image_processor = RsccImageProcessor.from_image_processor(image_processor, **settings)
         self.num_image_tokens = num_image_tokens
-        self.num_change_classes = num_change_classes
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.prompt = prompt
         self.conversation_template = conversation_template
@@ -323,6 +487,15 @@ class RsccProcessor(ProcessorMixin):
         if conversation_template.count("{prompt}") != 1:
             raise ValueError("conversation_template must contain exactly one '{prompt}' field")
         self._check_prompt(prompt, "prompt")
+
+    @property
+    def num_change_classes(self) -> int:
+        """Classes that change masks are decoded into: the image processor's setting."""
+        return self.image_processor.num_change_classes
+
+    @num_change_classes.setter
+    def num_change_classes(self, value: int) -> None:
+        self.image_processor.num_change_classes = value
 
     @property
     def tokens_per_image(self) -> int:
@@ -342,7 +515,7 @@ class RsccProcessor(ProcessorMixin):
         kwargs.setdefault("num_image_tokens", grid * grid)
         kwargs.setdefault("vision_feature_select_strategy", config.vision_feature_select_strategy)
         return cls(
-            image_processor=AutoImageProcessor.from_pretrained(pretrained_model_name_or_path),
+            image_processor=RsccImageProcessor.from_pretrained(pretrained_model_name_or_path),
             tokenizer=AutoTokenizer.from_pretrained(pretrained_model_name_or_path),
             **kwargs,
         )
@@ -427,11 +600,8 @@ class RsccProcessor(ProcessorMixin):
         if padding_side not in ("left", "right"):
             raise RsccInputError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
 
-        loaded = [
-            [load_image(image, name=f"images[{index}][{position}]") for position, image in enumerate(pair)]
-            for index, pair in enumerate(pairs)
-        ]
-        image_inputs = self.image_processor(loaded, return_tensors="pt", **kwargs)
+        masks = None if change_masks is None else self._per_sample(change_masks, len(pairs), "change_masks")
+        image_inputs = self.image_processor(pairs, change_masks=masks, return_tensors="pt", **kwargs)
 
         sequences, label_sequences = [], []
         for index, prompt in enumerate(prompts):
@@ -460,65 +630,13 @@ class RsccProcessor(ProcessorMixin):
         }
         if targets is not None:
             data["labels"] = torch.tensor([pad(ids, IGNORE_INDEX) for ids in label_sequences], dtype=torch.long)
-        if change_masks is not None:
-            masks = self._per_sample(change_masks, len(pairs), "change_masks")
-            data["change_masks"] = self._mask_tensor(masks, loaded, tuple(image_inputs["pixel_values"].shape[-2:]))
+        if masks is not None:
+            data["change_masks"] = image_inputs["change_masks"]
         return BatchFeature(data=data)
 
-    def _mask_tensor(self, masks: list, images: list, size: tuple[int, int]) -> torch.Tensor:
-        tensors = []
-        for index, (mask, pair) in enumerate(zip(masks, images)):
-            if mask is None:
-                tensors.append(torch.full(size, IGNORE_INDEX, dtype=torch.long))
-                continue
-            name = f"change_masks[{index}]" + (f" ({mask})" if isinstance(mask, (str, os.PathLike)) else "")
-            classes = load_change_mask(mask, name=name, num_classes=self.num_change_classes)
-            image_sizes = {image.size[::-1] for image in pair}
-            if {classes.shape} != image_sizes:
-                logger.warning(
-                    f"{name}: mask of {classes.shape[0]}x{classes.shape[1]} (height x width) differs from its images "
-                    f"({', '.join(f'{h}x{w}' for h, w in sorted(image_sizes))}); resized with nearest neighbour"
-                )
-            # nearest-exact samples each output pixel's centre, as the model samples masks at token centres.
-            resized = torch.nn.functional.interpolate(
-                torch.from_numpy(classes)[None, None].float(), size=size, mode="nearest-exact"
-            )
-            tensors.append(resized[0, 0].long())
-        return torch.stack(tensors)
-
     def post_process_change_masks(self, change_logits: torch.Tensor, target_sizes=None) -> list[dict]:
-        """Per pair, the change head's mask, the fraction of its area that changed and a change / no-change flag.
-
-        Args:
-            change_logits (`torch.Tensor` of shape `(num_pairs, num_classes, height, width)`): the model's
-                `change_logits`.
-            target_sizes (*optional*): `(height, width)` of each returned mask, e.g. `inputs["image_sizes"][0::2]`
-                (the before images' original sizes); defaults to the logits' size. Logits are resized bilinearly
-                before the argmax, so boundaries stay smooth at any size.
-
-        Returns:
-            `list[dict]`, one per pair: `change_mask` (`np.ndarray` of shape `(height, width)`, int64 class ids, 0 no
-            change), `changed_fraction` (`float`, share of pixels of a non-zero class) and `changed` (`bool`).
-        """
-        if target_sizes is None:
-            target_sizes = [tuple(change_logits.shape[-2:])] * change_logits.shape[0]
-        if len(target_sizes) != change_logits.shape[0]:
-            raise RsccInputError(
-                f"target_sizes: expected one (height, width) per pair ({change_logits.shape[0]}), "
-                f"got {len(target_sizes)}"
-            )
-        results = []
-        for logits, size in zip(change_logits.detach(), target_sizes):
-            size = tuple(int(side) for side in size)
-            resized = torch.nn.functional.interpolate(
-                logits[None].float(), size=size, mode="bilinear", align_corners=False
-            )
-            classes = resized[0].argmax(0).cpu().numpy()
-            changed_fraction = float((classes != 0).mean())
-            results.append(
-                {"change_mask": classes, "changed_fraction": changed_fraction, "changed": changed_fraction > 0}
-            )
-        return results
+        """The change head's masks per pair: see [`RsccImageProcessor.post_process_change_masks`]."""
+        return self.image_processor.post_process_change_masks(change_logits, target_sizes=target_sizes)
 
     def post_process_captions(self, generated_ids: torch.Tensor, inputs=None) -> list[str]:
         """Clean caption strings from `generate` output.
@@ -543,21 +661,17 @@ class RsccProcessor(ProcessorMixin):
         texts = self.tokenizer.batch_decode(generated_ids, skip_special_tokens=True)
         return [" ".join(text.split()) for text in texts]
 
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
-
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values", "image_sizes", "batch_num_images", "change_masks"]
 
 
+RsccImageProcessor.register_for_auto_class()
 RsccProcessor.register_for_auto_class()
 
 __all__ = [
     "RsccProcessor",
+    "RsccImageProcessor",
     "RsccInputError",
     "InputFileNotFoundError",
     "load_image",

@@ -500,19 +500,7 @@ def describe_scene(
     mask_out = None if mask_out is None else check_output_file(
         mask_out, "--mask-out", "a .tif file path", inputs=[before, after, out])
     has_masks = change_masks is not None or getattr(model.config, "use_change_head", False)
-    if (polygons or mask_out is not None) and not has_masks:
-        raise SceneInputError(
-            "change polygons and the mask mosaic need per-pixel change masks, and this model has no "
-            "change-detection head"
-        )
-    if batch_size < 1:
-        raise SceneInputError(f"--batch-size must be at least 1, got {batch_size}")
-    if not 0.0 < min_valid_fraction <= 1.0:
-        raise SceneInputError(f"--min-valid-fraction must lie in (0, 1], got {min_valid_fraction}")
-    if not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
-        raise SceneInputError(f"--percentiles must satisfy 0 <= LOW < HIGH <= 100, got {percentiles}")
-    if value_range is not None and not value_range[0] < value_range[1]:
-        raise SceneInputError(f"--value-range must satisfy MIN < MAX, got {value_range}")
+    _check_scene_options(has_masks, polygons, mask_out, batch_size, min_valid_fraction, percentiles, value_range)
     if tile_size is None:
         tile_size = processor.image_processor.size["height"]
     _check_tile_size(tile_size)
@@ -526,17 +514,7 @@ def describe_scene(
             raise SceneInputError("change polygons need a CRS; neither raster has one")
         stretch = pair.stretch_ranges(percentiles, value_range)
         grid = TileGrid(pair.window, tile_size, overlap)
-
-        mosaic = None
-        if mask_out is not None:
-            temporary_mask = stack.enter_context(_atomic_output(mask_out, ".tif"))
-            mosaic = stack.enter_context(
-                rasterio.open(
-                    temporary_mask, "w", driver="GTiff", width=pair.width, height=pair.height, count=1,
-                    dtype="uint8", nodata=MASK_NODATA, crs=pair.crs, transform=pair.transform, tiled=True,
-                    blockxsize=256, blockysize=256, compress="deflate",
-                )
-            )
+        mosaic = None if mask_out is None else _open_mask_mosaic(stack, mask_out, pair)
         temporary_geojson = stack.enter_context(_atomic_output(out, ".geojson"))
         writer = _SceneWriter(stack.enter_context(open(temporary_geojson, "w", encoding="utf-8")), pair, polygons,
                               mosaic)
@@ -546,16 +524,7 @@ def describe_scene(
             read = [(tile, *pair.read_rgb(tile.window, stretch)) for tile in batch]
             kept = [item for item in read if item[3].mean() >= min_valid_fraction]
             if kept:
-                befores, afters = [item[1] for item in kept], [item[2] for item in kept]
-                descriptions = describe_changes(model, processor, [[b, a] for b, a in zip(befores, afters)],
-                                                batch_size=len(kept), max_new_tokens=max_new_tokens)
-                captions = [description.caption for description in descriptions]
-                if change_masks is not None:
-                    masks = change_masks(befores, afters)
-                else:
-                    masks = [None if d.change_mask is None else d.change_mask > 0 for d in descriptions]
-                for (tile, _, _, valid), caption, mask in zip(kept, captions, masks):
-                    writer.add_tile(tile, caption, mask, valid)
+                _caption_tile_batch(model, processor, kept, writer, max_new_tokens, change_masks)
             progress_bar.update(len(batch))
         summary = SceneSummary(
             tiles=len(grid), captioned=writer.captioned, skipped=len(grid) - writer.captioned,
@@ -563,6 +532,49 @@ def describe_scene(
         )
         writer.close(_collection_metadata(summary, pair, before, after, tile_size, overlap, stretch, has_masks))
     return summary
+
+
+def _check_scene_options(has_masks, polygons, mask_out, batch_size, min_valid_fraction, percentiles, value_range):
+    """Refuse `describe_scene` options that cannot work, before any raster is read."""
+    if (polygons or mask_out is not None) and not has_masks:
+        raise SceneInputError(
+            "change polygons and the mask mosaic need per-pixel change masks, and this model has no "
+            "change-detection head"
+        )
+    if batch_size < 1:
+        raise SceneInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if not 0.0 < min_valid_fraction <= 1.0:
+        raise SceneInputError(f"--min-valid-fraction must lie in (0, 1], got {min_valid_fraction}")
+    if not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
+        raise SceneInputError(f"--percentiles must satisfy 0 <= LOW < HIGH <= 100, got {percentiles}")
+    if value_range is not None and not value_range[0] < value_range[1]:
+        raise SceneInputError(f"--value-range must satisfy MIN < MAX, got {value_range}")
+
+
+def _open_mask_mosaic(stack: contextlib.ExitStack, mask_out: Path, pair: ScenePair):
+    """The mask mosaic GeoTIFF on BEFORE's grid, written to a temporary file renamed when `stack` closes cleanly."""
+    temporary_mask = stack.enter_context(_atomic_output(mask_out, ".tif"))
+    return stack.enter_context(
+        rasterio.open(
+            temporary_mask, "w", driver="GTiff", width=pair.width, height=pair.height, count=1,
+            dtype="uint8", nodata=MASK_NODATA, crs=pair.crs, transform=pair.transform, tiled=True,
+            blockxsize=256, blockysize=256, compress="deflate",
+        )
+    )
+
+
+def _caption_tile_batch(model, processor, kept: list, writer: "_SceneWriter", max_new_tokens: int, change_masks):
+    """Caption a batch of read tiles `(tile, before, after, valid)` and hand them, with their masks, to `writer`."""
+    befores, afters = [item[1] for item in kept], [item[2] for item in kept]
+    descriptions = describe_changes(model, processor, [[b, a] for b, a in zip(befores, afters)],
+                                    batch_size=len(kept), max_new_tokens=max_new_tokens)
+    captions = [description.caption for description in descriptions]
+    if change_masks is not None:
+        masks = change_masks(befores, afters)
+    else:
+        masks = [None if d.change_mask is None else d.change_mask > 0 for d in descriptions]
+    for (tile, _, _, valid), caption, mask in zip(kept, captions, masks):
+        writer.add_tile(tile, caption, mask, valid)
 
 
 class _SceneWriter:

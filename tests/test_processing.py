@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,65 @@ def test_post_process_captions_refuses_the_inputs_of_another_batch(tiny_processo
     shifted = torch.cat([inputs["input_ids"][:, 1:], torch.full((2, 4), 5)], dim=1)
     with pytest.raises(RsccInputError, match="do not start with the prompts"):
         tiny_processor.post_process_captions(shifted, {"input_ids": torch.cat([inputs["input_ids"][:1]] * 2)})
+
+
+def test_image_processor_settings_are_saved_with_the_processor(tiny_processor, tmp_path):
+    from rscc import RsccImageProcessor
+
+    custom = RsccProcessor(tiny_processor.image_processor, tiny_processor.tokenizer,
+                           num_image_tokens=tiny_processor.num_image_tokens, num_change_classes=3)
+    custom.image_processor.high_bit_depth_percentiles = [1.0, 99.0]
+    custom.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["image_processor"]["num_change_classes"] == 3 and "num_change_classes" not in saved
+    assert saved["image_processor"]["auto_map"]["AutoImageProcessor"] == "processing_rscc.RsccImageProcessor"
+    reloaded = RsccProcessor.from_pretrained(tmp_path)
+    assert isinstance(reloaded.image_processor, RsccImageProcessor) and reloaded.num_change_classes == 3
+    assert reloaded.image_processor.high_bit_depth_percentiles == [1.0, 99.0]
+    assert tiny_processor.num_change_classes == 2  # the processor given was copied, not changed
+
+
+def _as_saved_before_the_rscc_image_processor(folder, num_change_classes: int) -> None:
+    # Processor folders saved before RsccImageProcessor held LLaVA-OneVision's image processor settings, and
+    # `num_change_classes` as a processor option.
+    config_file = folder / "processor_config.json"
+    saved = json.loads(config_file.read_text())
+    image_processor = saved["image_processor"]
+    for key in ("num_change_classes", "high_bit_depth_percentiles"):
+        del image_processor[key]
+    image_processor["image_processor_type"] = "LlavaOnevisionImageProcessor"
+    image_processor["auto_map"] = {"AutoProcessor": "processing_rscc.RsccProcessor"}
+    saved["num_change_classes"] = num_change_classes
+    config_file.write_text(json.dumps(saved))
+
+
+def test_processor_folders_saved_before_the_rscc_image_processor_load_and_process_alike(tiny_processor, tmp_path):
+    from rscc import RsccImageProcessor
+
+    tiny_processor.save_pretrained(tmp_path)
+    _as_saved_before_the_rscc_image_processor(tmp_path, num_change_classes=3)
+    old = RsccProcessor.from_pretrained(tmp_path)
+    assert isinstance(old.image_processor, RsccImageProcessor) and old.num_change_classes == 3
+    deep = np.random.default_rng(0).integers(0, 65535, (40, 50, 3), dtype=np.uint16)
+    mci = np.zeros((40, 50), np.uint8)
+    mci[:10], mci[20:] = 128, 255
+    tiny_processor.num_change_classes = 3
+    try:
+        expected = tiny_processor(images=[[deep, deep[::-1]]], change_masks=[mci])
+    finally:
+        tiny_processor.num_change_classes = 2
+    inputs = old(images=[[deep, deep[::-1]]], change_masks=[mci])
+    assert inputs.keys() == expected.keys() and all(torch.equal(inputs[key], expected[key]) for key in inputs)
+    assert inputs["change_masks"].unique().tolist() == [0, 1, 2]
+
+
+def test_loader_decodes_masks_into_the_change_head_classes_and_saves_it(tmp_path):
+    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.inference import load_captioner
+
+    folder = make_tiny_checkpoint(tmp_path / "mci", use_change_head=True, change_head_num_classes=3)
+    _as_saved_before_the_rscc_image_processor(folder, num_change_classes=2)  # as the loader used to patch
+    _, processor = load_captioner(str(folder))
+    assert processor.num_change_classes == 3
+    processor.save_pretrained(tmp_path / "saved")
+    assert RsccProcessor.from_pretrained(tmp_path / "saved").num_change_classes == 3

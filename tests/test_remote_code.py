@@ -10,8 +10,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 
 import rscc
 
-HIDE_RSCC_AND_GENERATE = r"""
+# Every script run without rscc starts with this: importing rscc fails, as on a machine without it.
+HIDE_RSCC = r"""
 import importlib.abc, json, sys
+import torch
 
 class HideRscc(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -19,7 +21,10 @@ class HideRscc(importlib.abc.MetaPathFinder):
             raise ImportError("rscc is hidden in this process")
 
 sys.meta_path.insert(0, HideRscc())
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoImageProcessor, AutoModel, AutoProcessor
+"""
+
+HIDE_RSCC_AND_GENERATE = HIDE_RSCC + r"""
 
 folder, before, after = sys.argv[1:4]
 model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
@@ -30,6 +35,18 @@ print(json.dumps({"model": type(model).__module__ + "." + type(model).__name__,
                   "processor": type(processor).__name__, "captions": captions,
                   "rscc_imported": any(m == "rscc" or m.startswith("rscc.") for m in sys.modules)}))
 """
+
+
+def run_without_rscc(script: str, arguments: list[str], tmp_path) -> subprocess.CompletedProcess:
+    """Run a HIDE_RSCC script offline, with an empty Hugging Face cache of its own."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")},
+        timeout=300,
+    )
 
 
 def test_saved_folder_carries_remote_code_and_auto_map(tiny_checkpoint):
@@ -47,14 +64,7 @@ def test_saved_folder_carries_remote_code_and_auto_map(tiny_checkpoint):
 
 
 def test_remote_code_loads_and_generates_without_rscc(tiny_checkpoint, example_pairs, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", HIDE_RSCC_AND_GENERATE, str(tiny_checkpoint), *example_pairs[0]],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")},
-        timeout=300,
-    )
+    result = run_without_rscc(HIDE_RSCC_AND_GENERATE, [str(tiny_checkpoint), *example_pairs[0]], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["model"].startswith("transformers_modules.") and report["model"].endswith(
@@ -64,17 +74,7 @@ def test_remote_code_loads_and_generates_without_rscc(tiny_checkpoint, example_p
     assert len(report["captions"]) == 2 and not report["rscc_imported"]
 
 
-REMOTE_LOGITS = r"""
-import importlib.abc, sys
-import torch
-
-class HideRscc(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "rscc" or name.startswith("rscc."):
-            raise ImportError("rscc is hidden in this process")
-
-sys.meta_path.insert(0, HideRscc())
-from transformers import AutoModel, AutoProcessor
+REMOTE_LOGITS = HIDE_RSCC + r"""
 
 folder, before, after, out = sys.argv[1:5]
 model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
@@ -87,14 +87,7 @@ with torch.no_grad():
 def test_remote_code_computes_the_installed_models_logits(tiny_checkpoint, tiny_model, tiny_processor, example_pairs,
                                                           tmp_path):
     out = tmp_path / "logits.pt"
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOGITS, str(tiny_checkpoint), *example_pairs[0], str(out)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")},
-        timeout=300,
-    )
+    result = run_without_rscc(REMOTE_LOGITS, [str(tiny_checkpoint), *example_pairs[0], str(out)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     with torch.no_grad():
         expected = tiny_model(**tiny_processor(images=[example_pairs[0]])).logits
@@ -106,3 +99,25 @@ def test_installed_package_registers_auto_classes(tiny_checkpoint):
     assert type(AutoModel.from_pretrained(tiny_checkpoint)) is rscc.RsccForConditionalGeneration
     assert type(AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)) is rscc.RsccForConditionalGeneration
     assert type(AutoProcessor.from_pretrained(tiny_checkpoint)) is rscc.RsccProcessor
+
+
+HIDE_RSCC_AND_LOAD_IMAGE_PROCESSOR = HIDE_RSCC + r"""
+
+folder = sys.argv[1]
+image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+print(json.dumps({"image_processor": type(image_processor).__module__ + "." + type(image_processor).__name__,
+                  "processor_holds": type(processor.image_processor).__name__,
+                  "num_change_classes": image_processor.num_change_classes}))
+"""
+
+
+def test_image_processor_is_saved_as_remote_code_and_loads_without_rscc(tiny_checkpoint, tmp_path):
+    image_processor_map = json.loads((tiny_checkpoint / "processor_config.json").read_text())["image_processor"]
+    assert image_processor_map["auto_map"]["AutoImageProcessor"] == "processing_rscc.RsccImageProcessor"
+    result = run_without_rscc(HIDE_RSCC_AND_LOAD_IMAGE_PROCESSOR, [str(tiny_checkpoint)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["image_processor"].startswith("transformers_modules.")
+    assert report["image_processor"].endswith("processing_rscc.RsccImageProcessor")
+    assert report["processor_holds"] == "RsccImageProcessor" and report["num_change_classes"] == 2

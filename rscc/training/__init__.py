@@ -20,6 +20,7 @@ layers, activation-memory budget), `trainer` (the Trainer, its data views, colla
 `arguments` (dataclass arguments and recipe parsing), `run` (one stage end to end).
 """
 
+from ..inference import load_model_and_processor
 from .arguments import (
     DataArguments,
     ModelArguments,
@@ -30,7 +31,7 @@ from .arguments import (
 )
 from .lora import apply_lora, load_trained_parts, lora_target_pattern, merge_lora
 from .memory import compile_layers
-from .run import import_scoring_function, load_model_and_processor, main, run_stage, save_stage_output
+from .run import import_scoring_function, main, run_stage, save_stage_output
 from .stages import (
     LORA_PART,
     PARTS,

@@ -10,17 +10,14 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import AutoConfig, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
-from ..configuration_rscc import RsccConfig
 from ..evaluation import (
     ScoringFunction,
 )
-from ..inference import match_change_classes
-from ..modeling_rscc import RsccForConditionalGeneration
-from ..processing_rscc import RsccProcessor
+from ..inference import load_model_and_processor
 from .arguments import StageRunArguments, parse_arguments
 from .lora import apply_lora, merge_lora
 from .memory import compile_layers
@@ -36,40 +33,6 @@ from .trainer import (
 )
 
 logger = logging.get_logger(__name__)
-
-def load_model_and_processor(
-    model_name_or_path: str, config_overrides: Optional[dict] = None, dtype: torch.dtype = torch.float32
-) -> tuple[RsccForConditionalGeneration, RsccProcessor]:
-    """Load the model to train and its processor from an rscc checkpoint or a LLaVA-OneVision one.
-
-    The kind is read from the config's `model_type`. A LLaVA-OneVision checkpoint gets a new difference module
-    (zero-initialised output scale, so training starts from the base model's outputs).
-
-    Args:
-        config_overrides: [`RsccConfig`] options; an option this rscc version does not know is an error.
-        dtype: Weights dtype (float32, or the DeepSpeed mixed-precision dtype).
-    """
-    config_overrides = dict(config_overrides or {})
-    unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(
-            f"model_config_overrides: {unknown} are not RsccConfig options"
-        )
-    model_type = AutoConfig.from_pretrained(model_name_or_path).model_type
-    if model_type == "rscc":
-        model = RsccForConditionalGeneration.from_pretrained(model_name_or_path, dtype=dtype, **config_overrides)
-        processor = RsccProcessor.from_pretrained(model_name_or_path)
-    elif model_type == "llava_onevision":
-        model = RsccForConditionalGeneration.from_llava_onevision(
-            model_name_or_path, from_pretrained_kwargs={"dtype": dtype}, **config_overrides
-        )
-        processor = RsccProcessor.from_llava_onevision(model_name_or_path)
-    else:
-        raise ValueError(
-            f"--model_name_or_path {model_name_or_path} holds a '{model_type}' model; expected an rscc or a "
-            "llava_onevision checkpoint"
-        )
-    return model, match_change_classes(model, processor)
 
 
 def deepspeed_config_of(training_kwargs: dict) -> Optional[dict]:
@@ -140,29 +103,9 @@ def _resume_path(value: Optional[str], output_dir: str) -> Optional[str]:
     return value
 
 
-def run_stage(
-    arguments: StageRunArguments,
-    scoring_function: Optional[ScoringFunction] = None,
-    callbacks: Optional[list] = None,
-) -> RsccTrainer:
-    """Train one stage: load the model, set what trains, train (validating by generation), save the output folder.
-
-    The output folder is a complete rscc checkpoint (model safetensors, config, processor) plus `rscc_stage.json`
-    (the stage, what trained, the inputs); a LoRA run also keeps its adapter (peft format, safetensors) and any
-    other trained weights under `adapter/`, and saves the merged model as the checkpoint.
-
-    Args:
-        arguments: From [`parse_arguments`].
-        scoring_function: Validation scorer; defaults to `--validation_scoring_function`, else
-            `rscc.metrics.evaluate_captions`.
-        callbacks: Extra `TrainerCallback`s.
-
-    Returns:
-        The trainer after training.
-    """
-    stage = arguments.stage.resolve()
-    stage_args, data_args, validation_args = arguments.stage, arguments.data, arguments.validation
-    training_kwargs = dict(arguments.training)
+def _check_stage_options(arguments: StageRunArguments, stage, training_kwargs: dict) -> None:
+    """Refuse option combinations that cannot train as asked, before anything loads."""
+    stage_args = arguments.stage
     use_lora = stage_args.lora_r > 0
     if use_lora and stage.objective == "change":
         raise ValueError("LoRA adapts the caption path; a change-loss-only stage takes no adapters")
@@ -186,24 +129,85 @@ def run_stage(
         raise ValueError("--activation_memory_budget replaces --activation_checkpointing, which would recompute each "
                          "checkpointed layer whole as well; set one of them")
 
+
+def _generation_validation(
+    arguments: StageRunArguments, processor, training_args: TrainingArguments, seed: int, scoring_function
+) -> tuple[EpochCaptionDataset, GenerationValidation]:
+    """The validation split as an evaluation dataset (one random caption per pair) and its generation validation."""
+    data_args, validation_args = arguments.data, arguments.validation
+    validation_pairs = load_split(
+        data_args.dataset_name_or_path,
+        data_args.validation_split,
+        data_args.max_validation_samples,
+        data_args.dataset_cache_dir,
+    )
+    eval_dataset = EpochCaptionDataset(validation_pairs, "random_choice", seed, data_args.no_change_caption)
+    if scoring_function is None and validation_args.validation_scoring_function:
+        scoring_function = import_scoring_function(validation_args.validation_scoring_function)
+    validation = GenerationValidation(
+        processor,
+        validation_pairs,
+        scoring_function=scoring_function,
+        convention=validation_args.validation_convention,
+        batch_size=training_args.per_device_eval_batch_size,
+        max_new_tokens=validation_args.validation_max_new_tokens,
+        predictions_dir=(
+            Path(training_args.output_dir) / "predictions" if validation_args.save_validation_predictions else None
+        ),
+        generate_kwargs={"num_beams": validation_args.validation_num_beams},
+    )
+    return eval_dataset, validation
+
+
+def _with_lora_adapters(model, stage, stage_args):
+    """The model with LoRA adapters as `stage_args` ask, and the stage with the adapters among its trained parts."""
+    if LORA_PART not in stage.trainable_parts:
+        stage = dataclasses.replace(stage, trainable_parts=(*stage.trainable_parts, LORA_PART))
+    model = apply_lora(
+        model,
+        r=stage_args.lora_r,
+        alpha=stage_args.lora_alpha,
+        dropout=stage_args.lora_dropout,
+        parts=stage_args.lora_parts,
+        modules=stage_args.lora_modules,
+        last_layers=stage_args.lora_last_layers,
+    )
+    return model, stage
+
+
+def run_stage(
+    arguments: StageRunArguments,
+    scoring_function: Optional[ScoringFunction] = None,
+    callbacks: Optional[list] = None,
+) -> RsccTrainer:
+    """Train one stage: load the model, set what trains, train (validating by generation), save the output folder.
+
+    The output folder is a complete rscc checkpoint (model safetensors, config, processor) plus `rscc_stage.json`
+    (the stage, what trained, the inputs); a LoRA run also keeps its adapter (peft format, safetensors) and any
+    other trained weights under `adapter/`, and saves the merged model as the checkpoint.
+
+    Args:
+        arguments: From [`parse_arguments`].
+        scoring_function: Validation scorer; defaults to `--validation_scoring_function`, else
+            `rscc.metrics.evaluate_captions`.
+        callbacks: Extra `TrainerCallback`s.
+
+    Returns:
+        The trainer after training.
+    """
+    stage = arguments.stage.resolve()
+    stage_args, data_args, validation_args = arguments.stage, arguments.data, arguments.validation
+    training_kwargs = dict(arguments.training)
+    _check_stage_options(arguments, stage, training_kwargs)
+
     # Model first: under ZeRO-3, TrainingArguments switches DeepSpeed's partitioned initialisation on. Seeded, so the
     # modules a LLaVA-OneVision checkpoint lacks start the same in every run (the Trainer seeds only later).
     set_seed(training_kwargs.get("seed", TrainingArguments.seed))
     model, processor = load_model_and_processor(
         arguments.model.model_name_or_path, arguments.model.model_config_overrides, weights_dtype(training_kwargs)
     )
-    if use_lora:
-        if LORA_PART not in stage.trainable_parts:
-            stage = dataclasses.replace(stage, trainable_parts=(*stage.trainable_parts, LORA_PART))
-        model = apply_lora(
-            model,
-            r=stage_args.lora_r,
-            alpha=stage_args.lora_alpha,
-            dropout=stage_args.lora_dropout,
-            parts=stage_args.lora_parts,
-            modules=stage_args.lora_modules,
-            last_layers=stage_args.lora_last_layers,
-        )
+    if stage_args.lora_r > 0:
+        model, stage = _with_lora_adapters(model, stage, stage_args)
     report = configure_trainable(model, stage)
     if arguments.model.compile_layers:
         compile_layers(model, arguments.model.activation_memory_budget)
@@ -226,27 +230,7 @@ def run_stage(
     train_dataset = EpochCaptionDataset(train_pairs, stage.caption_mode, seed, data_args.no_change_caption)
     eval_dataset, validation = None, None
     if evaluates:
-        validation_pairs = load_split(
-            data_args.dataset_name_or_path,
-            data_args.validation_split,
-            data_args.max_validation_samples,
-            data_args.dataset_cache_dir,
-        )
-        eval_dataset = EpochCaptionDataset(validation_pairs, "random_choice", seed, data_args.no_change_caption)
-        if scoring_function is None and validation_args.validation_scoring_function:
-            scoring_function = import_scoring_function(validation_args.validation_scoring_function)
-        validation = GenerationValidation(
-            processor,
-            validation_pairs,
-            scoring_function=scoring_function,
-            convention=validation_args.validation_convention,
-            batch_size=training_args.per_device_eval_batch_size,
-            max_new_tokens=validation_args.validation_max_new_tokens,
-            predictions_dir=(
-                Path(training_args.output_dir) / "predictions" if validation_args.save_validation_predictions else None
-            ),
-            generate_kwargs={"num_beams": validation_args.validation_num_beams},
-        )
+        eval_dataset, validation = _generation_validation(arguments, processor, training_args, seed, scoring_function)
 
     trainer = RsccTrainer(
         model=model,
