@@ -15,7 +15,8 @@ dataset card (README.md) whose YAML makes `datasets.load_dataset(folder)` return
 as it is (`hf upload USER/NAME FOLDER --repo-type dataset`, or `HfApi.upload_folder`).
 
 Where each part lives: `schema` (FEATURES, ChangeRecord, problems), one module per source converter (`levir_cc`,
-`dubai_cc`, `ccexpert`, `manifest`, `mixture`; the files they read in `source_files`), `validation` (one record),
+`dubai_cc`, `ccexpert`, `manifest`, `from_masks` (change-detection sets captioned from their masks), `mixture`;
+the files they read in `source_files`), `validation` (one record),
 `build` (`build_dataset`), `card` (the dataset card), `views` (`load_change_dataset`, `caption_view`) and `cli`
 (`rscc data`).
 """
@@ -25,6 +26,7 @@ from .card import KNOWN_SOURCES
 from .ccexpert import ccexpert_records
 from .cli import add_cli
 from .dubai_cc import DUBAI_CC_SPLITS, dubai_cc_records, is_dubai_cc_no_change_caption
+from .from_masks import from_masks_records
 from .levir_cc import LEVIR_CC_SPLITS, levir_cc_records
 from .manifest import MANIFEST_FIELDS, manifest_captions, manifest_records, read_manifest
 from .mixture import MixtureComponent, mixture_records
@@ -62,6 +64,7 @@ __all__ = [
     "caption_view",
     "ccexpert_records",
     "dubai_cc_records",
+    "from_masks_records",
     "is_dubai_cc_no_change_caption",
     "levir_cc_records",
     "load_change_dataset",

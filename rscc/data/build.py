@@ -168,6 +168,7 @@ def build_dataset(
     num_workers: int = 2,
     mixture: Optional[list] = None,
     inputs: Iterable[Union[str, os.PathLike]] = (),
+    source_notes: Optional[dict] = None,
 ) -> BuildSummary:
     """Validate every record, then write Parquet shards per split and a dataset card to `out_dir`.
 
@@ -190,6 +191,7 @@ def build_dataset(
         mixture: The components of a mixture, recorded in the card.
         inputs: The source files and folders read (caption files, manifests, image folders, datasets mixed):
             `overwrite` never replaces a folder that is or holds one of them.
+        source_notes: Source name -> how its data was made (e.g. template captions), written in the card.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -209,7 +211,8 @@ def build_dataset(
         writers = {split: writers[split] for split in sorted(writers, key=_split_sort_key)}
         for writer in writers.values():
             writer.close()
-        write_card(work_dir, writers, problems, pretty_name=pretty_name, license=license, mixture=mixture)
+        write_card(work_dir, writers, problems, pretty_name=pretty_name, license=license, mixture=mixture,
+                   source_notes=source_notes)
         if out_dir.exists():
             _check_replaceable(out_dir, inputs)  # again: it may have changed during the build
             shutil.rmtree(out_dir)

@@ -39,9 +39,10 @@ def _size_category(num_pairs: int) -> str:
 
 
 def write_card(folder: Path, writers: dict, skipped: list, *, pretty_name: Optional[str], license: Optional[str],
-               mixture: Optional[list]) -> None:
-    """Write `folder/README.md` for the closed split writers of a build, the problems of the records it skipped and
-    the components of a mixture."""
+               mixture: Optional[list], source_notes: Optional[dict] = None) -> None:
+    """Write `folder/README.md` for the closed split writers of a build, the problems of the records it skipped,
+    the components of a mixture and `source_notes` (source name -> how its data was made, e.g. template
+    captions)."""
     sources = sorted({source for writer in writers.values() for source in writer.stats_by_source})
     source_names = [KNOWN_SOURCES.get(source, {}).get("name", source) for source in sources]
     if license is None:
@@ -50,6 +51,9 @@ def write_card(folder: Path, writers: dict, skipped: list, *, pretty_name: Optio
     pretty_name = pretty_name or " + ".join(source_names)
     card_data = _card_data(folder, writers, pretty_name, license)
     body = _overview(pretty_name, sources, writers)
+    if source_notes:
+        body += ["", "## How the captions were made", ""]
+        body += [f"- `{source}`: {note}" for source, note in sorted(source_notes.items())]
     if mixture:
         body += _mixture_section(mixture)
     if skipped:

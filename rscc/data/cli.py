@@ -1,4 +1,4 @@
-"""The `rscc data {levir-cc, dubai-cc, ccexpert, manifest, mix}` command: one converter per source format."""
+"""The `rscc data {levir-cc, dubai-cc, ccexpert, manifest, from-masks, mix}` command: one converter per source format."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ..cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS, EXIT_OK, positive_int
 from .build import DEFAULT_MAX_SHARD_SIZE, build_dataset
 from .ccexpert import ccexpert_records
 from .dubai_cc import dubai_cc_records
+from .from_masks import DEFAULT_MIN_REGION_PIXELS, from_masks_records, template_caption_note
 from .levir_cc import levir_cc_records
 from .manifest import MANIFEST_FIELDS, manifest_records
 from .mixture import MixtureComponent, mixture_records
@@ -49,6 +50,12 @@ def _records_for(args: argparse.Namespace, mixture: Optional[list]) -> Iterable[
     if args.data_command == "manifest":
         return itertools.chain.from_iterable(
             manifest_records(path, split, args.source_name) for split, path in map(_split_and_path, args.manifest))
+    if args.data_command == "from-masks":
+        return itertools.chain.from_iterable(
+            from_masks_records(root, split, args.source_name, before_dir=args.before_dir, after_dir=args.after_dir,
+                               mask_dir=args.mask_dir, classes=args.classes, binary_class_name=args.class_name,
+                               min_region_pixels=args.min_region_pixels, seed=args.seed)
+            for split, root in map(_split_and_path, args.root))
     return mixture_records(mixture, args.split)
 
 
@@ -64,6 +71,8 @@ def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
     if args.data_command == "manifest":
         paths = [path for _, path in map(_split_and_path, args.manifest)]
         return paths + [path.parent for path in paths]
+    if args.data_command == "from-masks":
+        return [root for _, root in map(_split_and_path, args.root)]
     return [component.path for component in mixture if Path(component.path).exists()]
 
 
@@ -74,6 +83,8 @@ def _run(args: argparse.Namespace) -> int:
             _records_for(args, mixture), args.out, pretty_name=args.pretty_name, license=args.license,
             skip_invalid=args.skip_invalid, overwrite=args.overwrite, max_shard_size=args.max_shard_size * 1024**2,
             mixture=mixture, inputs=_inputs_of(args, mixture),
+            source_notes={args.source_name: template_caption_note(args.seed, args.min_region_pixels)}
+            if args.data_command == "from-masks" else None,
         )
     except InvalidRecordsError as error:
         # Every problem, then the summary last so that it is what a terminal shows.
@@ -124,12 +135,32 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                                + ", caption_1, caption_2, ...")
     manifest.add_argument("--source-name", help="source column value (default: the manifest file name)")
 
+    masks = commands.add_parser(
+        "from-masks", help="change-detection set (before, after, mask) captioned from its masks by templates",
+        description="Caption a change-detection set from its masks: count, size and 3x3-grid place of the "
+                    "connected changed regions per class, 5 template sentences a pair in LEVIR-CC's style "
+                    "(deterministic with --seed), LEVIR-CC's no-change sentences for empty masks.")
+    masks.add_argument("--root", required=True, action="append", metavar="[SPLIT=]FOLDER",
+                       help="folder with the before, after and mask folders, optionally with its split "
+                            "(default train); repeatable")
+    masks.add_argument("--before-dir", default="A", help="before-image folder in --root (%(default)s)")
+    masks.add_argument("--after-dir", default="B", help="after-image folder in --root (%(default)s)")
+    masks.add_argument("--mask-dir", default="label", help="mask folder in --root (%(default)s)")
+    masks.add_argument("--classes", metavar="LEVEL=NAME,...",
+                       help="semantic masks: class name of each grey level, e.g. 128=road,255=building "
+                            "(default: binary, every non-zero pixel is a changed --class-name)")
+    masks.add_argument("--class-name", default="building", help="what binary masks mark (%(default)s)")
+    masks.add_argument("--min-region-pixels", type=positive_int, default=DEFAULT_MIN_REGION_PIXELS,
+                       help="smallest changed region the captions count (%(default)s)")
+    masks.add_argument("--seed", type=int, default=0, help="seed of the template choice (%(default)s)")
+    masks.add_argument("--source-name", default="levir_cd", help="source column value (%(default)s)")
+
     mix = commands.add_parser("mix", help="mixture of built datasets with per-source upsampling factors")
     mix.add_argument("--source", required=True, action="append", metavar="PATH:SPLIT:FACTOR",
                      help="a built dataset (folder or Hub repo), its split and how many times to repeat it; "
                           "repeatable, e.g. out/levir_cc:train:6")
     mix.add_argument("--split", default="train", help="split name of the mixture (%(default)s)")
 
-    for command in (levir, dubai, ccexpert, manifest, mix):
+    for command in (levir, dubai, ccexpert, manifest, masks, mix):
         _add_build_arguments(command)
         command.set_defaults(run=_run)

@@ -49,6 +49,8 @@ class ChangeRecord:
         change_mask: Optional per-pixel change mask of the same size as the images.
         source: Short source name such as "levir_cc".
         origin: Where the record was read from (caption file and entry, manifest line), for error messages.
+        problems: What the converter found wrong while reading it (e.g. a mask it had to caption from), reported
+            by the build with the problems validation finds.
     """
 
     id: str
@@ -60,6 +62,7 @@ class ChangeRecord:
     change_mask: Optional[ImageSource] = None
     source: str = ""
     origin: str = ""
+    problems: tuple = ()
 
 
 @dataclass(frozen=True)

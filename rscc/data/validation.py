@@ -78,7 +78,7 @@ def _has_words(caption: str) -> bool:
 
 def check_record(record: ChangeRecord) -> tuple:
     """(row in FEATURES form, encoded size) of a valid record, or (None, problems)."""
-    problems = []
+    problems = list(record.problems)
 
     def report(kind: str, file: str, detail: str) -> None:
         problems.append(Problem(kind, str(record.id), file, detail))
