@@ -1,4 +1,5 @@
-"""The `rscc data {levir-cc, dubai-cc, ccexpert, manifest, from-masks, mix}` command: one converter per source format."""
+"""The `rscc data FORMAT` command (levir-cc, dubai-cc, ccexpert, manifest, spot-the-diff, ..., mix): one converter
+per source format."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from ..cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS, EXIT_OK, positive_int
 from .build import DEFAULT_MAX_SHARD_SIZE, build_dataset
 from .ccexpert import ccexpert_records
 from .dubai_cc import dubai_cc_records
+from .image_editing_request import image_editing_request_records
+from .spot_the_diff import spot_the_diff_records
 from .from_masks import DEFAULT_MIN_REGION_PIXELS, from_masks_records, template_caption_note
 from .levir_cc import levir_cc_records
 from .manifest import MANIFEST_FIELDS, manifest_records
@@ -50,6 +53,10 @@ def _records_for(args: argparse.Namespace, mixture: Optional[list]) -> Iterable[
     if args.data_command == "manifest":
         return itertools.chain.from_iterable(
             manifest_records(path, split, args.source_name) for split, path in map(_split_and_path, args.manifest))
+    if args.data_command == "spot-the-diff":
+        return spot_the_diff_records(args.annotations, args.images)
+    if args.data_command == "image-editing-request":
+        return image_editing_request_records(args.annotations, args.images)
     if args.data_command == "from-masks":
         return itertools.chain.from_iterable(
             from_masks_records(root, split, args.source_name, before_dir=args.before_dir, after_dir=args.after_dir,
@@ -71,6 +78,8 @@ def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
     if args.data_command == "manifest":
         paths = [path for _, path in map(_split_and_path, args.manifest)]
         return paths + [path.parent for path in paths]
+    if args.data_command in ("spot-the-diff", "image-editing-request"):
+        return [args.annotations, args.images]
     if args.data_command == "from-masks":
         return [root for _, root in map(_split_and_path, args.root)]
     return [component.path for component in mixture if Path(component.path).exists()]
@@ -135,6 +144,17 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                                + ", caption_1, caption_2, ...")
     manifest.add_argument("--source-name", help="source column value (default: the manifest file name)")
 
+    spot = commands.add_parser("spot-the-diff", help="Spot-the-diff (annotations/{train,val,test}.json + images)")
+    spot.add_argument("--annotations", required=True, type=Path, help="folder with train.json, val.json, test.json")
+    spot.add_argument("--images", required=True, type=Path,
+                      help="folder with <img_id>.png and <img_id>_2.png (the dataset's resized_images/)")
+
+    editing = commands.add_parser("image-editing-request",
+                                  help="Image Editing Request ({train,valid,test}.json + images)")
+    editing.add_argument("--annotations", required=True, type=Path,
+                         help="folder with train.json, valid.json, test.json")
+    editing.add_argument("--images", required=True, type=Path, help="folder with the img0 and img1 images")
+
     masks = commands.add_parser(
         "from-masks", help="change-detection set (before, after, mask) captioned from its masks by templates",
         description="Caption a change-detection set from its masks: count, size and 3x3-grid place of the "
@@ -161,6 +181,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                           "repeatable, e.g. out/levir_cc:train:6")
     mix.add_argument("--split", default="train", help="split name of the mixture (%(default)s)")
 
-    for command in (levir, dubai, ccexpert, manifest, masks, mix):
+    for command in (levir, dubai, ccexpert, manifest, spot, editing, masks, mix):
         _add_build_arguments(command)
         command.set_defaults(run=_run)

@@ -40,3 +40,27 @@ def read_karpathy_entries(path: Path) -> list:
         return read_karpathy_file(path)
     except CaptionFileError as error:
         raise DataInputError(str(error)) from None
+
+
+def check_fields(path: Path, where: str, item: dict, fields: dict) -> None:
+    """Raise a `DataInputError` naming the file and the item when `item` lacks one of `fields` (name -> what it
+    must be: `str`, or `list` for a list of text)."""
+    missing = [name for name in fields if name not in item]
+    if missing:
+        raise DataInputError(f"{path}: {where} has no {', '.join(missing)}")
+    wrong = [name for name, kind in fields.items() if not (
+        isinstance(item[name], str) if kind is str
+        else isinstance(item[name], list) and all(isinstance(value, str) for value in item[name]))]
+    if wrong:
+        raise DataInputError(f"{path}: {where}: " + ", ".join(
+            f"{name} must be {'text' if fields[name] is str else 'a list of text'}, got {item[name]!r}"
+            for name in wrong))
+
+
+def split_files(folder: Path, file_splits: dict, dataset: str) -> list:
+    """(file, split) of the split files present in `folder`, `file_splits` mapping each file name to its split; a
+    `DataInputError` when none is."""
+    files = [(folder / name, split) for name, split in file_splits.items() if (folder / name).is_file()]
+    if not files:
+        raise DataInputError(f"{folder}: none of {', '.join(file_splits)} ({dataset}'s split files)")
+    return files

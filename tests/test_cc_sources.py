@@ -1,0 +1,97 @@
+"""Converters of CC-Foundation's public sources, each on the real annotation excerpt in ../shared/data/cc_sources.
+
+The datasets publish no images in reachable repositories, so the tests make small stand-in PNGs (a flat colour per
+image) under the file names the annotations give; the annotation files are the real excerpts, copied under the
+file names of the published layout.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rscc.cli import main
+from rscc.data import DataInputError, load_change_dataset
+from rscc.data.image_editing_request import image_editing_request_records
+from rscc.data.spot_the_diff import spot_the_diff_records
+
+
+def stand_in_image(path: Path, shade: int) -> None:
+    """A 32x32 flat-colour PNG or JPEG standing in for a source image the test environment does not have."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((32, 32, 3), shade, dtype=np.uint8)).save(path)
+
+
+def copy_excerpts(excerpts: dict, folder: Path) -> Path:
+    """Copy real excerpt files to the file names of the published layout (`{published name: excerpt file}`)."""
+    folder.mkdir(parents=True)
+    for name, excerpt in excerpts.items():
+        shutil.copy(excerpt, folder / name)
+    return folder
+
+
+def test_spot_the_diff_excerpt(shared_data, tmp_path, capsys):
+    source = shared_data / "cc_sources" / "spot_the_diff"
+    annotations = copy_excerpts({f"{split}.json": source / f"{split}.first20.json" for split in ("train", "val", "test")},
+                                tmp_path / "annotations")
+    items = {split: json.loads((source / f"{split}.first20.json").read_text()) for split in ("train", "val", "test")}
+    records = list(spot_the_diff_records(annotations, tmp_path / "images"))
+    assert [r.split for r in records] == ["train"] * 20 + ["validation"] * 20 + ["test"] * 20
+    assert sum(len(r.captions) for r in records) == sum(len(i["sentences"]) for s in items.values() for i in s)
+    assert records[0].id == "76" and records[0].captions == ["there are no differences"]
+    assert records[0].before.name == "76.png" and records[0].after.name == "76_2.png"
+
+    for record in records[1:]:  # the first pair's images are left missing: the build must name both
+        stand_in_image(record.before, 40)
+        stand_in_image(record.after, 200)
+    out = tmp_path / "out"
+    command = ["data", "spot-the-diff", "--annotations", str(annotations), "--images", str(tmp_path / "images"),
+               "--out", str(out)]
+    assert main(command) == 1
+    errors = capsys.readouterr().err
+    assert "76.png: [76] missing image: before: file not found" in errors
+    assert "76_2.png: [76] missing image: after: file not found" in errors
+    assert main(command + ["--skip-invalid"]) == 0
+    sizes = {split: len(load_change_dataset(str(out), split=split)) for split in ("train", "validation", "test")}
+    assert sizes == {"train": 19, "validation": 20, "test": 20}
+
+
+def test_spot_the_diff_malformed_item_names_file_and_position(tmp_path):
+    (tmp_path / "train.json").write_text(json.dumps([{"img_id": "1", "sentences": ["a car is gone"]},
+                                                     {"img_id": 2, "sentences": ["a man appears"]}]))
+    with pytest.raises(DataInputError, match=r"train\.json: \[1\]: img_id must be text, got 2"):
+        list(spot_the_diff_records(tmp_path, tmp_path))
+    with pytest.raises(DataInputError, match="none of train.json, val.json, test.json"):
+        list(spot_the_diff_records(tmp_path / "elsewhere", tmp_path))
+
+
+def test_image_editing_request_excerpt(shared_data, tmp_path):
+    source = shared_data / "cc_sources" / "image_editing_request"
+    annotations = copy_excerpts({f"{split}.json": source / f"{split}.first15.json"
+                                 for split in ("train", "valid", "test")}, tmp_path / "annotations")
+    records = list(image_editing_request_records(annotations, tmp_path / "images"))
+    by_split = {split: [r for r in records if r.split == split] for split in ("train", "validation", "test")}
+    assert {split: len(rs) for split, rs in by_split.items()} == {"train": 15, "validation": 15, "test": 15}
+    # The published counts: exactly one request per train pair, three per valid and test pair.
+    assert {len(r.captions) for r in by_split["train"]} == {1}
+    assert {len(r.captions) for r in by_split["validation"] + by_split["test"]} == {3}
+    assert records[0].id == "Zhopped_2" and records[0].captions == ["change the back ground"]
+    for record in records:
+        stand_in_image(record.before, 40)
+        stand_in_image(record.after, 200)
+    out = tmp_path / "out"
+    assert main(["data", "image-editing-request", "--annotations", str(annotations), "--images",
+                 str(tmp_path / "images"), "--out", str(out)]) == 0
+    train = load_change_dataset(str(out), split="train")
+    assert len(train) == 15 and set(train["source"]) == {"image_editing_request"}
+    assert train[1]["captions"] == ["Making dark color"]  # kept as written, trailing space collapsed
+    assert set(train["change_flag"]) == {1}
+
+
+def test_image_editing_request_item_without_sentences(tmp_path):
+    (tmp_path / "valid.json").write_text(json.dumps([{"img0": "a.jpg", "img1": "b.jpg", "uid": "Reddit_1"}]))
+    with pytest.raises(DataInputError, match=r"valid\.json: \[0\] has no sents"):
+        list(image_editing_request_records(tmp_path, tmp_path))
