@@ -6,6 +6,7 @@ file names of the published layout.
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -95,3 +96,50 @@ def test_image_editing_request_item_without_sentences(tmp_path):
     (tmp_path / "valid.json").write_text(json.dumps([{"img0": "a.jpg", "img1": "b.jpg", "uid": "Reddit_1"}]))
     with pytest.raises(DataInputError, match=r"valid\.json: \[0\] has no sents"):
         list(image_editing_request_records(tmp_path, tmp_path))
+
+
+def test_stvchrono_excerpt(shared_data, tmp_path, capsys):
+    from rscc.data.stvchrono import STVCHRONO_CAPTION_KEYS, stvchrono_records
+
+    files = [shared_data / "cc_sources" / "stvchrono" / f"PJ{k}_annotations.excerpt12.json" for k in (1, 2)]
+    records = list(stvchrono_records(files, tmp_path / "images"))
+    assert len(records) == 12  # PJ1 and PJ2 annotate the same 12 sequences
+    pairs = [r for r in records if not r.problems]
+    assert [r.id for r in pairs] == ["2images/amman_place_1", "2images/amman_place_10", "2images/amman_place_11"]
+    expected_captions = {}
+    for path in files:
+        for item in json.loads(path.read_text()):
+            values = {a["key"]: a["value"] for a in item["attributes"]}
+            expected_captions.setdefault(item["name"], []).extend(
+                values[key] for key in STVCHRONO_CAPTION_KEYS if values.get(key, "").strip())
+    assert {r.id: r.captions for r in records} == expected_captions
+    assert sum(len(r.captions) for r in pairs) == 36
+    assert "The sky in A is clear, and B is cloudy." in pairs[0].captions
+    assert pairs[0].before.name == "2018-09-27_LlY70YKk5onM1fsNga0KrA.jpg"
+    assert pairs[0].after.name == "2018-12-28_tpsBxjm7qB7kF1aYcQP7LA.jpg"
+    for record in records:
+        stand_in_image(record.before, 40)
+        stand_in_image(record.after, 200)
+
+    out = tmp_path / "out"
+    command = ["data", "stvchrono", "--annotations", str(files[0]), "--annotations", str(files[1]),
+               "--images", str(tmp_path / "images"), "--out", str(out)]
+    assert main(command) == 1
+    errors = capsys.readouterr().err
+    assert re.search(r"^ +9  not a pair$", errors, re.MULTILINE)  # the summary's count by kind
+    assert "PJ1_annotations.excerpt12.json ([11]): [5images/amsterdam_place_11] not a pair" in errors
+    assert main(command + ["--skip-invalid"]) == 0
+    train = load_change_dataset(str(out), split="train")
+    assert len(train) == 3 and sum(map(len, train["captions"])) == 36
+    assert (out / "README.md").read_text().count("not a pair") == 10  # the count line and the 9 skipped ids
+
+
+def test_stvchrono_projects_disagreeing_on_a_sequence(shared_data, tmp_path):
+    from rscc.data.stvchrono import stvchrono_records
+
+    items = json.loads((shared_data / "cc_sources" / "stvchrono" / "PJ2_annotations.excerpt12.json").read_text())
+    items[1]["contents"] = items[1]["contents"][::-1]
+    (tmp_path / "PJ2.json").write_text(json.dumps(items))
+    first = shared_data / "cc_sources" / "stvchrono" / "PJ1_annotations.excerpt12.json"
+    with pytest.raises(DataInputError, match=r"PJ2\.json: \[1\]: sequence '2images/amman_place_10' lists images"):
+        list(stvchrono_records([first, tmp_path / "PJ2.json"], tmp_path))

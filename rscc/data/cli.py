@@ -16,6 +16,7 @@ from .ccexpert import ccexpert_records
 from .dubai_cc import dubai_cc_records
 from .image_editing_request import image_editing_request_records
 from .spot_the_diff import spot_the_diff_records
+from .stvchrono import stvchrono_records
 from .from_masks import DEFAULT_MIN_REGION_PIXELS, from_masks_records, template_caption_note
 from .levir_cc import levir_cc_records
 from .manifest import MANIFEST_FIELDS, manifest_records
@@ -57,6 +58,8 @@ def _records_for(args: argparse.Namespace, mixture: Optional[list]) -> Iterable[
         return spot_the_diff_records(args.annotations, args.images)
     if args.data_command == "image-editing-request":
         return image_editing_request_records(args.annotations, args.images)
+    if args.data_command == "stvchrono":
+        return stvchrono_records(args.annotations, args.images, args.split)
     if args.data_command == "from-masks":
         return itertools.chain.from_iterable(
             from_masks_records(root, split, args.source_name, before_dir=args.before_dir, after_dir=args.after_dir,
@@ -80,6 +83,8 @@ def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
         return paths + [path.parent for path in paths]
     if args.data_command in ("spot-the-diff", "image-editing-request"):
         return [args.annotations, args.images]
+    if args.data_command == "stvchrono":
+        return [*args.annotations, args.images]
     if args.data_command == "from-masks":
         return [root for _, root in map(_split_and_path, args.root)]
     return [component.path for component in mixture if Path(component.path).exists()]
@@ -155,6 +160,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                          help="folder with train.json, valid.json, test.json")
     editing.add_argument("--images", required=True, type=Path, help="folder with the img0 and img1 images")
 
+    stvchrono = commands.add_parser("stvchrono", help="STVchrono (PJ1/PJ2_annotations.json + Mapillary images); "
+                                                      "its two-image sequences")
+    stvchrono.add_argument("--annotations", required=True, action="append", type=Path, metavar="FILE",
+                           help="PJ1_annotations.json or PJ2_annotations.json; repeatable (captions are joined)")
+    stvchrono.add_argument("--images", required=True, type=Path, help="folder with the images named in contents")
+    stvchrono.add_argument("--split", default="train", help="split of every pair (%(default)s; none is published)")
+
     masks = commands.add_parser(
         "from-masks", help="change-detection set (before, after, mask) captioned from its masks by templates",
         description="Caption a change-detection set from its masks: count, size and 3x3-grid place of the "
@@ -181,6 +193,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                           "repeatable, e.g. out/levir_cc:train:6")
     mix.add_argument("--split", default="train", help="split name of the mixture (%(default)s)")
 
-    for command in (levir, dubai, ccexpert, manifest, spot, editing, masks, mix):
+    for command in (levir, dubai, ccexpert, manifest, spot, editing, stvchrono, masks, mix):
         _add_build_arguments(command)
         command.set_defaults(run=_run)
