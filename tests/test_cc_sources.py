@@ -143,3 +143,36 @@ def test_stvchrono_projects_disagreeing_on_a_sequence(shared_data, tmp_path):
     first = shared_data / "cc_sources" / "stvchrono" / "PJ1_annotations.excerpt12.json"
     with pytest.raises(DataInputError, match=r"PJ2\.json: \[1\]: sequence '2images/amman_place_10' lists images"):
         list(stvchrono_records([first, tmp_path / "PJ2.json"], tmp_path))
+
+
+def test_clevr_change_real_splits_with_documented_caption_files(shared_data, tmp_path, capsys):
+    """splits.json is the real excerpt; the caption files were not reachable, so the test writes them in their
+    documented format ({"CLEVR_default_XXXXXX.png": [captions]}), leaving one scene without captions."""
+    from rscc.data.clevr_change import clevr_change_records
+
+    data = copy_excerpts({"splits.json": shared_data / "cc_sources" / "clevr_change" / "splits.first20.json"},
+                         tmp_path / "data")
+    splits = json.loads((data / "splits.json").read_text())
+    indices = [index for split in ("train", "val", "test") for index in splits[split]]
+    assert len(indices) == 60
+    names = [f"CLEVR_default_{index:06d}.png" for index in indices]
+    (data / "change_captions.json").write_text(json.dumps(
+        {name: ["the small cube changed its color", "the cube became red"] for name in names[1:]}))
+    (data / "no_change_captions.json").write_text(json.dumps(
+        {name: ["no change was made", "the scene remains the same"] for name in names}))
+    for index in indices:
+        stand_in_image(data / "images" / f"CLEVR_default_{index:06d}.png", 40)
+        stand_in_image(data / "sc_images" / f"CLEVR_semantic_{index:06d}.png", 200)
+        stand_in_image(data / "nsc_images" / f"CLEVR_nonsemantic_{index:06d}.png", 120)
+
+    records = list(clevr_change_records(data))
+    assert len(records) == 120 and {r.change_flag for r in records} == {0, 1}
+    assert records[0].id == f"{indices[0]:06d}_change" and records[0].captions == []
+    assert records[1].after.name == f"CLEVR_nonsemantic_{indices[0]:06d}.png"
+    out = tmp_path / "out"
+    assert main(["data", "clevr-change", "--data-dir", str(data), "--out", str(out)]) == 1
+    assert f"[{indices[0]:06d}_change] empty caption" in capsys.readouterr().err
+    assert main(["data", "clevr-change", "--data-dir", str(data), "--out", str(out), "--skip-invalid"]) == 0
+    train = load_change_dataset(str(out), split="train")
+    assert len(train) == 39 and sorted(train["change_flag"]) == [0] * 20 + [1] * 19
+    assert len(load_change_dataset(str(out), split="validation")) == 40

@@ -13,6 +13,7 @@ from typing import Optional
 from ..cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS, EXIT_OK, positive_int
 from .build import DEFAULT_MAX_SHARD_SIZE, build_dataset
 from .ccexpert import ccexpert_records
+from .clevr_change import clevr_change_records
 from .dubai_cc import dubai_cc_records
 from .image_editing_request import image_editing_request_records
 from .spot_the_diff import spot_the_diff_records
@@ -58,6 +59,8 @@ def _records_for(args: argparse.Namespace, mixture: Optional[list]) -> Iterable[
         return spot_the_diff_records(args.annotations, args.images)
     if args.data_command == "image-editing-request":
         return image_editing_request_records(args.annotations, args.images)
+    if args.data_command == "clevr-change":
+        return clevr_change_records(args.data_dir)
     if args.data_command == "stvchrono":
         return stvchrono_records(args.annotations, args.images, args.split)
     if args.data_command == "from-masks":
@@ -83,6 +86,8 @@ def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
         return paths + [path.parent for path in paths]
     if args.data_command in ("spot-the-diff", "image-editing-request"):
         return [args.annotations, args.images]
+    if args.data_command == "clevr-change":
+        return [args.data_dir]
     if args.data_command == "stvchrono":
         return [*args.annotations, args.images]
     if args.data_command == "from-masks":
@@ -160,6 +165,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                          help="folder with train.json, valid.json, test.json")
     editing.add_argument("--images", required=True, type=Path, help="folder with the img0 and img1 images")
 
+    clevr = commands.add_parser("clevr-change", help="CLEVR-Change (data/ with splits.json, change_captions.json, "
+                                                     "no_change_captions.json and the three image folders)")
+    clevr.add_argument("--data-dir", required=True, type=Path, help="the dataset's data/ folder")
+
     stvchrono = commands.add_parser("stvchrono", help="STVchrono (PJ1/PJ2_annotations.json + Mapillary images); "
                                                       "its two-image sequences")
     stvchrono.add_argument("--annotations", required=True, action="append", type=Path, metavar="FILE",
@@ -193,6 +202,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                           "repeatable, e.g. out/levir_cc:train:6")
     mix.add_argument("--split", default="train", help="split name of the mixture (%(default)s)")
 
-    for command in (levir, dubai, ccexpert, manifest, spot, editing, stvchrono, masks, mix):
+    for command in (levir, dubai, ccexpert, manifest, clevr, spot, editing, stvchrono, masks, mix):
         _add_build_arguments(command)
         command.set_defaults(run=_run)
