@@ -3,31 +3,20 @@ distractor (viewpoint and lighting only) after image, in the layout of its publi
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
 
-from ..errors import read_text_file
 from .schema import ChangeRecord, DataInputError
+from .source_files import read_json_file
 
 CLEVR_CHANGE_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 
-def _read_json_object(path: Path) -> dict:
-    try:
-        content = json.loads(read_text_file(path))
-    except json.JSONDecodeError as error:
-        raise DataInputError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(content, dict):
-        raise DataInputError(f"{path}: expected a JSON object")
-    return content
-
-
 def _read_captions(path: Path) -> dict:
     """`{"CLEVR_default_XXXXXX.png": [caption, ...]}`, every value a list of text."""
-    captions = _read_json_object(path)
+    captions = read_json_file(path, dict, "a JSON object")
     for name, sentences in captions.items():
         if not isinstance(sentences, list) or not all(isinstance(sentence, str) for sentence in sentences):
             raise DataInputError(f"{path}: entry {name!r} must be a list of captions (text)")
@@ -46,7 +35,7 @@ def clevr_change_records(data_dir: Union[str, os.PathLike]) -> Iterator[ChangeRe
         data_dir: The dataset's `data/` folder.
     """
     data_dir = Path(data_dir)
-    splits = _read_json_object(data_dir / "splits.json")
+    splits = read_json_file(data_dir / "splits.json", dict, "a JSON object")
     captions = {1: _read_captions(data_dir / "change_captions.json"),
                 0: _read_captions(data_dir / "no_change_captions.json")}
     after_images = {1: ("sc_images", "CLEVR_semantic", "change"), 0: ("nsc_images", "CLEVR_nonsemantic", "no_change")}

@@ -10,6 +10,17 @@ from ..errors import read_text_file
 from .schema import DataInputError
 
 
+def read_json_file(path: Path, kind: type, what: str):
+    """The content of a JSON file, which must be of type `kind` (`what` names it in the error)."""
+    try:
+        content = json.loads(read_text_file(path))
+    except json.JSONDecodeError as error:
+        raise DataInputError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(content, kind):
+        raise DataInputError(f"{path}: expected {what}")
+    return content
+
+
 def read_json_records(path: Path) -> list:
     """Items of a JSON list or of a JSON Lines file, each with its position for error messages."""
     if path.suffix == ".jsonl":
@@ -21,12 +32,7 @@ def read_json_records(path: Path) -> list:
                 except json.JSONDecodeError as error:
                     raise DataInputError(f"{path}: line {number} is not valid JSON ({error})") from None
     else:
-        try:
-            content = json.loads(read_text_file(path))
-        except json.JSONDecodeError as error:
-            raise DataInputError(f"{path}: not valid JSON ({error})") from None
-        if not isinstance(content, list):
-            raise DataInputError(f"{path}: expected a JSON list of records")
+        content = read_json_file(path, list, "a JSON list of records")
         items = [(f"[{position}]", item) for position, item in enumerate(content)]
     for where, item in items:
         if not isinstance(item, dict):
