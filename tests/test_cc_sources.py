@@ -5,18 +5,22 @@ image) under the file names the annotations give; the annotation files are the r
 file names of the published layout.
 """
 
+import io
 import json
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from rscc.cli import main
 from rscc.data import DataInputError, load_change_dataset
 from rscc.data.image_editing_request import image_editing_request_records
+from rscc.data.parquet_source import parquet_records, parse_column_mapping
 from rscc.data.spot_the_diff import spot_the_diff_records
 
 
@@ -176,3 +180,54 @@ def test_clevr_change_real_splits_with_documented_caption_files(shared_data, tmp
     train = load_change_dataset(str(out), split="train")
     assert len(train) == 39 and sorted(train["change_flag"]) == [0] * 20 + [1] * 19
     assert len(load_change_dataset(str(out), split="validation")) == 40
+
+
+def _png_bytes(shade: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), shade, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_parquet_with_a_column_mapping(tmp_path, capsys):
+    """A small Parquet written here in the shape of a Hub change-captioning set (FOTBCD-CC-like: image structs,
+    one caption column per sentence), with one row whose after image is null."""
+    folder = tmp_path / "fotbcd"
+    folder.mkdir()
+    (folder / "b.png").write_bytes(_png_bytes(200))
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({
+        "pair": ["p0", "p1", "p2"],
+        "image_a": pa.array([{"bytes": _png_bytes(30), "path": "a0.png"}] * 3, type=image_type),
+        "image_b": pa.array([{"bytes": _png_bytes(90), "path": "b0.png"}, {"bytes": None, "path": "b.png"}, None],
+                            type=image_type),
+        "sentence_1": ["a road appears", "houses are built", "a pond dries up"],
+        "sentence_2": ["a new road is built", None, "the pond is gone"],
+    })
+    pq.write_table(table, folder / "train-00000.parquet")
+    records = list(parquet_records([folder / "train-*.parquet"], "id=pair,before=image_a,after=image_b,"
+                                   "captions=sentence_1+sentence_2"))
+    assert [r.id for r in records] == ["p0", "p1", "p2"]
+    assert [len(r.captions) for r in records] == [2, 1, 2]
+    assert records[1].after == folder / "b.png" and records[2].after == ""
+    out = tmp_path / "out"
+    command = ["data", "parquet", "--files", f"test={folder / 'train-*.parquet'}", "--columns",
+               "id=pair,before=image_a,after=image_b,captions=sentence_1+sentence_2", "--out", str(out)]
+    assert main(command) == 1
+    assert "(row 2): [p2] missing image: after: no image path given" in capsys.readouterr().err
+    assert main(command + ["--skip-invalid"]) == 0
+    test = load_change_dataset(str(out), split="test")
+    assert test["id"] == ["p0", "p1"] and test["source"] == ["fotbcd", "fotbcd"]
+    assert test[0]["captions"] == ["a road appears", "a new road is built"]
+
+
+def test_parquet_mapping_errors(tmp_path):
+    pq.write_table(pa.table({"a": ["x"], "b": ["y"]}), tmp_path / "set.parquet")
+    with pytest.raises(DataInputError, match=r"set\.parquet: no column\(s\) 'caption'; its columns are a, b"):
+        list(parquet_records([tmp_path / "set.parquet"], "before=a,after=b,captions=caption"))
+    with pytest.raises(DataInputError, match="no column given for captions"):
+        parse_column_mapping("before=a,after=b")
+    with pytest.raises(DataInputError, match="'mask=m' is not FIELD=COLUMN"):
+        parse_column_mapping("before=a,after=b,captions=c,mask=m")
+    with pytest.raises(DataInputError, match=r"\(row 0\): expected an image"):
+        pq.write_table(pa.table({"a": [1], "b": ["y"], "c": ["z"]}), tmp_path / "ints.parquet")
+        list(parquet_records([tmp_path / "ints.parquet"], "before=a,after=b,captions=c"))

@@ -16,6 +16,7 @@ from .ccexpert import ccexpert_records
 from .clevr_change import clevr_change_records
 from .dubai_cc import dubai_cc_records
 from .image_editing_request import image_editing_request_records
+from .parquet_source import parquet_records
 from .spot_the_diff import spot_the_diff_records
 from .stvchrono import stvchrono_records
 from .from_masks import DEFAULT_MIN_REGION_PIXELS, from_masks_records, template_caption_note
@@ -59,6 +60,10 @@ def _records_for(args: argparse.Namespace, mixture: Optional[list]) -> Iterable[
         return spot_the_diff_records(args.annotations, args.images)
     if args.data_command == "image-editing-request":
         return image_editing_request_records(args.annotations, args.images)
+    if args.data_command == "parquet":
+        return itertools.chain.from_iterable(
+            parquet_records([path], args.columns, split, args.source_name) for split, path in
+            map(_split_and_path, args.files))
     if args.data_command == "clevr-change":
         return clevr_change_records(args.data_dir)
     if args.data_command == "stvchrono":
@@ -86,6 +91,8 @@ def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
         return paths + [path.parent for path in paths]
     if args.data_command in ("spot-the-diff", "image-editing-request"):
         return [args.annotations, args.images]
+    if args.data_command == "parquet":
+        return [path.parent for _, path in map(_split_and_path, args.files)]
     if args.data_command == "clevr-change":
         return [args.data_dir]
     if args.data_command == "stvchrono":
@@ -165,6 +172,17 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                          help="folder with train.json, valid.json, test.json")
     editing.add_argument("--images", required=True, type=Path, help="folder with the img0 and img1 images")
 
+    parquet = commands.add_parser("parquet", help="a change-captioning set already in Parquet (e.g. downloaded from "
+                                                  "the Hub), its columns mapped onto the schema")
+    parquet.add_argument("--files", required=True, action="append", metavar="[SPLIT=]FILES",
+                         help="Parquet file or glob (quote it), optionally with its split (default train); "
+                              "repeatable, e.g. 'test=fotbcd/data/test-*.parquet'")
+    parquet.add_argument("--columns", required=True, metavar="FIELD=COLUMN,...",
+                         help="which column holds each field: before, after, captions (several joined with +) and "
+                              "optionally id, change_flag, change_mask; e.g. before=image_a,after=image_b,"
+                              "captions=caption")
+    parquet.add_argument("--source-name", help="source column value (default: the files' folder name)")
+
     clevr = commands.add_parser("clevr-change", help="CLEVR-Change (data/ with splits.json, change_captions.json, "
                                                      "no_change_captions.json and the three image folders)")
     clevr.add_argument("--data-dir", required=True, type=Path, help="the dataset's data/ folder")
@@ -202,6 +220,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                           "repeatable, e.g. out/levir_cc:train:6")
     mix.add_argument("--split", default="train", help="split name of the mixture (%(default)s)")
 
-    for command in (levir, dubai, ccexpert, manifest, clevr, spot, editing, stvchrono, masks, mix):
+    for command in (levir, dubai, ccexpert, manifest, parquet, clevr, spot, editing, stvchrono, masks, mix):
         _add_build_arguments(command)
         command.set_defaults(run=_run)

@@ -34,7 +34,7 @@ def _load_image(source: ImageSource) -> tuple:
         file = os.fspath(source)
         name = os.path.basename(file)
         if not file:
-            raise _ImageProblem("missing image", "(no path)", "no image path given")
+            raise _ImageProblem("missing image", "", "no image path given")
         try:
             with open(file, "rb") as handle:
                 data = handle.read()
@@ -133,9 +133,9 @@ def _check_images(record: ChangeRecord, report: Callable[[str, str, str], None])
             continue
         try:
             images[role] = _load_image(source)
-        except _ImageProblem as problem:
+        except _ImageProblem as problem:  # with no file to name, the record's origin (manifest line, row) says where
             report(problem.kind if role != "change_mask" else problem.kind.replace("image", "mask"),
-                   problem.file, f"{role}: {problem.detail}")
+                   problem.file or record.origin, f"{role}: {problem.detail}")
     if "before" in images and "after" in images and images["before"][2] != images["after"][2]:
         (_, _, before_size), (_, after_file, after_size) = images["before"], images["after"]
         report("pair size mismatch", after_file,
