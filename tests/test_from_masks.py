@@ -1,7 +1,7 @@
 """Tests of `rscc data from-masks` on the real LEVIR-CD samples in ../shared/data/levir_cd_samples."""
 
-import io
 import random
+import re
 from collections import deque
 from pathlib import Path
 
@@ -164,3 +164,39 @@ def test_bad_class_list_is_an_input_error(shared_data, tmp_path, capsys):
     assert main(["data", "from-masks", "--root", str(shared_data / "levir_cd_samples"), "--classes", "road",
                  "--out", str(tmp_path / "out")]) == 2
     assert "'road' is not LEVEL=NAME" in capsys.readouterr().err
+
+
+def test_second_from_its_real_split_list_with_stand_in_rgb_labels(shared_data, tmp_path, capsys):
+    """The split list is the real Bi-SRNet excerpt; SECOND publishes no images, so the test makes stand-in im1/im2
+    and RGB label2 maps in SECOND's colours for the first three listed pairs and leaves the rest missing."""
+    from rscc.data.second import read_split_list
+
+    split_list = shared_data / "cc_sources" / "second" / "BiSRNet_train_list.first20.txt"
+    names = read_split_list(split_list)
+    assert len(names) == 20 and names[0] == "00003.png"
+    root = tmp_path / "train"
+    for folder in ("im1", "im2", "label2"):
+        (root / folder).mkdir(parents=True)
+    label = np.full((64, 64, 3), 255, dtype=np.uint8)  # white: unchanged
+    label[0:16, 0:16] = (0, 0, 255)  # water, top left
+    label[40:60, 40:50] = label[40:60, 54:64] = (128, 0, 0)  # two buildings, bottom right
+    empty = np.full((64, 64, 3), 255, dtype=np.uint8)
+    for name, mask in zip(names[:3], (label, empty, label)):
+        _png(np.full((64, 64, 3), 50, dtype=np.uint8), root / "im1" / name)
+        _png(np.full((64, 64, 3), 150, dtype=np.uint8), root / "im2" / name)
+        _png(mask, root / "label2" / name)
+    out = tmp_path / "out"
+    command = ["data", "second", "--root", f"train={root}", "--list", f"train={split_list}", "--out", str(out)]
+    assert main(command) == 1
+    errors = capsys.readouterr().err
+    assert re.search(r"^ +17  no captions$", errors, re.MULTILINE)  # the summary's count by kind
+    assert f"label2/{names[-1]}: [{names[-1][:-4]}] no captions: captions come from the mask" in errors
+    assert main(command + ["--skip-invalid"]) == 0
+    train = load_change_dataset(str(out), split="train")
+    assert train["id"] == ["00003", "00013", "00015"] and train["change_flag"] == [1, 0, 1]
+    for caption in train[0]["captions"]:
+        assert "two large buildings" in caption and "in the bottom right corner" in caption, caption
+        assert "a large area of water" in caption and "in the top left corner" in caption, caption
+    assert all(map(is_no_change_caption, train[1]["captions"]))
+    stored = np.asarray(train[0]["change_mask"])
+    assert np.array_equal(stored > 0, (label != 255).any(axis=2)) and set(np.unique(stored)) == {0, 255}

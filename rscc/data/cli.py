@@ -17,6 +17,7 @@ from .clevr_change import clevr_change_records
 from .dubai_cc import dubai_cc_records
 from .image_editing_request import image_editing_request_records
 from .parquet_source import parquet_records
+from .second import second_records
 from .spot_the_diff import spot_the_diff_records
 from .stvchrono import stvchrono_records
 from .from_masks import DEFAULT_MIN_REGION_PIXELS, from_masks_records, template_caption_note
@@ -68,6 +69,11 @@ def _records_for(args: argparse.Namespace, mixture: Optional[list]) -> Iterable[
         return clevr_change_records(args.data_dir)
     if args.data_command == "stvchrono":
         return stvchrono_records(args.annotations, args.images, args.split)
+    if args.data_command == "second":
+        lists = dict(map(_split_and_path, args.list or []))
+        return itertools.chain.from_iterable(
+            second_records(root, split, lists.get(split), min_region_pixels=args.min_region_pixels, seed=args.seed)
+            for split, root in map(_split_and_path, args.root))
     if args.data_command == "from-masks":
         return itertools.chain.from_iterable(
             from_masks_records(root, split, args.source_name, before_dir=args.before_dir, after_dir=args.after_dir,
@@ -97,6 +103,9 @@ def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
         return [args.data_dir]
     if args.data_command == "stvchrono":
         return [*args.annotations, args.images]
+    if args.data_command == "second":
+        return [root for _, root in map(_split_and_path, args.root)] + [path for _, path in
+                                                                         map(_split_and_path, args.list or [])]
     if args.data_command == "from-masks":
         return [root for _, root in map(_split_and_path, args.root)]
     return [component.path for component in mixture if Path(component.path).exists()]
@@ -109,8 +118,9 @@ def _run(args: argparse.Namespace) -> int:
             _records_for(args, mixture), args.out, pretty_name=args.pretty_name, license=args.license,
             skip_invalid=args.skip_invalid, overwrite=args.overwrite, max_shard_size=args.max_shard_size * 1024**2,
             mixture=mixture, inputs=_inputs_of(args, mixture),
-            source_notes={args.source_name: template_caption_note(args.seed, args.min_region_pixels)}
-            if args.data_command == "from-masks" else None,
+            source_notes={"second" if args.data_command == "second" else args.source_name:
+                          template_caption_note(args.seed, args.min_region_pixels)}
+            if args.data_command in ("from-masks", "second") else None,
         )
     except InvalidRecordsError as error:
         # Every problem, then the summary last so that it is what a terminal shows.
@@ -209,10 +219,20 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                        help="semantic masks: class name of each grey level, e.g. 128=road,255=building "
                             "(default: binary, every non-zero pixel is a changed --class-name)")
     masks.add_argument("--class-name", default="building", help="what binary masks mark (%(default)s)")
-    masks.add_argument("--min-region-pixels", type=positive_int, default=DEFAULT_MIN_REGION_PIXELS,
-                       help="smallest changed region the captions count (%(default)s)")
-    masks.add_argument("--seed", type=int, default=0, help="seed of the template choice (%(default)s)")
     masks.add_argument("--source-name", default="levir_cd", help="source column value (%(default)s)")
+
+    second = commands.add_parser("second", help="SECOND ({im1,im2,label1,label2} per split folder), captioned from "
+                                                "its label2 land-cover maps")
+    second.add_argument("--root", required=True, action="append", metavar="[SPLIT=]FOLDER",
+                        help="a split folder holding im1, im2, label1, label2, optionally with its split "
+                             "(default train); repeatable")
+    second.add_argument("--list", action="append", metavar="[SPLIT=]FILE",
+                        help="a split list naming the pairs of that split's folder to take (e.g. Bi-SRNet's "
+                             "train_list.txt); default: every pair")
+    for command in (masks, second):
+        command.add_argument("--min-region-pixels", type=positive_int, default=DEFAULT_MIN_REGION_PIXELS,
+                             help="smallest changed region the captions count (%(default)s)")
+        command.add_argument("--seed", type=int, default=0, help="seed of the template choice (%(default)s)")
 
     mix = commands.add_parser("mix", help="mixture of built datasets with per-source upsampling factors")
     mix.add_argument("--source", required=True, action="append", metavar="PATH:SPLIT:FACTOR",
@@ -220,6 +240,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                           "repeatable, e.g. out/levir_cc:train:6")
     mix.add_argument("--split", default="train", help="split name of the mixture (%(default)s)")
 
-    for command in (levir, dubai, ccexpert, manifest, parquet, clevr, spot, editing, stvchrono, masks, mix):
+    for command in (levir, dubai, ccexpert, manifest, parquet, clevr, spot, editing, stvchrono, masks, second, mix):
         _add_build_arguments(command)
         command.set_defaults(run=_run)

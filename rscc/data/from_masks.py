@@ -41,7 +41,7 @@ _PLACE_PHRASES = {
 _COUNT_WORDS = ("no", "a", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 # Land-cover classes that are not counted objects: "two areas of water", never "two waters".
 MASS_NOUNS = {"water", "vegetation", "low vegetation", "non-vegetated ground surface", "ground", "bareland",
-              "grass", "sand", "soil", "farmland", "playground"}
+              "grass", "sand", "soil", "farmland"}
 
 # LEVIR-CC-style sentences: an opening said once, then one clause per class, where {things} is "three small
 # buildings", {appear}, {have} and {be} agree with it and {places} names the grid cells of its largest regions.
@@ -178,36 +178,69 @@ def captions_for_regions(regions: list, image_pixels: int, rng: random.Random, n
     return captions
 
 
+def _colour_codes(pixels: np.ndarray) -> np.ndarray:
+    """One integer per RGB colour (r * 65536 + g * 256 + b)."""
+    pixels = pixels.astype(np.int32)
+    return (pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]
+
+
 def read_class_mask(path: Path, class_values: Optional[dict]) -> np.ndarray:
-    """The class ids of a mask file: every non-zero pixel is class 1 for a binary mask (`class_values` None),
-    else `class_values` maps each grey level to its class id (0 = no change, any level it does not name is an
-    error). Channel 0 of an RGB mask is read (LEVIR-MCI's convention)."""
+    """The class ids of a mask file (0 = no change).
+
+    Binary masks (`class_values` None): every non-zero pixel of channel 0 is class 1. Otherwise `class_values`
+    maps grey levels (int keys; channel 0 of an RGB mask, LEVIR-MCI's convention) or RGB colours (tuple keys,
+    SECOND's convention) to class ids; a level or colour it does not name is a `DataInputError`.
+    """
     with Image.open(path) as image:
-        levels = np.asarray(image)
-    if levels.ndim == 3:
-        levels = levels[..., 0]
+        colour = class_values is not None and any(isinstance(key, tuple) for key in class_values)
+        pixels = np.asarray(image.convert("RGB") if colour else image)
+    if not colour and pixels.ndim == 3:
+        pixels = pixels[..., 0]
     if class_values is None:
-        return (levels > 0).astype(np.uint8)
-    unknown = sorted(set(np.unique(levels).tolist()) - set(class_values) - {0})
+        return (pixels > 0).astype(np.uint8)
+    values = _colour_codes(pixels) if colour else pixels
+    keys = {(_colour_codes(np.array(key)) if colour else key): class_id for key, class_id in class_values.items()}
+    present, inverse = np.unique(values, return_inverse=True)
+    unknown = [value for value in present.tolist() if value not in keys]
     if unknown:
-        raise DataInputError(f"{path}: grey levels {unknown} are not among the class levels {sorted(class_values)}")
-    lookup = np.zeros(256, dtype=np.uint8)
-    for level, class_id in class_values.items():
-        lookup[level] = class_id
-    return lookup[levels]
+        shown = [f"{v >> 16}/{(v >> 8) & 255}/{v & 255}" if colour else str(v) for v in unknown[:5]]
+        raise DataInputError(f"{path}: {'colours' if colour else 'grey levels'} {', '.join(shown)} are not among "
+                             f"the classes' {'colours' if colour else 'levels'}")
+    return np.array([keys[value] for value in present.tolist()], dtype=np.uint8)[inverse].reshape(values.shape)
+
+
+def _parse_level(text: str) -> object:
+    """A grey level `N` (1..255) or an RGB colour `R/G/B`, or None when it is neither."""
+    parts = text.strip().split("/")
+    if len(parts) not in (1, 3) or not all(part.isdigit() and int(part) < 256 for part in parts):
+        return None
+    return int(parts[0]) if len(parts) == 1 else tuple(map(int, parts))
 
 
 def parse_classes(spec: str) -> tuple:
-    """`LEVEL=NAME,LEVEL=NAME,...` (e.g. `128=road,255=building`) as (level -> class id, class id -> name)."""
+    """`LEVEL=NAME,...` as (level -> class id, class id -> name). LEVEL is a grey level (`128=road,255=building`;
+    0 is no change) or an RGB colour (`0/0/255=water`); the colour of no change is the one named `unchanged`."""
     levels, names = {}, {}
-    for class_id, item in enumerate(filter(None, (part.strip() for part in spec.split(","))), start=1):
-        level, separator, name = item.partition("=")
-        if not separator or not level.strip().isdigit() or not 0 < int(level) < 256 or not name.strip():
-            raise DataInputError(f"--classes {spec!r}: {item!r} is not LEVEL=NAME with LEVEL a grey level 1..255")
-        levels[int(level)] = class_id
-        names[class_id] = name.strip().lower()
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        level_text, separator, name = item.partition("=")
+        level = _parse_level(level_text)
+        if not separator or level is None or level == 0 or not name.strip():
+            raise DataInputError(f"--classes {spec!r}: {item!r} is not LEVEL=NAME with LEVEL a grey level 1..255 "
+                                 "or a colour R/G/B")
+        if name.strip().lower() == "unchanged":
+            levels[level] = 0
+        else:
+            names[len(names) + 1] = name.strip().lower()
+            levels[level] = len(names)
     if not names:
         raise DataInputError(f"--classes {spec!r}: no LEVEL=NAME given")
+    colours = {isinstance(level, tuple) for level in levels}
+    if colours == {True, False}:
+        raise DataInputError(f"--classes {spec!r}: give either grey levels or R/G/B colours, not both")
+    if colours == {False}:
+        levels[0] = 0
+    elif 0 not in levels.values():
+        raise DataInputError(f"--classes {spec!r}: name the colour of unchanged pixels, e.g. 255/255/255=unchanged")
     return levels, names
 
 
@@ -230,6 +263,7 @@ def from_masks_records(
     binary_class_name: str = DEFAULT_CLASS_NAMES[1],
     min_region_pixels: int = DEFAULT_MIN_REGION_PIXELS,
     seed: int = 0,
+    names: Optional[list] = None,
 ) -> Iterator[ChangeRecord]:
     """Records of a change-detection set in LEVIR-CD's layout, `ROOT/{A,B,label}/<name>`, captioned from its masks.
 
@@ -246,12 +280,14 @@ def from_masks_records(
         binary_class_name: What a binary mask's changed regions are called.
         min_region_pixels: Smallest region a caption counts.
         seed: Seed of the template choice; the same seed gives the same captions.
+        names: The file names of the pairs to take (e.g. from a split list); default: every before image.
     """
     root = Path(root)
     class_values, class_names = parse_classes(classes) if classes else (None, {1: binary_class_name})
     if not (root / before_dir).is_dir():
         raise DataInputError(f"{root}: no {before_dir}/ folder of before images")
-    for before in sorted((root / before_dir).iterdir()):
+    befores = sorted((root / before_dir).iterdir()) if names is None else [root / before_dir / name for name in names]
+    for before in befores:
         mask_path = root / mask_dir / before.name
         record = ChangeRecord(id=before.stem, split=split, before=before, after=root / after_dir / before.name,
                               captions=[], change_mask=mask_path, source=source, origin=f"{root} ({before.name})")
