@@ -169,6 +169,7 @@ def build_dataset(
     mixture: Optional[list] = None,
     inputs: Iterable[Union[str, os.PathLike]] = (),
     source_notes: Optional[dict] = None,
+    recipe_section: Optional[list] = None,
 ) -> BuildSummary:
     """Validate every record, then write Parquet shards per split and a dataset card to `out_dir`.
 
@@ -192,6 +193,7 @@ def build_dataset(
         inputs: The source files and folders read (caption files, manifests, image folders, datasets mixed):
             `overwrite` never replaces a folder that is or holds one of them.
         source_notes: Source name -> how its data was made (e.g. template captions), written in the card.
+        recipe_section: The card lines of the mixture recipe followed (`Recipe.card_lines`).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -212,7 +214,7 @@ def build_dataset(
         for writer in writers.values():
             writer.close()
         write_card(work_dir, writers, problems, pretty_name=pretty_name, license=license, mixture=mixture,
-                   source_notes=source_notes)
+                   source_notes=source_notes, recipe_section=recipe_section)
         if out_dir.exists():
             _check_replaceable(out_dir, inputs)  # again: it may have changed during the build
             shutil.rmtree(out_dir)

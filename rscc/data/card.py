@@ -39,10 +39,11 @@ def _size_category(num_pairs: int) -> str:
 
 
 def write_card(folder: Path, writers: dict, skipped: list, *, pretty_name: Optional[str], license: Optional[str],
-               mixture: Optional[list], source_notes: Optional[dict] = None) -> None:
+               mixture: Optional[list], source_notes: Optional[dict] = None,
+               recipe_section: Optional[list] = None) -> None:
     """Write `folder/README.md` for the closed split writers of a build, the problems of the records it skipped,
-    the components of a mixture and `source_notes` (source name -> how its data was made, e.g. template
-    captions)."""
+    the components of a mixture, `source_notes` (source name -> how its data was made, e.g. template
+    captions) and the lines of a mixture recipe's section (`Recipe.card_lines`)."""
     sources = sorted({source for writer in writers.values() for source in writer.stats_by_source})
     source_names = [KNOWN_SOURCES.get(source, {}).get("name", source) for source in sources]
     if license is None:
@@ -56,6 +57,8 @@ def write_card(folder: Path, writers: dict, skipped: list, *, pretty_name: Optio
         body += [f"- `{source}`: {note}" for source, note in sorted(source_notes.items())]
     if mixture:
         body += _mixture_section(mixture)
+    if recipe_section:
+        body += recipe_section
     if skipped:
         body += _skipped_section(skipped)
     body += ["", "## Usage", "", "```python", "from rscc.data import load_change_dataset", "",

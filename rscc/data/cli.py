@@ -24,7 +24,8 @@ from .from_masks import DEFAULT_MIN_REGION_PIXELS, from_masks_records, template_
 from .levir_cc import levir_cc_records
 from .manifest import MANIFEST_FIELDS, manifest_records
 from .mixture import MixtureComponent, mixture_records
-from .schema import ChangeRecord, InvalidRecordsError
+from .recipe import Recipe
+from .schema import ChangeRecord, DataInputError, InvalidRecordsError
 
 
 def _split_and_path(spec: str) -> tuple:
@@ -111,9 +112,28 @@ def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
     return [component.path for component in mixture if Path(component.path).exists()]
 
 
+def _mixture_of(args: argparse.Namespace) -> tuple:
+    """(components, card lines of the recipe or None) of `rscc data mix`: --source specs, or a --config recipe
+    whose missing sources are listed on stderr; sets `args.split` and
+    `args.pretty_name` to the recipe's unless given."""
+    if bool(args.source) == bool(args.config):
+        raise DataInputError("rscc data mix: give either --source (repeatable) or --config RECIPE")
+    if args.source:
+        args.split = args.split or "train"
+        return [MixtureComponent.parse(spec) for spec in args.source], None
+    recipe = Recipe.load(args.config)
+    args.split = args.split or recipe.split
+    args.pretty_name = args.pretty_name or recipe.name
+    components, missing = recipe.components(args.sources_root, args.require_all)
+    for source in missing:
+        print(f"rscc data mix: {source.name} is not built under {args.sources_root} ({source.path}); left out"
+              + (f". Build it with: {source.build}" if source.build else ""), file=sys.stderr)
+    return components, recipe.card_lines(missing)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
-        mixture = [MixtureComponent.parse(spec) for spec in args.source] if args.data_command == "mix" else None
+        mixture, recipe_section = _mixture_of(args) if args.data_command == "mix" else (None, None)
         summary = build_dataset(
             _records_for(args, mixture), args.out, pretty_name=args.pretty_name, license=args.license,
             skip_invalid=args.skip_invalid, overwrite=args.overwrite, max_shard_size=args.max_shard_size * 1024**2,
@@ -121,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
             source_notes={"second" if args.data_command == "second" else args.source_name:
                           template_caption_note(args.seed, args.min_region_pixels)}
             if args.data_command in ("from-masks", "second") else None,
+            recipe_section=recipe_section,
         )
     except InvalidRecordsError as error:
         # Every problem, then the summary last so that it is what a terminal shows.
@@ -235,10 +256,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         command.add_argument("--seed", type=int, default=0, help="seed of the template choice (%(default)s)")
 
     mix = commands.add_parser("mix", help="mixture of built datasets with per-source upsampling factors")
-    mix.add_argument("--source", required=True, action="append", metavar="PATH:SPLIT:FACTOR",
+    mix.add_argument("--source", action="append", metavar="PATH:SPLIT:FACTOR",
                      help="a built dataset (folder or Hub repo), its split and how many times to repeat it; "
                           "repeatable, e.g. out/levir_cc:train:6")
-    mix.add_argument("--split", default="train", help="split name of the mixture (%(default)s)")
+    mix.add_argument("--config", type=Path, metavar="RECIPE",
+                     help="a mixture recipe instead of --source, e.g. recipes/cc_foundation.yaml: its sources that "
+                          "are built under --sources-root are mixed, the others listed")
+    mix.add_argument("--sources-root", type=Path, default=Path("."),
+                     help="folder holding the recipe's built sources (default: the current folder)")
+    mix.add_argument("--require-all", action="store_true", help="fail when a source of the recipe is not built")
+    mix.add_argument("--split", help="split name of the mixture (default: the recipe's, else train)")
 
     for command in (levir, dubai, ccexpert, manifest, parquet, clevr, spot, editing, stvchrono, masks, second, mix):
         _add_build_arguments(command)

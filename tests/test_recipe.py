@@ -1,0 +1,85 @@
+"""`rscc data mix --config`: the CC-Foundation recipe, built from the sources a user has."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rscc.cli import main
+from rscc.data import load_change_dataset
+from rscc.data.recipe import Recipe
+from rscc.data.schema import DataInputError
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "cc_foundation.yaml"
+LEVIR_CC_PAIRS = ("train_000016.png", "train_000051.png", "train_000054.png")
+
+
+def test_cc_foundation_recipe_follows_the_paper():
+    recipe = Recipe.load(RECIPE)
+    pairs = {source.name: source.paper_pairs for source in recipe.sources}
+    # CCExpert Table I: 200k pairs ("20w") from nine sources.
+    assert pairs == {"clevr_change": 40000, "image_editing_request": 4000, "spot_the_diff": 12000,
+                     "stvchrono": 10000, "vismin": 83000, "levir_cc": 10000, "changesim": 24000, "sysu_cd": 13000,
+                     "second": 5000}
+    # Sec. IV-A1: LEVIR-CC, SYSU-CD and SECOND upsampled threefold.
+    assert {source.name for source in recipe.sources if source.factor == 3} == {"levir_cc", "sysu_cd", "second"}
+    assert {source.factor for source in recipe.sources} == {1, 3}
+
+
+def _built_levir_cc(shared_data: Path, tmp_path: Path) -> Path:
+    """The three real LEVIR-CC pairs with their captions, built with `rscc data levir-cc` into SOURCES/levir_cc."""
+    root = tmp_path / "levir_cc_raw"
+    for side in ("A", "B"):
+        (root / "images" / "train" / side).mkdir(parents=True)
+        for name in LEVIR_CC_PAIRS:
+            shutil.copy(shared_data / "levir_cc" / "images" / "train" / side / name, root / "images" / "train" / side)
+    entries = [entry for entry in json.loads((shared_data / "levir_cc" / "LevirCCcaptions.json").read_text())["images"]
+               if entry["filename"] in LEVIR_CC_PAIRS]
+    (root / "LevirCCcaptions.json").write_text(json.dumps({"images": entries}))
+    sources = tmp_path / "sources"
+    assert main(["data", "levir-cc", "--root", str(root), "--out", str(sources / "levir_cc")]) == 0
+    return sources
+
+
+def test_recipe_mixes_the_built_sources_and_lists_the_missing(shared_data, tmp_path, capsys):
+    sources = _built_levir_cc(shared_data, tmp_path)
+    assert main(["data", "from-masks", "--root", str(shared_data / "levir_cd_samples"), "--skip-invalid",
+                 "--source-name", "sysu_cd", "--out", str(sources / "sysu_cd")]) == 0  # stands in for SYSU-CD
+    capsys.readouterr()
+    out = tmp_path / "cc_foundation"
+    assert main(["data", "mix", "--config", str(RECIPE), "--sources-root", str(sources), "--out", str(out)]) == 0
+    errors = capsys.readouterr().err
+    missing = re.findall(r"rscc data mix: (\w+) is not built under", errors)
+    assert missing == ["clevr_change", "image_editing_request", "spot_the_diff", "stvchrono", "vismin", "changesim",
+                       "second"]
+    assert "Build it with: rscc data second --root train=SECOND/train" in errors
+    train = load_change_dataset(str(out), split="train")
+    assert len(train) == 3 * 3 + 11 * 3  # both present sources are upsampled threefold
+    assert sorted(i for i in train["id"] if i.startswith("train_000016")) == [
+        "train_000016", "train_000016#1", "train_000016#2"]
+    card = (out / "README.md").read_text()
+    assert "## Recipe: CC-Foundation" in card
+    assert "| levir_cc | 10000 | 3 | 11.7% | yes |" in card  # 30k of the paper's 257k upsampled pairs
+    assert "| vismin | 83000 | 1 | 32.3% | missing |" in card
+    assert "pretty_name: CC-Foundation" in card
+
+    assert main(["data", "mix", "--config", str(RECIPE), "--sources-root", str(sources), "--require-all",
+                 "--out", str(tmp_path / "all")]) == 2
+    assert "7 of 9 sources not built" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("sources: []", "non-empty list `sources`"),
+    ("sources: [{name: a}]", r"sources\[0\] must be a mapping with at least name and path"),
+    ("sources: [{name: a, path: a, factor: 0}]", r"sources\[0\]: factor must be a positive integer, got 0"),
+    ("sources: [{name: a, path: a, weight: 2}]", r"sources\[0\]: unknown key\(s\) weight"),
+    ("sources: [{name: a, path: a}, {name: a, path: b}]", "source\\(s\\) a listed more than once"),
+    ("sources: [", "not valid YAML"),
+])
+def test_bad_recipes_name_the_file_and_source(tmp_path, content, message):
+    (tmp_path / "recipe.yaml").write_text(content)
+    with pytest.raises(DataInputError, match=message):
+        Recipe.load(tmp_path / "recipe.yaml")
