@@ -5,8 +5,8 @@ import re
 import shutil
 from pathlib import Path
 
+import datasets
 import pytest
-import yaml
 
 from rscc.cli import main
 from rscc.data import load_change_dataset
@@ -83,3 +83,37 @@ def test_bad_recipes_name_the_file_and_source(tmp_path, content, message):
     (tmp_path / "recipe.yaml").write_text(content)
     with pytest.raises(DataInputError, match=message):
         Recipe.load(tmp_path / "recipe.yaml")
+
+
+def test_training_step_on_the_streamed_mixture(shared_data, tmp_path, tiny_model, tiny_processor,
+                                               single_torch_thread):
+    """The mixture read as a stream (Parquet shards read as it goes), one caption per example, batched by the
+    training collator, and one optimizer step of the tiny model on it."""
+    import torch
+
+    from rscc.data import streaming_caption_view
+    from rscc.training.trainer import ChangeCaptionCollator
+
+    sources = _built_levir_cc(shared_data, tmp_path)
+    out = tmp_path / "mixture"
+    assert main(["data", "mix", "--config", str(RECIPE), "--sources-root", str(sources), "--out", str(out)]) == 0
+    stream = load_change_dataset(str(out), split="train", streaming=True)
+    assert isinstance(stream, datasets.IterableDataset)
+    flattened = list(streaming_caption_view(stream, "flatten"))
+    assert len(flattened) == 9 * 5 and flattened[0]["caption"] == flattened[0]["captions"][0]
+    drawn = [example["caption"] for example in streaming_caption_view(stream, "random_choice", seed=1)]
+    assert len(drawn) == 9 and drawn == [e["caption"] for e in streaming_caption_view(stream, "random_choice", seed=1)]
+    assert all(caption in example["captions"] for caption, example in zip(drawn, flattened[::5]))
+
+    loader = torch.utils.data.DataLoader(streaming_caption_view(stream, "random_choice").with_format(None),
+                                         batch_size=3, collate_fn=ChangeCaptionCollator(tiny_processor))
+    batch = next(iter(loader))
+    tiny_model.train()
+    optimizer = torch.optim.SGD(tiny_model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in tiny_model.parameters() if p.requires_grad]
+    loss = tiny_model(**batch).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    optimizer.step()
+    after = [p.detach() for p in tiny_model.parameters() if p.requires_grad]
+    assert any(not torch.equal(old, new) for old, new in zip(before, after))

@@ -40,7 +40,7 @@ from .schema import (
     Problem,
     summarize_problems,
 )
-from .views import CaptionMode, caption_view, load_change_dataset, normalize_caption
+from .views import CaptionMode, caption_view, load_change_dataset, normalize_caption, streaming_caption_view
 
 __all__ = [
     "DEFAULT_MAX_SHARD_SIZE",
@@ -73,5 +73,6 @@ __all__ = [
     "mixture_records",
     "normalize_caption",
     "read_manifest",
+    "streaming_caption_view",
     "summarize_problems",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -107,3 +108,46 @@ def caption_view(dataset: datasets.Dataset, mode: CaptionMode = "random_choice",
         raise ValueError(f"mode must be 'flatten' or 'random_choice', got {mode!r}")
     index = datasets.Dataset.from_dict({"row": rows, "caption_index": caption_index})
     return index.with_transform(_GatherPairs(dataset, sentence_case, no_change_caption))
+
+
+class _StreamedCaptions:
+    """`datasets` batched map of a streamed caption view: each pair becomes its examples, each with a `caption`."""
+
+    def __init__(self, mode: CaptionMode, seed: int, epoch: int, sentence_case: bool, no_change_caption: Optional[str]):
+        self.mode, self.seed, self.epoch = mode, seed, epoch
+        self.sentence_case, self.no_change_caption = sentence_case, no_change_caption
+
+    def __call__(self, batch: dict) -> dict:
+        examples: dict = {name: [] for name in [*batch, "caption"]}
+        for row in range(len(batch["id"])):
+            captions, flag = batch["captions"][row], batch["change_flag"][row]
+            if self.mode == "flatten":
+                chosen = captions
+            else:  # drawn from (seed, epoch, id): the same caption wherever the pair falls in the stream
+                chosen = [captions[random.Random(f"{self.seed}:{self.epoch}:{batch['id'][row]}")
+                                   .randrange(len(captions))]]
+            for caption in chosen:
+                for name in batch:
+                    examples[name].append(batch[name][row])
+                examples["caption"].append(normalize_caption(caption, flag, sentence_case=self.sentence_case,
+                                                             no_change_caption=self.no_change_caption))
+        return examples
+
+
+def streaming_caption_view(dataset: datasets.IterableDataset, mode: CaptionMode = "random_choice", *, seed: int = 0,
+                           epoch: int = 0, sentence_case: bool = False, no_change_caption: Optional[str] = None
+                           ) -> datasets.IterableDataset:
+    """`caption_view` of a streamed split (`load_change_dataset(..., streaming=True)`), for mixtures too large to
+    prepare as Arrow files: the Parquet shards are read as the stream goes, never all at once.
+
+    "flatten" yields one example per caption; "random_choice" one per pair, its caption drawn from (seed, epoch,
+    pair id), so reruns see the same captions. Shuffle with `IterableDataset.shuffle(buffer_size=...)`.
+
+    Args:
+        dataset: One streamed split of a change-captioning dataset.
+        mode, seed, epoch, sentence_case, no_change_caption: As in `caption_view`.
+    """
+    if mode not in ("flatten", "random_choice"):
+        raise ValueError(f"mode must be 'flatten' or 'random_choice', got {mode!r}")
+    return dataset.map(_StreamedCaptions(mode, seed, epoch, sentence_case, no_change_caption), batched=True,
+                       batch_size=16)
