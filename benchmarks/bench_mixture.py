@@ -28,8 +28,9 @@ LEVIR_CC_PAIRS = ("train_000016.png", "train_000051.png", "train_000054.png")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "cc_foundation.yaml"
 
 
-def build_sources(data: Path, temp: Path) -> Path:
-    """SOURCES/levir_cc (3 pairs) and SOURCES/sysu_cd (11 pairs captioned from masks) from the real data."""
+def build_levir_cc(data: Path, temp: Path) -> Path:
+    """SOURCES/levir_cc: the 3 real LEVIR-CC pairs and their captions, built with `rscc data levir-cc`; returns
+    SOURCES."""
     root = temp / "levir_cc_raw"
     for side in ("A", "B"):
         (root / "images" / "train" / side).mkdir(parents=True)
@@ -40,6 +41,12 @@ def build_sources(data: Path, temp: Path) -> Path:
     (root / "LevirCCcaptions.json").write_text(json.dumps({"images": entries}))
     sources = temp / "sources"
     assert rscc_main(["data", "levir-cc", "--root", str(root), "--out", str(sources / "levir_cc")]) == 0
+    return sources
+
+
+def build_sources(data: Path, temp: Path) -> Path:
+    """SOURCES/levir_cc (3 pairs) and SOURCES/sysu_cd (the 11 LEVIR-CD pairs captioned from their masks)."""
+    sources = build_levir_cc(data, temp)
     assert rscc_main(["data", "from-masks", "--root", str(data / "levir_cd_samples"), "--skip-invalid",
                       "--source-name", "sysu_cd", "--out", str(sources / "sysu_cd")]) == 0
     return sources

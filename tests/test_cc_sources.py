@@ -231,3 +231,35 @@ def test_parquet_mapping_errors(tmp_path):
     with pytest.raises(DataInputError, match=r"\(row 0\): expected an image"):
         pq.write_table(pa.table({"a": [1], "b": ["y"], "c": ["z"]}), tmp_path / "ints.parquet")
         list(parquet_records([tmp_path / "ints.parquet"], "before=a,after=b,captions=c"))
+
+
+def test_vismin_documented_training_json(shared_data, tmp_path, capsys):
+    """No VisMin record could be read here: the file is the README's documented example (its trailing comma
+    removed, a second edit and a malformed entry added), with stand-in images."""
+    from rscc.data.vismin import vismin_records
+
+    readme = (shared_data / "cc_sources" / "vismin" / "github_README_dataset_section.md").read_text()
+    assert '"edited_caption": "Three men holding a brown and white dog in a van.",' in readme
+    entry = {"image_path": "/coco/images/train2017/000000234136.jpg",
+             "caption": "Two men holding a brown and white dog in a van.",
+             "negatives": [{"edited_image_path": "/edited/coco/234136/0.png",
+                            "edited_caption": "Three men holding a brown and white dog in a van."},
+                           {"edited_image_path": "/edited/coco/234136/1.png",
+                            "edited_caption": "Two men holding a black dog in a van."}]}
+    (tmp_path / "train.json").write_text(json.dumps([entry]))
+    records = list(vismin_records(tmp_path / "train.json", tmp_path / "images"))
+    assert [r.id for r in records] == ["edited/coco/234136/0", "edited/coco/234136/1"]
+    assert records[0].captions == ["two men holding a brown and white dog in a van becomes three men holding a "
+                                   "brown and white dog in a van"]
+    stand_in_image(records[0].before, 40)
+    for record in records:
+        stand_in_image(record.after, 200)
+    out = tmp_path / "out"
+    assert main(["data", "vismin", "--annotations", str(tmp_path / "train.json"), "--image-root",
+                 str(tmp_path / "images"), "--out", str(out)]) == 0
+    assert len(load_change_dataset(str(out), split="train")) == 2
+    assert "'X becomes Y'" in (out / "README.md").read_text()
+
+    (tmp_path / "bad.json").write_text(json.dumps([entry, {**entry, "negatives": [{"edited_image_path": "x.png"}]}]))
+    with pytest.raises(DataInputError, match=r"bad\.json: \[1\] negatives\[0\] has no edited_caption"):
+        list(vismin_records(tmp_path / "bad.json", tmp_path))

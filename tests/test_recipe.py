@@ -1,8 +1,7 @@
 """`rscc data mix --config`: the CC-Foundation recipe, built from the sources a user has."""
 
-import json
 import re
-import shutil
+import sys
 from pathlib import Path
 
 import datasets
@@ -13,8 +12,8 @@ from rscc.data import load_change_dataset
 from rscc.data.recipe import Recipe
 from rscc.data.schema import DataInputError
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "cc_foundation.yaml"
-LEVIR_CC_PAIRS = ("train_000016.png", "train_000051.png", "train_000054.png")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPE = REPO_ROOT / "recipes" / "cc_foundation.yaml"
 
 
 def test_cc_foundation_recipe_follows_the_paper():
@@ -30,18 +29,13 @@ def test_cc_foundation_recipe_follows_the_paper():
 
 
 def _built_levir_cc(shared_data: Path, tmp_path: Path) -> Path:
-    """The three real LEVIR-CC pairs with their captions, built with `rscc data levir-cc` into SOURCES/levir_cc."""
-    root = tmp_path / "levir_cc_raw"
-    for side in ("A", "B"):
-        (root / "images" / "train" / side).mkdir(parents=True)
-        for name in LEVIR_CC_PAIRS:
-            shutil.copy(shared_data / "levir_cc" / "images" / "train" / side / name, root / "images" / "train" / side)
-    entries = [entry for entry in json.loads((shared_data / "levir_cc" / "LevirCCcaptions.json").read_text())["images"]
-               if entry["filename"] in LEVIR_CC_PAIRS]
-    (root / "LevirCCcaptions.json").write_text(json.dumps({"images": entries}))
-    sources = tmp_path / "sources"
-    assert main(["data", "levir-cc", "--root", str(root), "--out", str(sources / "levir_cc")]) == 0
-    return sources
+    """SOURCES/levir_cc built from the 3 real LEVIR-CC pairs, as the mixture benchmark builds it; returns SOURCES."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from bench_mixture import build_levir_cc
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    return build_levir_cc(shared_data, tmp_path)
 
 
 def test_recipe_mixes_the_built_sources_and_lists_the_missing(shared_data, tmp_path, capsys):

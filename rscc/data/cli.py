@@ -20,6 +20,7 @@ from .parquet_source import parquet_records
 from .second import second_records
 from .spot_the_diff import spot_the_diff_records
 from .stvchrono import stvchrono_records
+from .vismin import VISMIN_CAPTION_NOTE, vismin_records
 from .from_masks import DEFAULT_MIN_REGION_PIXELS, from_masks_records, template_caption_note
 from .levir_cc import levir_cc_records
 from .manifest import MANIFEST_FIELDS, manifest_records
@@ -68,6 +69,8 @@ def _records_for(args: argparse.Namespace, mixture: Optional[list]) -> Iterable[
             map(_split_and_path, args.files))
     if args.data_command == "clevr-change":
         return clevr_change_records(args.data_dir)
+    if args.data_command == "vismin":
+        return vismin_records(args.annotations, args.image_root, args.split)
     if args.data_command == "stvchrono":
         return stvchrono_records(args.annotations, args.images, args.split)
     if args.data_command == "second":
@@ -102,6 +105,8 @@ def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
         return [path.parent for _, path in map(_split_and_path, args.files)]
     if args.data_command == "clevr-change":
         return [args.data_dir]
+    if args.data_command == "vismin":
+        return [args.annotations, args.image_root]
     if args.data_command == "stvchrono":
         return [*args.annotations, args.images]
     if args.data_command == "second":
@@ -110,6 +115,14 @@ def _inputs_of(args: argparse.Namespace, mixture: Optional[list]) -> list:
     if args.data_command == "from-masks":
         return [root for _, root in map(_split_and_path, args.root)]
     return [component.path for component in mixture if Path(component.path).exists()]
+
+
+def _source_notes(args: argparse.Namespace) -> Optional[dict]:
+    """How the captions of a source whose captions rscc writes were made, for the card."""
+    if args.data_command in ("from-masks", "second"):
+        source = "second" if args.data_command == "second" else args.source_name
+        return {source: template_caption_note(args.seed, args.min_region_pixels)}
+    return {"vismin": VISMIN_CAPTION_NOTE} if args.data_command == "vismin" else None
 
 
 def _mixture_of(args: argparse.Namespace) -> tuple:
@@ -138,9 +151,7 @@ def _run(args: argparse.Namespace) -> int:
             _records_for(args, mixture), args.out, pretty_name=args.pretty_name, license=args.license,
             skip_invalid=args.skip_invalid, overwrite=args.overwrite, max_shard_size=args.max_shard_size * 1024**2,
             mixture=mixture, inputs=_inputs_of(args, mixture),
-            source_notes={"second" if args.data_command == "second" else args.source_name:
-                          template_caption_note(args.seed, args.min_region_pixels)}
-            if args.data_command in ("from-masks", "second") else None,
+            source_notes=_source_notes(args),
             recipe_section=recipe_section,
         )
     except InvalidRecordsError as error:
@@ -218,6 +229,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                                                      "no_change_captions.json and the three image folders)")
     clevr.add_argument("--data-dir", required=True, type=Path, help="the dataset's data/ folder")
 
+    vismin = commands.add_parser("vismin", help="VisMin's training JSON (image_path, caption, negatives) + images")
+    vismin.add_argument("--annotations", required=True, type=Path, help="the training JSON or JSONL file")
+    vismin.add_argument("--image-root", required=True, type=Path,
+                        help="folder the file's (absolute) image paths start from")
+    vismin.add_argument("--split", default="train", help="split of every pair (%(default)s)")
+
     stvchrono = commands.add_parser("stvchrono", help="STVchrono (PJ1/PJ2_annotations.json + Mapillary images); "
                                                       "its two-image sequences")
     stvchrono.add_argument("--annotations", required=True, action="append", type=Path, metavar="FILE",
@@ -267,6 +284,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     mix.add_argument("--require-all", action="store_true", help="fail when a source of the recipe is not built")
     mix.add_argument("--split", help="split name of the mixture (default: the recipe's, else train)")
 
-    for command in (levir, dubai, ccexpert, manifest, parquet, clevr, spot, editing, stvchrono, masks, second, mix):
+    for command in (levir, dubai, ccexpert, manifest, parquet, clevr, spot, editing, vismin, stvchrono, masks, second, mix):
         _add_build_arguments(command)
         command.set_defaults(run=_run)
