@@ -180,6 +180,8 @@ def test_clevr_change_real_splits_with_documented_caption_files(shared_data, tmp
     train = load_change_dataset(str(out), split="train")
     assert len(train) == 39 and sorted(train["change_flag"]) == [0] * 20 + [1] * 19
     assert len(load_change_dataset(str(out), split="validation")) == 40
+    card = (out / "README.md").read_text()
+    assert "pretty_name: CLEVR-Change" in card and "- CLEVR-Change (Park, Darrell and Rohrbach" in card
 
 
 def _png_bytes(shade: int) -> bytes:

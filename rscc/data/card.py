@@ -28,6 +28,44 @@ KNOWN_SOURCES = {
                 "Analysis\", IEEE TGRS 2022): 500 Landsat pairs of Dubai (2000, 2010) with 5 captions each. "
                 "change_flag is derived: 0 when all captions say nothing changed. See the dataset's terms.",
     },
+    "clevr_change": {
+        "name": "CLEVR-Change",
+        "license": "unknown",
+        "text": "CLEVR-Change (Park, Darrell and Rohrbach, \"Robust Change Captioning\", ICCV 2019): synthetic CLEVR "
+                "scenes, each with a semantically changed after image (change_flag 1) and a viewpoint/lighting "
+                "distractor (change_flag 0). No licence is stated by its publishers.",
+    },
+    "spot_the_diff": {
+        "name": "Spot-the-diff",
+        "license": "unknown",
+        "text": "Spot-the-diff (Jhamtani and Berg-Kirkpatrick, EMNLP 2018): surveillance-video frame pairs with "
+                "crowd-written difference sentences. No licence is stated by its publishers.",
+    },
+    "image_editing_request": {
+        "name": "Image Editing Request",
+        "license": "unknown",
+        "text": "Image Editing Request (Tan et al., \"Expressing Visual Relationships via Language\", ACL 2019): "
+                "photo-editing requests from Reddit and Zhopped with the source and edited images. No licence is "
+                "stated by its publishers.",
+    },
+    "stvchrono": {
+        "name": "STVchrono",
+        "license": "unknown",
+        "text": "STVchrono (Sun et al., CVPR 2024): Mapillary street-view sequences; the two-image sequences, with "
+                "the captions of both annotation projects. No licence is stated by its publishers.",
+    },
+    "vismin": {
+        "name": "VisMin",
+        "license": "cc-by-sa-4.0",
+        "text": "VisMin (Awal et al., NeurIPS 2024): COCO and VSR images with minimally edited copies "
+                "(training set cc-by-sa-4.0 on the Hub).",
+    },
+    "second": {
+        "name": "SECOND",
+        "license": "unknown",
+        "text": "SECOND (Yang et al., \"Asymmetric Siamese Networks for Semantic Change Detection in Aerial "
+                "Images\", TGRS 2021): 512x512 aerial pairs with land-cover labels of the changed areas.",
+    },
 }
 
 
