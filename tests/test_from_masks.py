@@ -87,6 +87,18 @@ def test_region_counts_match_a_flood_fill_on_every_real_mask(shared_data):
         assert [region.pixels for region in regions] == expected, path.name
 
 
+def test_a_mask_with_only_specks_is_still_a_change():
+    mask = np.zeros((100, 100), dtype=np.uint8)
+    mask[90:92, 5:7] = 1  # 4 pixels, under the 20 a region needs when larger ones exist
+    mask[10:12, 90:92] = 1
+    regions = changed_regions(mask, {1: "building"})
+    assert sorted((region.pixels, region.place) for region in regions) == [(4, "bottom left"), (4, "top right")]
+    for caption in captions_for_regions(regions, mask.size, random.Random(0)):
+        assert "two small buildings" in caption and not is_no_change_caption(caption), caption
+    mask[40:60, 40:60] = 1  # with a real region present, the specks are noise
+    assert [(region.pixels, region.place) for region in changed_regions(mask, {1: "building"})] == [(400, "center")]
+
+
 def test_captions_are_deterministic_with_the_seed(shared_data):
     samples = shared_data / "levir_cd_samples"
     first = [record.captions for record in from_masks_records(samples, seed=3)]

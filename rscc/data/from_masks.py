@@ -24,7 +24,8 @@ from .schema import ChangeRecord, DataInputError, Problem
 
 NUM_CAPTIONS = 5
 # Regions smaller than this many pixels are label noise (a few stray pixels at a region's edge), not an object a
-# caption should count; they still count as change for `change_flag` and stay in the stored mask.
+# caption should count, when the mask has larger ones; a mask with only such specks has them counted all the same,
+# so that captions, change_flag and the stored mask all say that something changed.
 DEFAULT_MIN_REGION_PIXELS = 20
 # Binary masks (LEVIR-CD, WHU-CD, ...) mark changed buildings.
 DEFAULT_CLASS_NAMES = {1: "building"}
@@ -114,13 +115,13 @@ def grid_place(flat_indices: np.ndarray, shape: tuple) -> str:
 def changed_regions(class_mask: np.ndarray, class_names: dict, min_region_pixels: int = DEFAULT_MIN_REGION_PIXELS
                     ) -> list:
     """The changed regions of a mask of class ids (0 = no change), largest first, those under
-    `min_region_pixels` left out; `class_names` names every non-zero id (`read_class_mask` makes only those)."""
-    regions = []
-    for class_id, class_name in class_names.items():
-        for pixels in connected_regions(class_mask == class_id):
-            if len(pixels) >= min_region_pixels:
-                regions.append(ChangedRegion(class_name, len(pixels), grid_place(pixels, class_mask.shape)))
-    return sorted(regions, key=lambda region: -region.pixels)
+    `min_region_pixels` left out unless all are; `class_names` names every non-zero id (`read_class_mask` makes
+    only those)."""
+    regions = [ChangedRegion(class_name, len(pixels), grid_place(pixels, class_mask.shape))
+               for class_id, class_name in class_names.items()
+               for pixels in connected_regions(class_mask == class_id)]
+    counted = [region for region in regions if region.pixels >= min_region_pixels] or regions
+    return sorted(counted, key=lambda region: -region.pixels)
 
 
 def _plural(noun: str) -> str:
