@@ -40,8 +40,8 @@ def copy_excerpts(excerpts: dict, folder: Path) -> Path:
 
 def test_spot_the_diff_excerpt(shared_data, tmp_path, capsys):
     source = shared_data / "cc_sources" / "spot_the_diff"
-    annotations = copy_excerpts({f"{split}.json": source / f"{split}.first20.json" for split in ("train", "val", "test")},
-                                tmp_path / "annotations")
+    annotations = copy_excerpts({f"{split}.json": source / f"{split}.first20.json"
+                                 for split in ("train", "val", "test")}, tmp_path / "annotations")
     items = {split: json.loads((source / f"{split}.first20.json").read_text()) for split in ("train", "val", "test")}
     records = list(spot_the_diff_records(annotations, tmp_path / "images"))
     assert [r.split for r in records] == ["train"] * 20 + ["validation"] * 20 + ["test"] * 20

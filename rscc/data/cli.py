@@ -284,6 +284,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     mix.add_argument("--require-all", action="store_true", help="fail when a source of the recipe is not built")
     mix.add_argument("--split", help="split name of the mixture (default: the recipe's, else train)")
 
-    for command in (levir, dubai, ccexpert, manifest, parquet, clevr, spot, editing, vismin, stvchrono, masks, second, mix):
+    for command in (levir, dubai, ccexpert, manifest, parquet, clevr, spot, editing, vismin, stvchrono, masks, second,
+                    mix):
         _add_build_arguments(command)
         command.set_defaults(run=_run)

@@ -47,7 +47,8 @@ def vismin_records(annotations: Union[str, os.PathLike], image_root: Union[str, 
         for position, edit in enumerate(negatives):
             if not isinstance(edit, dict):
                 raise DataInputError(f"{path}: {where}: negatives[{position}] is not a JSON object")
-            check_fields(path, f"{where} negatives[{position}]", edit, {"edited_image_path": str, "edited_caption": str})
+            check_fields(path, f"{where} negatives[{position}]", edit,
+                         {"edited_image_path": str, "edited_caption": str})
             edited = PurePosixPath(edit["edited_image_path"].lstrip("/"))
             yield ChangeRecord(
                 id=str(edited.with_suffix("")),
