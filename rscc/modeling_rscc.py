@@ -633,24 +633,8 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         vision_feature_layer = config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         vision_feature_select_strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
         vision_aspect_ratio = vision_aspect_ratio or config.vision_aspect_ratio
-        if batch_num_images is None or any(int(n) != 2 for n in batch_num_images):
-            found = None if batch_num_images is None else [int(n) for n in batch_num_images]
-            raise ValueError(
-                "rscc models need exactly two images (before, after) per sample; got "
-                f"batch_num_images={found}. Build inputs with RsccProcessor(images=[[before, after], ...])."
-            )
-        if pixel_values.dim() == 5:
-            pixel_values = pixel_values[:, 0]
-        elif pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
+        pixel_values, change_masks = self._checked_pair_inputs(pixel_values, batch_num_images, change_masks)
         num_pairs = pixel_values.shape[0] // 2
-        if change_masks is not None:
-            if change_masks.dim() != 3 or change_masks.shape[0] != num_pairs:
-                raise ValueError(
-                    f"change_masks of shape {tuple(change_masks.shape)}: expected (num_pairs={num_pairs}, height, "
-                    "width), one mask per (before, after) pair; build them with RsccProcessor(change_masks=...)"
-                )
-            change_masks = change_masks.to(pixel_values.device)
 
         levels = config.difference_feature_layers if self.difference_module is not None else []
         wanted_layers = sorted({vision_feature_layer, *levels})
@@ -665,13 +649,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         before, after = features[0::2], features[1::2]
         grid_logits = self.change_head(before, after) if self.change_head is not None else None
         changed_tokens = self._changed_tokens(change_masks, grid_logits)
-        # The grid tokens the language model will see (with a value): "multiply" keeps the changed ones, "drop" adds
-        # the context floor.
-        keep = changed_tokens
-        if changed_tokens is not None and config.change_filter == "drop":
-            keep = changed_tokens | context_token_mask(
-                config.vision_grid_size, config.change_filter_min_tokens, changed_tokens.device
-            )
+        keep = self._seen_grid_tokens(changed_tokens)
         if self.difference_module is not None:
             before, after = self._integrate_differences(
                 [select(layer) for layer in levels], before, after, changed_tokens, keep
@@ -702,6 +680,41 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             attentions=vision_outputs.attentions,
             change_logits=change_logits,
             kept_tokens=kept_tokens,
+        )
+
+    @staticmethod
+    def _checked_pair_inputs(
+        pixel_values: torch.Tensor, batch_num_images: torch.LongTensor | None, change_masks: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The base view of each image, `(num_images, channels, height, width)`, and the masks on its device, after
+        checking that every sample is one (before, after) pair with at most one mask."""
+        if batch_num_images is None or any(int(n) != 2 for n in batch_num_images):
+            found = None if batch_num_images is None else [int(n) for n in batch_num_images]
+            raise ValueError(
+                "rscc models need exactly two images (before, after) per sample; got "
+                f"batch_num_images={found}. Build inputs with RsccProcessor(images=[[before, after], ...])."
+            )
+        if pixel_values.dim() == 5:
+            pixel_values = pixel_values[:, 0]
+        elif pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
+        num_pairs = pixel_values.shape[0] // 2
+        if change_masks is not None:
+            if change_masks.dim() != 3 or change_masks.shape[0] != num_pairs:
+                raise ValueError(
+                    f"change_masks of shape {tuple(change_masks.shape)}: expected (num_pairs={num_pairs}, height, "
+                    "width), one mask per (before, after) pair; build them with RsccProcessor(change_masks=...)"
+                )
+            change_masks = change_masks.to(pixel_values.device)
+        return pixel_values, change_masks
+
+    def _seen_grid_tokens(self, changed_tokens: torch.BoolTensor | None) -> torch.BoolTensor | None:
+        """The grid tokens the language model will see with a value, `(num_pairs, grid**2)`: the changed ones under
+        "multiply", plus the context floor under "drop"; `None` without a filter."""
+        if changed_tokens is None or self.config.change_filter != "drop":
+            return changed_tokens
+        return changed_tokens | context_token_mask(
+            self.config.vision_grid_size, self.config.change_filter_min_tokens, changed_tokens.device
         )
 
     def _changed_tokens(
