@@ -700,3 +700,25 @@ def test_default_validation_scorer_gives_plain_metric_names():
     )
     assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "S_m", "change_decision_accuracy"} <= set(scores)
     assert scores["change_decision_accuracy"] == 100.0 and scores["S_m"] > 0
+
+
+class SeenCaptions(TrainerCallback):
+    """Counts the training steps that ran."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def test_streaming_stage_trains_from_the_parquet_stream(tiny_checkpoint, levir_folder, tmp_path):
+    # 3 pairs streamed one a step: the stream is re-read for the steps past its end.
+    steps = SeenCaptions()
+    trainer = run_stage(arguments("stage3", tiny_checkpoint, levir_folder, tmp_path / "streamed", "--streaming", "true",
+                                  "--max_steps", "4", "--per_device_train_batch_size", "1"), callbacks=[steps])
+    assert steps.steps == 4 and trainer.state.global_step == 4
+    before, after = weights(tiny_checkpoint), weights(tmp_path / "streamed")
+    assert any(not torch.equal(before[name], after[name]) for name in before), "the streamed steps trained"
+    with pytest.raises(ValueError, match="--max_steps"):
+        run_stage(arguments("stage3", tiny_checkpoint, levir_folder, tmp_path / "unbounded", "--streaming", "true"))

@@ -78,6 +78,13 @@ class DataArguments:
         default=None, metadata={"help": "target of every no-change pair (Change-Agent trains with one such sentence)"}
     )
     dataset_cache_dir: Optional[str] = field(default=None, metadata={"help": "`datasets` cache folder"})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "read the training split as a stream of its Parquet shards (mixtures larger than memory); needs "
+            "--max_steps. random_choice draws each pair's caption from (seed, pair id) for the whole run"
+        },
+    )
 
 
 @dataclass

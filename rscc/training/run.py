@@ -14,6 +14,7 @@ from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
+from ..data import load_change_dataset, streaming_caption_view
 from ..evaluation import (
     ScoringFunction,
 )
@@ -219,15 +220,17 @@ def run_stage(
         training_kwargs.setdefault("metric_for_best_model", "S_m")
     # The caption view's own columns are an index; the collator needs the pair columns it returns.
     training_kwargs["remove_unused_columns"] = False
+    if data_args.streaming:
+        # Each process reads its own share of the stream: accelerate's dispatcher would instead cut every tensor of a
+        # batch to the batch size, and a batch holds two images per pair.
+        accelerator_config = dict(training_kwargs.get("accelerator_config") or {})
+        training_kwargs["accelerator_config"] = {**accelerator_config, "dispatch_batches": False}
     _configure_cpu_deepspeed_processes(training_kwargs)
     training_args = TrainingArguments(**training_kwargs)
     resume = _resume_path(training_args.resume_from_checkpoint, training_args.output_dir)
 
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    train_pairs = load_split(
-        data_args.dataset_name_or_path, data_args.train_split, data_args.max_train_samples, data_args.dataset_cache_dir
-    )
-    train_dataset = EpochCaptionDataset(train_pairs, stage.caption_mode, seed, data_args.no_change_caption)
+    train_dataset, epoch_callbacks = _training_data(data_args, stage, seed, training_args.max_steps)
     eval_dataset, validation = None, None
     if evaluates:
         eval_dataset, validation = _generation_validation(arguments, processor, training_args, seed, scoring_function)
@@ -239,7 +242,7 @@ def run_stage(
         eval_dataset=eval_dataset,
         data_collator=ChangeCaptionCollator(processor),
         processing_class=processor,
-        callbacks=[CaptionRedrawCallback(train_dataset), *(callbacks or [])],
+        callbacks=[*epoch_callbacks, *(callbacks or [])],
         stage=stage,
         generation_validation=validation,
         validation_loss=validation_args.validation_loss,
@@ -247,6 +250,28 @@ def run_stage(
     trainer.train(resume_from_checkpoint=resume)
     save_stage_output(trainer, processor, arguments, stage, report)
     return trainer
+
+
+def _training_data(data_args, stage, seed: int, max_steps: int) -> tuple:
+    """The training examples and the callbacks that follow their epochs: a caption view redrawn each epoch, or, with
+    `--streaming`, a stream of the split's Parquet shards (its length unknown, so the run needs `--max_steps`)."""
+    if not data_args.streaming:
+        pairs = load_split(
+            data_args.dataset_name_or_path, data_args.train_split, data_args.max_train_samples,
+            data_args.dataset_cache_dir,
+        )
+        dataset = EpochCaptionDataset(pairs, stage.caption_mode, seed, data_args.no_change_caption)
+        return dataset, [CaptionRedrawCallback(dataset)]
+    if max_steps is None or max_steps <= 0:
+        raise ValueError("--streaming reads a split of unknown length: give --max_steps (the optimizer steps to run)")
+    stream = load_change_dataset(
+        data_args.dataset_name_or_path, split=data_args.train_split, streaming=True,
+        cache_dir=data_args.dataset_cache_dir,
+    )
+    if data_args.max_train_samples is not None:
+        stream = stream.take(data_args.max_train_samples)
+    view = streaming_caption_view(stream, stage.caption_mode, seed=seed, no_change_caption=data_args.no_change_caption)
+    return view, []
 
 
 def save_stage_output(trainer: RsccTrainer, processor, arguments: StageRunArguments, stage, report) -> Path:
