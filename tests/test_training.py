@@ -547,6 +547,21 @@ def test_recipes_parse_and_their_model_options_build_the_model(tiny_checkpoint, 
         assert model.config.use_change_head == (model.model.change_head is not None)
 
 
+def test_command_line_wins_over_the_recipe_and_empty_recipe_values_are_refused(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: from-recipe\nlearning_rate: 1.0e-4\nlr_scales: {vision_tower: 0.1}\n"
+                      "bf16: true\nmodel_config_overrides: {change_filter: multiply}\n")
+    parsed = parse_arguments("stage2", ["--config", str(recipe), "--dataset_name_or_path", "data",
+                                        "--learning_rate", "3e-4", "--lr_scales", "projector=0.5"])
+    assert parsed.model.model_name_or_path == "from-recipe" and parsed.stage.stage == "stage2"
+    assert parsed.training["learning_rate"] == 3e-4 and parsed.training["bf16"] is True
+    assert parsed.stage.lr_scales == {"projector": 0.5}
+    assert parsed.model.model_config_overrides == {"change_filter": "multiply"}
+    recipe.write_text("optional_parts: []\n")
+    with pytest.raises(ValueError, match="optional_parts is empty"):
+        parse_arguments("stage2", ["--config", str(recipe)])
+
+
 def test_bad_arguments_fail_with_messages_naming_them(tiny_checkpoint, levir_folder, tmp_path):
     with pytest.raises(ValueError, match="no split 'val'"):
         run_stage(arguments("stage1", tiny_checkpoint, levir_folder, tmp_path / "a", "--eval_strategy", "steps",

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,26 +171,36 @@ class StageRunArguments:
     training: dict
 
 
-def _config_defaults(parser: HfArgumentParser, path: str) -> dict:
-    """Read a recipe YAML file into parser defaults, converting strings to each option's type."""
+def recipe_arguments(path: str) -> list[str]:
+    """A YAML recipe as command-line arguments, which `parse_arguments` puts before the real ones, so that one
+    `HfArgumentParser` parse converts both and the command line wins (as an `args_file_flag` file would)."""
     try:
         values = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"--config {path}: no such file") from None
     if values is None:
-        return {}
+        return []
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a mapping of option: value, got {type(values).__name__}")
-    actions = {action.dest: action for action in parser._actions}
-    unknown = sorted(key for key in values if key not in actions or key == "config")
+    field_types = {name: kind for cls in ARGUMENT_CLASSES for name, kind in typing.get_type_hints(cls).items()}
+    unknown = sorted(key for key in values if key not in field_types)
     if unknown:
         raise ValueError(f"--config {path}: unknown option(s) {unknown}")
+    arguments = []
     for key, value in values.items():
-        converter = actions[key].type
-        # YAML reads `1e-5` as a string; argparse converts command-line strings, so do the same here.
-        if isinstance(value, str) and callable(converter) and converter is not str:
-            values[key] = converter(value)
-    return values
+        kind = field_types[key]
+        takes_list = list in (typing.get_origin(kind), *map(typing.get_origin, typing.get_args(kind)))
+        if value is None or value == [] or value == {}:
+            raise ValueError(f"--config {path}: {key} is empty; leave it out to keep the default")
+        if isinstance(value, Mapping):
+            # A list option reads PART=SCALE entries; any other takes the mapping as JSON.
+            words = [f"{name}={entry}" for name, entry in value.items()] if takes_list else [json.dumps(value)]
+        elif isinstance(value, list):
+            words = [str(entry) for entry in value]
+        else:
+            words = [str(value).lower() if isinstance(value, bool) else str(value)]
+        arguments += [f"--{key}", *words]
+    return arguments
 
 
 def parse_arguments(stage: str, argv: Optional[list[str]] = None) -> StageRunArguments:
@@ -205,13 +216,8 @@ def parse_arguments(stage: str, argv: Optional[list[str]] = None) -> StageRunArg
     parser.set_defaults(stage=stage)
     config_path = argparse.ArgumentParser(add_help=False)
     config_path.add_argument("--config")
-    known, _ = config_path.parse_known_args(argv)
-    if known.config:
-        values = _config_defaults(parser, known.config)
-        parser.set_defaults(**values)
-        for action in parser._actions:
-            if action.dest in values:
-                action.required = False
+    recipe = config_path.parse_known_args(argv)[0].config
+    argv = (recipe_arguments(recipe) if recipe else []) + argv
     namespace = parser.parse_args(argv)
 
     def build(cls):
