@@ -363,18 +363,8 @@ def test_real_levir_cd_masks(shared_data):
 # ---------------------------------------------------------------- reports, model card, CLI, evaluate
 
 
-def test_model_index_results_parse_as_hub_eval_results(tmp_path):
-    from huggingface_hub.repocard_data import model_index_to_eval_results
-
+def test_reports_are_written_as_json_that_reads_back(tmp_path):
     report = M.evaluate_captions(PREDICTIONS, REFERENCES, metrics=["BLEU-4", "CIDEr-D"])
-    report["references"] = {"path": "LevirCCcaptions.json", "split": "test"}
-    results = M.model_index_results(report)
-    _, eval_results = model_index_to_eval_results([{"name": "rscc-test", "results": results}])
-    by_name = {result.metric_name: result for result in eval_results}
-    assert by_name["BLEU-4 (ccexpert)"].metric_value == round(report["metrics"]["all"]["BLEU-4"], 2)
-    assert by_name["BLEU-4 (ccexpert)"].metric_config == "ccexpert"
-    assert by_name["Change/no-change accuracy"].metric_value == 75.0
-    assert {r.dataset_split for r in eval_results} == {"test"}
     path = M.write_report(report, tmp_path / "out" / "report.json")
     assert json.loads(path.read_text()) == report
 

@@ -13,7 +13,7 @@ Where each part lives:
 - `scoring`: `score_captions`, `evaluate_captions`, `leave_one_out_agreement`.
 - `inputs`: predictions and references by pair id (`load_references`, `deduplicate_predictions`, ...).
 - `change_detection`: `ChangeDetectionMetrics`, `mask_to_class_indices`.
-- `reports`: `write_report`, `format_table`, `model_index_results`, `package_versions`.
+- `reports`: `write_report`, `format_table`, `package_versions`.
 - `cli`: `rscc eval`.
 """
 
@@ -23,7 +23,7 @@ from .cli import add_cli
 from .conventions import CONVENTIONS, DEFAULT_CONVENTION, apply_convention, load_vocab
 from .inputs import deduplicate_predictions, every_row_as_a_pair, load_predictions, load_references
 from .meteor import JavaNotFoundError
-from .reports import format_table, model_index_results, package_versions, write_report
+from .reports import format_table, package_versions, write_report
 from .scoring import (
     CAPTION_METRICS,
     S_M_COMPONENTS,
@@ -52,7 +52,6 @@ __all__ = [
     "load_references",
     "load_vocab",
     "mask_to_class_indices",
-    "model_index_results",
     "package_versions",
     "read_prediction_records",
     "score_captions",

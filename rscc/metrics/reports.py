@@ -1,5 +1,6 @@
-"""Reports of an evaluation: the versions the scores depend on, the JSON file, the plain-text table, and the
-`model-index` entries of a caption report."""
+"""Reports of an evaluation: the versions the scores depend on, the JSON file and the plain-text table.
+
+A report's `model-index` entries for a model card are made in one place, `rscc.hub.eval_results_from_evaluation`."""
 
 from __future__ import annotations
 
@@ -33,43 +34,6 @@ def write_report(report: Mapping, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
-
-
-def model_index_results(
-    report: Mapping,
-    dataset_name: str = "LEVIR-CC",
-    dataset_type: str = "levir-cc",
-    split: str | None = None,
-) -> list[dict]:
-    """`model-index` result entries (Hugging Face model card metadata) for a caption report.
-
-    Only the scores on all pairs go in, each named with its convention (`"BLEU-4 (ccexpert)"`) and carrying it
-    as `config`, so that numbers computed under different conventions never look comparable.
-
-    Args:
-        report: What `evaluate_captions` (or `rscc eval`) returned.
-        dataset_name: Dataset shown on the card.
-        dataset_type: Dataset id on the card.
-        split: Split scored; by default the report's `references.split` when present.
-
-    Returns:
-        A list with one result entry: `{"task": ..., "dataset": ..., "metrics": [...]}`.
-    """
-    convention = report["convention"]["name"]
-    split = split or report.get("references", {}).get("split")
-    dataset = {"name": dataset_name, "type": dataset_type, **({"split": split} if split else {})}
-    metrics = [
-        {"type": name.lower(), "name": f"{name} ({convention})", "value": round(value, 2), "config": convention}
-        for name, value in report["metrics"]["all"].items()
-        if value is not None
-    ]
-    accuracy = report.get("change_decision", {}).get("accuracy")
-    if accuracy is not None:
-        metrics.append(
-            {"type": "accuracy", "name": "Change/no-change accuracy", "value": round(accuracy, 2), "config": convention}
-        )
-    task = {"type": "image-to-text", "name": "Remote-sensing image change captioning"}
-    return [{"task": task, "dataset": dataset, "metrics": metrics}]
 
 
 def format_table(report: Mapping) -> str:
