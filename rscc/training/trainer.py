@@ -417,6 +417,7 @@ class RsccTrainer(Trainer):
 
     # ---- checkpoints ----------------------------------------------------------------------------------------------
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+        """Private, but the one place every checkpoint is written: a LoRA run's other trained parts go there too."""
         super()._save(output_dir, state_dict)
         if not is_peft_model(self.model) or not self.args.should_save:
             return
@@ -428,6 +429,8 @@ class RsccTrainer(Trainer):
             save_file(tensors, os.path.join(output_dir or self.args.output_dir, TRAINED_PARTS_FILE), {"format": "pt"})
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Private, but the one place a resumed run loads weights: the Trainer's raw-key load matches none of an rscc
+        checkpoint's (Hub-layout) keys and would keep the current weights, and it knows nothing of trained parts."""
         model = self.model if model is None else model
         if is_peft_model(model):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -436,6 +439,7 @@ class RsccTrainer(Trainer):
             load_saved_weights(model, resume_from_checkpoint)
 
     def _load_best_model(self):
+        """Private, but the one place the best checkpoint is reloaded; the same reasons as `_load_from_checkpoint`."""
         if self.is_deepspeed_enabled or is_peft_model(self.model):
             # DeepSpeed reloads its own engine checkpoint; peft reloads the adapter.
             super()._load_best_model()
