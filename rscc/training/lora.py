@@ -1,4 +1,4 @@
-"""LoRA through peft on the transformer blocks of chosen parts, and compiled training layers."""
+"""LoRA through peft on the transformer blocks of chosen parts, and the other trained parts kept beside an adapter."""
 
 from __future__ import annotations
 
