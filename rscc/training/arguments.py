@@ -219,6 +219,8 @@ def parse_arguments(stage: str, argv: Optional[list[str]] = None) -> StageRunArg
     recipe = config_path.parse_known_args(argv)[0].config
     argv = (recipe_arguments(recipe) if recipe else []) + argv
     namespace = parser.parse_args(argv)
+    if namespace.stage != stage:
+        logger.warning(f"training {namespace.stage}, as --config / --stage say, not {stage} (the script's stage)")
 
     def build(cls):
         return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init})
