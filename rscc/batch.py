@@ -25,6 +25,8 @@ from .parallel import (
     ProcessShare,
     existing_parts,
     part_path,
+    read_part,
+    repair_part,
     wait_for_everyone,
 )
 
@@ -164,33 +166,10 @@ def check_images_exist(records: Iterable[PairRecord]) -> None:
         raise BatchInputError(f"{len(missing)} image file(s) not found: {_listed(missing)}")
 
 
-def _finished_lines(path: Path) -> list[dict]:
-    """Lines of an earlier run; a last line cut short by an interruption is removed from the file."""
-    lines, good_length = [], 0
-    with open(path, "rb") as file:
-        for raw in file:
-            try:
-                line = json.loads(raw)
-            except json.JSONDecodeError:
-                if raw.endswith(b"\n"):
-                    raise BatchInputError(f"{path} holds a line that is not JSON: {raw[:80]!r}") from None
-                break  # the interrupted write of the last line
-            if not raw.endswith(b"\n"):
-                break
-            lines.append(line)
-            good_length += len(raw)
-    if good_length != path.stat().st_size:
-        with open(path, "r+b") as file:
-            file.truncate(good_length)
-    return lines
-
-
 def _finished_ids(path: Path, records: list[PairRecord], made_by: dict | None) -> set[str]:
     by_id = {record.id: record for record in records}
     finished = set()
-    for number, line in enumerate(_finished_lines(path), start=1):
-        if not isinstance(line, dict):
-            raise BatchInputError(f"{path}, line {number}: not a result object; pass another --out or --overwrite")
+    for number, line in read_part(path):
         record = by_id.get(line.get("id"))
         if record is None or (line.get("before"), line.get("after")) != (record.before, record.after):
             raise BatchInputError(
@@ -309,7 +288,7 @@ def caption_records(
         elif not existing_parts(out) and out.is_file():
             shutil.copyfile(out, own)  # continue from a finished run whose input has grown
         for part in existing_parts(out):
-            _finished_lines(part)  # cut off a line an interrupted process left half-written
+            repair_part(part)
     wait_for_everyone(share)
     finished = set()
     for part in existing_parts(out):

@@ -8,11 +8,14 @@ captioning. Processes only meet at barriers (no collective per batch), so the wo
 process; the main process's progress bar counts the lines the other processes append to their parts.
 """
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import Iterator, Sequence, TypeVar
+
+from .errors import RsccInputError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -92,6 +95,33 @@ def existing_parts(out: Path) -> list[Path]:
     return ([partial] if partial.is_file() else []) + [path for _, path in numbered]
 
 
+def repair_part(path: Path) -> None:
+    """Cut off the last line of a part file when its process was stopped while writing it (no newline yet)."""
+    with open(path, "rb") as file:
+        complete = sum(len(raw) for raw in file if raw.endswith(b"\n"))
+    if complete != path.stat().st_size:
+        with open(path, "r+b") as file:
+            file.truncate(complete)
+
+
+def read_part(path: Path) -> Iterator[tuple[int, dict]]:
+    """The results in a part file, `(line number, object)`, after [`repair_part`].
+
+    Raises:
+        RsccInputError: a line that is not a JSON object (not a file rscc wrote).
+    """
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                line = None
+            if not isinstance(line, dict):
+                raise RsccInputError(f"{path}, line {number} is not a result object ({raw[:80]!r}); it is not a part "
+                                     "file of this output: move it away, or start again (--overwrite)")
+            yield number, line
+
+
 class PartsProgress:
     """Counts the lines the other processes have appended to their part files since the last look, for the main
     process's progress bar over the whole run.
@@ -130,5 +160,7 @@ __all__ = [
     "existing_parts",
     "part_path",
     "process_device",
+    "read_part",
+    "repair_part",
     "wait_for_everyone",
 ]
