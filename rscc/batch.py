@@ -3,8 +3,9 @@
 Results are appended to `OUT.partial` (next to `OUT`) after every batch and the file is renamed to `OUT` once every
 pair is done, so an interrupted run leaves no file that looks complete, and rerunning the same command captions only
 the pairs that are not in `OUT.partial` yet. Under `accelerate launch` each process appends to its own
-`OUT.partial.RANK` and the parts are merged in input order (see `rscc.parallel`). Captioning itself is a callable given by the caller (the `rscc caption`
-command passes `rscc.inference.caption_pairs`), which keeps this module free of model code.
+`OUT.partial.RANK` and the parts are merged in input order (see `rscc.parallel`). Captioning itself is a callable
+given by the caller (the `rscc caption` command passes `rscc.inference.caption_pairs`), which keeps this module free
+of model code.
 """
 
 import json
