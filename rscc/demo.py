@@ -143,13 +143,19 @@ class Captioner:
         return description.caption, overlay_mask(after_image, description.change_mask), changed
 
     def preview(self, path: str | None, name: str):
-        """An uploaded image as the model sees it (16-bit stretched to 8 bits), or a message naming the problem."""
+        """An uploaded image as the model sees it (16-bit stretched to 8 bits) and, when it cannot be read, a message
+        naming the problem; `None` for the message otherwise (the page keeps what it shows: a preview of one input
+        must not clear the message about the other)."""
         if not path:
-            return None, ""
+            return None, None
         try:
-            return np.asarray(load_image(path, name=name)), ""
+            return np.asarray(load_image(path, name=name)), None
         except RsccInputError as error:
             return None, f"**Error:** {_without_upload_folders(str(error), path)}"
+
+
+def _page_update(gr, preview, message):
+    return preview, gr.update() if message is None else message
 
 
 def _without_upload_folders(message: str, *paths: str | None) -> str:
@@ -191,8 +197,9 @@ def build_demo(captioner: Captioner, examples: list[list[str]] = ()):
             overlay = gr.Image(label="Predicted change over the after image", interactive=False, format="png",
                                elem_id="rscc-overlay", height=320)
             changed = gr.Textbox(label="Changed", interactive=False, elem_id="rscc-changed")
-        before.change(lambda path: captioner.preview(path, "BEFORE"), before, [before_preview, message])
-        after.change(lambda path: captioner.preview(path, "AFTER"), after, [after_preview, message])
+        for upload, preview, name in ((before, before_preview, "BEFORE"), (after, after_preview, "AFTER")):
+            upload.change(lambda path, name=name: _page_update(gr, *captioner.preview(path, name)), upload,
+                          [preview, message])
         outputs = [caption, overlay, changed, message]
         submit.click(captioner.describe, [before, after, mask], outputs)
         if examples:
