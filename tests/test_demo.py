@@ -1,4 +1,5 @@
-"""`rscc demo` in a real browser (headless Chromium through Playwright), its captioning without one, and `rscc space`."""
+"""`rscc demo` in a real browser (headless Chromium through Playwright), its captioning without one, and
+`rscc space`."""
 
 import importlib.util
 import io
