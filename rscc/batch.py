@@ -241,6 +241,12 @@ def _merge_parts(parts: list[Path], records: list[PairRecord], out: Path) -> Non
         part.unlink()
 
 
+def check_out_given(out: str | os.PathLike | None, share: ProcessShare) -> None:
+    """Refuse stdout as the output of several processes: each writes its own part of an output file."""
+    if out is None and share.count > 1:
+        raise BatchInputError(f"--out is needed when {share.count} processes caption: each writes its part of it")
+
+
 def caption_records(
     records: list[PairRecord],
     caption_batch: CaptionBatchFunction,
@@ -274,8 +280,7 @@ def caption_records(
     if batch_size < 1:
         raise BatchInputError(f"--batch-size must be at least 1, got {batch_size}")
     if out is None:
-        if share.count > 1:
-            raise BatchInputError(f"--out is needed when {share.count} processes caption: each writes its part of it")
+        check_out_given(out, share)
         with tqdm(total=len(records), unit="pair", file=sys.stderr, disable=not progress) as progress_bar:
             _write_batches(records, caption_batch, sys.stdout, batch_size, progress_bar, made_by)
         return BatchSummary(total=len(records), captioned=len(records), resumed=0)
@@ -295,8 +300,8 @@ def caption_records(
     for part in existing_parts(out):
         finished |= _finished_ids(part, records, made_by)
     pending = [record for record in records if record.id not in finished]
+    others = PartsProgress(out, share)  # where the others' parts end before any process appends
     wait_for_everyone(share)  # every process has read the parts before any appends to its own
-    others = PartsProgress(out, share)
     try:
         with open(own, "a", encoding="utf-8") as sink, tqdm(
             total=len(records), initial=len(finished), unit="pair", file=sys.stderr,
@@ -361,6 +366,7 @@ __all__ = [
     "pairs_from_folders",
     "pairs_from_manifest",
     "check_images_exist",
+    "check_out_given",
     "check_output_file",
     "record_paths",
     "caption_records",

@@ -20,6 +20,7 @@ from .batch import (
     PairRecord,
     caption_records,
     check_images_exist,
+    check_out_given,
     check_output_file,
     pairs_from_folders,
     pairs_from_manifest,
@@ -525,8 +526,7 @@ def _caption_batch(args) -> int:
     records = _batch_records(args.inputs)
     check_images_exist(records)
     share = current_share(args.device)
-    if args.out is None and share.count > 1:
-        raise BatchInputError(f"--out is needed when {share.count} processes caption: each writes its part of it")
+    check_out_given(args.out, share)  # before the model loads
     inputs = [*args.inputs, *record_paths(records)]
     out = None if args.out is None else check_output_file(args.out, "--out", "a .jsonl file path", inputs=inputs)
     if out is not None:

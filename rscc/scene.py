@@ -761,8 +761,8 @@ def _caption_into_parts(out: Path, share: ProcessShare, run: str, grid: TileGrid
                     f"with the earlier ones to resume, or delete {out.name}{PARTIAL_SUFFIX}* to start again"
                 )
             done.add(line["tile"])
+    own, others = part_path(out, share), PartsProgress(out, share)  # the others' parts end here before any append
     wait_for_everyone(share)  # every process has read the parts before any appends to its own
-    own, others = part_path(out, share), PartsProgress(out, share)
     mine = itertools.islice((tile for tile in grid if tile.index not in done), share.index, None, share.count)
     try:
         with open(own, "a", encoding="utf-8") as sink, tqdm(
