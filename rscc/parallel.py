@@ -1,8 +1,8 @@
 """Data-parallel captioning: `accelerate launch -m rscc caption|scene` shares the work out across processes.
 
 Each process takes every N-th item that is not done yet, appends its results to its own part file after every batch
-(`OUT.partial.RANK`; a one-process run keeps today's single `OUT.partial`), and once every process is done the main
-process merges the parts in input order into the one output and removes them. A rerun reads every part file, whatever
+(`OUT.partial.RANK`; one `rscc caption` process writes `OUT.partial`, as it always has), and once every process is
+done the main process merges the parts in input order into the one output and removes them. A rerun reads every part file, whatever
 the number of processes that wrote it, and skips what is in one; a process that dies loses at most the batch it was
 captioning. Processes only meet at barriers (no collective per batch), so the work itself never waits on another
 process; the main process's progress bar counts the lines the other processes append to their parts.
