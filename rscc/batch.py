@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from .data import manifest_captions, read_manifest
 from .errors import RsccInputError
 from .parallel import (
-    PARTIAL_SUFFIX,
     PartsProgress,
     ProcessShare,
     existing_parts,
