@@ -545,11 +545,12 @@ def describe_scene(
         in_parts = share.count > 1 or bool(existing_parts(out))
         if in_parts:
             settings = {
-                "before": Path(before).resolve(), "after": Path(after).resolve(), "tile_size": tile_size,
+                **options, "before": Path(before).resolve(), "after": Path(after).resolve(), "tile_size": tile_size,
                 "overlap": overlap, "bands": bands, "resampling": resampling, "stretch": stretch,
                 "model": getattr(model.config, "_name_or_path", None),
                 "revision": getattr(model.config, "_commit_hash", None),
-                "change_masks": getattr(change_masks, "__qualname__", None), **options,
+                # by name: the function object differs from process to process
+                "change_masks": getattr(change_masks, "__qualname__", None),
             }
             _caption_into_parts(out, share, _run_id(settings), grid, caption_batch, batch_size, progress)
             if not share.is_main:
