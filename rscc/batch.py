@@ -2,8 +2,10 @@
 
 Results are appended to `OUT.partial` (next to `OUT`) after every batch and the file is renamed to `OUT` once every
 pair is done, so an interrupted run leaves no file that looks complete, and rerunning the same command captions only
-the pairs that are not in `OUT.partial` yet. Captioning itself is a callable given by the caller (the `rscc caption`
-command passes `rscc.inference.caption_pairs`), which keeps this module free of model code.
+the pairs that are not in `OUT.partial` yet. Under `accelerate launch` each process appends to its own
+`OUT.partial.RANK` and the parts are merged in input order (see `rscc.parallel`). Captioning itself is a callable
+given by the caller (the `rscc caption` command passes `rscc.inference.caption_pairs`), which keeps this module free
+of model code.
 """
 
 import json
@@ -18,9 +20,17 @@ from tqdm.auto import tqdm
 
 from .data import manifest_captions, read_manifest
 from .errors import RsccInputError
+from .parallel import (
+    PartsProgress,
+    ProcessShare,
+    existing_parts,
+    part_path,
+    read_part,
+    repair_part,
+    wait_for_everyone,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-PARTIAL_SUFFIX = ".partial"
 
 # Captions one batch of pairs, returning one caption per pair in order.
 CaptionBatchFunction = Callable[[list["PairRecord"]], list[str]]
@@ -156,37 +166,10 @@ def check_images_exist(records: Iterable[PairRecord]) -> None:
         raise BatchInputError(f"{len(missing)} image file(s) not found: {_listed(missing)}")
 
 
-def _partial_path(out: Path) -> Path:
-    return out.with_name(out.name + PARTIAL_SUFFIX)
-
-
-def _finished_lines(path: Path) -> list[dict]:
-    """Lines of an earlier run; a last line cut short by an interruption is removed from the file."""
-    lines, good_length = [], 0
-    with open(path, "rb") as file:
-        for raw in file:
-            try:
-                line = json.loads(raw)
-            except json.JSONDecodeError:
-                if raw.endswith(b"\n"):
-                    raise BatchInputError(f"{path} holds a line that is not JSON: {raw[:80]!r}") from None
-                break  # the interrupted write of the last line
-            if not raw.endswith(b"\n"):
-                break
-            lines.append(line)
-            good_length += len(raw)
-    if good_length != path.stat().st_size:
-        with open(path, "r+b") as file:
-            file.truncate(good_length)
-    return lines
-
-
 def _finished_ids(path: Path, records: list[PairRecord], made_by: dict | None) -> set[str]:
     by_id = {record.id: record for record in records}
     finished = set()
-    for number, line in enumerate(_finished_lines(path), start=1):
-        if not isinstance(line, dict):
-            raise BatchInputError(f"{path}, line {number}: not a result object; pass another --out or --overwrite")
+    for number, line in read_part(path):
         record = by_id.get(line.get("id"))
         if record is None or (line.get("before"), line.get("after")) != (record.before, record.after):
             raise BatchInputError(
@@ -226,6 +209,7 @@ def _write_batches(
     batch_size: int,
     progress_bar,
     made_by: dict | None,
+    others: PartsProgress | None = None,
 ) -> None:
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
@@ -234,7 +218,32 @@ def _write_batches(
             "".join(json.dumps(record.result_line(caption, made_by)) + "\n" for record, caption in zip(batch, captions))
         )
         sink.flush()
-        progress_bar.update(len(batch))
+        progress_bar.update(len(batch) + (others.new_lines() if others else 0))
+
+
+def _merge_parts(parts: list[Path], records: list[PairRecord], out: Path) -> None:
+    """Write the lines of every part to `out` in input order (a temporary file, then renamed) and remove the parts."""
+    lines = {}
+    for part in parts:
+        with open(part, "rb") as file:
+            for raw in file:
+                lines.setdefault(json.loads(raw)["id"], raw)
+    missing = [record.id for record in records if record.id not in lines]
+    if missing:
+        raise BatchInputError(f"the part files {_listed(map(str, parts))} lack {len(missing)} pair(s) at the merge: "
+                              f"{_listed(missing)}; rerun the same command to caption them")
+    temporary = out.with_name(out.name + ".merging")
+    with open(temporary, "wb") as merged:
+        merged.writelines(lines[record.id] for record in records)
+    os.replace(temporary, out)
+    for part in parts:
+        part.unlink()
+
+
+def check_out_given(out: str | os.PathLike | None, share: ProcessShare) -> None:
+    """Refuse stdout as the output of several processes: each writes its own part of an output file."""
+    if out is None and share.count > 1:
+        raise BatchInputError(f"--out is needed when {share.count} processes caption: each writes its part of it")
 
 
 def caption_records(
@@ -245,6 +254,7 @@ def caption_records(
     progress: bool = False,
     overwrite: bool = False,
     made_by: dict | None = None,
+    share: ProcessShare = ProcessShare(),
 ) -> BatchSummary:
     """Caption pairs batch by batch into JSON lines, resuming an earlier run into the same `out`.
 
@@ -255,39 +265,61 @@ def caption_records(
             the file is renamed to `out` at the end; a rerun skips the pairs already in `OUT.partial` (or in `out`,
             when new pairs were added to the input). Without `out`, lines go to stdout and nothing is resumed.
         batch_size (`int`): pairs per `caption_batch` call.
-        progress (`bool`): show a progress bar on stderr.
-        overwrite (`bool`): ignore earlier results in `out` and `OUT.partial`.
+        progress (`bool`): show a progress bar on stderr (the main process's, over every process's pairs).
+        overwrite (`bool`): ignore earlier results in `out` and its part files.
         made_by (`dict`, *optional*): what makes the captions (model, revision, options), written on every line; a
             rerun resumes only lines made the same way and refuses to mix in others.
+        share ([`ProcessShare`]): this process's share of a data-parallel run (see `rscc.parallel`): it captions
+            every `share.count`-th pending pair into its own `OUT.partial.RANK`, and the main process merges the
+            parts in input order into `out` once every process is done. Every process must call this function.
 
     Returns:
-        [`BatchSummary`].
+        [`BatchSummary`] of the whole run (every process's pairs).
     """
     if batch_size < 1:
         raise BatchInputError(f"--batch-size must be at least 1, got {batch_size}")
     if out is None:
+        check_out_given(out, share)
         with tqdm(total=len(records), unit="pair", file=sys.stderr, disable=not progress) as progress_bar:
             _write_batches(records, caption_batch, sys.stdout, batch_size, progress_bar, made_by)
         return BatchSummary(total=len(records), captioned=len(records), resumed=0)
 
     out = Path(out)
-    partial = _partial_path(out)
-    if overwrite:
-        partial.unlink(missing_ok=True)
-    elif not partial.exists() and out.is_file():
-        shutil.copyfile(out, partial)  # continue from a finished run whose input has grown
-    finished = _finished_ids(partial, records, made_by) if partial.exists() else set()
+    own = part_path(out, share)
+    if share.is_main:
+        if overwrite:
+            for part in existing_parts(out):
+                part.unlink()
+        elif not existing_parts(out) and out.is_file():
+            shutil.copyfile(out, own)  # continue from a finished run whose input has grown
+        for part in existing_parts(out):
+            repair_part(part)
+    wait_for_everyone(share)
+    finished = set()
+    for part in existing_parts(out):
+        finished |= _finished_ids(part, records, made_by)
     pending = [record for record in records if record.id not in finished]
+    others = PartsProgress(out, share)  # where the others' parts end before any process appends
+    wait_for_everyone(share)  # every process has read the parts before any appends to its own
     try:
-        with open(partial, "a", encoding="utf-8") as sink, tqdm(
-            total=len(records), initial=len(finished), unit="pair", file=sys.stderr, disable=not progress
+        with open(own, "a", encoding="utf-8") as sink, tqdm(
+            total=len(records), initial=len(finished), unit="pair", file=sys.stderr,
+            disable=not (progress and share.is_main),
         ) as progress_bar:
-            _write_batches(pending, caption_batch, sink, batch_size, progress_bar, made_by)
+            _write_batches(share.take(pending), caption_batch, sink, batch_size, progress_bar, made_by, others)
+            wait_for_everyone(share)
+            progress_bar.update(others.new_lines())
     except BaseException:
-        if partial.stat().st_size == 0:
-            partial.unlink()  # nothing finished: nothing to resume from
+        if own.is_file() and own.stat().st_size == 0:
+            own.unlink()  # nothing finished: nothing to resume from
         raise
-    os.replace(partial, out)
+    if share.is_main:
+        parts = existing_parts(out)
+        if parts == [own] and share.count == 1:
+            os.replace(own, out)
+        else:
+            _merge_parts(parts, records, out)
+    wait_for_everyone(share)  # no process reports success before the output exists
     return BatchSummary(total=len(records), captioned=len(pending), resumed=len(finished))
 
 
@@ -333,6 +365,7 @@ __all__ = [
     "pairs_from_folders",
     "pairs_from_manifest",
     "check_images_exist",
+    "check_out_given",
     "check_output_file",
     "record_paths",
     "caption_records",

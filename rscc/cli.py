@@ -19,6 +19,8 @@ SUBCOMMAND_MODULES = {
     "scene": "rscc.scene",
     "card": "rscc.hub",
     "publish": "rscc.hub",
+    "demo": "rscc.demo",
+    "space": "rscc.demo",
 }
 
 

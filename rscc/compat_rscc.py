@@ -64,3 +64,11 @@ def image_features_seen(output) -> torch.Tensor | None:
             return None
         return torch.cat(list(image_outputs.pooler_output), dim=0)
     return output.image_hidden_states
+
+
+# The demo's window (`rscc demo`, the Spaces `rscc space` writes, the browser tests): the gradio release they ran on.
+# gradio 6.31 declares pillow<13 and rscc pins pillow 13.0, so no pip resolution holds both: gradio is installed first
+# and rscc after it (pip warns about gradio's declared bound), the order a Space follows too (the SDK's gradio, then
+# requirements.txt); the browser tests are what show that gradio works on pillow 13.
+TESTED_GRADIO = "6.31.0"
+GRADIO_REQUIREMENT = "gradio>=6.31,<6.32"

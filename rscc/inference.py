@@ -16,11 +16,11 @@ from transformers import AutoConfig, LlavaOnevisionConfig
 from transformers.utils import logging
 
 from .batch import (
-    PARTIAL_SUFFIX,
     BatchInputError,
     PairRecord,
     caption_records,
     check_images_exist,
+    check_out_given,
     check_output_file,
     pairs_from_folders,
     pairs_from_manifest,
@@ -37,6 +37,7 @@ from .cli import (
 from .configuration_rscc import RsccConfig
 from .masks import MASK_GREY_LEVELS
 from .modeling_rscc import RsccForConditionalGeneration
+from .parallel import current_share, part_path, process_device
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
 
 logger = logging.get_logger(__name__)
@@ -524,11 +525,14 @@ def _caption_batch(args) -> int:
                                   "and read the JSON lines of --out")
     records = _batch_records(args.inputs)
     check_images_exist(records)
+    share = current_share(args.device)
+    check_out_given(args.out, share)  # before the model loads
     inputs = [*args.inputs, *record_paths(records)]
     out = None if args.out is None else check_output_file(args.out, "--out", "a .jsonl file path", inputs=inputs)
     if out is not None:
-        check_output_file(f"{out}{PARTIAL_SUFFIX}", "--out", "a .jsonl file path", inputs=inputs)
-    model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
+        check_output_file(part_path(out, share), "--out", "a .jsonl file path", inputs=inputs)
+    model, processor = load_captioner(args.model, device=process_device(args.device, share),
+                                      dtype=DTYPES[args.dtype])
     with_masks = [record for record in records if record.mask]
     masks_used = bool(with_masks) and uses_input_masks(model.config)
     if with_masks and not masks_used:
@@ -545,14 +549,14 @@ def _caption_batch(args) -> int:
     try:
         summary = caption_records(
             records, caption_batch, out=out, batch_size=batch_size_of(args), progress=show_progress(args),
-            overwrite=args.overwrite, made_by=made_by(args.model, model, args),
+            overwrite=args.overwrite, made_by=made_by(args.model, model, args), share=share,
         )
     except BatchInputError:
         raise
     except ValueError as error:  # an image that exists but cannot be read, found part-way through the run
-        kept = f"; finished pairs are kept in {out}{PARTIAL_SUFFIX}, rerun to resume" if out else ""
+        kept = f"; finished pairs are kept in {part_path(out, share)}, rerun to resume" if out else ""
         raise BatchInputError(f"{error}{kept}") from error
-    if out is not None:
+    if out is not None and share.is_main:
         print(
             f"rscc caption: {summary.captioned} pair(s) captioned, {summary.resumed} already done, {out}",
             file=sys.stderr,

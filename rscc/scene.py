@@ -15,16 +15,20 @@ mosaic of the mask on BEFORE's grid can be written; without one the flag comes f
 """
 
 import argparse
+import base64
 import contextlib
+import hashlib
+import itertools
 import json
 import math
 import os
 import sys
 import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import rasterio
@@ -53,6 +57,18 @@ from .inference import (
     describe_changes,
     load_captioner,
     show_progress,
+)
+from .parallel import (
+    PARTIAL_SUFFIX,
+    PartsProgress,
+    ProcessShare,
+    current_share,
+    existing_parts,
+    part_path,
+    process_device,
+    read_part,
+    repair_part,
+    wait_for_everyone,
 )
 from .processing_rscc import HIGH_BIT_DEPTH_PERCENTILES, stretch_to_uint8
 
@@ -461,7 +477,8 @@ def describe_scene(
     polygons: bool = False,
     mask_out: str | os.PathLike | None = None,
     progress: bool = False,
-) -> SceneSummary:
+    share: ProcessShare | None = None,
+) -> SceneSummary | None:
     """Caption the change between two georeferenced scenes tile by tile and write a GeoJSON FeatureCollection.
 
     Each captioned tile becomes a feature: its outline (WGS84; null without a CRS) and properties `tile` (index),
@@ -491,10 +508,14 @@ def describe_scene(
         polygons (`bool`): also write change polygons (needs `change_masks` and a CRS).
         mask_out (`str` or `os.PathLike`, *optional*): also write the mask mosaic as a GeoTIFF on BEFORE's grid
             (1 changed, 0 unchanged, 255 nodata; needs `change_masks`).
-        progress (`bool`): show a progress bar on stderr.
+        progress (`bool`): show a progress bar on stderr (the main process's, over every process's tiles).
+        share ([`ProcessShare`], *optional*): this process's share of a data-parallel run (see `rscc.parallel`): it
+            captions every `share.count`-th tile not done yet into its own `OUT.partial.RANK`, and the main process
+            merges the parts in tile order into the outputs once every process is done. Every process must call
+            this function. A run of one process over the part files an earlier run left resumes from them too.
 
     Returns:
-        [`SceneSummary`].
+        [`SceneSummary`] on the main process; `None` on the others.
     """
     out = check_output_file(out, "--out", "a .geojson file path", inputs=[before, after])
     mask_out = None if mask_out is None else check_output_file(
@@ -505,6 +526,7 @@ def describe_scene(
         tile_size = processor.image_processor.size["height"]
     _check_tile_size(tile_size)
 
+    share = ProcessShare() if share is None else share
     with contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
         stack.enter_context(warnings.catch_warnings())
@@ -514,23 +536,47 @@ def describe_scene(
             raise SceneInputError("change polygons need a CRS; neither raster has one")
         stretch = pair.stretch_ranges(percentiles, value_range)
         grid = TileGrid(pair.window, tile_size, overlap)
+        options = {"min_valid_fraction": min_valid_fraction, "max_new_tokens": max_new_tokens,
+                   "change_masks": change_masks, "polygons": polygons, "mosaic": mask_out is not None}
+
+        def caption_batch(batch: list[Tile]) -> list[_TileResult]:
+            return _caption_tiles(model, processor, pair, batch, stretch, options)
+
+        in_parts = share.count > 1 or bool(existing_parts(out))
+        if in_parts:
+            settings = {
+                **options, "before": Path(before).resolve(), "after": Path(after).resolve(), "tile_size": tile_size,
+                "overlap": overlap, "bands": bands, "resampling": resampling, "stretch": stretch,
+                "model": getattr(model.config, "_name_or_path", None),
+                "revision": getattr(model.config, "_commit_hash", None),
+                # by name: the function object differs from process to process
+                "change_masks": getattr(change_masks, "__qualname__", None),
+            }
+            _caption_into_parts(out, share, _run_id(settings), grid, caption_batch, batch_size, progress)
+            if not share.is_main:
+                wait_for_everyone(share)
+                return None
         mosaic = None if mask_out is None else _open_mask_mosaic(stack, mask_out, pair)
         temporary_geojson = stack.enter_context(_atomic_output(out, ".geojson"))
-        writer = _SceneWriter(stack.enter_context(open(temporary_geojson, "w", encoding="utf-8")), pair, polygons,
-                              mosaic)
-        progress_bar = stack.enter_context(tqdm(total=len(grid), unit="tile", file=sys.stderr, disable=not progress))
-        tiles = iter(grid)
-        while batch := [tile for _, tile in zip(range(batch_size), tiles)]:
-            read = [(tile, *pair.read_rgb(tile.window, stretch)) for tile in batch]
-            kept = [item for item in read if item[3].mean() >= min_valid_fraction]
-            if kept:
-                _caption_tile_batch(model, processor, kept, writer, max_new_tokens, change_masks)
-            progress_bar.update(len(batch))
+        writer = _SceneWriter(stack.enter_context(open(temporary_geojson, "w", encoding="utf-8")), mosaic)
+        if in_parts:
+            merged = _merge_parts(out, grid, writer)
+        else:
+            progress_bar = stack.enter_context(tqdm(total=len(grid), unit="tile", file=sys.stderr,
+                                                    disable=not progress))
+            for batch in _tile_batches(grid, batch_size):
+                for result in caption_batch(batch):
+                    writer.add(result)
+                progress_bar.update(len(batch))
         summary = SceneSummary(
             tiles=len(grid), captioned=writer.captioned, skipped=len(grid) - writer.captioned,
             changed=writer.changed, window=pair.window, alignment=pair.alignment,
         )
         writer.close(_collection_metadata(summary, pair, before, after, tile_size, overlap, stretch, has_masks))
+    if in_parts:
+        for part in merged:  # only once the outputs are in place
+            part.unlink()
+        wait_for_everyone(share)
     return summary
 
 
@@ -563,79 +609,198 @@ def _open_mask_mosaic(stack: contextlib.ExitStack, mask_out: Path, pair: ScenePa
     )
 
 
-def _caption_tile_batch(model, processor, kept: list, writer: "_SceneWriter", max_new_tokens: int, change_masks):
-    """Caption a batch of read tiles `(tile, before, after, valid)` and hand them, with their masks, to `writer`."""
-    befores, afters = [item[1] for item in kept], [item[2] for item in kept]
-    descriptions = describe_changes(model, processor, [[b, a] for b, a in zip(befores, afters)],
-                                    batch_size=len(kept), max_new_tokens=max_new_tokens)
-    captions = [description.caption for description in descriptions]
-    if change_masks is not None:
-        masks = change_masks(befores, afters)
+@dataclass
+class _TileResult:
+    """What one tile adds to the outputs, the unit a process writes to its part file in a data-parallel run.
+
+    Args:
+        index (`int`): the tile's index in the grid.
+        features (`list[dict]`): its GeoJSON tile feature, then its change polygons; empty for a tile skipped for
+            nodata.
+        changed (`bool`): its change flag.
+        owned (`Window`, *optional*): the window it owns in the mask mosaic.
+        owned_mask (`np.ndarray`, *optional*): the mosaic's uint8 values over `owned` (when a mosaic is written).
+    """
+
+    index: int
+    features: list
+    changed: bool = False
+    owned: Window | None = None
+    owned_mask: np.ndarray | None = None
+
+    def to_line(self, run: str) -> str:
+        """One JSON line of a part file; `run` names the settings it was made with."""
+        line = {"run": run, "tile": self.index, "changed": self.changed, "features": self.features}
+        if self.owned_mask is not None:
+            line["owned"] = [int(self.owned.col_off), int(self.owned.row_off), *self.owned_mask.shape[::-1]]
+            line["owned_mask"] = base64.b64encode(zlib.compress(self.owned_mask.tobytes())).decode("ascii")
+        return json.dumps(line) + "\n"
+
+    @classmethod
+    def from_line(cls, line: dict) -> "_TileResult":
+        result = cls(line["tile"], line["features"], line["changed"])
+        if "owned_mask" in line:
+            col, row, width, height = line["owned"]
+            result.owned = Window(col, row, width, height)
+            values = np.frombuffer(zlib.decompress(base64.b64decode(line["owned_mask"])), dtype=np.uint8)
+            result.owned_mask = values.reshape(height, width)
+        return result
+
+
+def _caption_tiles(model, processor, pair: ScenePair, batch: list[Tile], stretch, options: dict) -> list[_TileResult]:
+    """Read and caption a batch of tiles (the ones with enough valid pixels) into one result per tile, in order.
+
+    `options`: `min_valid_fraction`, `max_new_tokens`, `change_masks`, `polygons`, `mosaic` (see `describe_scene`).
+    """
+    read = [(tile, *pair.read_rgb(tile.window, stretch)) for tile in batch]
+    kept = [item for item in read if item[3].mean() >= options["min_valid_fraction"]]
+    results = {tile.index: _TileResult(tile.index, []) for tile in batch}
+    if kept:
+        befores, afters = [item[1] for item in kept], [item[2] for item in kept]
+        descriptions = describe_changes(model, processor, [[b, a] for b, a in zip(befores, afters)],
+                                        batch_size=len(kept), max_new_tokens=options["max_new_tokens"])
+        if options["change_masks"] is not None:
+            masks = options["change_masks"](befores, afters)
+        else:
+            masks = [None if d.change_mask is None else d.change_mask > 0 for d in descriptions]
+        for (tile, _, _, valid), description, mask in zip(kept, descriptions, masks):
+            results[tile.index] = _tile_result(tile, description.caption, mask, valid, pair, options)
+    return [results[tile.index] for tile in batch]
+
+
+def _tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.ndarray, pair: ScenePair,
+                 options: dict) -> _TileResult:
+    """A captioned tile's feature, and with a mask its change polygons and mosaic values."""
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != valid.shape:
+            raise ValueError(f"change mask of tile {tile.index} has shape {mask.shape}; expected {valid.shape}")
+        changed_fraction = float(mask[valid].mean())
+        change_flag, source = bool(mask[valid].any()), "mask"
     else:
-        masks = [None if d.change_mask is None else d.change_mask > 0 for d in descriptions]
-    for (tile, _, _, valid), caption, mask in zip(kept, captions, masks):
-        writer.add_tile(tile, caption, mask, valid)
+        changed_fraction, change_flag, source = None, not is_no_change_caption(caption), "caption"
+    result = _TileResult(tile.index, [{
+        "type": "Feature",
+        "id": tile.index,
+        "geometry": _window_polygon(tile.window, pair.transform, pair.crs),
+        "properties": {
+            "kind": "tile",
+            "tile": tile.index,
+            "row": int(tile.window.row_off),
+            "col": int(tile.window.col_off),
+            "width": int(tile.window.width),
+            "height": int(tile.window.height),
+            "caption": caption,
+            "change_flag": change_flag,
+            "changed_fraction": changed_fraction,
+            "change_source": source,
+            "valid_fraction": round(float(valid.mean()), 6),
+        },
+    }], change_flag)
+    if mask is None:
+        return result
+    # Only the part the tile owns, so that overlapping tiles neither draw a polygon twice nor overwrite each other in
+    # the mosaic.
+    row_start, col_start = tile.owned.row_off - tile.window.row_off, tile.owned.col_off - tile.window.col_off
+    owned = (slice(row_start, row_start + tile.owned.height), slice(col_start, col_start + tile.owned.width))
+    mask, valid = mask[owned], valid[owned]
+    if options["polygons"]:
+        transform = pair.transform @ Affine.translation(tile.owned.col_off, tile.owned.row_off)
+        result.features.extend({"type": "Feature", "geometry": geometry,
+                                "properties": {"kind": "change", "tile": tile.index}}
+                               for geometry in _mask_polygons(mask, valid, transform, pair.crs))
+    if options["mosaic"]:
+        result.owned, result.owned_mask = tile.owned, np.where(valid, mask, MASK_NODATA).astype(np.uint8)
+    return result
 
 
 class _SceneWriter:
-    """Turns captioned tiles (and their masks) into GeoJSON features, change polygons and mosaic windows."""
+    """Writes tile results, in tile order, to the GeoJSON file and the mask mosaic."""
 
-    def __init__(self, file, pair: ScenePair, polygons: bool, mosaic):
+    def __init__(self, file, mosaic):
         self._geojson = _GeoJsonWriter(file)
-        self._pair = pair
-        self._polygons = polygons
         self._mosaic = mosaic
         self.captioned = 0
         self.changed = 0
 
-    def add_tile(self, tile: Tile, caption: str, mask: np.ndarray | None, valid: np.ndarray) -> None:
-        if mask is not None:
-            mask = np.asarray(mask, dtype=bool)
-            if mask.shape != valid.shape:
-                raise ValueError(f"change mask of tile {tile.index} has shape {mask.shape}; expected {valid.shape}")
-            changed_fraction = float(mask[valid].mean())
-            change_flag, source = bool(mask[valid].any()), "mask"
-        else:
-            changed_fraction, change_flag, source = None, not is_no_change_caption(caption), "caption"
-        self._geojson.add({
-            "type": "Feature",
-            "id": tile.index,
-            "geometry": _window_polygon(tile.window, self._pair.transform, self._pair.crs),
-            "properties": {
-                "kind": "tile",
-                "tile": tile.index,
-                "row": int(tile.window.row_off),
-                "col": int(tile.window.col_off),
-                "width": int(tile.window.width),
-                "height": int(tile.window.height),
-                "caption": caption,
-                "change_flag": change_flag,
-                "changed_fraction": changed_fraction,
-                "change_source": source,
-                "valid_fraction": round(float(valid.mean()), 6),
-            },
-        })
-        self.captioned += 1
-        self.changed += change_flag
-        if mask is not None:
-            self._add_owned_mask(tile, mask, valid)
-
-    def _add_owned_mask(self, tile: Tile, mask: np.ndarray, valid: np.ndarray) -> None:
-        # Only the part the tile owns, so that overlapping tiles neither draw a polygon twice nor overwrite each
-        # other in the mosaic.
-        row_start, col_start = tile.owned.row_off - tile.window.row_off, tile.owned.col_off - tile.window.col_off
-        owned = (slice(row_start, row_start + tile.owned.height), slice(col_start, col_start + tile.owned.width))
-        mask, valid = mask[owned], valid[owned]
-        if self._polygons:
-            transform = self._pair.transform @ Affine.translation(tile.owned.col_off, tile.owned.row_off)
-            for geometry in _mask_polygons(mask, valid, transform, self._pair.crs):
-                self._geojson.add({"type": "Feature", "geometry": geometry,
-                                   "properties": {"kind": "change", "tile": tile.index}})
-        if self._mosaic is not None:
-            self._mosaic.write(np.where(valid, mask, MASK_NODATA).astype(np.uint8), 1, window=tile.owned)
+    def add(self, result: _TileResult) -> None:
+        for feature in result.features:
+            self._geojson.add(feature)
+        self.captioned += bool(result.features)
+        self.changed += result.changed
+        if self._mosaic is not None and result.owned_mask is not None:
+            self._mosaic.write(result.owned_mask, 1, window=result.owned)
 
     def close(self, metadata: dict) -> None:
         self._geojson.close(metadata)
+
+
+def _tile_batches(tiles: Iterable[Tile], batch_size: int) -> Iterator[list[Tile]]:
+    tiles = iter(tiles)
+    while batch := list(itertools.islice(tiles, batch_size)):
+        yield batch
+
+
+def _run_id(settings: dict) -> str:
+    """A short name of the settings a part file's tiles were made with: a rerun resumes only its own tiles."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _caption_into_parts(out: Path, share: ProcessShare, run: str, grid: TileGrid, caption_batch, batch_size: int,
+                        progress: bool) -> None:
+    """Caption this process's share of the tiles not in any part file into its own part (see `rscc.parallel`)."""
+    if share.is_main:
+        for part in existing_parts(out):
+            repair_part(part)
+    wait_for_everyone(share)
+    done = set()
+    for part in existing_parts(out):
+        for number, line in read_part(part):
+            if line.get("run") != run:
+                raise SceneInputError(
+                    f"{part}, line {number}: tiles of a run with other inputs, model or options than this one; rerun "
+                    f"with the earlier ones to resume, or delete {out.name}{PARTIAL_SUFFIX}* to start again"
+                )
+            done.add(line["tile"])
+    own, others = part_path(out, share), PartsProgress(out, share)  # the others' parts end here before any append
+    wait_for_everyone(share)  # every process has read the parts before any appends to its own
+    mine = itertools.islice((tile for tile in grid if tile.index not in done), share.index, None, share.count)
+    try:
+        with open(own, "a", encoding="utf-8") as sink, tqdm(
+            total=len(grid), initial=len(done), unit="tile", file=sys.stderr, disable=not (progress and share.is_main)
+        ) as progress_bar:
+            for batch in _tile_batches(mine, batch_size):
+                sink.write("".join(result.to_line(run) for result in caption_batch(batch)))
+                sink.flush()
+                progress_bar.update(len(batch) + others.new_lines())
+            wait_for_everyone(share)
+            progress_bar.update(others.new_lines())
+    except BaseException:
+        if own.is_file() and own.stat().st_size == 0:
+            own.unlink()  # nothing finished: nothing to resume from
+        raise
+
+
+def _merge_parts(out: Path, grid: TileGrid, writer: _SceneWriter) -> list[Path]:
+    """Hand every part file's results to `writer` in tile order; returns the parts, to remove once written."""
+    parts = existing_parts(out)
+    with contextlib.ExitStack() as stack:
+        # Only where each tile's line starts is kept in memory, not the lines: a scene has millions of tiles.
+        where = {}
+        for part in parts:
+            file, offset = stack.enter_context(open(part, "rb")), 0
+            for raw in file:
+                where.setdefault(json.loads(raw)["tile"], (file, offset))
+                offset += len(raw)
+        missing = len(grid) - len(where)
+        if missing:
+            raise SceneInputError(f"the part files of {out} lack {missing} tile(s) at the merge; rerun the same "
+                                  "command to caption them")
+        for index in range(len(grid)):
+            file, offset = where[index]
+            file.seek(offset)
+            writer.add(_TileResult.from_line(json.loads(file.readline())))
+    return parts
 
 
 def _collection_metadata(summary, pair, before, after, tile_size, overlap, stretch, has_masks) -> dict:
@@ -680,6 +845,13 @@ def _check_options_take_effect(pair: ScenePair, args) -> None:
                               "aligned by their georeferencing")
 
 
+def _kept(out: str) -> str:
+    """What a stopped run leaves: nothing, or the part files of a data-parallel run, which a rerun resumes from."""
+    if existing_parts(Path(out)):
+        return f"finished tiles are kept in {out}{PARTIAL_SUFFIX}.*; rerun the same command to resume"
+    return "nothing was written"
+
+
 def _run_scene(args) -> int:
     try:
         # Check the rasters and the outputs before the model loads, so bad input fails in a second.
@@ -688,7 +860,9 @@ def _run_scene(args) -> int:
             _check_tile_size(args.tile_size)
         with ScenePair(args.before, args.after, args.bands, args.assume_aligned, args.resampling) as pair:
             _check_options_take_effect(pair, args)
-        model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
+        share = current_share(args.device)
+        model, processor = load_captioner(args.model, device=process_device(args.device, share),
+                                          dtype=DTYPES[args.dtype])
         summary = describe_scene(
             model, processor, args.before, args.after, args.out, tile_size=args.tile_size, overlap=args.overlap,
             batch_size=batch_size_of(args), max_new_tokens=args.max_new_tokens, bands=args.bands,
@@ -696,7 +870,7 @@ def _run_scene(args) -> int:
             percentiles=HIGH_BIT_DEPTH_PERCENTILES if args.percentiles is None else tuple(args.percentiles),
             value_range=None if args.value_range is None else tuple(args.value_range),
             min_valid_fraction=args.min_valid_fraction,
-            polygons=args.polygons, mask_out=args.mask_out, progress=show_progress(args),
+            polygons=args.polygons, mask_out=args.mask_out, progress=show_progress(args), share=share,
         )
     except (ValueError, OSError) as error:  # OSError: unreadable raster blocks
         print(f"rscc scene: error: {error}", file=sys.stderr)
@@ -705,12 +879,14 @@ def _run_scene(args) -> int:
         print(f"rscc scene: error: {error}", file=sys.stderr)
         return EXIT_HUB
     except torch.OutOfMemoryError:
-        print(f"rscc scene: error: out of memory on {args.device}; lower --batch-size (nothing was written)",
+        print(f"rscc scene: error: out of memory on {args.device}; lower --batch-size ({_kept(args.out)})",
               file=sys.stderr)
         return EXIT_OUT_OF_MEMORY
     except KeyboardInterrupt as interrupt:
-        print("rscc scene: interrupted (nothing was written)", file=sys.stderr)
+        print(f"rscc scene: interrupted ({_kept(args.out)})", file=sys.stderr)
         return interrupted_exit_code(interrupt)
+    if summary is None:  # a process other than the main one: the main process reports the run
+        return EXIT_OK
     print(
         f"rscc scene: {summary.captioned} tile(s) captioned ({summary.changed} changed), {summary.skipped} skipped "
         f"for nodata; overlap {int(summary.window.width)} x {int(summary.window.height)} px, {summary.alignment}; "

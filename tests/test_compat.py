@@ -61,6 +61,24 @@ def test_every_dependency_has_a_tested_window():
     assert not unbounded, f"setup.cfg requirements without a tested ceiling: {unbounded}"
 
 
+def test_the_demo_window_holds_the_tested_gradio_and_is_bounded():
+    """gradio cannot be a setup.cfg requirement (it declares pillow<13, rscc pins 13.0): its window lives in
+    compat_rscc, which `.ci/run` installs from and `rscc space` writes into a Space's metadata."""
+    from packaging.requirements import Requirement
+
+    from rscc.compat_rscc import GRADIO_REQUIREMENT, TESTED_GRADIO
+
+    requirement = Requirement(GRADIO_REQUIREMENT)
+    assert requirement.name == "gradio" and "<" in str(requirement.specifier)
+    assert requirement.specifier.contains(TESTED_GRADIO)
+    assert "GRADIO_REQUIREMENT" in (REPO_ROOT / ".ci" / "run").read_text(), ".ci/run installs another gradio"
+    try:
+        import gradio
+    except ImportError:
+        return
+    assert requirement.specifier.contains(gradio.__version__), f"gradio {gradio.__version__} outside the window"
+
+
 # --- transformers names that are not documented public API --------------------------------------------------------
 
 
