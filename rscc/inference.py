@@ -318,7 +318,7 @@ def describe_changes(
             model_inputs = {
                 "input_ids": inputs["input_ids"][to_generate],
                 "attention_mask": inputs["attention_mask"][to_generate],
-                "mm_encoder_outputs": {"image": image_features.select_pairs(to_generate)},
+                "mm_encoder_outputs": {"image": image_features.select_pairs(to_generate, len(config.visual_segments))},
             }
         captions = [getattr(config, "no_change_caption", None)] * num_pairs
         if to_generate:
