@@ -40,9 +40,10 @@ def warp(features: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 class RsccKeyChangePerceiver(nn.Module):
     """KCFI's key change feature perceiver on the vision token grid.
 
-    Per level l (a vision hidden state): a flow estimator (two 3x3 convolutions over `[A_l; B_l]`, layer-normed)
-    predicts one flow field per date; each date is warped by its field, `R = warp(X) - X` is its residual, and
-    `K_l = |R_A - R_B|` the level's key change features. A linear layer fuses the levels' `K_l` (concatenated along
+    Per level l (a vision hidden state): a flow estimator (two 3x3 convolutions over the layer-normed dates) predicts
+    the flow of A from `[A_l; B_l]` and the flow of B from `[B_l; A_l]` (one estimator, both orders, so that two
+    identical dates get one flow and no key change); each date is warped by its field, `R = warp(X) - X` is its
+    residual, and `K_l = |R_A - R_B|` the level's key change features. A linear layer fuses the levels' `K_l` (concatenated along
     channels, as KCFI's 4C features) to the vision width, followed by a layer norm.
     """
 
@@ -58,7 +59,7 @@ class RsccKeyChangePerceiver(nn.Module):
                 nn.Sequential(
                     nn.Conv2d(2 * dim, hidden, kernel_size=3, padding=1),
                     nn.GELU(),
-                    nn.Conv2d(hidden, 4, kernel_size=3, padding=1),
+                    nn.Conv2d(hidden, 2, kernel_size=3, padding=1),
                 )
                 for _ in range(num_levels)
             ]
@@ -87,10 +88,14 @@ class RsccKeyChangePerceiver(nn.Module):
 
         level_features = []
         for estimator, before, after in zip(self.flow_estimators, before_levels, after_levels):
-            flows = estimator(to_grid(torch.cat([self.input_norm(before), self.input_norm(after)], dim=-1)))
+            normed_before, normed_after = self.input_norm(before), self.input_norm(after)
+            both_orders = torch.cat(
+                [torch.cat([normed_before, normed_after], dim=-1), torch.cat([normed_after, normed_before], dim=-1)]
+            )
+            flow_before, flow_after = estimator(to_grid(both_orders)).chunk(2)
             before_grid, after_grid = to_grid(before), to_grid(after)
-            residual_before = warp(before_grid, flows[:, :2]) - before_grid
-            residual_after = warp(after_grid, flows[:, 2:]) - after_grid
+            residual_before = warp(before_grid, flow_before) - before_grid
+            residual_after = warp(after_grid, flow_after) - after_grid
             level_features.append((residual_before - residual_after).abs().flatten(2).transpose(1, 2))
         return self.output_norm(self.level_fusion(torch.cat(level_features, dim=-1)))
 

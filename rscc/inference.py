@@ -169,6 +169,9 @@ def load_model_and_processor(
             f"(the processor had {processor.num_change_classes})"
         )
         processor.num_change_classes = model.config.change_head_num_classes
+    if processor.visual_tokens != model.config.visual_tokens:
+        # The prompt's placeholders must match the segments the model shows its language model.
+        processor.set_visual_tokens(model.config.visual_tokens)
     if device is not None:
         model = model.to(device)
     if for_captioning:

@@ -508,10 +508,9 @@ class RsccProcessor(ProcessorMixin):
         other prompt must already hold the new setting's placeholder count."""
         if visual_tokens not in VISUAL_TOKEN_SEGMENTS:
             raise RsccInputError(f"visual_tokens={visual_tokens!r}: expected one of {list(VISUAL_TOKEN_SEGMENTS)}")
-        if self.prompt == DEFAULT_PROMPTS[self.visual_tokens]:
-            self.prompt = DEFAULT_PROMPTS[visual_tokens]
-        self.visual_tokens = visual_tokens
-        self._check_prompt(self.prompt, "prompt")
+        prompt = DEFAULT_PROMPTS[visual_tokens] if self.prompt == DEFAULT_PROMPTS[self.visual_tokens] else self.prompt
+        self._check_prompt(prompt, "prompt", visual_tokens)
+        self.visual_tokens, self.prompt = visual_tokens, prompt
 
     @property
     def num_change_classes(self) -> int:
@@ -545,16 +544,17 @@ class RsccProcessor(ProcessorMixin):
             **kwargs,
         )
 
-    def _check_prompt(self, prompt, name: str) -> None:
+    def _check_prompt(self, prompt, name: str, visual_tokens: str | None = None) -> None:
         if not isinstance(prompt, str):
             raise RsccInputError(f"{name}: expected a string, got {type(prompt).__name__}")
         found = prompt.count(self.image_token)
-        segments = VISUAL_TOKEN_SEGMENTS[self.visual_tokens]
+        visual_tokens = visual_tokens or self.visual_tokens
+        segments = VISUAL_TOKEN_SEGMENTS[visual_tokens]
         if found != len(segments):
             count = ("one", "two", "three")[len(segments) - 1]
             raise RsccInputError(
                 f"{name} must contain exactly {count} {self.image_token!r} placeholder{'s' * (len(segments) > 1)} "
-                f"({', '.join(segments)}) for visual_tokens={self.visual_tokens!r}; found {found} in {prompt!r}"
+                f"({', '.join(segments)}) for visual_tokens={visual_tokens!r}; found {found} in {prompt!r}"
             )
 
     @staticmethod
