@@ -2,6 +2,7 @@
 `bitemporal_filter_layers` (rscc/change_features_rscc.py)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
 from rscc.change_features_rscc import warp
+from rscc.configuration_rscc import IGNORE_INDEX
 from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_image_processor, make_processor, tiny_config
 from rscc.processing_rscc import DEFAULT_PROMPTS
 from rscc.training import StageSpec, apply_lora, configure_trainable, merge_lora
@@ -336,7 +338,7 @@ def test_save_load_and_remote_code_round_trip(variant, real_pairs, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Learning checks: a few hundred steps on real pairs, only the parts a recipe with the option trains
+# Learning checks: a few hundred steps on real pairs
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -357,23 +359,42 @@ def caption_losses(model, processor, pairs, captions, parts, steps, learning_rat
     return losses[0], sum(losses[-10:]) / 10
 
 
+def blind_caption_loss(labels: torch.Tensor) -> float:
+    """The lowest mean caption loss a model that cannot tell the pairs apart can reach on `labels` (same prompt for
+    every pair): at each target token, the entropy of the next token among the captions that share its prefix."""
+    targets = [row[row != IGNORE_INDEX].tolist() for row in labels]
+    total, count = 0.0, 0
+    for caption in targets:
+        for position, token in enumerate(caption):
+            same_prefix = [other for other in targets if other[:position] == caption[:position]]
+            same_token = [other for other in same_prefix if other[position : position + 1] == [token]]
+            total -= math.log(len(same_token) / len(same_prefix))
+            count += 1
+    return total / count
+
+
 LEARNING_CHECKS = {
-    # option: (model options, trained parts, largest end / start loss ratio accepted)
-    "visual_tokens=change, key_change": (
-        dict(visual_tokens="change", change_features="key_change"), ("difference_module",), 0.5),
-    "visual_tokens=pair+change": (dict(visual_tokens="pair+change"), ("difference_module",), 0.5),
-    "bitemporal_filter_layers": (dict(bitemporal_filter_layers=[2, 4]), ("bitemporal_filter", "projector"), 0.5),
+    # option: (model options, parts trained besides the language model)
+    "visual_tokens=change, key_change": (dict(visual_tokens="change", change_features="key_change"),
+                                         ("difference_module",)),
+    "visual_tokens=pair+change": (dict(visual_tokens="pair+change"), ("difference_module",)),
+    "bitemporal_filter_layers": (dict(bitemporal_filter_layers=[2, 4]), ("bitemporal_filter",)),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("option", LEARNING_CHECKS)
-def test_learning_check_lowers_the_caption_loss(option, real_pairs):
+def test_learning_check_lowers_the_caption_loss_below_what_a_blind_model_can_reach(option, real_pairs):
+    """Measured (200 steps, 3 LEVIR-CC pairs, tiny model): each option's caption loss falls from about 6.25 to about
+    0.019, against a blind floor of 0.045; under "change" the change tokens are all that tells the pairs apart."""
     pairs, captions = real_pairs
-    options, parts, ratio = LEARNING_CHECKS[option]
+    options, parts = LEARNING_CHECKS[option]
     model, processor = build(seed=0, **options)
-    start, end = caption_losses(model, processor, pairs, captions, parts, steps=200)
-    print(f"learning check {option}: caption loss {start:.3f} -> {end:.3f}")
-    assert end < ratio * start, (start, end)
-    if model.model.bitemporal_filter is not None:
-        assert all(f.output_scale.abs().max() > 0 for f in model.model.bitemporal_filter), "the filters trained"
+    new_modules = ("model.bitemporal_filter.", "model.key_change_perceiver.", "model.change_projector.")
+    initial = {name: p.detach().clone() for name, p in model.named_parameters() if name.startswith(new_modules)}
+    start, end = caption_losses(model, processor, pairs, captions, (*parts, "language_model"), steps=200)
+    floor = blind_caption_loss(processor(images=pairs, captions=captions)["labels"])
+    print(f"learning check {option}: caption loss {start:.3f} -> {end:.3f} (blind floor {floor:.3f})")
+    assert end < 0.05 * start and end < 0.75 * floor, (start, end, floor)
+    parameters = dict(model.named_parameters())
+    assert initial and all(not torch.equal(value, parameters[name]) for name, value in initial.items())
