@@ -43,8 +43,8 @@ class RsccKeyChangePerceiver(nn.Module):
     Per level l (a vision hidden state): a flow estimator (two 3x3 convolutions over the layer-normed dates) predicts
     the flow of A from `[A_l; B_l]` and the flow of B from `[B_l; A_l]` (one estimator, both orders, so that two
     identical dates get one flow and no key change); each date is warped by its field, `R = warp(X) - X` is its
-    residual, and `K_l = |R_A - R_B|` the level's key change features. A linear layer fuses the levels' `K_l` (concatenated along
-    channels, as KCFI's 4C features) to the vision width, followed by a layer norm.
+    residual, and `K_l = |R_A - R_B|` the level's key change features. A linear layer fuses the levels' `K_l`
+    (concatenated along channels, as KCFI's 4C features) to the vision width, followed by a layer norm.
     """
 
     def __init__(self, config: RsccConfig):
