@@ -1,10 +1,12 @@
-"""rscc models: LLaVA-OneVision with CCExpert's difference-aware integration of the two images of a pair, an
-MV-CC change-mask token filter and a change-detection head.
+"""rscc models: LLaVA-OneVision with CCExpert's difference-aware integration of the two images of a pair (or KCFI's
+key change features), an MV-CC change-mask token filter, a change-detection head and Semantic-CC's bi-temporal filter
+inside the vision tower (KCFI's and Semantic-CC's modules in `change_features_rscc.py`).
 
 The stock LLaVA-OneVision parameter names are kept, so a LLaVA-OneVision checkpoint loads unchanged; the new
-modules live under `model.difference_module` and `model.change_head`. The difference module enters through a
-zero-initialised scale and the head only acts through the filter, so a freshly built model computes exactly what the
-stock model computes until training moves that scale or a mask filters the tokens.
+modules live under `NEW_MODULE_PREFIXES`. The difference module and the bi-temporal filters enter through
+zero-initialised scales and the head only acts through the filter, so a freshly built model that shows the language
+model the two images (`visual_tokens="pair"`) computes exactly what the stock model computes until training moves
+those scales or a mask filters the tokens.
 """
 
 import math
@@ -1270,8 +1272,10 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             f"Loaded LLaVA-OneVision weights from {pretrained_model_name_or_path} "
             f"({report['num_loaded_parameters'] / 1e6:.1f}M parameters). Newly initialised: {len(new_names)} tensors, "
             f"{num_new / 1e6:.1f}M parameters, all under {', '.join(p.rstrip('.') for p in NEW_MODULE_PREFIXES)} "
-            "(the difference module's output scale is zero-initialised and the change head acts only through the "
-            "mask filter: outputs equal the base model's until trained or filtered)."
+            "(the difference module's and the bi-temporal filters' output scales are zero-initialised and the change "
+            "head acts only through the mask filter: outputs equal the base model's until trained or filtered"
+            + (f", except that visual_tokens={config.visual_tokens!r} shows the language model change tokens)."
+               if "change" in config.visual_segments else ").")
         )
         return (model, report) if output_loading_info else model
 
