@@ -186,7 +186,7 @@ def test_configure_trainable_rejects_a_missing_part_and_skips_optional_ones():
     with pytest.raises(ValueError, match="difference_module"):
         configure_trainable(model, STAGES["stage1"])
     report = configure_trainable(model, STAGES["stage2"])
-    assert report.absent_parts == ["difference_module", "change_head"]
+    assert report.absent_parts == ["difference_module", "change_head", "bitemporal_filter"]
     assert report.num_trainable == report.num_total == sum(p.numel() for p in model.parameters())
     report = configure_trainable(model, resolve_stage("stage1", trainable_parts=["projector"]))
     assert {name for name, p in model.named_parameters() if p.requires_grad} == {
