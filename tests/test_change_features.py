@@ -207,6 +207,24 @@ def test_filter_trains_with_lora_on_the_vision_tower_and_merges_exactly(real_pai
         torch.testing.assert_close(merged(**inputs).logits, adapted, rtol=1e-4, atol=1e-4)
 
 
+def test_activation_checkpointing_recomputes_the_filters_and_gives_the_same_gradients(real_pairs):
+    pairs, captions = real_pairs
+    model, processor = build(visual_tokens="pair+change", change_features="key_change", bitemporal_filter_layers=[2])
+    with torch.no_grad():
+        model.model.bitemporal_filter[0].output_scale.fill_(0.3)
+    inputs = processor(images=pairs, captions=captions)
+    model.train()
+    model(**inputs).loss.backward()
+    reference = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert any(name.startswith("model.bitemporal_filter.") for name in reference)
+    model.zero_grad()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model(**inputs).loss.backward()
+    parameters = dict(model.named_parameters())
+    for name, gradient in reference.items():
+        torch.testing.assert_close(parameters[name].grad, gradient, rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Key change features
 # ---------------------------------------------------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def test_three_stages_chain_and_train_exactly_their_parts(stock_folder, levir_fo
     assert after1["model.difference_module.output_scale"].abs().sum() > 0  # moved from its zero start
     record = json.loads((stage1 / "rscc_stage.json").read_text())
     assert record["trainable"]["trainable_parts"] == ["projector", "difference_module"]
-    assert record["trainable"]["absent_parts"] == ["change_head"]
+    assert record["trainable"]["absent_parts"] == ["change_head", "bitemporal_filter"]
     losses = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(entry["samples_per_second"] > 0 and entry["peak_memory_mb"] > 0 for entry in losses)
     assert {"learning_rate/projector", "learning_rate/difference_module"} <= set(losses[0])
