@@ -10,8 +10,8 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
 from rscc.change_features_rscc import warp
-from rscc.configuration_rscc import IGNORE_INDEX
 from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_image_processor, make_processor, tiny_config
+from rscc.configuration_rscc import IGNORE_INDEX
 from rscc.processing_rscc import DEFAULT_PROMPTS
 from rscc.training import StageSpec, apply_lora, configure_trainable, merge_lora
 from test_remote_code import HIDE_RSCC_AND_GENERATE, run_without_rscc
@@ -252,7 +252,7 @@ def test_key_change_features_are_uniform_for_identical_dates_and_feed_the_head(r
     torch.testing.assert_close(same, same[:, :1].expand_as(same))
     assert different.std(1).mean() > 0.1
     calls = []
-    model.model.change_head.register_forward_hook(lambda module, args, output: calls.append(args), with_kwargs=False)
+    model.model.change_head.register_forward_hook(lambda module, args, output: calls.append(args))
     inputs = processor(images=pairs[:2])
     with torch.no_grad():
         model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
@@ -317,7 +317,7 @@ def test_change_token_counts_agree_and_the_filter_applies_to_every_segment(varia
 
 @pytest.mark.parametrize("change_filter", ["none", "drop"])
 @pytest.mark.parametrize("variant", ["change-key_change", "pair+change-difference_integration"])
-def test_batched_generation_equals_one_by_one(variant, change_filter, real_pairs, shared_data, single_torch_thread):
+def test_batched_generation_equals_one_by_one(variant, change_filter, real_pairs, shared_data):
     pairs, _ = real_pairs
     masks = [str(mask) for mask in sorted((shared_data / "levir_cd_samples" / "label").glob("*.png"))[:3]]
     model, processor = build(**CHANGE_TOKEN_OPTIONS[variant], change_filter=change_filter)
