@@ -15,7 +15,10 @@ Models, all holding the same base weights: stock; rscc with every option off; th
 with the workload's masks as input; full rscc (difference module + change head + `drop` with `change_mask_source=
 "predicted"`: the head runs on every pair, and the workload's masks are given, which win over its prediction, since
 random weights predict noise); + the no-change shortcut (pairs whose predicted mask is empty skip the language model;
-with random weights the head rarely predicts an empty mask, so this row shows the shortcut's overhead, not its gain).
+with random weights the head rarely predicts an empty mask, so this row shows the shortcut's overhead, not its gain);
+KCFI's configuration (key change features alone reach the language model, with the change head); Semantic-CC's four
+bi-temporal filters inside the vision tower (no other rscc module). `--models` measures a subset (stock always
+included); `--section` names the README markers it writes between (the preset's by default).
 
 Figures per model: pairs/s at each batch size (runs alternate, best of `--repeats` per batch, ratios to stock from the
 same process), latency per pair at batch 1, the language model's sequence length and visual tokens per pair (recorded
@@ -62,8 +65,27 @@ MODELS = {
         {"use_change_head": True, "change_filter": "drop", "change_mask_source": "predicted", "no_change_shortcut": True},
         True,
     ),
+    "KCFI (key change tokens only + head)": (
+        {"change_features": "key_change", "visual_tokens": "change", "use_change_head": True},
+        False,
+    ),
+    "Semantic-CC filters (4 BCSF in the tower)": (
+        {"use_difference_integration": False, "bitemporal_filters": 4},
+        False,
+    ),
 }
-PARTS = ("vision_tower", "multi_modal_projector", "difference_module", "change_head", "language_model", "lm_head")
+PARTS = ("vision_tower", "multi_modal_projector", "change_projector", "difference_module", "key_change_perceiver",
+         "change_head", "language_model", "lm_head")
+# Table columns: FLOPs of these parts, summed.
+FLOP_COLUMNS = {
+    "vision": ("vision_tower",),
+    "projectors": ("multi_modal_projector", "change_projector"),
+    "change features": ("difference_module", "key_change_perceiver"),
+    "head": ("change_head",),
+    "LM prefill": ("lm_prefill",),
+    "LM decode": ("lm_decode",),
+    "LM head": ("lm_head",),
+}
 QWEN2_7B = dict(
     model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
     num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1000000.0,
@@ -81,25 +103,53 @@ def levir_cd_mix(limit: int | None) -> tuple[list, list]:
     return pairs + pairs, [str(DATA / "label" / name) for name in names] + [empty] * len(names)
 
 
-def build_models(config: RsccConfig, device, dtype) -> dict:
-    """Every model of `MODELS`, built on the meta device and given the modules of one fully built rscc model: one set
-    of weights (and buffers) in memory."""
+def model_options(options: dict, config: RsccConfig) -> dict:
+    """`MODELS` options for `config`: `bitemporal_filters: N` becomes N filters spread evenly over the vision layers,
+    the last one after the last layer (Semantic-CC's after SAM's four global-attention layers)."""
+    options = dict(options)
+    count = options.pop("bitemporal_filters", 0)
+    if count:
+        num_layers = config.vision_config.num_hidden_layers
+        options["bitemporal_filter_layers"] = [round(num_layers * (index + 1) / count) for index in range(count)]
+    return options
+
+
+def build_models(config: RsccConfig, device, dtype, names) -> dict:
+    """The models of `MODELS` named, built on the meta device and given the modules of one fully built rscc model: one
+    set of base weights (and buffers) in memory. Modules the source lacks (KCFI's, Semantic-CC's) are initialised
+    for their model alone; a model with bi-temporal filters takes the vision tower's weights into its own tower,
+    whose layers carry the filters' hooks."""
     torch.manual_seed(0)
     full_options = MODELS["full + no-change shortcut"][0]
     source = RsccForConditionalGeneration(RsccConfig(**{**config.to_dict(), **full_options})).to(device, dtype).eval()
     source.requires_grad_(False)  # inference only; the FLOP counter tracks modules through autograd otherwise
     rscc_options = {*RsccConfig.__dataclass_fields__} - {*LlavaOnevisionConfig.__dataclass_fields__}
     models = {}
-    for name, (options, _) in MODELS.items():
+    for name in names:
+        options = MODELS[name][0]
         with torch.device("meta"):
             if options is None:
                 stock_options = {k: v for k, v in config.to_dict().items() if k not in rscc_options | {"model_type"}}
                 model = LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(**stock_options))
             else:
+                options = model_options(options, config)
                 model = RsccForConditionalGeneration(RsccConfig(**{**config.to_dict(), **options}))
-        for child, _ in list(model.model.named_children()):
-            if getattr(model.model, child) is not None:
+        hooked_tower = getattr(model.model, "bitemporal_filter", None) is not None
+        for child, module in list(model.model.named_children()):
+            if module is None:
+                continue
+            if hooked_tower and child == "vision_tower":
+                module.load_state_dict(source.model.vision_tower.state_dict(), assign=True)
+                for buffer_name, buffer in source.model.vision_tower.named_buffers():  # non-persistent ones too
+                    owner, _, leaf = buffer_name.rpartition(".")
+                    setattr(module.get_submodule(owner), leaf, buffer)
+            elif getattr(source.model, child, None) is not None:
                 setattr(model.model, child, getattr(source.model, child))
+            else:
+                module.to_empty(device=device)
+                for submodule in module.modules():
+                    model._init_weights(submodule)
+                module.to(dtype).requires_grad_(False)
         model.model.image_newline = source.model.image_newline
         model.lm_head = source.lm_head
         left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
@@ -186,14 +236,14 @@ def matmul_rate(device, dtype, size: int = 2048, seconds: float = 3.0) -> float:
     return 2 * size**3 * count / (time.perf_counter() - start)
 
 
-def measure(models: dict, processor, pairs, masks, batch_sizes, repeats, device) -> dict:
+def measure(models: dict, processors: dict, pairs, masks, batch_sizes, repeats, device) -> dict:
     """Time every model on every batch of every batch size (runs alternate on each batch, best of `repeats`), record
     sequence lengths, and count FLOPs (separate pass, batch 1)."""
 
     def caption(name, batch, batch_size, **overrides):
         _, with_masks = MODELS[name]
         caption_pairs(
-            models[name], processor, pairs[batch], batch_size=batch_size,
+            models[name], processors[name], pairs[batch], batch_size=batch_size,
             change_masks=masks[batch] if with_masks else None,
             **{"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, **overrides},
         )
@@ -222,11 +272,11 @@ def measure(models: dict, processor, pairs, masks, batch_sizes, repeats, device)
         for name in names:
             timings[name][batch_size] = sum(best[name])
     recorder.remove()
-    # Every pair has the same prompt: its text tokens are the prefill length less the image placeholders.
-    prompt = processor(images=pairs[:1])
-    text_tokens = int((prompt["input_ids"] != processor.image_token_id).sum())
     results = {}
     for name in names:
+        # Every pair has the same prompt: its text tokens are the prefill length less the image placeholders.
+        prompt = processors[name](images=pairs[:1])
+        text_tokens = int((prompt["input_ids"] != processors[name].image_token_id).sum())
         first_run = recorder.real_positions[(name, batch_sizes[0], 0)]
         skipped = len(pairs) - len(first_run)  # the no-change shortcut skips the language model
         flops = [flops_by_part(models[name], lambda i=i: caption(name, slice(i, i + 1), 1)) for i in range(len(pairs))]
@@ -249,7 +299,7 @@ def measure(models: dict, processor, pairs, masks, batch_sizes, repeats, device)
     return results
 
 
-def run_preset(preset: str, limit: int | None, batch_sizes, repeats, device, dtype) -> dict:
+def run_preset(preset: str, limit: int | None, batch_sizes, repeats, device, dtype, names=tuple(MODELS)) -> dict:
     pairs, masks = levir_cd_mix(limit)
     processor = make_processor(image_size=384, patch_size=14)
     image_ids = dict(
@@ -260,13 +310,17 @@ def run_preset(preset: str, limit: int | None, batch_sizes, repeats, device, dty
         config = tiny_config(processor.tokenizer, image_size=384, patch_size=14)
     else:
         config = llava_onevision_0_5b_config(**image_ids)
-    models = build_models(config, device, dtype)
+    models = build_models(config, device, dtype, names)
+    processors = {}
+    for name, model in models.items():
+        processors[name] = make_processor(image_size=384, patch_size=14)
+        processors[name].set_visual_tokens(getattr(model.config, "visual_tokens", "pair"))
     figures = {
         "preset": preset,
         "pairs": len(pairs),
         "new_tokens": NEW_TOKENS,
         "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()},
-        "runs": measure(models, processor, pairs, masks, batch_sizes, repeats, device),
+        "runs": measure(models, processors, pairs, masks, batch_sizes, repeats, device),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if device.type == "cuda":
@@ -296,33 +350,30 @@ def markdown_table(figures: dict, limit_rate: float) -> str:
     stock = runs["stock"]
     sizes = list(stock["pairs_per_s"])
     header = (
-        "| model | " + " | ".join(f"pairs/s (batch {size})" for size in sizes)
+        "| model | parameters added (M) | " + " | ".join(f"pairs/s (batch {size})" for size in sizes)
         + " | vs stock (best batch) | latency at batch 1 (s) | visual tokens / pair | LM length | "
-        "GFLOP / pair: vision, projector, difference, head, LM prefill, LM decode, LM head | achieved / limit |"
+        f"GFLOP / pair: {', '.join(FLOP_COLUMNS)} | achieved / limit |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, run in runs.items():
         best = run["pairs_per_s"][str(run["best_batch_size"])]
         stock_best = stock["pairs_per_s"][str(stock["best_batch_size"])]
         flops = run["gflop_per_pair"]
-        parts = ", ".join(
-            f"{flops.get(part, 0.0):.3g}"
-            for part in ("vision_tower", "multi_modal_projector", "difference_module", "change_head", "lm_prefill",
-                         "lm_decode", "lm_head")
-        )
+        parts = ", ".join(f"{sum(flops.get(part, 0.0) for part in column):.3g}" for column in FLOP_COLUMNS.values())
         achieved = flops["total"] * 1e9 * figures["pairs"] / run["seconds_best_batch"]
+        added = (figures["parameters"][name] - figures["parameters"]["stock"]) / 1e6
         lines.append(
-            f"| {name} | " + " | ".join(f"{run['pairs_per_s'][size]:.3f}" for size in sizes)
+            f"| {name} | {added:.1f} | " + " | ".join(f"{run['pairs_per_s'][size]:.3f}" for size in sizes)
             + f" | {best / stock_best:.2f}x | {run['latency_s_batch_1']:.2f} | {run['visual_tokens_per_pair']:.0f} | "
             f"{run['lm_sequence_length']:.0f} | {parts} | {achieved / limit_rate:.2f} |"
         )
     return "\n".join(lines)
 
 
-def write_readme(path: Path, preset: str, section: str) -> None:
-    """Replace the text between the preset's results markers of `path` (`<!-- results:PRESET:start -->` ...
-    `<!-- results:PRESET:end -->`, appended at the end when missing)."""
-    start, end = f"<!-- results:{preset}:start -->", f"<!-- results:{preset}:end -->"
+def write_readme(path: Path, markers: str, section: str) -> None:
+    """Replace the text between the results markers `markers` of `path` (`<!-- results:MARKERS:start -->` ...
+    `<!-- results:MARKERS:end -->`, appended at the end when missing); a preset's markers are its name."""
+    start, end = f"<!-- results:{markers}:start -->", f"<!-- results:{markers}:end -->"
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
     if start not in text or end not in text:
         text = f"{text.rstrip()}\n\n{start}\n{end}\n"
@@ -354,6 +405,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--readme", help="write the Markdown table between the results markers of this file")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="measure these models and stock only")
+    parser.add_argument("--section", help="name of the README results markers to write between; the preset's")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.preset == "7b":
@@ -366,7 +419,8 @@ def main(argv=None) -> dict:
         print(json.dumps(figures, indent=2))
         return figures
     limit_rate = matmul_rate(device, dtype)
-    figures = run_preset(args.preset, args.pairs, sorted(set(args.batch_sizes)), args.repeats, device, dtype)
+    names = ["stock", *(name for name in args.models if name != "stock")] if args.models else list(MODELS)
+    figures = run_preset(args.preset, args.pairs, sorted(set(args.batch_sizes)), args.repeats, device, dtype, names)
     figures.update(
         matmul_limit_gflop_per_s=limit_rate / 1e9,
         machine=f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device} {args.dtype}",
@@ -383,7 +437,7 @@ def main(argv=None) -> dict:
             f"{figures['matmul_limit_gflop_per_s']:.0f} GFLOP/s, torch {torch.__version__}, transformers "
             f"{transformers.__version__}, {figures['date']}:"
         )
-        write_readme(Path(args.readme), args.preset, f"{heading}\n\n{table}")
+        write_readme(Path(args.readme), args.section or args.preset, f"{heading}\n\n{table}")
     print(table)
     return figures
 

@@ -18,6 +18,13 @@ IGNORE_INDEX = -100
 CHANGE_FILTERS = ("none", "multiply", "drop")
 CHANGE_MASK_SOURCES = ("input", "predicted")
 CHANGE_LOSS_WEIGHTINGS = ("fixed", "dwa", "normalized")
+# What the language model sees of a pair, one placeholder segment each (KCFI's ablation: 2, 1 or 3 `<image>` tokens).
+VISUAL_TOKEN_SEGMENTS = {
+    "pair": ("before", "after"),
+    "change": ("change",),
+    "pair+change": ("before", "after", "change"),
+}
+CHANGE_FEATURES = ("difference_integration", "key_change")
 
 
 @strict
@@ -29,11 +36,14 @@ class RsccConfig(LlavaOnevisionConfig):
 
     Args:
         use_difference_integration (`bool`, *optional*, defaults to `True`):
-            Whether the image features of each (before, after) pair pass through the difference-integration
-            module before the projector. When `False` the model computes exactly what LLaVA-OneVision computes.
+            Whether the model has the change-feature module that `change_features` names. With CCExpert's
+            difference integration, the image features of each (before, after) pair pass through it before the
+            projector. When `False` (and every other option at its default) the model computes exactly what
+            LLaVA-OneVision computes.
         difference_feature_layers (`list[int]`, *optional*, defaults to `[-10, -7, -4, -1]`):
             Vision hidden-state indices (as in `hidden_states[i]`, negative from the end) of the levels the
-            module refines. The default is CCExpert's four levels on the 26-layer SigLIP tower of llava-hf.
+            change-feature module reads. The default is CCExpert's four levels on the 26-layer SigLIP tower of
+            llava-hf.
         difference_num_blocks (`int`, *optional*, defaults to 2):
             Number of change-aware transformer blocks, shared by all levels.
         difference_num_heads (`int`, *optional*, defaults to 9):
@@ -87,6 +97,31 @@ class RsccConfig(LlavaOnevisionConfig):
             same sentence. Needs `use_change_head`.
         no_change_caption (`str`, *optional*, defaults to `"The scene is the same as before."`):
             The caption the shortcut gives (one of LEVIR-CC's canonical no-change sentences).
+        visual_tokens (`str`, *optional*, defaults to `"pair"`):
+            What the language model sees of a pair, each segment `num_image_tokens + 1` tokens (grid and newline)
+            in place of one `<image>` placeholder of the prompt. `"pair"`: the before then the after image (2
+            placeholders). `"change"`: only the pair's change tokens, the change features projected to the language
+            model (1 placeholder: 730 tokens a pair instead of 1,460; KCFI's best setting). `"pair+change"`: both
+            images then the change tokens (3 placeholders). The change filter applies to every segment alike. Needs
+            the change-feature module (`use_difference_integration`) unless `"pair"`.
+        change_features (`str`, *optional*, defaults to `"difference_integration"`):
+            The change-feature module. `"difference_integration"`: CCExpert's; its refined images enter the image
+            features through a zero-initialised residual, its change tokens are the level-gated mean of its change
+            tokens. `"key_change"`: KCFI's key change feature perceiver; at each level of `difference_feature_layers`
+            a flow field estimated from both dates warps each date's features, the residuals (warped minus
+            original) give `|residual_before - residual_after|`, and a linear layer fuses the levels. The image
+            features stay stock; the key change features feed the change tokens and, in place of `|A - B|`, the
+            change head. It needs a consumer: `visual_tokens` with change tokens or `use_change_head`.
+        key_change_hidden_size (`int`, *optional*, defaults to 256):
+            Width of the hidden layer of the key change perceiver's flow estimator (two 3x3 convolutions per level).
+        bitemporal_filter_layers (`list[int]`, *optional*, defaults to `[]`):
+            Vision hidden-state indices (1 to `num_hidden_layers`, or negative from the end) after whose encoder
+            layer a bi-temporal change semantic filter (Semantic-CC's BCSF) runs on both images of each pair: spatial
+            and channel gates computed from both dates, then feed-forward layers, added to the hidden states through
+            a zero-initialised per-channel scale (at initialisation the model equals stock). Empty: no filter.
+        bitemporal_filter_mlp_ratio (`float`, *optional*, defaults to 0.25):
+            Width of the filters' feed-forward layers relative to the vision hidden size; 0.25 keeps four filters
+            at about 2% of the vision tower's FLOPs.
 
     Example:
 
@@ -117,13 +152,20 @@ class RsccConfig(LlavaOnevisionConfig):
     change_dice_weight: float = 0.0
     no_change_shortcut: bool = False
     no_change_caption: str = "The scene is the same as before."
+    visual_tokens: str = "pair"
+    change_features: str = "difference_integration"
+    key_change_hidden_size: int = 256
+    bitemporal_filter_layers: list[int] | None = None
+    bitemporal_filter_mlp_ratio: float = 0.25
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.difference_feature_layers is None:
             self.difference_feature_layers = list(CCEXPERT_FEATURE_LAYERS)
         self.difference_feature_layers = list(self.difference_feature_layers)
+        self.bitemporal_filter_layers = list(self.bitemporal_filter_layers or [])
         self._check_change_options()
+        self._check_change_feature_options()
         if not self.use_difference_integration:
             return
         num_hidden_states = self.vision_config.num_hidden_layers + 1
@@ -194,6 +236,53 @@ class RsccConfig(LlavaOnevisionConfig):
                 f"16, ...) of at most {self.vision_grid_size**2} (the {self.vision_grid_size}x{self.vision_grid_size} "
                 "tokens of one image)"
             )
+
+    def _check_change_feature_options(self) -> None:
+        for name, allowed in (("visual_tokens", VISUAL_TOKEN_SEGMENTS), ("change_features", CHANGE_FEATURES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {list(allowed)}")
+        if self.visual_tokens != "pair" and not self.use_difference_integration:
+            raise ValueError(
+                f"visual_tokens={self.visual_tokens!r} shows the language model change tokens, which come from the "
+                "change-feature module: set use_difference_integration=True"
+            )
+        if self.change_features == "key_change" and self.use_difference_integration:
+            if self.visual_tokens == "pair" and not self.use_change_head:
+                raise ValueError(
+                    "change_features='key_change' feeds the change tokens and the change head, and this model has "
+                    "neither: set visual_tokens='change' or 'pair+change', or use_change_head=True"
+                )
+        if self.key_change_hidden_size < 1:
+            raise ValueError(f"key_change_hidden_size={self.key_change_hidden_size}: expected at least 1")
+        if not self.bitemporal_filter_mlp_ratio > 0:
+            raise ValueError(f"bitemporal_filter_mlp_ratio={self.bitemporal_filter_mlp_ratio}: expected > 0")
+        num_layers = self.vision_config.num_hidden_layers
+        if not all(1 <= abs(index) <= num_layers for index in self.bitemporal_filter_layers):
+            raise ValueError(
+                f"bitemporal_filter_layers={self.bitemporal_filter_layers}: expected hidden-state indices of encoder "
+                f"layer outputs, 1..{num_layers} or -{num_layers}..-1"
+            )
+        if len(set(self.bitemporal_filter_encoder_layers)) != len(self.bitemporal_filter_layers):
+            raise ValueError(f"bitemporal_filter_layers={self.bitemporal_filter_layers}: a layer is listed twice")
+        if self.visual_tokens != "pair" and (
+            self.vision_feature_select_strategy != "full" or not isinstance(self.vision_feature_layer, int)
+        ):
+            raise ValueError(
+                f"vision_feature_select_strategy={self.vision_feature_select_strategy!r}, vision_feature_layer="
+                f"{self.vision_feature_layer}: change tokens are made on the full token grid of one vision layer; "
+                "use 'full' and a single index"
+            )
+
+    @property
+    def visual_segments(self) -> tuple[str, ...]:
+        """The segments the language model sees per pair, in order, each in place of one `<image>` placeholder."""
+        return VISUAL_TOKEN_SEGMENTS[self.visual_tokens]
+
+    @property
+    def bitemporal_filter_encoder_layers(self) -> list[int]:
+        """0-based indices of the encoder layers followed by a bi-temporal filter, in the order listed."""
+        num_layers = self.vision_config.num_hidden_layers
+        return [index - 1 if index > 0 else num_layers + index for index in self.bitemporal_filter_layers]
 
     @property
     def vision_grid_size(self) -> int:

@@ -170,6 +170,9 @@ def load_model_and_processor(
             f"(the processor had {processor.num_change_classes})"
         )
         processor.num_change_classes = model.config.change_head_num_classes
+    if processor.visual_tokens != model.config.visual_tokens:
+        # The prompt's placeholders must match the segments the model shows its language model.
+        processor.set_visual_tokens(model.config.visual_tokens)
     if device is not None:
         model = model.to(device)
     if for_captioning:
@@ -319,7 +322,7 @@ def describe_changes(
             model_inputs = {
                 "input_ids": inputs["input_ids"][to_generate],
                 "attention_mask": inputs["attention_mask"][to_generate],
-                "mm_encoder_outputs": {"image": image_features.select_pairs(to_generate)},
+                "mm_encoder_outputs": {"image": image_features.select_pairs(to_generate, len(config.visual_segments))},
             }
         captions = [getattr(config, "no_change_caption", None)] * num_pairs
         if to_generate:

@@ -1,10 +1,12 @@
-"""rscc models: LLaVA-OneVision with CCExpert's difference-aware integration of the two images of a pair, an
-MV-CC change-mask token filter and a change-detection head.
+"""rscc models: LLaVA-OneVision with CCExpert's difference-aware integration of the two images of a pair (or KCFI's
+key change features), an MV-CC change-mask token filter, a change-detection head and Semantic-CC's bi-temporal filter
+inside the vision tower (KCFI's and Semantic-CC's modules in `change_features_rscc.py`).
 
 The stock LLaVA-OneVision parameter names are kept, so a LLaVA-OneVision checkpoint loads unchanged; the new
-modules live under `model.difference_module` and `model.change_head`. The difference module enters through a
-zero-initialised scale and the head only acts through the filter, so a freshly built model computes exactly what the
-stock model computes until training moves that scale or a mask filters the tokens.
+modules live under `NEW_MODULE_PREFIXES`. The difference module and the bi-temporal filters enter through
+zero-initialised scales and the head only acts through the filter, so a freshly built model that shows the language
+model the two images (`visual_tokens="pair"`) computes exactly what the stock model computes until training moves
+those scales or a mask filters the tokens.
 """
 
 import math
@@ -27,6 +29,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
+from .change_features_rscc import RsccBitemporalFilter, RsccChangeProjector, RsccKeyChangePerceiver
 from .compat_rscc import given_cache
 from .configuration_rscc import IGNORE_INDEX, RsccConfig
 
@@ -43,7 +46,13 @@ for rscc_name, stock_name in (
         register_checkpoint_conversion_mapping(rscc_name, get_checkpoint_conversion_mapping(stock_name))
 
 # Submodules that a LLaVA-OneVision checkpoint does not have.
-NEW_MODULE_PREFIXES = ("model.difference_module.", "model.change_head.")
+NEW_MODULE_PREFIXES = (
+    "model.difference_module.",
+    "model.change_head.",
+    "model.key_change_perceiver.",
+    "model.change_projector.",
+    "model.bitemporal_filter.",
+)
 
 
 @dataclass
@@ -52,22 +61,24 @@ class RsccImageFeaturesOutput(BaseModelOutputWithPooling):
     Output of [`RsccModel.get_image_features`].
 
     pooler_output (`list[torch.Tensor]`):
-        One `(tokens_per_image, text_hidden_size)` tensor per image, before then after of each pair: the projected
-        grid tokens then the newline token. Under `change_filter="multiply"` the unchanged grid tokens are zero.
+        One `(tokens_per_image, text_hidden_size)` tensor per segment of `config.visual_segments` of each pair in
+        turn (before then after by default): the projected grid tokens then the newline token. Under
+        `change_filter="multiply"` the unchanged grid tokens are zero.
     change_logits (`torch.FloatTensor` of shape `(num_pairs, change_head_num_classes, height, width)`, *optional*):
         The change head's logits at the resolution of `pixel_values`; class 0 is "no change".
-    kept_tokens (`torch.BoolTensor` of shape `(num_images, tokens_per_image)`, *optional*):
-        Under `change_filter="drop"`, which tokens of each image the language model sees (changed tokens, the
+    kept_tokens (`torch.BoolTensor` of shape `(num_segments, tokens_per_image)`, *optional*):
+        Under `change_filter="drop"`, which tokens of each segment the language model sees (changed tokens, the
         context sub-grid and the newline token). `None` when no token is dropped.
     """
 
     change_logits: torch.FloatTensor | None = None
     kept_tokens: torch.BoolTensor | None = None
 
-    def select_pairs(self, pair_indices: list[int]) -> "RsccImageFeaturesOutput":
+    def select_pairs(self, pair_indices: list[int], segments_per_pair: int = 2) -> "RsccImageFeaturesOutput":
         """The features `generate` reads (`pooler_output`, `change_logits`, `kept_tokens`) of some pairs only, e.g. to
-        pass as `mm_encoder_outputs={"image": ...}` with the matching rows of `input_ids`."""
-        images = [index for pair in pair_indices for index in (2 * pair, 2 * pair + 1)]
+        pass as `mm_encoder_outputs={"image": ...}` with the matching rows of `input_ids`; `segments_per_pair` is
+        `len(config.visual_segments)`."""
+        images = [pair * segments_per_pair + offset for pair in pair_indices for offset in range(segments_per_pair)]
         return RsccImageFeaturesOutput(
             pooler_output=[self.pooler_output[index] for index in images],
             change_logits=None if self.change_logits is None else self.change_logits[pair_indices],
@@ -441,7 +452,8 @@ class RsccDifferenceIntegration(nn.Module):
                 token, exactly as without a mask.
 
         Returns:
-            `(before, after)`: the features to project, shapes as `before_features`.
+            `(before, after, change)`: the features to project, shapes as `before_features`, and the change tokens
+            (the level-gated mean of the blocks' change tokens; zero at tokens outside `token_mask`).
         """
         num_levels = len(before_levels)
         num_pairs, num_tokens, dim = before_features.shape
@@ -481,6 +493,7 @@ class RsccDifferenceIntegration(nn.Module):
         kept_count = before.shape[1]
         fused_before = (gates * before.view(num_levels, num_pairs, kept_count, dim)).sum(0) / normaliser
         fused_after = (gates * after.view(num_levels, num_pairs, kept_count, dim)).sum(0) / normaliser
+        fused_change = (gates * change.view(num_levels, num_pairs, kept_count, dim)).sum(0) / normaliser
         if kept_positions is not None:
             # Back onto the grid: padding slots add zeros, so the scatter is exact.
             index = kept_positions.clamp(min=0)[..., None].expand(-1, -1, dim)
@@ -491,9 +504,13 @@ class RsccDifferenceIntegration(nn.Module):
             fused_after = fused_after.new_zeros(num_pairs, num_tokens, dim).scatter_add(
                 1, index, fused_after * pair_real
             )
+            fused_change = fused_change.new_zeros(num_pairs, num_tokens, dim).scatter_add(
+                1, index, fused_change * pair_real
+            )
         return (
             before_features + self.output_scale * fused_before,
             after_features + self.output_scale * fused_after,
+            fused_change,
         )
 
 
@@ -523,17 +540,20 @@ class RsccChangeHead(nn.Module):
         self.act = nn.GELU()
         self.classifier = nn.Conv2d(hidden, config.change_head_num_classes, kernel_size=1)
 
-    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    def forward(self, before: torch.Tensor, after: torch.Tensor, change: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             before, after (`torch.Tensor` of shape `(num_pairs, grid_size * grid_size, vision_hidden_size)`):
                 Vision features of the two images of each pair.
+            change (`torch.Tensor` of the same shape, *optional*): change features read in place of `|A - B|`
+                (KCFI's key change features under `change_features="key_change"`).
 
         Returns:
             `torch.Tensor` of shape `(num_pairs, num_classes, grid_size, grid_size)`: logits per token.
         """
         before, after = self.input_norm(before), self.input_norm(after)
-        tokens = self.act(self.input_proj(torch.cat([before, after, (before - after).abs()], dim=-1)))
+        change = (before - after).abs() if change is None else change
+        tokens = self.act(self.input_proj(torch.cat([before, after, change], dim=-1)))
         grid = tokens.transpose(1, 2).unflatten(2, (self.grid_size, self.grid_size))
         return self.classifier(self.act(self.context_conv(grid)))
 
@@ -572,6 +592,8 @@ class RsccPreTrainedModel(LlavaOnevisionPreTrainedModel):
         if isinstance(module, RsccDifferenceIntegration):
             init.normal_(module.role_embedding, mean=0.0, std=self.config.get_text_config().initializer_range)
             init.zeros_(module.output_scale)
+        if isinstance(module, RsccBitemporalFilter):
+            init.zeros_(module.output_scale)
 
 
 class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
@@ -579,13 +601,28 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
     change-detection head, and a change-mask filter of the vision tokens the language model sees.
 
     Every sample must hold exactly two images, before then after (`batch_num_images` all 2) when any of
-    `config.use_difference_integration`, `config.use_change_head` or `config.change_filter` is set.
+    `config.use_difference_integration`, `config.use_change_head`, `config.change_filter` or
+    `config.bitemporal_filter_layers` is set.
     """
 
     def __init__(self, config: RsccConfig):
         super().__init__(config)
-        self.difference_module = RsccDifferenceIntegration(config) if config.use_difference_integration else None
+        change_features = config.change_features if config.use_difference_integration else None
+        self.difference_module = (
+            RsccDifferenceIntegration(config) if change_features == "difference_integration" else None
+        )
+        self.key_change_perceiver = RsccKeyChangePerceiver(config) if change_features == "key_change" else None
+        self.change_projector = RsccChangeProjector(config) if "change" in config.visual_segments else None
         self.change_head = RsccChangeHead(config) if config.use_change_head else None
+        self.bitemporal_filter = None
+        if config.bitemporal_filter_layers:
+            self.bitemporal_filter = nn.ModuleList(
+                [RsccBitemporalFilter(config) for _ in config.bitemporal_filter_layers]
+            )
+            encoder_layers = self.vision_tower.encoder.layers
+            for index, bitemporal_filter in zip(config.bitemporal_filter_encoder_layers, self.bitemporal_filter):
+                # First among the layer's hooks: transformers' hidden-state recorder then sees the filtered output.
+                encoder_layers[index].register_forward_hook(bitemporal_filter.after_layer, prepend=True)
         # LlavaOnevisionModel.__init__ already ran post_init; run it again so the new module is initialised too
         # (modules initialised once are skipped).
         self.post_init()
@@ -614,12 +651,13 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
 
         Returns:
             [`RsccImageFeaturesOutput`] whose `pooler_output` is a list of `(num_tokens + 1, text_hidden)` tensors,
-            one per image (grid tokens then the newline token), with the head's `change_logits` and, under
-            `change_filter="drop"`, the `kept_tokens`. A model with none of the rscc modules returns LLaVA-OneVision's
-            output unchanged.
+            one per segment of `config.visual_segments` of each pair (grid tokens then the newline token), with the
+            head's `change_logits` and, under `change_filter="drop"`, the `kept_tokens`. A model with none of the
+            rscc modules returns LLaVA-OneVision's output unchanged.
         """
         config = self.config
-        if self.difference_module is None and self.change_head is None and config.change_filter == "none":
+        rscc_modules = (self.difference_module, self.key_change_perceiver, self.change_head, self.bitemporal_filter)
+        if all(module is None for module in rscc_modules) and config.change_filter == "none":
             return super().get_image_features(
                 pixel_values,
                 image_sizes,
@@ -636,7 +674,8 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         pixel_values, change_masks = self._checked_pair_inputs(pixel_values, batch_num_images, change_masks)
         num_pairs = pixel_values.shape[0] // 2
 
-        levels = config.difference_feature_layers if self.difference_module is not None else []
+        has_change_features = self.difference_module is not None or self.key_change_perceiver is not None
+        levels = config.difference_feature_layers if has_change_features else []
         wanted_layers = sorted({vision_feature_layer, *levels})
         kwargs["output_hidden_states"] = kwargs.get("output_hidden_states") or wanted_layers
         vision_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
@@ -647,24 +686,30 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
 
         features = select(vision_feature_layer)
         before, after = features[0::2], features[1::2]
-        grid_logits = self.change_head(before, after) if self.change_head is not None else None
+        change = None
+        if self.key_change_perceiver is not None:
+            change = self.key_change_perceiver(
+                [select(layer)[0::2] for layer in levels], [select(layer)[1::2] for layer in levels]
+            )
+        grid_logits = self.change_head(before, after, change) if self.change_head is not None else None
         changed_tokens = self._changed_tokens(change_masks, grid_logits)
         keep = self._seen_grid_tokens(changed_tokens)
         if self.difference_module is not None:
-            before, after = self._integrate_differences(
+            before, after, change = self._integrate_differences(
                 [select(layer) for layer in levels], before, after, changed_tokens, keep
             )
-        projected = self.multi_modal_projector(torch.stack([before, after], dim=1).flatten(0, 1))
+        projected, segment_sizes = self._project_segments(before, after, change, image_sizes)
 
         kept_tokens = None
+        num_segments = len(config.visual_segments)
         if changed_tokens is not None and config.change_filter == "multiply":
-            projected = projected * changed_tokens.repeat_interleave(2, dim=0)[..., None].to(projected.dtype)
+            projected = projected * changed_tokens.repeat_interleave(num_segments, dim=0)[..., None].to(projected.dtype)
         elif changed_tokens is not None and config.change_filter == "drop":
-            newline = keep.new_ones(2 * num_pairs, 1)  # each image's newline token always stays
-            kept_tokens = torch.cat([keep.repeat_interleave(2, dim=0), newline], dim=1)
+            newline = keep.new_ones(num_segments * num_pairs, 1)  # each segment's newline token always stays
+            kept_tokens = torch.cat([keep.repeat_interleave(num_segments, dim=0), newline], dim=1)
         image_features, _ = self.pack_image_features(
             [image[None] for image in projected],
-            image_sizes,
+            segment_sizes,
             image_newline=self.image_newline,
             vision_aspect_ratio=vision_aspect_ratio,
         )
@@ -680,6 +725,23 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             attentions=vision_outputs.attentions,
             change_logits=change_logits,
             kept_tokens=kept_tokens,
+        )
+
+    def _project_segments(
+        self, before: torch.Tensor, after: torch.Tensor, change: torch.Tensor | None, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grid tokens of `config.visual_segments` in language-model width, `(num_segments, grid**2, text_hidden)`,
+        pair after pair, and each segment's image size (the change segment takes the after image's)."""
+        segments = self.config.visual_segments
+        projected, sizes = {}, {"before": image_sizes[0::2], "after": image_sizes[1::2], "change": image_sizes[1::2]}
+        if "before" in segments:
+            images = self.multi_modal_projector(torch.stack([before, after], dim=1).flatten(0, 1))
+            projected["before"], projected["after"] = images[0::2], images[1::2]
+        if "change" in segments:
+            projected["change"] = self.change_projector(change)
+        return (
+            torch.stack([projected[name] for name in segments], dim=1).flatten(0, 1),
+            torch.stack([sizes[name] for name in segments], dim=1).flatten(0, 1),
         )
 
     @staticmethod
@@ -745,28 +807,36 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         after: torch.Tensor,
         changed_tokens: torch.BoolTensor | None,
         kept_tokens: torch.BoolTensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the difference module where a change filter needs it (everywhere without a filter).
 
         A pair whose mask shows no change skips the module (28% of a stock pair's FLOPs): under "multiply" all its grid
         tokens are zeroed anyway, under "drop" only the context sub-grid remains. The other pairs are refined on their
         kept tokens only (`kept_tokens`, `(num_pairs, grid**2)`), the tokens the language model sees.
+
+        Returns:
+            `(before, after, change)`; the change tokens are zero for a pair that skips the module.
         """
         if changed_tokens is None:
             return self.difference_module(
                 [level[0::2] for level in levels], [level[1::2] for level in levels], before, after
             )
         pairs = changed_tokens.any(1).nonzero()[:, 0]
+        change = torch.zeros_like(before)
         if not len(pairs):
-            return before, after
-        refined_before, refined_after = self.difference_module(
+            return before, after, change
+        refined_before, refined_after, refined_change = self.difference_module(
             [level[0::2][pairs] for level in levels],
             [level[1::2][pairs] for level in levels],
             before[pairs],
             after[pairs],
             token_mask=kept_tokens[pairs],
         )
-        return before.index_copy(0, pairs, refined_before), after.index_copy(0, pairs, refined_after)
+        return (
+            before.index_copy(0, pairs, refined_before),
+            after.index_copy(0, pairs, refined_after),
+            change.index_copy(0, pairs, refined_change),
+        )
 
     def prepare_language_model_inputs(
         self,
@@ -1202,8 +1272,10 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             f"Loaded LLaVA-OneVision weights from {pretrained_model_name_or_path} "
             f"({report['num_loaded_parameters'] / 1e6:.1f}M parameters). Newly initialised: {len(new_names)} tensors, "
             f"{num_new / 1e6:.1f}M parameters, all under {', '.join(p.rstrip('.') for p in NEW_MODULE_PREFIXES)} "
-            "(the difference module's output scale is zero-initialised and the change head acts only through the "
-            "mask filter: outputs equal the base model's until trained or filtered)."
+            "(the difference module's and the bi-temporal filters' output scales are zero-initialised and the change "
+            "head acts only through the mask filter: outputs equal the base model's until trained or filtered"
+            + (f", except that visual_tokens={config.visual_tokens!r} shows the language model change tokens)."
+               if "change" in config.visual_segments else ").")
         )
         return (model, report) if output_loading_info else model
 

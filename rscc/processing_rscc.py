@@ -25,7 +25,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
-from .configuration_rscc import IGNORE_INDEX
+from .configuration_rscc import IGNORE_INDEX, VISUAL_TOKEN_SEGMENTS
 
 try:  # rscc's one input-error type; this file also runs as remote code where rscc is not installed
     from rscc.errors import InputFileNotFoundError, RsccInputError
@@ -43,6 +43,13 @@ logger = logging.get_logger(__name__)
 DEFAULT_PROMPT = (
     "This is the Image1 <image>. This is the second Image2 <image>.\nWhat difference happened from Image1 to Image2?"
 )
+# The default prompt for each `visual_tokens` setting: one placeholder per segment the language model sees.
+DEFAULT_PROMPTS = {
+    "pair": DEFAULT_PROMPT,
+    "change": "These are the changes from Image1 to Image2 <image>.\nWhat difference happened from Image1 to Image2?",
+    "pair+change": "This is the Image1 <image>. This is the second Image2 <image>. These are the changes <image>.\n"
+    "What difference happened from Image1 to Image2?",
+}
 # Qwen ChatML with the default system message; `{prompt}` is the user turn.
 DEFAULT_CONVERSATION_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
@@ -447,7 +454,8 @@ class RsccProcessor(ProcessorMixin):
         num_image_tokens (`int`): vision tokens per image before the newline token (729 for SigLIP-384).
         vision_feature_select_strategy (`str`, *optional*, defaults to `"full"`): as in the model config;
             `"default"` drops one token per image.
-        prompt (`str`, *optional*): default user prompt, with exactly two `image_token` placeholders (before, after).
+        prompt (`str`, *optional*): default user prompt, with one `image_token` placeholder per segment of
+            `visual_tokens` (two by default: before, after); defaults to `DEFAULT_PROMPTS[visual_tokens]`.
         conversation_template (`str`, *optional*): the text around the user prompt, with one `{prompt}` field,
             ending where the assistant's answer starts.
         turn_end (`str`, *optional*, defaults to `"<|im_end|>"`): appended to caption targets; supervised.
@@ -455,6 +463,9 @@ class RsccProcessor(ProcessorMixin):
         num_change_classes (`int`, *optional*): the image processor's `num_change_classes`, as processor folders
             saved before rscc had its own image processor hold it.
         chat_template (`str`, *optional*): kept for `apply_chat_template` users.
+        visual_tokens (`str`, *optional*, defaults to `"pair"`): the model's `visual_tokens`: which segments (before,
+            after, change) each pair shows the language model, each `num_image_tokens + 1` placeholders in place of
+            one `image_token` of the prompt.
     """
 
     def __init__(
@@ -463,20 +474,24 @@ class RsccProcessor(ProcessorMixin):
         tokenizer=None,
         num_image_tokens: int = 729,
         vision_feature_select_strategy: str = "full",
-        prompt: str = DEFAULT_PROMPT,
+        prompt: str | None = None,
         conversation_template: str = DEFAULT_CONVERSATION_TEMPLATE,
         turn_end: str = "<|im_end|>",
         image_token: str = "<image>",
         num_change_classes: int | None = None,
         chat_template=None,
+        visual_tokens: str = "pair",
         **kwargs,
     ):
         settings = {} if num_change_classes is None else {"num_change_classes": num_change_classes}
         if settings or not isinstance(image_processor, RsccImageProcessor):
             image_processor = RsccImageProcessor.from_image_processor(image_processor, **settings)
+        if visual_tokens not in VISUAL_TOKEN_SEGMENTS:
+            raise RsccInputError(f"visual_tokens={visual_tokens!r}: expected one of {list(VISUAL_TOKEN_SEGMENTS)}")
         self.num_image_tokens = num_image_tokens
         self.vision_feature_select_strategy = vision_feature_select_strategy
-        self.prompt = prompt
+        self.visual_tokens = visual_tokens
+        self.prompt = DEFAULT_PROMPTS[visual_tokens] if prompt is None else prompt
         self.conversation_template = conversation_template
         self.turn_end = turn_end
         self.image_token = image_token
@@ -486,7 +501,16 @@ class RsccProcessor(ProcessorMixin):
             raise ValueError(f"the tokenizer has no single token for image_token {image_token!r}")
         if conversation_template.count("{prompt}") != 1:
             raise ValueError("conversation_template must contain exactly one '{prompt}' field")
-        self._check_prompt(prompt, "prompt")
+        self._check_prompt(self.prompt, "prompt")
+
+    def set_visual_tokens(self, visual_tokens: str) -> None:
+        """Switch to a model's `visual_tokens`: the default prompt of the old setting becomes the new setting's; any
+        other prompt must already hold the new setting's placeholder count."""
+        if visual_tokens not in VISUAL_TOKEN_SEGMENTS:
+            raise RsccInputError(f"visual_tokens={visual_tokens!r}: expected one of {list(VISUAL_TOKEN_SEGMENTS)}")
+        prompt = DEFAULT_PROMPTS[visual_tokens] if self.prompt == DEFAULT_PROMPTS[self.visual_tokens] else self.prompt
+        self._check_prompt(prompt, "prompt", visual_tokens)
+        self.visual_tokens, self.prompt = visual_tokens, prompt
 
     @property
     def num_change_classes(self) -> int:
@@ -520,14 +544,17 @@ class RsccProcessor(ProcessorMixin):
             **kwargs,
         )
 
-    def _check_prompt(self, prompt, name: str) -> None:
+    def _check_prompt(self, prompt, name: str, visual_tokens: str | None = None) -> None:
         if not isinstance(prompt, str):
             raise RsccInputError(f"{name}: expected a string, got {type(prompt).__name__}")
         found = prompt.count(self.image_token)
-        if found != 2:
+        visual_tokens = visual_tokens or self.visual_tokens
+        segments = VISUAL_TOKEN_SEGMENTS[visual_tokens]
+        if found != len(segments):
+            count = ("one", "two", "three")[len(segments) - 1]
             raise RsccInputError(
-                f"{name} must contain exactly two {self.image_token!r} placeholders (before, after); found {found} "
-                f"in {prompt!r}"
+                f"{name} must contain exactly {count} {self.image_token!r} placeholder{'s' * (len(segments) > 1)} "
+                f"({', '.join(segments)}) for visual_tokens={visual_tokens!r}; found {found} in {prompt!r}"
             )
 
     @staticmethod
@@ -570,7 +597,7 @@ class RsccProcessor(ProcessorMixin):
             images (`list` of `[before, after]` pairs): each image a path, PIL image, numpy array or tensor
                 (see [`load_image`]). Images of any size are resized to the vision tower's input size.
             text (`str` or `list[str]`, *optional*): user prompt per pair (one string applies to all), each with
-                exactly two image placeholders; defaults to `self.prompt`.
+                one image placeholder per segment of `visual_tokens`; defaults to `self.prompt`.
             captions (`list[str]`, *optional*): target caption per pair, for training. Targets are formatted with
                 [`to_sentence_case`] and followed by `turn_end`; `labels` supervise only those tokens.
             change_masks (`list`, *optional*): one change mask per pair, or `None` for a pair without one: a PNG path,

@@ -26,6 +26,12 @@ def test_inference_benchmark_runs_and_writes_its_results(shared_data, tmp_path, 
     assert runs["stock"]["visual_tokens_per_pair"] == 2 * (27 * 27 + 1)
     assert runs["difference + drop (input masks)"]["visual_tokens_per_pair"] < runs["stock"]["visual_tokens_per_pair"]
     assert runs["difference module"]["gflop_per_pair"]["difference_module"] > 0
+    assert runs["KCFI (key change tokens only + head)"]["visual_tokens_per_pair"] == 27 * 27 + 1
+    assert runs["KCFI (key change tokens only + head)"]["gflop_per_pair"]["key_change_perceiver"] > 0
+    filters = "Semantic-CC filters (4 BCSF in the tower)"
+    assert runs[filters]["visual_tokens_per_pair"] == runs["stock"]["visual_tokens_per_pair"]
+    assert runs[filters]["gflop_per_pair"]["vision_tower"] > runs["stock"]["gflop_per_pair"]["vision_tower"]
+    assert figures["parameters"][filters] > figures["parameters"]["stock"]
     text = readme.read_text()
     assert "old" not in text and "| stock |" in text and text.endswith("after\n") and "intro" in text
     sys.modules.pop("bench_inference", None)

@@ -121,6 +121,23 @@ def test_pinned_vision_tower_selects_hidden_states_by_index():
     )
 
 
+def test_pinned_vision_encoder_layers_and_their_hooked_outputs():
+    """`vision_tower.encoder.layers[i]` returns its hidden states and a forward hook's return replaces them in what
+    follows and in the recorded `hidden_states`: the bi-temporal filter hooks there."""
+    config = tiny_config(build_tiny_tokenizer(), bitemporal_filter_layers=[2])
+    model = RsccForConditionalGeneration(config).eval()
+    layers = model.model.vision_tower.encoder.layers
+    assert len(layers) == config.vision_config.num_hidden_layers, "SiglipVisionModel.encoder.layers moved"
+    size = config.vision_config.image_size
+    shift = layers[1].register_forward_hook(lambda module, args, output: output + 1.0)
+    with torch.no_grad():
+        pixels = torch.zeros(2, 3, size, size)
+        hooked = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        shift.remove()
+        plain = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(hooked[2], plain[2] + 1.0)
+
+
 def test_pinned_is_custom_code():
     """`PreTrainedModel.is_custom_code`: rscc answers False so that missing weights initialise as in `__init__`
     (transformers' custom-code shortcut skips SigLIP's parameter-less attention and MLP modules)."""

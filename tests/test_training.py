@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch._functorch.config
+import yaml
 from safetensors.torch import load_file
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, TrainerCallback
 
@@ -43,6 +44,7 @@ from rscc.training import (
     resolve_stage,
     run_stage,
 )
+from test_remote_code import HIDE_RSCC_AND_GENERATE, run_without_rscc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES = REPO_ROOT / "train" / "recipes"
@@ -184,7 +186,7 @@ def test_configure_trainable_rejects_a_missing_part_and_skips_optional_ones():
     with pytest.raises(ValueError, match="difference_module"):
         configure_trainable(model, STAGES["stage1"])
     report = configure_trainable(model, STAGES["stage2"])
-    assert report.absent_parts == ["difference_module", "change_head"]
+    assert report.absent_parts == ["difference_module", "change_head", "bitemporal_filter"]
     assert report.num_trainable == report.num_total == sum(p.numel() for p in model.parameters())
     report = configure_trainable(model, resolve_stage("stage1", trainable_parts=["projector"]))
     assert {name for name, p in model.named_parameters() if p.requires_grad} == {
@@ -262,7 +264,7 @@ def test_three_stages_chain_and_train_exactly_their_parts(stock_folder, levir_fo
     assert after1["model.difference_module.output_scale"].abs().sum() > 0  # moved from its zero start
     record = json.loads((stage1 / "rscc_stage.json").read_text())
     assert record["trainable"]["trainable_parts"] == ["projector", "difference_module"]
-    assert record["trainable"]["absent_parts"] == ["change_head"]
+    assert record["trainable"]["absent_parts"] == ["change_head", "bitemporal_filter"]
     losses = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(entry["samples_per_second"] > 0 and entry["peak_memory_mb"] > 0 for entry in losses)
     assert {"learning_rate/projector", "learning_rate/difference_module"} <= set(losses[0])
@@ -505,6 +507,14 @@ def test_lora_targets_stay_inside_their_part(tiny_model):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def tiny_model_options(recipe_options: dict) -> dict:
+    """A recipe's model options for the 4-layer tiny vision tower: the recipes name layers of SigLIP's 26."""
+    options = dict(recipe_options)
+    if "bitemporal_filter_layers" in options:
+        options["bitemporal_filter_layers"] = [1, 2, 3, 4]
+    return options
+
+
 MASK_RECIPES = {  # recipe -> a change-mask option it sets
     "mvcc.yaml": "change_filter",
     "semantic_cc_stage1_change_detection.yaml": "use_change_head",
@@ -528,11 +538,16 @@ def test_recipes_parse_and_their_model_options_build_the_model(tiny_checkpoint, 
     assert (stage3.name, dict(stage3.lr_scales), stage3.caption_mode) == (
         "stage3", {"vision_tower": 0.2}, "random_choice")
     assert parsed3.training["learning_rate"] == 1e-5 and parsed3.training["metric_for_best_model"] == "S_m"
-    kcfi, _ = resolved["kcfi.yaml"]
-    assert dict(kcfi.lr_scales) == {"vision_tower": 0.1, "projector": 0.1}
-    assert "language_model" not in kcfi.trainable_parts
-    semantic1, _ = resolved["semantic_cc_stage1_change_detection.yaml"]
-    assert semantic1.objective == "change" and semantic1.trainable_parts == ("change_head", "difference_module")
+    kcfi, parsed_kcfi = resolved["kcfi.yaml"]
+    assert dict(kcfi.lr_scales) == {"vision_tower": 0.1}
+    assert "language_model" not in kcfi.trainable_parts and "projector" not in kcfi.trainable_parts
+    assert parsed_kcfi.model.model_config_overrides["visual_tokens"] == "change"
+    assert parsed_kcfi.model.model_config_overrides["change_features"] == "key_change"
+    semantic1, parsed_semantic1 = resolved["semantic_cc_stage1_change_detection.yaml"]
+    assert semantic1.objective == "change"
+    assert semantic1.trainable_parts == ("change_head", "difference_module", "bitemporal_filter")
+    assert (parsed_semantic1.stage.lora_parts, parsed_semantic1.stage.lora_r) == (["vision_tower"], 16)
+    assert parsed_semantic1.model.model_config_overrides["bitemporal_filter_layers"] == [7, 13, 20, 26]
     _, mvcc = resolved["mvcc.yaml"]
     assert (mvcc.stage.lora_r, mvcc.stage.lora_parts, mvcc.stage.lora_last_layers) == (4, ["vision_tower"], 1)
     _, semantic2 = resolved["semantic_cc_stage2_captioning.yaml"]
@@ -541,7 +556,7 @@ def test_recipes_parse_and_their_model_options_build_the_model(tiny_checkpoint, 
     for recipe, option in MASK_RECIPES.items():
         parsed = parse_arguments("stage1", ["--config", str(RECIPES / recipe), "--model_name_or_path",
                                             str(tiny_checkpoint), "--dataset_name_or_path", str(levir_folder)])
-        overrides = parsed.model.model_config_overrides
+        overrides = tiny_model_options(parsed.model.model_config_overrides)
         model, _ = load_model_and_processor(str(tiny_checkpoint), overrides)
         assert option in overrides and all(getattr(model.config, key) == value for key, value in overrides.items())
         assert model.config.use_change_head == (model.model.change_head is not None)
@@ -626,21 +641,26 @@ def score(predictions, references):
 '''
 
 
-def launch(tmp_path, accelerate_config, num_processes, zero, *options):
-    """Run train/stage2.py under `accelerate launch` with a shipped accelerate config and DeepSpeed config."""
+def accelerate_launch(tmp_path, script, accelerate_config, num_processes, *options) -> None:
+    """Run a stage script of train/ under `accelerate launch` with a shipped accelerate config."""
     (tmp_path / "scoring_for_test.py").write_text(SCORING_MODULE)
-    output = tmp_path / f"out-{zero}-{num_processes}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(tmp_path)]), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [Path(sys.executable).parent / "accelerate", "launch", "--config_file",
                REPO_ROOT / "train" / "accelerate" / accelerate_config, "--num_processes", str(num_processes),
-               "--main_process_port", "0", REPO_ROOT / "train" / "stage2.py",
-               "--deepspeed", REPO_ROOT / "train" / "deepspeed" / f"{zero}.json", "--output_dir", output,
-               "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1", "--learning_rate", "1e-3",
-               "--dataloader_num_workers", "0", "--disable_tqdm", "true", *options]
+               "--main_process_port", "0", REPO_ROOT / "train" / script, *options, "--logging_steps", "1",
+               "--learning_rate", "1e-3", "--dataloader_num_workers", "0", "--disable_tqdm", "true"]
     result = subprocess.run([str(part) for part in command], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
+def launch(tmp_path, accelerate_config, num_processes, zero, *options):
+    """Run train/stage2.py under `accelerate launch` with a shipped accelerate config and DeepSpeed config."""
+    output = tmp_path / f"out-{zero}-{num_processes}"
+    accelerate_launch(tmp_path, "stage2.py", accelerate_config, num_processes,
+                      "--deepspeed", REPO_ROOT / "train" / "deepspeed" / f"{zero}.json", "--output_dir", output,
+                      "--save_strategy", "steps", "--save_steps", "2", *options)
     return output, json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
 
 
@@ -737,3 +757,60 @@ def test_streaming_stage_trains_from_the_parquet_stream(tiny_checkpoint, levir_f
     assert any(not torch.equal(before[name], after[name]) for name in before), "the streamed steps trained"
     with pytest.raises(ValueError, match="--max_steps"):
         run_stage(arguments("stage3", tiny_checkpoint, levir_folder, tmp_path / "unbounded", "--streaming", "true"))
+
+
+# A recipe's real-run settings that a two-step CPU run replaces (validation, bf16, loading the best checkpoint).
+TINY_RECIPE_RUN = ("--max_steps", "2", "--per_device_train_batch_size", "2", "--bf16", "false", "--eval_strategy",
+                   "no", "--load_best_model_at_end", "false", "--save_strategy", "steps", "--save_steps", "2")
+
+
+def launch_recipe(tmp_path, recipe: str, script: str, model, dataset, *options) -> Path:
+    """Train a shipped recipe for two steps under `accelerate launch` (its own ZeRO-2 config); the output folder."""
+    output = tmp_path / Path(recipe).stem
+    accelerate_launch(tmp_path, script, "single_gpu.yaml", 1, "--config", RECIPES / recipe, "--model_name_or_path",
+                      model, "--dataset_name_or_path", dataset, "--output_dir", output, *TINY_RECIPE_RUN, *options)
+    assert (output / "checkpoint-2" / "global_step2" / "mp_rank_00_model_states.pt").is_file(), "ZeRO-2 ran"
+    return output
+
+
+def recipe_model_options(recipe: str) -> list[str]:
+    options = yaml.safe_load((RECIPES / recipe).read_text())["model_config_overrides"]
+    return ["--model_config_overrides", json.dumps({**tiny_model_options(options), **TINY_DIFFERENCE_OPTIONS})]
+
+
+def assert_loads_as_remote_code(folder, tmp_path, pair) -> None:
+    assert (folder / "change_features_rscc.py").is_file()
+    result = run_without_rscc(HIDE_RSCC_AND_GENERATE, [str(folder), *pair], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not json.loads(result.stdout.strip().splitlines()[-1])["rscc_imported"]
+
+
+@pytest.mark.slow
+def test_kcfi_and_semantic_cc_recipes_build_train_under_zero2_and_reload_as_remote_code(stock_folder, levir_folder,
+                                                                                        tmp_path):
+    """From a LLaVA-OneVision folder: KCFI (key change features only, frozen LM, DWA) in one stage; Semantic-CC
+    (BCSF + encoder LoRA for change detection, then captioning, then joint) in three chained stages."""
+    pair = [str(levir_folder.parent / "root" / "images" / "train" / side / REAL_PAIRS[0]) for side in ("A", "B")]
+    stock = LlavaOnevisionForConditionalGeneration.from_pretrained(stock_folder).state_dict()
+
+    kcfi = launch_recipe(tmp_path, "kcfi.yaml", "stage3.py", stock_folder, levir_folder,
+                         *recipe_model_options("kcfi.yaml"))
+    model = RsccForConditionalGeneration.from_pretrained(kcfi)
+    assert (model.config.visual_tokens, model.config.change_features) == ("change", "key_change")
+    assert RsccProcessor.from_pretrained(kcfi).visual_tokens == "change"
+    trained = model.state_dict()
+    assert all(torch.equal(stock[name], trained[name]) for name in stock if part_of(name) == "language_model")
+    assert any(not torch.equal(stock[name], trained[name]) for name in stock if part_of(name) == "vision_tower")
+    assert_loads_as_remote_code(kcfi, tmp_path, pair)
+
+    semantic1 = launch_recipe(tmp_path, "semantic_cc_stage1_change_detection.yaml", "stage1.py", stock_folder,
+                              levir_folder, *recipe_model_options("semantic_cc_stage1_change_detection.yaml"))
+    after1 = weights(semantic1)
+    assert all(after1[f"model.bitemporal_filter.{index}.output_scale"].abs().sum() > 0 for index in range(4))
+    assert any(not torch.equal(stock[name], after1[name]) for name in stock if part_of(name) == "vision_tower"), (
+        "the encoder's LoRA is merged into its weights")
+    semantic2 = launch_recipe(tmp_path, "semantic_cc_stage2_captioning.yaml", "stage2.py", semantic1, levir_folder)
+    semantic3 = launch_recipe(tmp_path, "semantic_cc_stage3_joint.yaml", "stage3.py", semantic2, levir_folder)
+    after3 = weights(semantic3)
+    assert all(torch.equal(after1[name], after3[name]) for name in after1 if part_of(name) == "bitemporal_filter")
+    assert_loads_as_remote_code(semantic3, tmp_path, pair)

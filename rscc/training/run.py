@@ -108,8 +108,9 @@ def _check_stage_options(arguments: StageRunArguments, stage, training_kwargs: d
     """Refuse option combinations that cannot train as asked, before anything loads."""
     stage_args = arguments.stage
     use_lora = stage_args.lora_r > 0
-    if use_lora and stage.objective == "change":
-        raise ValueError("LoRA adapts the caption path; a change-loss-only stage takes no adapters")
+    if use_lora and stage.objective == "change" and stage_args.lora_parts != ["vision_tower"]:
+        raise ValueError(f"LoRA on {stage_args.lora_parts}: a change-loss-only stage reaches the vision tower alone; "
+                         "set lora_parts to [vision_tower] or train without adapters")
     if LORA_PART in (*stage.trainable_parts, *stage.optional_parts) and not use_lora:
         raise ValueError(f"stage {stage.name!r} trains {LORA_PART} but --lora_r is 0; set a LoRA rank")
     doubly_trained = sorted(set(stage_args.lora_parts) & set(stage.trainable_parts)) if use_lora else []

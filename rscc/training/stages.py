@@ -19,12 +19,16 @@ logger = logging.get_logger(__name__)
 
 # Every parameter of an rscc model belongs to exactly one part, found by the prefix of its name. `image_newline`
 # trains with the language model, as in LLaVA-OneVision's own training code. `change_head` is the change-detection
-# head of the change-mask work; a model without it simply has no parameter there.
+# head of the change-mask work; a model without it simply has no parameter there. `difference_module` is the
+# change-feature module, whichever `change_features` names, with the projector of the change tokens;
+# `bitemporal_filter` holds the filters inside the vision tower (Semantic-CC's BCSF), apart from the tower so that they
+# train while LoRA adapts the tower.
 PARTS: dict[str, tuple[str, ...]] = {
     "vision_tower": ("model.vision_tower.",),
     "projector": ("model.multi_modal_projector.",),
-    "difference_module": ("model.difference_module.",),
+    "difference_module": ("model.difference_module.", "model.key_change_perceiver.", "model.change_projector."),
     "change_head": ("model.change_head.",),
+    "bitemporal_filter": ("model.bitemporal_filter.",),
     "language_model": ("model.language_model.", "model.image_newline", "lm_head."),
 }
 # peft's LoRA parameters (lora_A, lora_B, lora_magnitude_vector, ...) form a part of their own, whatever they adapt.
@@ -102,14 +106,14 @@ STAGES: dict[str, StageSpec] = {
         "stage1",
         "CCExpert stage 1: align the new modules; projector + difference module (+ change head), rest frozen",
         trainable_parts=("projector", "difference_module"),
-        optional_parts=("change_head",),
+        optional_parts=("change_head", "bitemporal_filter"),
         caption_mode="flatten",
     ),
     "stage2": StageSpec(
         "stage2",
         "CCExpert stage 2: everything trains, vision tower at 0.2x learning rate",
         trainable_parts=_EVERYTHING,
-        optional_parts=("difference_module", "change_head"),
+        optional_parts=("difference_module", "change_head", "bitemporal_filter"),
         lr_scales={"vision_tower": 0.2},
         caption_mode="flatten",
     ),
@@ -117,7 +121,7 @@ STAGES: dict[str, StageSpec] = {
         "stage3",
         "CCExpert stage 3: domain fine-tuning, everything trains (vision 0.2x), one random caption per pair per epoch",
         trainable_parts=_EVERYTHING,
-        optional_parts=("difference_module", "change_head"),
+        optional_parts=("difference_module", "change_head", "bitemporal_filter"),
         lr_scales={"vision_tower": 0.2},
         caption_mode="random_choice",
     ),
