@@ -3,7 +3,7 @@
 import math
 
 from huggingface_hub.dataclasses import strict
-from transformers import LlavaOnevisionConfig
+from transformers import LlavaOnevisionConfig, PreTrainedConfig
 
 from .compat_rscc import check_transformers_version
 
@@ -18,6 +18,9 @@ IGNORE_INDEX = -100
 CHANGE_FILTERS = ("none", "multiply", "drop")
 CHANGE_MASK_SOURCES = ("input", "predicted")
 CHANGE_LOSS_WEIGHTINGS = ("fixed", "dwa", "normalized")
+PAIR_ENCODINGS = ("images", "llava_video", "video_encoder")
+# Geometry a `video_encoder_config` must describe (the VideoMAE family's names).
+VIDEO_ENCODER_FIELDS = ("model_type", "hidden_size", "image_size", "patch_size", "num_frames", "tubelet_size")
 
 
 @strict
@@ -87,6 +90,19 @@ class RsccConfig(LlavaOnevisionConfig):
             same sentence. Needs `use_change_head`.
         no_change_caption (`str`, *optional*, defaults to `"The scene is the same as before."`):
             The caption the shortcut gives (one of LEVIR-CC's canonical no-change sentences).
+        pair_encoding (`str`, *optional*, defaults to `"images"`):
+            How a pair reaches the language model. `"images"`: two images through SigLIP, each its full token grid
+            and a newline token (730 tokens per image at 384 px). `"llava_video"`: LLaVA-OneVision's own video path,
+            the pair as two frames through SigLIP, each frame's projected grid pooled 2x2 (bilinear) and one newline
+            token for the pair (2 x 196 + 1 = 393 tokens at 384 px); no new weights. `"video_encoder"` (MV-CC): a
+            spatiotemporal encoder whose patch embedding spans both dates (`video_encoder_config`) replaces SigLIP
+            and the difference module, with a new projector to the language model; its tokens plus one newline
+            token. The change filter and head work on the grid the language model sees (the pooled grid for
+            `"llava_video"`, the encoder's grid for `"video_encoder"`).
+        video_encoder_config (`dict`, *optional*):
+            Config of the video encoder of `pair_encoding="video_encoder"`, as `PreTrainedConfig.to_dict()` gives it
+            (a `PreTrainedConfig` is converted): a VideoMAE-family encoder (`model_type`, `hidden_size`,
+            `image_size`, `patch_size`, `num_frames` = 2 dates, `tubelet_size` dividing `num_frames`).
 
     Example:
 
@@ -117,9 +133,12 @@ class RsccConfig(LlavaOnevisionConfig):
     change_dice_weight: float = 0.0
     no_change_shortcut: bool = False
     no_change_caption: str = "The scene is the same as before."
+    pair_encoding: str = "images"
+    video_encoder_config: dict | PreTrainedConfig | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self._check_pair_encoding()
         if self.difference_feature_layers is None:
             self.difference_feature_layers = list(CCEXPERT_FEATURE_LAYERS)
         self.difference_feature_layers = list(self.difference_feature_layers)
@@ -188,17 +207,68 @@ class RsccConfig(LlavaOnevisionConfig):
                 "so vision_feature_layer must be a single index"
             )
         side = math.isqrt(self.change_filter_min_tokens) if self.change_filter_min_tokens >= 0 else -1
-        if side * side != self.change_filter_min_tokens or side > self.vision_grid_size:
+        grid = self.token_grid_size
+        if side * side != self.change_filter_min_tokens or side > grid:
             raise ValueError(
                 f"change_filter_min_tokens={self.change_filter_min_tokens}: expected a square number (0, 1, 4, 9, "
-                f"16, ...) of at most {self.vision_grid_size**2} (the {self.vision_grid_size}x{self.vision_grid_size} "
-                "tokens of one image)"
+                f"16, ...) of at most {grid**2} (the {grid}x{grid} tokens of one image)"
+            )
+
+    def _check_pair_encoding(self) -> None:
+        if self.pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding={self.pair_encoding!r}: expected one of {list(PAIR_ENCODINGS)}")
+        if isinstance(self.video_encoder_config, PreTrainedConfig):
+            self.video_encoder_config = self.video_encoder_config.to_dict()
+        if self.pair_encoding == "llava_video" and self.vision_feature_select_strategy != "full":
+            raise ValueError(
+                f"vision_feature_select_strategy={self.vision_feature_select_strategy!r}: pair_encoding='llava_video' "
+                "pools each frame's square token grid; use 'full'"
+            )
+        if self.pair_encoding != "video_encoder":
+            if self.video_encoder_config is not None:
+                raise ValueError(
+                    f"video_encoder_config is set but pair_encoding={self.pair_encoding!r}; it is only read by "
+                    "pair_encoding='video_encoder'"
+                )
+            return
+        encoder = self.video_encoder_config
+        if not isinstance(encoder, dict):
+            raise ValueError(
+                "pair_encoding='video_encoder' needs video_encoder_config (a VideoMAE-family config or its dict); "
+                f"got {type(encoder).__name__}"
+            )
+        missing = [name for name in VIDEO_ENCODER_FIELDS if name not in encoder]
+        if missing:
+            raise ValueError(
+                f"video_encoder_config of model_type {encoder.get('model_type')!r} lacks {missing}: expected a "
+                f"VideoMAE-family config with {list(VIDEO_ENCODER_FIELDS)}"
+            )
+        if encoder["num_frames"] != 2 or encoder["num_frames"] % encoder["tubelet_size"]:
+            raise ValueError(
+                f"video_encoder_config: num_frames={encoder['num_frames']}, tubelet_size={encoder['tubelet_size']}: "
+                "expected num_frames=2 (the two dates of a pair) and a tubelet_size dividing it"
+            )
+        if self.use_difference_integration:
+            raise ValueError(
+                "use_difference_integration=True with pair_encoding='video_encoder': the video encoder fuses the "
+                "dates itself and has no per-date SigLIP features; set use_difference_integration=False"
             )
 
     @property
     def vision_grid_size(self) -> int:
         """Side of the square grid of vision tokens per image (27 for SigLIP at 384 px with 14 px patches)."""
         return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def token_grid_size(self) -> int:
+        """Side of the square token grid the language model sees per frame (`pair_encoding="images"`: the vision grid;
+        `"llava_video"`: that grid pooled 2x2, 14 at 384 px; `"video_encoder"`: the encoder's patch grid), on which
+        change masks filter the tokens."""
+        if self.pair_encoding == "llava_video":
+            return math.ceil(self.vision_grid_size / 2)
+        if self.pair_encoding == "video_encoder":
+            return self.video_encoder_config["image_size"] // self.video_encoder_config["patch_size"]
+        return self.vision_grid_size
 
 
 RsccConfig.register_for_auto_class()

@@ -8,11 +8,19 @@ stock model computes until training moves that scale or a mask filters the token
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionModel,
+    PreTrainedConfig,
+)
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
@@ -29,6 +37,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .compat_rscc import given_cache
 from .configuration_rscc import IGNORE_INDEX, RsccConfig
+from .video_rscc import RsccVideoChangeHead, RsccVideoEncoder
 
 logger = logging.get_logger(__name__)
 
@@ -43,7 +52,9 @@ for rscc_name, stock_name in (
         register_checkpoint_conversion_mapping(rscc_name, get_checkpoint_conversion_mapping(stock_name))
 
 # Submodules that a LLaVA-OneVision checkpoint does not have.
-NEW_MODULE_PREFIXES = ("model.difference_module.", "model.change_head.")
+NEW_MODULE_PREFIXES = ("model.difference_module.", "model.change_head.", "model.video_encoder.")
+# Submodules of a LLaVA-OneVision checkpoint that `pair_encoding="video_encoder"` replaces.
+REPLACED_BY_VIDEO_ENCODER = ("model.vision_tower.", "model.multi_modal_projector.")
 
 
 @dataclass
@@ -52,26 +63,33 @@ class RsccImageFeaturesOutput(BaseModelOutputWithPooling):
     Output of [`RsccModel.get_image_features`].
 
     pooler_output (`list[torch.Tensor]`):
-        One `(tokens_per_image, text_hidden_size)` tensor per image, before then after of each pair: the projected
-        grid tokens then the newline token. Under `change_filter="multiply"` the unchanged grid tokens are zero.
+        Under `pair_encoding="images"`, one `(tokens_per_image, text_hidden_size)` tensor per image, before then after
+        of each pair: the projected grid tokens then the newline token. Under a video encoding, one tensor per pair:
+        the tokens of every frame (or tubelet) then one newline token. Under `change_filter="multiply"` the unchanged
+        grid tokens are zero.
     change_logits (`torch.FloatTensor` of shape `(num_pairs, change_head_num_classes, height, width)`, *optional*):
         The change head's logits at the resolution of `pixel_values`; class 0 is "no change".
-    kept_tokens (`torch.BoolTensor` of shape `(num_images, tokens_per_image)`, *optional*):
-        Under `change_filter="drop"`, which tokens of each image the language model sees (changed tokens, the
-        context sub-grid and the newline token). `None` when no token is dropped.
+    kept_tokens (`torch.BoolTensor` of shape `(len(pooler_output), tokens per entry)`, *optional*):
+        Under `change_filter="drop"`, which tokens of each `pooler_output` entry the language model sees (changed
+        tokens, the context sub-grid and the newline token). `None` when no token is dropped.
+    entries_per_pair (`int`, *optional*):
+        `pooler_output` entries per pair: 2 (one per image) when `None`, 1 under a video encoding.
     """
 
     change_logits: torch.FloatTensor | None = None
     kept_tokens: torch.BoolTensor | None = None
+    entries_per_pair: int | None = None
 
     def select_pairs(self, pair_indices: list[int]) -> "RsccImageFeaturesOutput":
         """The features `generate` reads (`pooler_output`, `change_logits`, `kept_tokens`) of some pairs only, e.g. to
         pass as `mm_encoder_outputs={"image": ...}` with the matching rows of `input_ids`."""
-        images = [index for pair in pair_indices for index in (2 * pair, 2 * pair + 1)]
+        per_pair = self.entries_per_pair or 2
+        entries = [per_pair * pair + offset for pair in pair_indices for offset in range(per_pair)]
         return RsccImageFeaturesOutput(
-            pooler_output=[self.pooler_output[index] for index in images],
+            pooler_output=[self.pooler_output[index] for index in entries],
             change_logits=None if self.change_logits is None else self.change_logits[pair_indices],
-            kept_tokens=None if self.kept_tokens is None else self.kept_tokens[images],
+            kept_tokens=None if self.kept_tokens is None else self.kept_tokens[entries],
+            entries_per_pair=self.entries_per_pair,
         )
 
     def kept_only(self) -> "RsccImageFeaturesOutput":
@@ -84,6 +102,7 @@ class RsccImageFeaturesOutput(BaseModelOutputWithPooling):
                 features[kept.to(features.device)] for features, kept in zip(self.pooler_output, self.kept_tokens)
             ],
             change_logits=self.change_logits,
+            entries_per_pair=self.entries_per_pair,
         )
 
 
@@ -584,8 +603,15 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
 
     def __init__(self, config: RsccConfig):
         super().__init__(config)
+        self.video_encoder = None
+        if config.pair_encoding == "video_encoder":
+            # MV-CC: the video encoder and its own projector replace SigLIP and LLaVA-OneVision's projector.
+            self.vision_tower = None
+            self.multi_modal_projector = None
+            self.video_encoder = RsccVideoEncoder(config)
         self.difference_module = RsccDifferenceIntegration(config) if config.use_difference_integration else None
-        self.change_head = RsccChangeHead(config) if config.use_change_head else None
+        head = RsccVideoChangeHead if self.video_encoder is not None else RsccChangeHead
+        self.change_head = head(config) if config.use_change_head else None
         # LlavaOnevisionModel.__init__ already ran post_init; run it again so the new module is initialised too
         # (modules initialised once are skipped).
         self.post_init()
@@ -614,12 +640,16 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
 
         Returns:
             [`RsccImageFeaturesOutput`] whose `pooler_output` is a list of `(num_tokens + 1, text_hidden)` tensors,
-            one per image (grid tokens then the newline token), with the head's `change_logits` and, under
-            `change_filter="drop"`, the `kept_tokens`. A model with none of the rscc modules returns LLaVA-OneVision's
-            output unchanged.
+            one per image (grid tokens then the newline token) or, under a video `config.pair_encoding`, one per pair
+            (every frame's tokens then one newline token), with the head's `change_logits` and, under
+            `change_filter="drop"`, the `kept_tokens`. A model with none of the rscc modules and
+            `pair_encoding="images"` returns LLaVA-OneVision's output unchanged.
         """
         config = self.config
-        if self.difference_module is None and self.change_head is None and config.change_filter == "none":
+        if config.pair_encoding == "video_encoder":
+            return self._video_encoder_features(pixel_values, batch_num_images, change_masks)
+        unchanged = self.difference_module is None and self.change_head is None and config.change_filter == "none"
+        if unchanged and config.pair_encoding == "images":
             return super().get_image_features(
                 pixel_values,
                 image_sizes,
@@ -651,35 +681,89 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         changed_tokens = self._changed_tokens(change_masks, grid_logits)
         keep = self._seen_grid_tokens(changed_tokens)
         if self.difference_module is not None:
+            # Under "llava_video" the filter's grid is the pooled one, so the module refines every token.
+            module_keep = keep if config.pair_encoding == "images" else None
             before, after = self._integrate_differences(
-                [select(layer) for layer in levels], before, after, changed_tokens, keep
+                [select(layer) for layer in levels], before, after, changed_tokens, module_keep
             )
         projected = self.multi_modal_projector(torch.stack([before, after], dim=1).flatten(0, 1))
+        if config.pair_encoding == "llava_video":
+            projected = self.apply_pooling(projected)
+        projected, kept_tokens = self._filter_tokens(projected, changed_tokens, keep)
 
-        kept_tokens = None
-        if changed_tokens is not None and config.change_filter == "multiply":
-            projected = projected * changed_tokens.repeat_interleave(2, dim=0)[..., None].to(projected.dtype)
-        elif changed_tokens is not None and config.change_filter == "drop":
-            newline = keep.new_ones(2 * num_pairs, 1)  # each image's newline token always stays
-            kept_tokens = torch.cat([keep.repeat_interleave(2, dim=0), newline], dim=1)
-        image_features, _ = self.pack_image_features(
-            [image[None] for image in projected],
-            image_sizes,
-            image_newline=self.image_newline,
-            vision_aspect_ratio=vision_aspect_ratio,
-        )
-        change_logits = None
-        if grid_logits is not None:
-            change_logits = nn.functional.interpolate(
-                grid_logits, size=tuple(pixel_values.shape[-2:]), mode="bilinear", align_corners=False
+        if config.pair_encoding == "llava_video":
+            # LLaVA-OneVision's video layout: both frames' pooled grids, then one newline token.
+            newline = self.image_newline[None].to(projected.dtype)
+            image_features = [torch.cat([*projected[2 * pair : 2 * pair + 2], newline]) for pair in range(num_pairs)]
+        else:
+            image_features, _ = self.pack_image_features(
+                [image[None] for image in projected],
+                image_sizes,
+                image_newline=self.image_newline,
+                vision_aspect_ratio=vision_aspect_ratio,
             )
         return RsccImageFeaturesOutput(
             last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=image_features,
             hidden_states=vision_outputs.hidden_states,
             attentions=vision_outputs.attentions,
-            change_logits=change_logits,
+            change_logits=self._full_resolution(grid_logits, pixel_values),
             kept_tokens=kept_tokens,
+            entries_per_pair=None if config.pair_encoding == "images" else 1,
+        )
+
+    def _video_encoder_features(
+        self, pixel_values: torch.Tensor, batch_num_images: torch.LongTensor | None, change_masks: torch.Tensor | None
+    ) -> RsccImageFeaturesOutput:
+        """`get_image_features` under `pair_encoding="video_encoder"`: both frames through the video encoder at once;
+        per pair, the projected tokens of every temporal step, then one newline token."""
+        pixel_values, change_masks = self._checked_pair_inputs(pixel_values, batch_num_images, change_masks)
+        num_pairs = pixel_values.shape[0] // 2
+        tokens = self.video_encoder(pixel_values.view(num_pairs, 2, *pixel_values.shape[1:]))
+        grid_logits = self.change_head(tokens) if self.change_head is not None else None
+        changed_tokens = self._changed_tokens(change_masks, grid_logits)
+        keep = self._seen_grid_tokens(changed_tokens)
+        projected = self.video_encoder.projector(tokens)
+        projected, kept_tokens = self._filter_tokens(projected.flatten(0, 1), changed_tokens, keep)
+        newline = self.image_newline[None].to(projected.dtype)
+        steps = projected.view(num_pairs, -1, projected.shape[-1])
+        return RsccImageFeaturesOutput(
+            last_hidden_state=tokens.flatten(1, 2),
+            pooler_output=[torch.cat([pair, newline]) for pair in steps],
+            change_logits=self._full_resolution(grid_logits, pixel_values),
+            kept_tokens=kept_tokens,
+            entries_per_pair=1,
+        )
+
+    def _filter_tokens(
+        self,
+        projected: torch.Tensor,
+        changed_tokens: torch.BoolTensor | None,
+        keep: torch.BoolTensor | None,
+    ) -> tuple[torch.Tensor, torch.BoolTensor | None]:
+        """Apply the change filter to the projected grids, `(num_pairs * frames, grid**2, dim)` with `frames` grids per
+        pair (images, or video frames / temporal steps), masks `(num_pairs, grid**2)`.
+
+        Returns:
+            The grids (unchanged tokens zeroed under "multiply") and, under "drop", `kept_tokens`: one row per image
+            (`pair_encoding="images"`) or per pair (video encodings: its frames' grids and the one newline token), each
+            ending on an always-kept newline token.
+        """
+        if changed_tokens is None:
+            return projected, None
+        frames = projected.shape[0] // changed_tokens.shape[0]
+        if self.config.change_filter == "multiply":
+            return projected * changed_tokens.repeat_interleave(frames, dim=0)[..., None].to(projected.dtype), None
+        keep = keep.repeat_interleave(frames, dim=0) if self.config.pair_encoding == "images" else keep.repeat(1, frames)
+        return projected, torch.cat([keep, keep.new_ones(keep.shape[0], 1)], dim=1)
+
+    @staticmethod
+    def _full_resolution(grid_logits: torch.Tensor | None, pixel_values: torch.Tensor) -> torch.Tensor | None:
+        """The change head's grid logits upsampled (bilinear) to the resolution of `pixel_values`."""
+        if grid_logits is None:
+            return None
+        return nn.functional.interpolate(
+            grid_logits, size=tuple(pixel_values.shape[-2:]), mode="bilinear", align_corners=False
         )
 
     @staticmethod
@@ -714,7 +798,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         if changed_tokens is None or self.config.change_filter != "drop":
             return changed_tokens
         return changed_tokens | context_token_mask(
-            self.config.vision_grid_size, self.config.change_filter_min_tokens, changed_tokens.device
+            self.config.token_grid_size, self.config.change_filter_min_tokens, changed_tokens.device
         )
 
     def _changed_tokens(
@@ -723,7 +807,8 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         """Which grid tokens of each pair the filter treats as changed, `(num_pairs, grid**2)`; `None`: no filter."""
         if self.config.change_filter == "none":
             return None
-        given = None if change_masks is None else change_masks_to_tokens(change_masks, self.config.vision_grid_size)
+        grid = self.config.token_grid_size
+        given = None if change_masks is None else change_masks_to_tokens(change_masks, grid)
         if self.config.change_mask_source == "input":
             if given is None:
                 logger.warning_once(
@@ -731,7 +816,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                     "were given: every vision token is kept"
                 )
             return given
-        predicted = (grid_logits.argmax(1) != 0).flatten(1)
+        predicted = change_masks_to_tokens(grid_logits.argmax(1), grid)
         if change_masks is None:
             return predicted
         # A given mask wins over the prediction (teacher forcing in training); pairs without one use the head.
@@ -750,7 +835,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
 
         A pair whose mask shows no change skips the module (28% of a stock pair's FLOPs): under "multiply" all its grid
         tokens are zeroed anyway, under "drop" only the context sub-grid remains. The other pairs are refined on their
-        kept tokens only (`kept_tokens`, `(num_pairs, grid**2)`), the tokens the language model sees.
+        kept tokens only (`kept_tokens`, `(num_pairs, grid**2)`), the tokens the language model sees; `None`: on all.
         """
         if changed_tokens is None:
             return self.difference_module(
@@ -764,7 +849,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             [level[1::2][pairs] for level in levels],
             before[pairs],
             after[pairs],
-            token_mask=kept_tokens[pairs],
+            token_mask=None if kept_tokens is None else kept_tokens[pairs],
         )
         return before.index_copy(0, pairs, refined_before), after.index_copy(0, pairs, refined_after)
 
@@ -1144,6 +1229,7 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         *,
         output_loading_info: bool = False,
         from_pretrained_kwargs: dict | None = None,
+        video_encoder: str | PreTrainedConfig | dict | None = None,
         **config_overrides,
     ):
         """Build an rscc model from a LLaVA-OneVision checkpoint: base weights loaded, new modules initialised.
@@ -1153,6 +1239,10 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             output_loading_info (`bool`, *optional*): also return the report of new weights.
             from_pretrained_kwargs (`dict`, *optional*): passed to `from_pretrained` (`dtype`, `device_map`,
                 `revision`, `attn_implementation`, ...).
+            video_encoder (`str`, `PreTrainedConfig` or `dict`, *optional*): with `pair_encoding="video_encoder"`, the
+                video encoder: a Hub id or folder (its config and pretrained weights) or a config (random weights).
+                The checkpoint's SigLIP and projector are then not loaded (the encoder replaces them), and
+                `use_difference_integration` defaults to `False`.
             **config_overrides: [`RsccConfig`] options, e.g. `difference_num_blocks=2`.
 
         Returns:
@@ -1174,6 +1264,21 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__))
         if unknown:
             raise TypeError(f"unknown RsccConfig option(s) {unknown}")
+        video_mode = config_overrides.get("pair_encoding") == "video_encoder"
+        if video_encoder is not None:
+            if not video_mode:
+                raise ValueError("video_encoder is only read with pair_encoding='video_encoder'")
+            config_overrides["video_encoder_config"] = (
+                dict(video_encoder)
+                if isinstance(video_encoder, dict)
+                else (
+                    video_encoder
+                    if isinstance(video_encoder, PreTrainedConfig)
+                    else AutoConfig.from_pretrained(video_encoder, **hub_kwargs)
+                ).to_dict()
+            )
+        if video_mode:
+            config_overrides.setdefault("use_difference_integration", False)
         base_options = base_config.to_dict()
         for key in ("model_type", "architectures", "transformers_version", "auto_map"):
             base_options.pop(key, None)
@@ -1181,11 +1286,19 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         model, loading_info = cls.from_pretrained(
             pretrained_model_name_or_path, config=config, output_loading_info=True, **from_pretrained_kwargs
         )
+        if isinstance(video_encoder, (str, os.PathLike)):
+            pretrained = AutoModel.from_pretrained(video_encoder, **hub_kwargs)
+            model.model.video_encoder.backbone.load_state_dict(pretrained.state_dict())
+            loaded = {f"model.video_encoder.backbone.{name}" for name in pretrained.state_dict()}
+            loading_info["missing_keys"] = set(loading_info["missing_keys"]) - loaded
         new_names = sorted(loading_info["missing_keys"])
         stray = [name for name in new_names if not name.startswith(NEW_MODULE_PREFIXES)]
+        replaced = REPLACED_BY_VIDEO_ENCODER if video_mode else ()
         problems = {
             "missing base weights": stray,
-            "unexpected weights": sorted(loading_info["unexpected_keys"]),
+            "unexpected weights": sorted(
+                name for name in loading_info["unexpected_keys"] if not replaced or not name.startswith(replaced)
+            ),
             "weights of another shape": [str(entry) for entry in loading_info["mismatched_keys"]],
         }
         problems = {kind: names for kind, names in problems.items() if names}

@@ -10,6 +10,7 @@ into the change head's classes, and reading the head's logits back as masks; [`R
 tokenizer and the prompt.
 """
 
+import math
 import os
 import re
 from pathlib import Path
@@ -25,7 +26,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
-from .configuration_rscc import IGNORE_INDEX
+from .configuration_rscc import IGNORE_INDEX, PAIR_ENCODINGS
 
 try:  # rscc's one input-error type; this file also runs as remote code where rscc is not installed
     from rscc.errors import InputFileNotFoundError, RsccInputError
@@ -455,6 +456,10 @@ class RsccProcessor(ProcessorMixin):
         num_change_classes (`int`, *optional*): the image processor's `num_change_classes`, as processor folders
             saved before rscc had its own image processor hold it.
         chat_template (`str`, *optional*): kept for `apply_chat_template` users.
+        pair_encoding (`str`, *optional*, defaults to `"images"`): the model's `pair_encoding`, which decides how many
+            tokens each image placeholder stands for (see [`RsccProcessor.placeholder_token_counts`]).
+        video_tubelet_size (`int`, *optional*, defaults to 1): frames per tubelet of the video encoder under
+            `pair_encoding="video_encoder"`, whose `num_image_tokens` are the tokens of one tubelet.
     """
 
     def __init__(
@@ -469,6 +474,8 @@ class RsccProcessor(ProcessorMixin):
         image_token: str = "<image>",
         num_change_classes: int | None = None,
         chat_template=None,
+        pair_encoding: str = "images",
+        video_tubelet_size: int = 1,
         **kwargs,
     ):
         settings = {} if num_change_classes is None else {"num_change_classes": num_change_classes}
@@ -480,6 +487,20 @@ class RsccProcessor(ProcessorMixin):
         self.conversation_template = conversation_template
         self.turn_end = turn_end
         self.image_token = image_token
+        self.pair_encoding = pair_encoding
+        self.video_tubelet_size = video_tubelet_size
+        if pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding={pair_encoding!r}: expected one of {list(PAIR_ENCODINGS)}")
+        if pair_encoding != "images" and vision_feature_select_strategy != "full":
+            raise ValueError(
+                f"vision_feature_select_strategy={vision_feature_select_strategy!r} with pair_encoding="
+                f"{pair_encoding!r}: video encodings keep the full token grid; use 'full'"
+            )
+        if video_tubelet_size < 1 or (pair_encoding != "video_encoder" and video_tubelet_size != 1):
+            raise ValueError(
+                f"video_tubelet_size={video_tubelet_size}: expected 1, or the encoder's tubelet size under "
+                "pair_encoding='video_encoder'"
+            )
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or tokenizer.convert_ids_to_tokens(self.image_token_id) != image_token:
@@ -499,23 +520,49 @@ class RsccProcessor(ProcessorMixin):
 
     @property
     def tokens_per_image(self) -> int:
-        """Placeholder tokens each image expands to (grid tokens plus the newline token)."""
+        """Placeholder tokens each image expands to under `pair_encoding="images"` (grid tokens plus the newline
+        token)."""
         return self.num_image_tokens + 1 - (self.vision_feature_select_strategy == "default")
 
+    def placeholder_token_counts(self, num_dates: int = 2) -> list[int]:
+        """How many tokens each image placeholder of a prompt expands to, in prompt order.
+
+        `"images"`: each image's grid and newline token. `"llava_video"`: each frame's pooled grid (`ceil(side / 2)`
+        squared), the last one plus the pair's newline token (2 x 196 + 1 = 393 at 384 px, as LLaVA-OneVision counts a
+        2-frame video). `"video_encoder"`: the tokens of a tubelet at the placeholder of its last frame (none at the
+        others), the last one plus the newline token. The language model sees each date's tokens where its
+        placeholder stands, in the order the model computes them.
+        """
+        if self.pair_encoding == "images":
+            return [self.tokens_per_image] * num_dates
+        if self.pair_encoding == "llava_video":
+            counts = [math.ceil(math.isqrt(self.num_image_tokens) / 2) ** 2] * num_dates
+        else:
+            tubelet = self.video_tubelet_size
+            counts = [self.num_image_tokens if (date + 1) % tubelet == 0 else 0 for date in range(num_dates)]
+        counts[-1] += 1
+        return counts
+
     @classmethod
-    def from_llava_onevision(cls, pretrained_model_name_or_path: str, **kwargs) -> "RsccProcessor":
+    def from_llava_onevision(
+        cls, pretrained_model_name_or_path: str, image_processor_options: dict | None = None, **kwargs
+    ) -> "RsccProcessor":
         """Build the processor from a LLaVA-OneVision checkpoint's image processor, tokenizer and config.
 
         Args:
             pretrained_model_name_or_path (`str`): Hub id or folder of a `llava_onevision` checkpoint.
-            **kwargs: [`RsccProcessor`] options (`prompt`, `conversation_template`, ...).
+            image_processor_options (`dict`, *optional*): settings that replace the checkpoint image processor's
+                (`size`, `image_mean`, ...), e.g. a video encoder's frame size (`rscc.video_rscc.processor_options`).
+            **kwargs: [`RsccProcessor`] options (`prompt`, `conversation_template`, `pair_encoding`, ...).
         """
         config = LlavaOnevisionConfig.from_pretrained(pretrained_model_name_or_path)
         grid = config.vision_config.image_size // config.vision_config.patch_size
         kwargs.setdefault("num_image_tokens", grid * grid)
         kwargs.setdefault("vision_feature_select_strategy", config.vision_feature_select_strategy)
         return cls(
-            image_processor=RsccImageProcessor.from_pretrained(pretrained_model_name_or_path),
+            image_processor=RsccImageProcessor.from_pretrained(
+                pretrained_model_name_or_path, **(image_processor_options or {})
+            ),
             tokenizer=AutoTokenizer.from_pretrained(pretrained_model_name_or_path),
             **kwargs,
         )
@@ -605,9 +652,9 @@ class RsccProcessor(ProcessorMixin):
 
         sequences, label_sequences = [], []
         for index, prompt in enumerate(prompts):
-            prompt_ids = []
+            prompt_ids, counts = [], iter(self.placeholder_token_counts(2))
             for token_id in self._encode(self.conversation_template.format(prompt=prompt)):
-                prompt_ids.extend([token_id] * (self.tokens_per_image if token_id == self.image_token_id else 1))
+                prompt_ids.extend([token_id] * (next(counts) if token_id == self.image_token_id else 1))
             target_ids = [] if targets is None else self._encode(targets[index] + self.turn_end)
             if self.image_token_id in target_ids:
                 raise RsccInputError(f"captions[{index}] contains the image token {self.image_token!r}")
