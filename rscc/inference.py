@@ -38,6 +38,7 @@ from .configuration_rscc import RsccConfig
 from .masks import MASK_GREY_LEVELS
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
+from .video_rscc import processor_options
 
 logger = logging.get_logger(__name__)
 
@@ -46,6 +47,8 @@ DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 DEFAULT_MAX_NEW_TOKENS = 64  # LEVIR-CC's longest caption has 39 words
 DEFAULT_BATCH_SIZE = 8
 MAX_CHANGE_CLASSES = 3  # LEVIR-MCI's: the most classes a change mask given on the command line may encode
+# The one model option that is not an RsccConfig field: the encoder `from_llava_onevision` builds a video model with.
+VIDEO_ENCODER_OPTION = "video_encoder"
 
 
 class ModelNotAvailableError(RsccInputError):
@@ -134,7 +137,8 @@ def load_model_and_processor(
     Args:
         model_id_or_path (`str`): Hub id or folder of an rscc or a LLaVA-OneVision checkpoint.
         config_overrides (`dict`, *optional*): [`RsccConfig`] options; an option this rscc version does not know is
-            an error.
+            an error. With a LLaVA-OneVision checkpoint, `video_encoder` (a Hub id or folder) is the encoder of
+            `pair_encoding="video_encoder"` (see `RsccForConditionalGeneration.from_llava_onevision`).
         dtype (`torch.dtype` or `"auto"`): weights dtype (float32 on CPU, bfloat16 on recent GPUs).
         device (`str`, *optional*): torch device to move the model to; by default it stays on the CPU (a Trainer
             places it).
@@ -148,7 +152,7 @@ def load_model_and_processor(
         `(model, processor)`.
     """
     config_overrides = dict(config_overrides or {})
-    unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__))
+    unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__) - {VIDEO_ENCODER_OPTION})
     if unknown:
         raise RsccInputError(f"model_config_overrides: {unknown} are not RsccConfig options")
     _check_available(model_id_or_path)
@@ -187,9 +191,15 @@ def _load_by_model_type(
         model = RsccForConditionalGeneration.from_llava_onevision(
             model_id_or_path, from_pretrained_kwargs={"dtype": dtype}, **config_overrides
         )
-        return model, RsccProcessor.from_llava_onevision(model_id_or_path)
+        options = processor_options(model.config, config_overrides.get(VIDEO_ENCODER_OPTION))
+        return model, RsccProcessor.from_llava_onevision(model_id_or_path, **options)
     if model_type != RsccConfig.model_type:
         raise ModelLoadError(f"{model_id_or_path} holds a '{model_type}' model; expected an rscc or llava_onevision one")
+    if VIDEO_ENCODER_OPTION in config_overrides:
+        raise RsccInputError(
+            f"model_config_overrides: '{VIDEO_ENCODER_OPTION}' builds a video encoder onto a LLaVA-OneVision "
+            f"checkpoint; {model_id_or_path} is an rscc checkpoint, which holds its encoder already"
+        )
     model, loading = RsccForConditionalGeneration.from_pretrained(
         model_id_or_path, dtype=dtype, output_loading_info=True, **config_overrides
     )

@@ -754,7 +754,10 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         frames = projected.shape[0] // changed_tokens.shape[0]
         if self.config.change_filter == "multiply":
             return projected * changed_tokens.repeat_interleave(frames, dim=0)[..., None].to(projected.dtype), None
-        keep = keep.repeat_interleave(frames, dim=0) if self.config.pair_encoding == "images" else keep.repeat(1, frames)
+        if self.config.pair_encoding == "images":
+            keep = keep.repeat_interleave(frames, dim=0)
+        else:
+            keep = keep.repeat(1, frames)
         return projected, torch.cat([keep, keep.new_ones(keep.shape[0], 1)], dim=1)
 
     @staticmethod
@@ -1241,8 +1244,8 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
                 `revision`, `attn_implementation`, ...).
             video_encoder (`str`, `PreTrainedConfig` or `dict`, *optional*): with `pair_encoding="video_encoder"`, the
                 video encoder: a Hub id or folder (its config and pretrained weights) or a config (random weights).
-                The checkpoint's SigLIP and projector are then not loaded (the encoder replaces them), and
-                `use_difference_integration` defaults to `False`.
+                Its `num_frames` is set to 2. The checkpoint's SigLIP and projector are then not loaded (the encoder
+                replaces them), and `use_difference_integration` defaults to `False`.
             **config_overrides: [`RsccConfig`] options, e.g. `difference_num_blocks=2`.
 
         Returns:
@@ -1277,6 +1280,9 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
                     else AutoConfig.from_pretrained(video_encoder, **hub_kwargs)
                 ).to_dict()
             )
+            # A pair is two frames. VideoMAE's position table is sinusoidal (no weights), so an encoder pretrained on
+            # 16-frame clips takes 2-frame ones with its table recomputed.
+            config_overrides["video_encoder_config"]["num_frames"] = 2
         if video_mode:
             config_overrides.setdefault("use_difference_integration", False)
         base_options = base_config.to_dict()

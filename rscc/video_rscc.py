@@ -7,10 +7,15 @@ dates) replaces SigLIP and the difference module, with a projector of its own to
 that reads the fused tokens.
 """
 
+import json
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 from transformers.activations import ACT2FN
+from transformers.utils import cached_file
 
 from .configuration_rscc import RsccConfig
 
@@ -83,14 +88,14 @@ class RsccVideoChangeHead(nn.Module):
         return self.classifier(self.act(self.context_conv(grid)))
 
 
-def processor_options(config: RsccConfig, video_encoder_image_processing: dict | None = None) -> dict:
+def processor_options(config: RsccConfig, video_encoder: str | os.PathLike | None = None) -> dict:
     """[`RsccProcessor`] options that match `config`'s pair encoding: the placeholder layout and, for
     `"video_encoder"`, the encoder's frame size and normalisation.
 
     Args:
         config ([`RsccConfig`]).
-        video_encoder_image_processing (`dict`, *optional*): the encoder's `image_mean` / `image_std` (from its
-            preprocessor config); ImageNet's by default.
+        video_encoder (`str` or `os.PathLike`, *optional*): Hub id or folder of the video encoder, whose preprocessor
+            config (if it has one) gives `image_mean` / `image_std`; ImageNet's otherwise.
 
     Returns:
         `dict` of `RsccProcessor.from_llava_onevision` keyword arguments.
@@ -98,7 +103,15 @@ def processor_options(config: RsccConfig, video_encoder_image_processing: dict |
     if config.pair_encoding != "video_encoder":
         return {"pair_encoding": config.pair_encoding}
     encoder = config.video_encoder_config
-    normalisation = {"image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, **(video_encoder_image_processing or {})}
+    normalisation = {"image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}
+    preprocessor_file = None
+    if video_encoder is not None:
+        preprocessor_file = cached_file(
+            str(video_encoder), "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+        )
+    if preprocessor_file is not None:
+        saved = json.loads(Path(preprocessor_file).read_text())
+        normalisation.update({key: saved[key] for key in normalisation if key in saved})
     size = {"height": encoder["image_size"], "width": encoder["image_size"]}
     return {
         "pair_encoding": "video_encoder",

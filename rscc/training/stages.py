@@ -19,10 +19,12 @@ logger = logging.get_logger(__name__)
 
 # Every parameter of an rscc model belongs to exactly one part, found by the prefix of its name. `image_newline`
 # trains with the language model, as in LLaVA-OneVision's own training code. `change_head` is the change-detection
-# head of the change-mask work; a model without it simply has no parameter there.
+# head of the change-mask work; a model without it simply has no parameter there. Under `pair_encoding="video_encoder"`
+# the video encoder stands where the vision tower was, and its projector is a projector.
 PARTS: dict[str, tuple[str, ...]] = {
     "vision_tower": ("model.vision_tower.",),
-    "projector": ("model.multi_modal_projector.",),
+    "video_encoder": ("model.video_encoder.backbone.",),
+    "projector": ("model.multi_modal_projector.", "model.video_encoder.projector."),
     "difference_module": ("model.difference_module.",),
     "change_head": ("model.change_head.",),
     "language_model": ("model.language_model.", "model.image_newline", "lm_head."),
