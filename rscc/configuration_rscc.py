@@ -91,18 +91,19 @@ class RsccConfig(LlavaOnevisionConfig):
         no_change_caption (`str`, *optional*, defaults to `"The scene is the same as before."`):
             The caption the shortcut gives (one of LEVIR-CC's canonical no-change sentences).
         pair_encoding (`str`, *optional*, defaults to `"images"`):
-            How a pair reaches the language model. `"images"`: two images through SigLIP, each its full token grid
-            and a newline token (730 tokens per image at 384 px). `"llava_video"`: LLaVA-OneVision's own video path,
-            the pair as two frames through SigLIP, each frame's projected grid pooled 2x2 (bilinear) and one newline
-            token for the pair (2 x 196 + 1 = 393 tokens at 384 px); no new weights. `"video_encoder"` (MV-CC): a
-            spatiotemporal encoder whose patch embedding spans both dates (`video_encoder_config`) replaces SigLIP
-            and the difference module, with a new projector to the language model; its tokens plus one newline
-            token. The change filter and head work on the grid the language model sees (the pooled grid for
-            `"llava_video"`, the encoder's grid for `"video_encoder"`).
+            How a sample (a pair, or a series of N dates) reaches the language model. `"images"`: each date through
+            SigLIP, its full token grid and a newline token (730 tokens per image at 384 px). `"llava_video"`:
+            LLaVA-OneVision's own video path, the dates as frames through SigLIP, each frame's projected grid pooled
+            2x2 (bilinear) and one newline token per sample (N x 196 + 1 tokens at 384 px: 393 for a pair); no new
+            weights. `"video_encoder"` (MV-CC): a spatiotemporal encoder whose tubelets span consecutive dates
+            (`video_encoder_config`) replaces SigLIP and the difference module, with a new projector to the language
+            model; its tokens plus one newline token. The change filter and head work on the grid the language model
+            sees (the pooled grid for `"llava_video"`, the encoder's grid for `"video_encoder"`).
         video_encoder_config (`dict`, *optional*):
             Config of the video encoder of `pair_encoding="video_encoder"`, as `PreTrainedConfig.to_dict()` gives it
             (a `PreTrainedConfig` is converted): a VideoMAE-family encoder (`model_type`, `hidden_size`,
-            `image_size`, `patch_size`, `num_frames` = 2 dates, `tubelet_size` dividing `num_frames`).
+            `image_size`, `patch_size`, `num_frames`, `tubelet_size` dividing `num_frames`). The model then takes
+            samples of exactly `num_frames` dates (2 for pairs).
 
     Example:
 
@@ -243,10 +244,10 @@ class RsccConfig(LlavaOnevisionConfig):
                 f"video_encoder_config of model_type {encoder.get('model_type')!r} lacks {missing}: expected a "
                 f"VideoMAE-family config with {list(VIDEO_ENCODER_FIELDS)}"
             )
-        if encoder["num_frames"] != 2 or encoder["num_frames"] % encoder["tubelet_size"]:
+        if encoder["num_frames"] < 2 or encoder["num_frames"] % encoder["tubelet_size"]:
             raise ValueError(
                 f"video_encoder_config: num_frames={encoder['num_frames']}, tubelet_size={encoder['tubelet_size']}: "
-                "expected num_frames=2 (the two dates of a pair) and a tubelet_size dividing it"
+                "expected num_frames >= 2 (the dates of a sample) and a tubelet_size dividing it"
             )
         if self.use_difference_integration:
             raise ValueError(

@@ -72,24 +72,30 @@ class RsccImageFeaturesOutput(BaseModelOutputWithPooling):
     kept_tokens (`torch.BoolTensor` of shape `(len(pooler_output), tokens per entry)`, *optional*):
         Under `change_filter="drop"`, which tokens of each `pooler_output` entry the language model sees (changed
         tokens, the context sub-grid and the newline token). `None` when no token is dropped.
-    entries_per_pair (`int`, *optional*):
-        `pooler_output` entries per pair: 2 (one per image) when `None`, 1 under a video encoding.
+    entries_per_sample (`list[int]`, *optional*):
+        `pooler_output` entries per sample: its number of images (dates), or 1 under a video encoding. `None`: 2
+        (pairs, as LLaVA-OneVision's own output for them).
     """
 
     change_logits: torch.FloatTensor | None = None
-    kept_tokens: torch.BoolTensor | None = None
-    entries_per_pair: int | None = None
+    kept_tokens: torch.BoolTensor | list[torch.BoolTensor] | None = None
+    entries_per_sample: list[int] | None = None
 
     def select_pairs(self, pair_indices: list[int]) -> "RsccImageFeaturesOutput":
-        """The features `generate` reads (`pooler_output`, `change_logits`, `kept_tokens`) of some pairs only, e.g. to
-        pass as `mm_encoder_outputs={"image": ...}` with the matching rows of `input_ids`."""
-        per_pair = self.entries_per_pair or 2
-        entries = [per_pair * pair + offset for pair in pair_indices for offset in range(per_pair)]
+        """The features `generate` reads (`pooler_output`, `change_logits`, `kept_tokens`) of some samples (pairs or
+        series) only, e.g. to pass as `mm_encoder_outputs={"image": ...}` with the matching rows of `input_ids`."""
+        per_sample = self.entries_per_sample or [2] * (len(self.pooler_output) // 2)
+        starts = [sum(per_sample[:index]) for index in range(len(per_sample))]
+        entries = [starts[sample] + offset for sample in pair_indices for offset in range(per_sample[sample])]
+        kept_tokens = self.kept_tokens
+        if kept_tokens is not None:
+            kept_tokens = [kept_tokens[index] for index in entries]
+            kept_tokens = torch.stack(kept_tokens) if isinstance(self.kept_tokens, torch.Tensor) else kept_tokens
         return RsccImageFeaturesOutput(
             pooler_output=[self.pooler_output[index] for index in entries],
             change_logits=None if self.change_logits is None else self.change_logits[pair_indices],
-            kept_tokens=None if self.kept_tokens is None else self.kept_tokens[entries],
-            entries_per_pair=self.entries_per_pair,
+            kept_tokens=kept_tokens,
+            entries_per_sample=[per_sample[sample] for sample in pair_indices],
         )
 
     def kept_only(self) -> "RsccImageFeaturesOutput":
@@ -102,7 +108,7 @@ class RsccImageFeaturesOutput(BaseModelOutputWithPooling):
                 features[kept.to(features.device)] for features, kept in zip(self.pooler_output, self.kept_tokens)
             ],
             change_logits=self.change_logits,
-            entries_per_pair=self.entries_per_pair,
+            entries_per_sample=self.entries_per_sample,
         )
 
 
@@ -223,6 +229,27 @@ def first_predicting_position(labels: torch.Tensor) -> int:
     position i predicts label i + 1); `labels.shape[1] - 1` when nothing is supervised (a one-position window)."""
     supervised = (labels[:, 1:] != IGNORE_INDEX).any(0)
     return int(supervised.float().argmax()) if bool(supervised.any()) else labels.shape[1] - 1
+
+
+def date_pairs(num_dates: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+    """The (earlier, later) image pairs the difference module compares in each sample: consecutive dates, plus first
+    to last when a sample has more than two (a pair is compared once).
+
+    Args:
+        num_dates (`torch.LongTensor` of shape `(batch_size,)`): images per sample, each at least 2.
+
+    Returns:
+        `(earlier, later, sample)`: indices into the batch's images (samples in turn) of each pair's dates, and the
+        pair's sample index.
+    """
+    starts = (num_dates.cumsum(0) - num_dates).tolist()
+    earlier, later, sample = [], [], []
+    for index, (start, count) in enumerate(zip(starts, num_dates.tolist())):
+        pairs = [(date, date + 1) for date in range(count - 1)] + ([(0, count - 1)] if count > 2 else [])
+        earlier += [start + first for first, _ in pairs]
+        later += [start + second for _, second in pairs]
+        sample += [index] * len(pairs)
+    return tuple(torch.tensor(values, dtype=torch.long, device=num_dates.device) for values in (earlier, later, sample))
 
 
 def sine_position_embedding_2d(grid_size: int, dim: int, device=None, dtype=None) -> torch.Tensor:
@@ -597,8 +624,9 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
     """[`LlavaOnevisionModel`] for (before, after) pairs: difference integration of the two images' features, a
     change-detection head, and a change-mask filter of the vision tokens the language model sees.
 
-    Every sample must hold exactly two images, before then after (`batch_num_images` all 2) when any of
-    `config.use_difference_integration`, `config.use_change_head` or `config.change_filter` is set.
+    Every sample holds at least two co-registered images, oldest first: a (before, after) pair or a series of dates
+    (`batch_num_images` each >= 2, samples of a batch may differ). The difference module compares consecutive dates
+    and first to last; the change head and the change masks describe first to last.
     """
 
     def __init__(self, config: RsccConfig):
@@ -631,18 +659,21 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         r"""
         Args:
             pixel_values (`torch.Tensor` of shape `(num_images, num_patches, channels, height, width)` or
-                `(num_images, channels, height, width)`): the images, before and after of each pair in turn.
-                Only the base view (`[:, 0]`) is used, as LLaVA-OneVision does for multi-image samples.
+                `(num_images, channels, height, width)`): the images of every sample in turn, oldest first (before
+                then after for a pair). Only the base view (`[:, 0]`) is used, as LLaVA-OneVision does for
+                multi-image samples.
             image_sizes (`torch.Tensor` of shape `(num_images, 2)`): original (height, width) of each image.
-            batch_num_images (`torch.LongTensor` of shape `(batch_size,)`): images per sample; all must be 2.
-            change_masks (`torch.Tensor` of shape `(num_pairs, height, width)`, *optional*): class ids per pair at
-                any resolution (0 no change), `IGNORE_INDEX` where unlabelled; from `RsccProcessor(change_masks=...)`.
+            batch_num_images (`torch.LongTensor` of shape `(batch_size,)`): images (dates) per sample, each at least
+                2 (exactly the video encoder's `num_frames` under `pair_encoding="video_encoder"`).
+            change_masks (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*): class ids per sample
+                (first to last date) at any resolution (0 no change), `IGNORE_INDEX` where unlabelled; from
+                `RsccProcessor(change_masks=...)`.
 
         Returns:
             [`RsccImageFeaturesOutput`] whose `pooler_output` is a list of `(num_tokens + 1, text_hidden)` tensors,
-            one per image (grid tokens then the newline token) or, under a video `config.pair_encoding`, one per pair
-            (every frame's tokens then one newline token), with the head's `change_logits` and, under
-            `change_filter="drop"`, the `kept_tokens`. A model with none of the rscc modules and
+            one per image (grid tokens then the newline token) or, under a video `config.pair_encoding`, one per
+            sample (every frame's tokens then one newline token), with the head's first-to-last `change_logits` and,
+            under `change_filter="drop"`, the `kept_tokens`. A model with none of the rscc modules and
             `pair_encoding="images"` returns LLaVA-OneVision's output unchanged.
         """
         config = self.config
@@ -663,8 +694,9 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         vision_feature_layer = config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         vision_feature_select_strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
         vision_aspect_ratio = vision_aspect_ratio or config.vision_aspect_ratio
-        pixel_values, change_masks = self._checked_pair_inputs(pixel_values, batch_num_images, change_masks)
-        num_pairs = pixel_values.shape[0] // 2
+        pixel_values, change_masks, num_dates = self._checked_series_inputs(
+            pixel_values, batch_num_images, change_masks
+        )
 
         levels = config.difference_feature_layers if self.difference_module is not None else []
         wanted_layers = sorted({vision_feature_layer, *levels})
@@ -676,25 +708,26 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             return vision_outputs.hidden_states[layer][:, first_token:]
 
         features = select(vision_feature_layer)
-        before, after = features[0::2], features[1::2]
-        grid_logits = self.change_head(before, after) if self.change_head is not None else None
+        last = num_dates.cumsum(0) - 1
+        first = last - num_dates + 1
+        grid_logits = self.change_head(features[first], features[last]) if self.change_head is not None else None
         changed_tokens = self._changed_tokens(change_masks, grid_logits)
         keep = self._seen_grid_tokens(changed_tokens)
         if self.difference_module is not None:
             # Under "llava_video" the filter's grid is the pooled one, so the module refines every token.
             module_keep = keep if config.pair_encoding == "images" else None
-            before, after = self._integrate_differences(
-                [select(layer) for layer in levels], before, after, changed_tokens, module_keep
+            features = self._integrate_differences(
+                [select(layer) for layer in levels], features, num_dates, changed_tokens, module_keep
             )
-        projected = self.multi_modal_projector(torch.stack([before, after], dim=1).flatten(0, 1))
+        projected = self.multi_modal_projector(features)
         if config.pair_encoding == "llava_video":
             projected = self.apply_pooling(projected)
-        projected, kept_tokens = self._filter_tokens(projected, changed_tokens, keep)
+        projected, kept_tokens = self._filter_tokens(projected, num_dates, changed_tokens, keep)
 
         if config.pair_encoding == "llava_video":
-            # LLaVA-OneVision's video layout: both frames' pooled grids, then one newline token.
+            # LLaVA-OneVision's video layout: every frame's pooled grid, then one newline token.
             newline = self.image_newline[None].to(projected.dtype)
-            image_features = [torch.cat([*projected[2 * pair : 2 * pair + 2], newline]) for pair in range(num_pairs)]
+            image_features = [torch.cat([*frames, newline]) for frames in projected.split(num_dates.tolist())]
         else:
             image_features, _ = self.pack_image_features(
                 [image[None] for image in projected],
@@ -709,56 +742,68 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             attentions=vision_outputs.attentions,
             change_logits=self._full_resolution(grid_logits, pixel_values),
             kept_tokens=kept_tokens,
-            entries_per_pair=None if config.pair_encoding == "images" else 1,
+            entries_per_sample=num_dates.tolist() if config.pair_encoding == "images" else [1] * len(num_dates),
         )
 
     def _video_encoder_features(
         self, pixel_values: torch.Tensor, batch_num_images: torch.LongTensor | None, change_masks: torch.Tensor | None
     ) -> RsccImageFeaturesOutput:
-        """`get_image_features` under `pair_encoding="video_encoder"`: both frames through the video encoder at once;
-        per pair, the projected tokens of every temporal step, then one newline token."""
-        pixel_values, change_masks = self._checked_pair_inputs(pixel_values, batch_num_images, change_masks)
-        num_pairs = pixel_values.shape[0] // 2
-        tokens = self.video_encoder(pixel_values.view(num_pairs, 2, *pixel_values.shape[1:]))
+        """`get_image_features` under `pair_encoding="video_encoder"`: every sample's frames through the video encoder
+        at once; per sample, the projected tokens of every temporal step, then one newline token."""
+        pixel_values, change_masks, num_dates = self._checked_series_inputs(
+            pixel_values, batch_num_images, change_masks
+        )
+        num_frames = self.config.video_encoder_config["num_frames"]
+        if bool((num_dates != num_frames).any()):
+            raise ValueError(
+                f"batch_num_images={num_dates.tolist()}: this model's video encoder takes num_frames={num_frames} "
+                "dates per sample (its tubelets and position table are built for that many frames); caption longer "
+                "series with pair_encoding='images' or 'llava_video'"
+            )
+        num_samples = len(num_dates)
+        tokens = self.video_encoder(pixel_values.view(num_samples, num_frames, *pixel_values.shape[1:]))
         grid_logits = self.change_head(tokens) if self.change_head is not None else None
         changed_tokens = self._changed_tokens(change_masks, grid_logits)
         keep = self._seen_grid_tokens(changed_tokens)
         projected = self.video_encoder.projector(tokens)
-        projected, kept_tokens = self._filter_tokens(projected.flatten(0, 1), changed_tokens, keep)
+        num_steps = torch.full_like(num_dates, projected.shape[1])
+        projected, kept_tokens = self._filter_tokens(projected.flatten(0, 1), num_steps, changed_tokens, keep)
         newline = self.image_newline[None].to(projected.dtype)
-        steps = projected.view(num_pairs, -1, projected.shape[-1])
+        steps = projected.view(num_samples, -1, projected.shape[-1])
         return RsccImageFeaturesOutput(
             last_hidden_state=tokens.flatten(1, 2),
-            pooler_output=[torch.cat([pair, newline]) for pair in steps],
+            pooler_output=[torch.cat([sample, newline]) for sample in steps],
             change_logits=self._full_resolution(grid_logits, pixel_values),
             kept_tokens=kept_tokens,
-            entries_per_pair=1,
+            entries_per_sample=[1] * num_samples,
         )
 
     def _filter_tokens(
         self,
         projected: torch.Tensor,
+        grids_per_sample: torch.LongTensor,
         changed_tokens: torch.BoolTensor | None,
         keep: torch.BoolTensor | None,
-    ) -> tuple[torch.Tensor, torch.BoolTensor | None]:
-        """Apply the change filter to the projected grids, `(num_pairs * frames, grid**2, dim)` with `frames` grids per
-        pair (images, or video frames / temporal steps), masks `(num_pairs, grid**2)`.
+    ) -> tuple[torch.Tensor, torch.BoolTensor | list[torch.BoolTensor] | None]:
+        """Apply the change filter to the projected grids, `(num_grids, grid**2, dim)` with `grids_per_sample[i]`
+        grids (images, video frames or temporal steps) for sample i, masks `(batch_size, grid**2)`.
 
         Returns:
-            The grids (unchanged tokens zeroed under "multiply") and, under "drop", `kept_tokens`: one row per image
-            (`pair_encoding="images"`) or per pair (video encodings: its frames' grids and the one newline token), each
-            ending on an always-kept newline token.
+            The grids (unchanged tokens zeroed under "multiply") and, under "drop", `kept_tokens`: a
+            `(num_images, grid**2 + 1)` tensor under `pair_encoding="images"` (each image's grid and newline token), a
+            list of one row per sample under a video encoding (its grids and its one newline token; samples of
+            different N differ in length). The newline tokens are always kept.
         """
         if changed_tokens is None:
             return projected, None
-        frames = projected.shape[0] // changed_tokens.shape[0]
+        per_grid = changed_tokens.repeat_interleave(grids_per_sample.to(changed_tokens.device), dim=0)
         if self.config.change_filter == "multiply":
-            return projected * changed_tokens.repeat_interleave(frames, dim=0)[..., None].to(projected.dtype), None
+            return projected * per_grid[..., None].to(projected.dtype), None
+        keep = keep.repeat_interleave(grids_per_sample.to(keep.device), dim=0)
         if self.config.pair_encoding == "images":
-            keep = keep.repeat_interleave(frames, dim=0)
-        else:
-            keep = keep.repeat(1, frames)
-        return projected, torch.cat([keep, keep.new_ones(keep.shape[0], 1)], dim=1)
+            return projected, torch.cat([keep, keep.new_ones(keep.shape[0], 1)], dim=1)
+        newline = keep.new_ones(1)
+        return projected, [torch.cat([*grids, newline]) for grids in keep.split(grids_per_sample.tolist())]
 
     @staticmethod
     def _full_resolution(grid_logits: torch.Tensor | None, pixel_values: torch.Tensor) -> torch.Tensor | None:
@@ -770,33 +815,40 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         )
 
     @staticmethod
-    def _checked_pair_inputs(
+    def _checked_series_inputs(
         pixel_values: torch.Tensor, batch_num_images: torch.LongTensor | None, change_masks: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The base view of each image, `(num_images, channels, height, width)`, and the masks on its device, after
-        checking that every sample is one (before, after) pair with at most one mask."""
-        if batch_num_images is None or any(int(n) != 2 for n in batch_num_images):
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.LongTensor]:
+        """The base view of each image, `(num_images, channels, height, width)`, the masks on its device and the
+        dates per sample (`batch_num_images` on that device), after checking that every sample holds at least two
+        images (a pair or a series) and at most one mask."""
+        if batch_num_images is None or any(int(n) < 2 for n in batch_num_images):
             found = None if batch_num_images is None else [int(n) for n in batch_num_images]
             raise ValueError(
-                "rscc models need exactly two images (before, after) per sample; got "
+                "rscc models need at least two images (a before, after pair or a series of dates) per sample; got "
                 f"batch_num_images={found}. Build inputs with RsccProcessor(images=[[before, after], ...])."
             )
         if pixel_values.dim() == 5:
             pixel_values = pixel_values[:, 0]
         elif pixel_values.dim() != 4:
             raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
-        num_pairs = pixel_values.shape[0] // 2
+        num_dates = torch.as_tensor(batch_num_images, device=pixel_values.device).long()
+        if int(num_dates.sum()) != pixel_values.shape[0]:
+            raise ValueError(
+                f"batch_num_images={num_dates.tolist()} count {int(num_dates.sum())} images, but pixel_values holds "
+                f"{pixel_values.shape[0]}"
+            )
+        num_samples = len(num_dates)
         if change_masks is not None:
-            if change_masks.dim() != 3 or change_masks.shape[0] != num_pairs:
+            if change_masks.dim() != 3 or change_masks.shape[0] != num_samples:
                 raise ValueError(
-                    f"change_masks of shape {tuple(change_masks.shape)}: expected (num_pairs={num_pairs}, height, "
-                    "width), one mask per (before, after) pair; build them with RsccProcessor(change_masks=...)"
+                    f"change_masks of shape {tuple(change_masks.shape)}: expected (batch_size={num_samples}, height, "
+                    "width), one mask per sample (first to last date); build them with RsccProcessor(change_masks=...)"
                 )
             change_masks = change_masks.to(pixel_values.device)
-        return pixel_values, change_masks
+        return pixel_values, change_masks, num_dates
 
     def _seen_grid_tokens(self, changed_tokens: torch.BoolTensor | None) -> torch.BoolTensor | None:
-        """The grid tokens the language model will see with a value, `(num_pairs, grid**2)`: the changed ones under
+        """The grid tokens the language model will see with a value, `(batch_size, grid**2)`: the changed ones under
         "multiply", plus the context floor under "drop"; `None` without a filter."""
         if changed_tokens is None or self.config.change_filter != "drop":
             return changed_tokens
@@ -807,7 +859,8 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
     def _changed_tokens(
         self, change_masks: torch.Tensor | None, grid_logits: torch.Tensor | None
     ) -> torch.BoolTensor | None:
-        """Which grid tokens of each pair the filter treats as changed, `(num_pairs, grid**2)`; `None`: no filter."""
+        """Which grid tokens of each sample the filter treats as changed (first to last date), `(batch_size, grid**2)`;
+        `None`: no filter."""
         if self.config.change_filter == "none":
             return None
         grid = self.config.token_grid_size
@@ -822,39 +875,44 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         predicted = change_masks_to_tokens(grid_logits.argmax(1), grid)
         if change_masks is None:
             return predicted
-        # A given mask wins over the prediction (teacher forcing in training); pairs without one use the head.
+        # A given mask wins over the prediction (teacher forcing in training); samples without one use the head.
         has_mask = (change_masks != IGNORE_INDEX).flatten(1).any(1)
         return torch.where(has_mask[:, None], given, predicted)
 
     def _integrate_differences(
         self,
         levels: list[torch.Tensor],
-        before: torch.Tensor,
-        after: torch.Tensor,
+        features: torch.Tensor,
+        num_dates: torch.LongTensor,
         changed_tokens: torch.BoolTensor | None,
         kept_tokens: torch.BoolTensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the difference module where a change filter needs it (everywhere without a filter).
+    ) -> torch.Tensor:
+        """Run the difference module on each sample's date pairs ([`date_pairs`]: consecutive dates and first to last)
+        where a change filter needs it (everywhere without a filter), `features` `(num_images, grid**2, dim)`.
 
-        A pair whose mask shows no change skips the module (28% of a stock pair's FLOPs): under "multiply" all its grid
-        tokens are zeroed anyway, under "drop" only the context sub-grid remains. The other pairs are refined on their
-        kept tokens only (`kept_tokens`, `(num_pairs, grid**2)`), the tokens the language model sees; `None`: on all.
+        A date in several pairs gets the mean of its refined versions; a pair's dates each appear once, so a pair
+        gets exactly the module's output. A sample whose mask shows no change skips the module (28% of a stock
+        pair's FLOPs): under "multiply" all its grid tokens are zeroed anyway, under "drop" only the context
+        sub-grid remains. The other samples are refined on their kept tokens only (`kept_tokens`,
+        `(batch_size, grid**2)`), the tokens the language model sees; `None`: on all.
         """
-        if changed_tokens is None:
-            return self.difference_module(
-                [level[0::2] for level in levels], [level[1::2] for level in levels], before, after
-            )
-        pairs = changed_tokens.any(1).nonzero()[:, 0]
-        if not len(pairs):
-            return before, after
-        refined_before, refined_after = self.difference_module(
-            [level[0::2][pairs] for level in levels],
-            [level[1::2][pairs] for level in levels],
-            before[pairs],
-            after[pairs],
-            token_mask=None if kept_tokens is None else kept_tokens[pairs],
+        earlier, later, sample = date_pairs(num_dates)
+        if changed_tokens is not None:
+            refined_pairs = changed_tokens.any(1)[sample]
+            earlier, later, sample = earlier[refined_pairs], later[refined_pairs], sample[refined_pairs]
+            if not len(sample):
+                return features
+        refined_earlier, refined_later = self.difference_module(
+            [level[earlier] for level in levels],
+            [level[later] for level in levels],
+            features[earlier],
+            features[later],
+            token_mask=None if kept_tokens is None else kept_tokens[sample],
         )
-        return before.index_copy(0, pairs, refined_before), after.index_copy(0, pairs, refined_after)
+        dates = torch.cat([earlier, later])
+        counts = torch.bincount(dates, minlength=features.shape[0]).to(features.dtype)[:, None, None]
+        summed = torch.zeros_like(features).index_add(0, dates, torch.cat([refined_earlier, refined_later]))
+        return torch.where(counts > 0, summed / counts.clamp(min=1), features)
 
     def prepare_language_model_inputs(
         self,
@@ -929,13 +987,14 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 "leave position_ids unset (the shortened sequence gets contiguous positions)"
             )
         image_positions = input_ids == self.config.image_token_id
-        if int(image_positions.sum()) != kept_tokens.numel():
+        kept_flat = torch.cat([row.flatten() for row in kept_tokens])
+        if int(image_positions.sum()) != kept_flat.numel():
             raise ValueError(
                 f"input_ids hold {int(image_positions.sum())} image placeholders, but the images have "
-                f"{kept_tokens.numel()} tokens ({tuple(kept_tokens.shape)}): build inputs with RsccProcessor"
+                f"{kept_flat.numel()} tokens: build inputs with RsccProcessor"
             )
         keep = ~image_positions
-        keep[image_positions] = kept_tokens.flatten().to(keep.device)
+        keep[image_positions] = kept_flat.to(keep.device)
         if attention_mask is not None:
             keep &= attention_mask.bool()
         left_padding = attention_mask is None or bool(attention_mask[:, -1].all())
@@ -1243,9 +1302,10 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             from_pretrained_kwargs (`dict`, *optional*): passed to `from_pretrained` (`dtype`, `device_map`,
                 `revision`, `attn_implementation`, ...).
             video_encoder (`str`, `PreTrainedConfig` or `dict`, *optional*): with `pair_encoding="video_encoder"`, the
-                video encoder: a Hub id or folder (its config and pretrained weights) or a config (random weights).
-                Its `num_frames` is set to 2. The checkpoint's SigLIP and projector are then not loaded (the encoder
-                replaces them), and `use_difference_integration` defaults to `False`.
+                video encoder: a Hub id or folder (its config and pretrained weights, `num_frames` set to 2 for
+                pairs) or a config (random weights; its `num_frames` is the dates per sample). The checkpoint's SigLIP
+                and projector are then not loaded (the encoder replaces them), and `use_difference_integration`
+                defaults to `False`.
             **config_overrides: [`RsccConfig`] options, e.g. `difference_num_blocks=2`.
 
         Returns:
@@ -1280,9 +1340,10 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
                     else AutoConfig.from_pretrained(video_encoder, **hub_kwargs)
                 ).to_dict()
             )
-            # A pair is two frames. VideoMAE's position table is sinusoidal (no weights), so an encoder pretrained on
-            # 16-frame clips takes 2-frame ones with its table recomputed.
-            config_overrides["video_encoder_config"]["num_frames"] = 2
+            if isinstance(video_encoder, (str, os.PathLike)):
+                # A pair is two frames. VideoMAE's position table is sinusoidal (no weights), so an encoder pretrained
+                # on 16-frame clips takes 2-frame ones with its table recomputed.
+                config_overrides["video_encoder_config"]["num_frames"] = 2
         if video_mode:
             config_overrides.setdefault("use_difference_integration", False)
         base_options = base_config.to_dict()

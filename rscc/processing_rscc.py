@@ -44,6 +44,11 @@ logger = logging.get_logger(__name__)
 DEFAULT_PROMPT = (
     "This is the Image1 <image>. This is the second Image2 <image>.\nWhat difference happened from Image1 to Image2?"
 )
+# The default prompt of a series of N > 2 dates: one numbered placeholder per date, oldest first.
+SERIES_PROMPT_TEMPLATE = (
+    "These are images of the same place at {num_dates} dates, oldest first: {images}.\n"
+    "What changed across the series from Image1 to Image{num_dates}?"
+)
 # Qwen ChatML with the default system message; `{prompt}` is the user turn.
 DEFAULT_CONVERSATION_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
@@ -59,6 +64,14 @@ _EIGHT_BIT_BAND_MODES = ("RGB", "RGBA", "LA", "CMYK")
 # GDAL-written TIFF) into an (H, W) or (H, W, C) array; `name` is how errors refer to it. The rscc package sets a GDAL
 # one (`rscc.imagery`); where none is set (remote code without rscc) such files are refused, never truncated.
 full_depth_reader = None
+
+
+def default_prompt(num_dates: int, image_token: str = "<image>") -> str:
+    """The default prompt of a sample of `num_dates` images: CCExpert's for a pair, else [`SERIES_PROMPT_TEMPLATE`]."""
+    if num_dates == 2:
+        return DEFAULT_PROMPT.replace("<image>", image_token)
+    images = ", ".join(f"Image{date} {image_token}" for date in range(1, num_dates + 1))
+    return SERIES_PROMPT_TEMPLATE.format(num_dates=num_dates, images=images)
 
 
 def to_sentence_case(caption: str) -> str:
@@ -448,7 +461,8 @@ class RsccProcessor(ProcessorMixin):
         num_image_tokens (`int`): vision tokens per image before the newline token (729 for SigLIP-384).
         vision_feature_select_strategy (`str`, *optional*, defaults to `"full"`): as in the model config;
             `"default"` drops one token per image.
-        prompt (`str`, *optional*): default user prompt, with exactly two `image_token` placeholders (before, after).
+        prompt (`str`, *optional*): default user prompt of a pair, with exactly two `image_token` placeholders (before,
+            after). A series of N > 2 dates gets [`default_prompt`] (N placeholders) by default.
         conversation_template (`str`, *optional*): the text around the user prompt, with one `{prompt}` field,
             ending where the assistant's answer starts.
         turn_end (`str`, *optional*, defaults to `"<|im_end|>"`): appended to caption targets; supervised.
@@ -507,7 +521,7 @@ class RsccProcessor(ProcessorMixin):
             raise ValueError(f"the tokenizer has no single token for image_token {image_token!r}")
         if conversation_template.count("{prompt}") != 1:
             raise ValueError("conversation_template must contain exactly one '{prompt}' field")
-        self._check_prompt(prompt, "prompt")
+        self._check_prompt(prompt, "prompt", 2)
 
     @property
     def num_change_classes(self) -> int:
@@ -567,35 +581,38 @@ class RsccProcessor(ProcessorMixin):
             **kwargs,
         )
 
-    def _check_prompt(self, prompt, name: str) -> None:
+    def _check_prompt(self, prompt, name: str, num_dates: int) -> None:
         if not isinstance(prompt, str):
             raise RsccInputError(f"{name}: expected a string, got {type(prompt).__name__}")
         found = prompt.count(self.image_token)
-        if found != 2:
+        if found != num_dates:
             raise RsccInputError(
-                f"{name} must contain exactly two {self.image_token!r} placeholders (before, after); found {found} "
-                f"in {prompt!r}"
+                f"{name} must contain exactly {num_dates} {self.image_token!r} placeholders (one per date of its "
+                f"sample, oldest first); found {found} in {prompt!r}"
             )
 
     @staticmethod
-    def _check_pairs(images) -> list:
-        expected = "images must be a list of [before, after] pairs, e.g. images=[[before, after], ...]"
+    def _check_samples(images) -> list:
+        expected = (
+            "images must be a list of samples, each an ordered list of at least 2 co-registered images (a [before, "
+            "after] pair or a time series), e.g. images=[[before, after], ...]"
+        )
         if not isinstance(images, (list, tuple)) or not images:
             raise RsccInputError(f"{expected}; got {type(images).__name__ if images is not None else None}")
-        for index, pair in enumerate(images):
-            if not isinstance(pair, (list, tuple)):
-                raise RsccInputError(f"{expected}; element {index} is a {type(pair).__name__}, not a pair")
-            if len(pair) != 2:
-                raise RsccInputError(f"{expected}; element {index} holds {len(pair)} images")
-        return list(images)
+        for index, sample in enumerate(images):
+            if not isinstance(sample, (list, tuple)):
+                raise RsccInputError(f"{expected}; element {index} is a {type(sample).__name__}, not a list")
+            if len(sample) < 2:
+                raise RsccInputError(f"{expected}; element {index} holds {len(sample)} image(s)")
+        return [list(sample) for sample in images]
 
-    def _per_sample(self, values, num_pairs: int, name: str) -> list:
+    def _per_sample(self, values, num_samples: int, name: str) -> list:
         if isinstance(values, str):
-            # One prompt serves every pair; one caption can only belong to one pair.
-            values = [values] * num_pairs if name == "text" else [values]
-        if not isinstance(values, (list, tuple)) or len(values) != num_pairs:
+            # One prompt serves every sample; one caption can only belong to one sample.
+            values = [values] * num_samples if name == "text" else [values]
+        if not isinstance(values, (list, tuple)) or len(values) != num_samples:
             got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
-            raise RsccInputError(f"{name}: expected one entry per pair ({num_pairs}), got {got}")
+            raise RsccInputError(f"{name}: expected one entry per sample ({num_samples}), got {got}")
         return list(values)
 
     def _encode(self, text: str) -> list[int]:
@@ -611,48 +628,54 @@ class RsccProcessor(ProcessorMixin):
         return_tensors: str = "pt",
         **kwargs,
     ) -> BatchFeature:
-        """Prepare pairs for the model.
+        """Prepare pairs, or series of N >= 2 dates, for the model.
 
         Args:
-            images (`list` of `[before, after]` pairs): each image a path, PIL image, numpy array or tensor
-                (see [`load_image`]). Images of any size are resized to the vision tower's input size.
-            text (`str` or `list[str]`, *optional*): user prompt per pair (one string applies to all), each with
-                exactly two image placeholders; defaults to `self.prompt`.
-            captions (`list[str]`, *optional*): target caption per pair, for training. Targets are formatted with
+            images (`list` of samples): each sample an ordered list of N >= 2 co-registered images, oldest first (a
+                `[before, after]` pair is N = 2); samples of one batch may differ in N. Each image a path, PIL image,
+                numpy array or tensor (see [`load_image`]). Images of any size are resized to the vision tower's
+                input size.
+            text (`str` or `list[str]`, *optional*): user prompt per sample (one string applies to all), each with
+                one image placeholder per date; defaults to `self.prompt` for pairs and [`default_prompt`] for series.
+            captions (`list[str]`, *optional*): target caption per sample, for training. Targets are formatted with
                 [`to_sentence_case`] and followed by `turn_end`; `labels` supervise only those tokens.
-            change_masks (`list`, *optional*): one change mask per pair, or `None` for a pair without one: a PNG path,
-                PIL image, array or tensor in any encoding [`load_change_mask`] documents. Masks are resized (nearest)
-                to the vision input size like the images; a mask whose size differs from its images' is resized
-                with a warning.
+            change_masks (`list`, *optional*): one change mask per sample (first to last date), or `None` for a sample
+                without one: a PNG path, PIL image, array or tensor in any encoding [`load_change_mask`] documents.
+                Masks are resized (nearest) to the vision input size like the images; a mask whose size differs from
+                its images' is resized with a warning.
             padding_side (`str`, *optional*): `"left"` (default without captions: generation) or `"right"`
                 (default with captions: training).
             return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"` is supported.
 
         Returns:
             [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)`, `pixel_values`
-            `(2 * batch, 1, 3, H, W)`, `image_sizes` `(2 * batch, 2)`, `batch_num_images` `(batch,)` (all 2),
-            with captions `labels` `(batch, seq_len)`, and with change masks `change_masks` `(batch, H, W)` (class
-            ids, -100 for every pixel of a pair given `None`).
+            `(num_images, 1, 3, H, W)` (every sample's images in turn), `image_sizes` `(num_images, 2)`,
+            `batch_num_images` `(batch,)` (each sample's N), with captions `labels` `(batch, seq_len)`, and with change
+            masks `change_masks` `(batch, H, W)` (class ids, -100 for every pixel of a sample given `None`).
         """
         if return_tensors != "pt":
             raise RsccInputError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
-        pairs = self._check_pairs(images)
-        prompts = self._per_sample(self.prompt if text is None else text, len(pairs), "text")
+        samples = self._check_samples(images)
+        num_dates = [len(sample) for sample in samples]
+        if text is None:
+            prompts = [self.prompt if n == 2 else default_prompt(n, self.image_token) for n in num_dates]
+        else:
+            prompts = self._per_sample(text, len(samples), "text")
         for index, prompt in enumerate(prompts):
-            self._check_prompt(prompt, f"text[{index}]")
+            self._check_prompt(prompt, f"text[{index}]", num_dates[index])
         targets = None
         if captions is not None:
-            targets = [to_sentence_case(c) for c in self._per_sample(captions, len(pairs), "captions")]
+            targets = [to_sentence_case(c) for c in self._per_sample(captions, len(samples), "captions")]
         padding_side = padding_side or ("left" if targets is None else "right")
         if padding_side not in ("left", "right"):
             raise RsccInputError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
 
-        masks = None if change_masks is None else self._per_sample(change_masks, len(pairs), "change_masks")
-        image_inputs = self.image_processor(pairs, change_masks=masks, return_tensors="pt", **kwargs)
+        masks = None if change_masks is None else self._per_sample(change_masks, len(samples), "change_masks")
+        image_inputs = self.image_processor(samples, change_masks=masks, return_tensors="pt", **kwargs)
 
         sequences, label_sequences = [], []
         for index, prompt in enumerate(prompts):
-            prompt_ids, counts = [], iter(self.placeholder_token_counts(2))
+            prompt_ids, counts = [], iter(self.placeholder_token_counts(num_dates[index]))
             for token_id in self._encode(self.conversation_template.format(prompt=prompt)):
                 prompt_ids.extend([token_id] * (next(counts) if token_id == self.image_token_id else 1))
             target_ids = [] if targets is None else self._encode(targets[index] + self.turn_end)
@@ -673,7 +696,7 @@ class RsccProcessor(ProcessorMixin):
             "attention_mask": torch.tensor([pad([1] * len(ids), 0) for ids in sequences], dtype=torch.long),
             "pixel_values": image_inputs["pixel_values"],
             "image_sizes": image_inputs["image_sizes"],
-            "batch_num_images": torch.full((len(pairs),), 2, dtype=torch.long),
+            "batch_num_images": torch.tensor(num_dates, dtype=torch.long),
         }
         if targets is not None:
             data["labels"] = torch.tensor([pad(ids, IGNORE_INDEX) for ids in label_sequences], dtype=torch.long)
@@ -723,6 +746,7 @@ __all__ = [
     "InputFileNotFoundError",
     "load_image",
     "load_change_mask",
+    "default_prompt",
     "to_sentence_case",
     "stretch_to_uint8",
     "pillow_truncates",

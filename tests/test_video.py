@@ -229,7 +229,7 @@ def test_lora_targets_only_the_video_encoders_last_block(stock_folder, video_enc
         ({"pair_encoding": "video_encoder", "use_difference_integration": False,
           "video_encoder_config": {"model_type": "videomae"}}, "lacks"),
         ({"pair_encoding": "video_encoder", "use_difference_integration": False,
-          "video_encoder_config": tiny_video_encoder_config(num_frames=4)}, "num_frames=2"),
+          "video_encoder_config": tiny_video_encoder_config(num_frames=3)}, "tubelet_size dividing it"),
         ({"pair_encoding": "video_encoder", "video_encoder_config": tiny_video_encoder_config()},
          "use_difference_integration=False"),
         ({"pair_encoding": "images", "video_encoder_config": tiny_video_encoder_config()}, "only read by"),
