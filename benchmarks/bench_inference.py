@@ -1,7 +1,8 @@
 """Inference cost of rscc against stock LLaVA-OneVision: one workload, every model side by side, one results table.
 
-    python benchmarks/bench_inference.py --preset tiny|real|7b [--pairs N] [--batch-sizes 1 8] [--json out.json]
-        [--readme benchmarks/README.md] [--device cpu|cuda] [--dtype float32|bfloat16]
+    python benchmarks/bench_inference.py --preset tiny|real|7b [--variants options|encodings] [--pairs N]
+        [--batch-sizes 1 8] [--json out.json] [--readme benchmarks/README.md] [--device cpu|cuda]
+        [--dtype float32|bfloat16]
 
 Workload `levir-cd-mix`: the labelled LEVIR-CD pairs of `../shared/data/levir_cd_samples` with their real masks, then the
 same pairs under empty masks (LEVIR-CC is half no-change); 12 new tokens (LEVIR-CC's mean caption length plus the end
@@ -11,11 +12,15 @@ Presets (random weights): `tiny` (the tiny checkpoint's widths at LLaVA-OneVisio
 the real ones), `real` (LLaVA-OneVision-0.5B dimensions), `7b` (Qwen2-7B language model: memory planning only, built on
 the meta device: parameters, weight bytes and KV cache per pair at the sequence lengths the tiny preset measures).
 
-Models, all holding the same base weights: stock; rscc with every option off; the difference module alone; + `drop`
-with the workload's masks as input; full rscc (difference module + change head + `drop` with `change_mask_source=
+Variants `options` (the default), all holding the same base weights: stock; rscc with every option off; the difference
+module alone; + `drop` with the workload's masks as input; full rscc (difference module + change head + `drop` with `change_mask_source=
 "predicted"`: the head runs on every pair, and the workload's masks are given, which win over its prediction, since
 random weights predict noise); + the no-change shortcut (pairs whose predicted mask is empty skip the language model;
 with random weights the head rarely predicts an empty mask, so this row shows the shortcut's overhead, not its gain).
+Variants `encodings` (`pair_encoding`): stock; `"llava_video"` (the pair as LLaVA-OneVision's 2-frame video, no new
+weights); `"video_encoder"` (MV-CC: a VideoMAE-base-sized encoder over 2 frames of 224 px with tubelets of 2, its own
+projector; the `tiny` preset uses a tiny one); that plus the workload's masks multiplying (MV-CC) or dropping tokens.
+Each variant captions through a processor of its encoding. Its table goes between the `PRESET-encodings` markers.
 
 Figures per model: pairs/s at each batch size (runs alternate, best of `--repeats` per batch, ratios to stock from the
 same process), latency per pair at batch 1, the language model's sequence length and visual tokens per pair (recorded
@@ -42,9 +47,10 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
-from rscc import RsccConfig, RsccForConditionalGeneration
+from rscc import RsccConfig, RsccForConditionalGeneration, RsccImageProcessor, RsccProcessor
 from rscc.checkpoints import llava_onevision_0_5b_config, make_processor, tiny_config
 from rscc.inference import caption_pairs
+from rscc.video_rscc import RsccVideoEncoder, processor_options
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "levir_cd_samples"
 NEW_TOKENS = 12
@@ -63,7 +69,32 @@ MODELS = {
         True,
     ),
 }
-PARTS = ("vision_tower", "multi_modal_projector", "difference_module", "change_head", "language_model", "lm_head")
+ENCODING_MODELS = {
+    "stock": (None, False),
+    "llava_video": ({"pair_encoding": "llava_video", "use_difference_integration": False}, False),
+    "video_encoder": ({"pair_encoding": "video_encoder", "use_difference_integration": False}, False),
+    "video_encoder + multiply (input masks, MV-CC)": (
+        {"pair_encoding": "video_encoder", "use_difference_integration": False, "change_filter": "multiply"},
+        True,
+    ),
+    "video_encoder + drop (input masks)": (
+        {"pair_encoding": "video_encoder", "use_difference_integration": False, "change_filter": "drop"},
+        True,
+    ),
+}
+VARIANTS = {"options": MODELS, "encodings": ENCODING_MODELS}
+# VideoMAE-base (MCG-NJU/videomae-base) over a pair: 2 frames of 224 px, 16 px patches, tubelets of 2: 196 tokens.
+VIDEOMAE_BASE = dict(
+    model_type="videomae", hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    image_size=224, patch_size=16, num_frames=2, tubelet_size=2,
+)
+TINY_VIDEOMAE = {**VIDEOMAE_BASE, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                 "num_attention_heads": 4}
+# Parts whose FLOPs are counted, as submodule paths; under `pair_encoding="video_encoder"` the video encoder's backbone
+# and projector stand where the vision tower and projector were.
+PARTS = ("model.vision_tower", "model.video_encoder.backbone", "model.multi_modal_projector",
+         "model.video_encoder.projector", "model.difference_module", "model.change_head", "model.language_model",
+         "lm_head")
 QWEN2_7B = dict(
     model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
     num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1000000.0,
@@ -81,16 +112,20 @@ def levir_cd_mix(limit: int | None) -> tuple[list, list]:
     return pairs + pairs, [str(DATA / "label" / name) for name in names] + [empty] * len(names)
 
 
-def build_models(config: RsccConfig, device, dtype) -> dict:
-    """Every model of `MODELS`, built on the meta device and given the modules of one fully built rscc model: one set
-    of weights (and buffers) in memory."""
+def build_models(config: RsccConfig, variants: dict, device, dtype) -> dict:
+    """Every model of `variants`, built on the meta device and given the modules of one fully built rscc model (and of
+    one video encoder): one set of weights (and buffers) in memory."""
     torch.manual_seed(0)
     full_options = MODELS["full + no-change shortcut"][0]
     source = RsccForConditionalGeneration(RsccConfig(**{**config.to_dict(), **full_options})).to(device, dtype).eval()
+    video_options = [options for options, _ in variants.values() if (options or {}).get("video_encoder_config")]
+    if video_options:
+        video_config = RsccConfig(**{**config.to_dict(), **video_options[0]})
+        source.model.video_encoder = RsccVideoEncoder(video_config).to(device, dtype).eval()
     source.requires_grad_(False)  # inference only; the FLOP counter tracks modules through autograd otherwise
     rscc_options = {*RsccConfig.__dataclass_fields__} - {*LlavaOnevisionConfig.__dataclass_fields__}
     models = {}
-    for name, (options, _) in MODELS.items():
+    for name, (options, _) in variants.items():
         with torch.device("meta"):
             if options is None:
                 stock_options = {k: v for k, v in config.to_dict().items() if k not in rscc_options | {"model_type"}}
@@ -140,8 +175,8 @@ def flops_by_part(model, caption) -> dict:
     starts = {}
 
     def part_name(name, kwargs):
-        if name != "language_model":
-            return name
+        if name != "model.language_model":
+            return name.split(".")[-1]
         return "lm_prefill" if kwargs["inputs_embeds"].shape[1] > 1 else "lm_decode"
 
     def before(name):
@@ -158,7 +193,10 @@ def flops_by_part(model, caption) -> dict:
 
     handles = []
     for name in PARTS:
-        module = getattr(model, name, None) or getattr(model.model, name, None)
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:  # a part this model does not have
+            continue
         if module is not None:
             handles.append(module.register_forward_pre_hook(before(name), with_kwargs=True))
             handles.append(module.register_forward_hook(after(name), with_kwargs=True))
@@ -186,14 +224,14 @@ def matmul_rate(device, dtype, size: int = 2048, seconds: float = 3.0) -> float:
     return 2 * size**3 * count / (time.perf_counter() - start)
 
 
-def measure(models: dict, processor, pairs, masks, batch_sizes, repeats, device) -> dict:
+def measure(models: dict, variants: dict, processors: dict, pairs, masks, batch_sizes, repeats, device) -> dict:
     """Time every model on every batch of every batch size (runs alternate on each batch, best of `repeats`), record
     sequence lengths, and count FLOPs (separate pass, batch 1)."""
 
     def caption(name, batch, batch_size, **overrides):
-        _, with_masks = MODELS[name]
+        _, with_masks = variants[name]
         caption_pairs(
-            models[name], processor, pairs[batch], batch_size=batch_size,
+            models[name], processors[name], pairs[batch], batch_size=batch_size,
             change_masks=masks[batch] if with_masks else None,
             **{"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, **overrides},
         )
@@ -222,11 +260,11 @@ def measure(models: dict, processor, pairs, masks, batch_sizes, repeats, device)
         for name in names:
             timings[name][batch_size] = sum(best[name])
     recorder.remove()
-    # Every pair has the same prompt: its text tokens are the prefill length less the image placeholders.
-    prompt = processor(images=pairs[:1])
-    text_tokens = int((prompt["input_ids"] != processor.image_token_id).sum())
     results = {}
     for name in names:
+        # Every pair has the same prompt: its text tokens are the prefill length less the image placeholders.
+        prompt = processors[name](images=pairs[:1])
+        text_tokens = int((prompt["input_ids"] != processors[name].image_token_id).sum())
         first_run = recorder.real_positions[(name, batch_sizes[0], 0)]
         skipped = len(pairs) - len(first_run)  # the no-change shortcut skips the language model
         flops = [flops_by_part(models[name], lambda i=i: caption(name, slice(i, i + 1), 1)) for i in range(len(pairs))]
@@ -249,24 +287,49 @@ def measure(models: dict, processor, pairs, masks, batch_sizes, repeats, device)
     return results
 
 
-def run_preset(preset: str, limit: int | None, batch_sizes, repeats, device, dtype) -> dict:
+def encoding_processor(processor: RsccProcessor, config: RsccConfig) -> RsccProcessor:
+    """`processor` with the placeholder layout (and, for a video encoder, the frame size and normalisation) of
+    `config`'s pair encoding."""
+    options = processor_options(config)
+    image_processor = processor.image_processor
+    if "image_processor_options" in options:
+        image_processor = RsccImageProcessor.from_image_processor(image_processor, **options["image_processor_options"])
+    return RsccProcessor(
+        image_processor, processor.tokenizer, num_image_tokens=options.get("num_image_tokens", processor.num_image_tokens),
+        pair_encoding=options["pair_encoding"], video_tubelet_size=options.get("video_tubelet_size", 1),
+    )
+
+
+def run_preset(preset: str, variant: str, limit: int | None, batch_sizes, repeats, device, dtype) -> dict:
     pairs, masks = levir_cd_mix(limit)
     processor = make_processor(image_size=384, patch_size=14)
     image_ids = dict(
         image_token_index=processor.image_token_id,
         video_token_index=processor.tokenizer.convert_tokens_to_ids("<video>"),
     )
+    video_encoder = TINY_VIDEOMAE if preset == "tiny" else VIDEOMAE_BASE
     if preset == "tiny":
         config = tiny_config(processor.tokenizer, image_size=384, patch_size=14)
     else:
         config = llava_onevision_0_5b_config(**image_ids)
-    models = build_models(config, device, dtype)
+    variants = {
+        name: (None if options is None else {
+            **options, **({"video_encoder_config": video_encoder} if "video_encoder" in name else {})
+        }, with_masks)
+        for name, (options, with_masks) in VARIANTS[variant].items()
+    }
+    models = build_models(config, variants, device, dtype)
+    processors = {
+        name: processor if options is None else encoding_processor(processor, models[name].config)
+        for name, (options, _) in variants.items()
+    }
     figures = {
         "preset": preset,
+        "variants": variant,
         "pairs": len(pairs),
         "new_tokens": NEW_TOKENS,
         "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()},
-        "runs": measure(models, processor, pairs, masks, batch_sizes, repeats, device),
+        "runs": measure(models, variants, processors, pairs, masks, batch_sizes, repeats, device),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if device.type == "cuda":
@@ -298,17 +361,20 @@ def markdown_table(figures: dict, limit_rate: float) -> str:
     header = (
         "| model | " + " | ".join(f"pairs/s (batch {size})" for size in sizes)
         + " | vs stock (best batch) | latency at batch 1 (s) | visual tokens / pair | LM length | "
-        "GFLOP / pair: vision, projector, difference, head, LM prefill, LM decode, LM head | achieved / limit |"
+        "GFLOP / pair: vision (SigLIP or video encoder), projector, difference, head, LM prefill, LM decode, LM head | "
+        "achieved / limit |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, run in runs.items():
         best = run["pairs_per_s"][str(run["best_batch_size"])]
         stock_best = stock["pairs_per_s"][str(stock["best_batch_size"])]
         flops = run["gflop_per_pair"]
+        flops = {**flops, "vision": flops.get("vision_tower", 0.0) + flops.get("backbone", 0.0),
+                 "projectors": flops.get("multi_modal_projector", 0.0) + flops.get("projector", 0.0)}
         parts = ", ".join(
             f"{flops.get(part, 0.0):.3g}"
-            for part in ("vision_tower", "multi_modal_projector", "difference_module", "change_head", "lm_prefill",
-                         "lm_decode", "lm_head")
+            for part in ("vision", "projectors", "difference_module", "change_head", "lm_prefill", "lm_decode",
+                         "lm_head")
         )
         achieved = flops["total"] * 1e9 * figures["pairs"] / run["seconds_best_batch"]
         lines.append(
@@ -347,6 +413,8 @@ def plan_7b_table(figures: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=["tiny", "real", "7b"], default="tiny")
+    parser.add_argument("--variants", choices=sorted(VARIANTS), default="options",
+                        help="rscc options (the default) or pair encodings, against stock")
     parser.add_argument("--pairs", type=int, help="pairs of the workload (half real masks, half empty); all by default")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=2)
@@ -357,7 +425,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.preset == "7b":
-        tiny = run_preset("tiny", args.pairs, [8], 1, device, torch.float32)
+        tiny = run_preset("tiny", "options", args.pairs, [8], 1, device, torch.float32)
         figures = {"preset": "7b", **plan_7b({n: r["lm_sequence_length"] for n, r in tiny["runs"].items()})}
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2))
@@ -366,7 +434,9 @@ def main(argv=None) -> dict:
         print(json.dumps(figures, indent=2))
         return figures
     limit_rate = matmul_rate(device, dtype)
-    figures = run_preset(args.preset, args.pairs, sorted(set(args.batch_sizes)), args.repeats, device, dtype)
+    figures = run_preset(
+        args.preset, args.variants, args.pairs, sorted(set(args.batch_sizes)), args.repeats, device, dtype
+    )
     figures.update(
         matmul_limit_gflop_per_s=limit_rate / 1e9,
         machine=f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device} {args.dtype}",
@@ -383,7 +453,8 @@ def main(argv=None) -> dict:
             f"{figures['matmul_limit_gflop_per_s']:.0f} GFLOP/s, torch {torch.__version__}, transformers "
             f"{transformers.__version__}, {figures['date']}:"
         )
-        write_readme(Path(args.readme), args.preset, f"{heading}\n\n{table}")
+        section = args.preset if args.variants == "options" else f"{args.preset}-{args.variants}"
+        write_readme(Path(args.readme), section, f"{heading}\n\n{table}")
     print(table)
     return figures
 

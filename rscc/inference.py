@@ -275,7 +275,8 @@ def describe_changes(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     **generate_kwargs,
 ) -> list[ChangeDescription]:
-    """Caption (before, after) pairs in batches and, with a change head, return its masks too.
+    """Caption (before, after) pairs, or series of N >= 2 dates, in batches and, with a change head, return its
+    (first-to-last) masks too.
 
     Greedy decoding unless `generate_kwargs` say otherwise. With a change head the images are encoded once: the head's
     masks and the features `generate` uses come from the same pass. With `config.no_change_shortcut`, pairs whose
@@ -284,7 +285,8 @@ def describe_changes(
     Args:
         model: an rscc (or stock LLaVA-OneVision) model.
         processor ([`RsccProcessor`]).
-        pairs (`list`): `[before, after]` pairs, each image anything [`load_image`] accepts.
+        pairs (`list`): `[before, after]` pairs or series `[date1, ..., dateN]` (oldest first; N may differ per
+            sample), each image anything [`load_image`] accepts.
         change_masks (`list`, *optional*): one change mask (or `None`) per pair, for the token filter (see
             `RsccProcessor`); under `change_mask_source="predicted"` a given mask wins over the head's prediction.
         batch_size (`int`): pairs per `generate` call.
@@ -320,8 +322,10 @@ def describe_changes(
                 batch_num_images=inputs["batch_num_images"],
                 change_masks=inputs.get("change_masks"),
             )
+            # The head describes first to last date: its masks take the first date's size.
+            first_dates = inputs["batch_num_images"].cumsum(0) - inputs["batch_num_images"]
             masks = processor.post_process_change_masks(
-                image_features.change_logits, target_sizes=inputs["image_sizes"][0::2].tolist()
+                image_features.change_logits, target_sizes=inputs["image_sizes"][first_dates].tolist()
             )
             if config.no_change_shortcut:
                 to_generate = [index for index, mask in enumerate(masks) if mask["changed"]]
