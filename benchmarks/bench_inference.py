@@ -13,8 +13,8 @@ the real ones), `real` (LLaVA-OneVision-0.5B dimensions), `7b` (Qwen2-7B languag
 the meta device: parameters, weight bytes and KV cache per pair at the sequence lengths the tiny preset measures).
 
 Variants `options` (the default), all holding the same base weights: stock; rscc with every option off; the difference
-module alone; + `drop` with the workload's masks as input; full rscc (difference module + change head + `drop` with `change_mask_source=
-"predicted"`: the head runs on every pair, and the workload's masks are given, which win over its prediction, since
+module alone; + `drop` with the workload's masks as input; full rscc (difference module + change head + `drop` with
+`change_mask_source="predicted"`: the head runs on every pair, and the workload's masks are given, which win over its prediction, since
 random weights predict noise); + the no-change shortcut (pairs whose predicted mask is empty skip the language model;
 with random weights the head rarely predicts an empty mask, so this row shows the shortcut's overhead, not its gain).
 Variants `encodings` (`pair_encoding`): stock; `"llava_video"` (the pair as LLaVA-OneVision's 2-frame video, no new
@@ -295,8 +295,11 @@ def encoding_processor(processor: RsccProcessor, config: RsccConfig) -> RsccProc
     if "image_processor_options" in options:
         image_processor = RsccImageProcessor.from_image_processor(image_processor, **options["image_processor_options"])
     return RsccProcessor(
-        image_processor, processor.tokenizer, num_image_tokens=options.get("num_image_tokens", processor.num_image_tokens),
-        pair_encoding=options["pair_encoding"], video_tubelet_size=options.get("video_tubelet_size", 1),
+        image_processor,
+        processor.tokenizer,
+        num_image_tokens=options.get("num_image_tokens", processor.num_image_tokens),
+        pair_encoding=options["pair_encoding"],
+        video_tubelet_size=options.get("video_tubelet_size", 1),
     )
 
 

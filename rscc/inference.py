@@ -455,31 +455,34 @@ def _check_mask_option(model, args) -> None:
         raise BatchInputError(f"--mask-out: the model {args.model} has no change-detection head to predict a mask")
 
 
-def _caption_one_pair(args) -> int:
+def _caption_one_sample(args) -> int:
+    """One pair (BEFORE AFTER) or one series of N > 2 dates (DATE1 ... DATEN, oldest first)."""
     given = [option for option, value in (("--out", args.out), ("--overwrite", args.overwrite or None),
                                           ("--batch-size", args.batch_size), ("--progress", args.progress))
              if value is not None]
     if given:
         raise BatchInputError(f"{given[0]} is for batch mode (two folders or a manifest); one pair prints its caption")
-    before, after = args.inputs
-    for name, path in (("BEFORE", before), ("AFTER", after)):
+    dates = list(args.inputs)
+    names = ("BEFORE", "AFTER") if len(dates) == 2 else [f"DATE{index}" for index in range(1, len(dates) + 1)]
+    for name, path in zip(names, dates):
         load_image(path, name=name)  # fail on bad input before the model loads
     if args.mask is not None:
         load_change_mask(args.mask, name="--mask", num_classes=MAX_CHANGE_CLASSES)
     if args.mask_out is not None:
-        check_output_file(args.mask_out, "--mask-out", "a .png file path", inputs=[before, after, args.mask])
+        check_output_file(args.mask_out, "--mask-out", "a .png file path", inputs=[*dates, args.mask])
     model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
     _check_mask_option(model, args)
     (description,) = describe_changes(
         model,
         processor,
-        [[before, after]],
+        [dates],
         change_masks=None if args.mask is None else [args.mask],
         max_new_tokens=args.max_new_tokens,
     )
     if args.mask_out is not None:
         write_mask_png(description.change_mask, model.config.change_head_num_classes, args.mask_out)
-    result = {"before": before, "after": after, "caption": description.caption}
+    where = {"before": dates[0], "after": dates[1]} if len(dates) == 2 else {"images": dates}
+    result = {**where, "caption": description.caption}
     if description.changed_fraction is not None:
         result.update(changed_fraction=description.changed_fraction, change_flag=int(description.changed))
     if args.json:
@@ -577,11 +580,14 @@ def _caption_batch(args) -> int:
 def _run_caption(args) -> int:
     is_batch = len(args.inputs) == 1 or all(Path(path).is_dir() for path in args.inputs)
     try:
-        if len(args.inputs) > 2:
-            raise BatchInputError(f"expected BEFORE AFTER, two folders or one manifest; got {len(args.inputs)} paths")
+        if len(args.inputs) > 2 and any(Path(path).is_dir() for path in args.inputs):
+            raise BatchInputError(
+                f"expected BEFORE AFTER, DATE1 ... DATEN image files (a series), two folders or one manifest; got "
+                f"{len(args.inputs)} paths, a folder among them"
+            )
         if len(args.inputs) == 2 and any(Path(path).is_dir() for path in args.inputs) and not is_batch:
             raise BatchInputError("BEFORE and AFTER must both be image files or both be folders")
-        return _caption_batch(args) if is_batch else _caption_one_pair(args)
+        return _caption_batch(args) if is_batch else _caption_one_sample(args)
     except (RsccInputError, FileNotFoundError) as error:
         print(f"rscc caption: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -602,8 +608,9 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "caption",
         help="caption the change between two images, or many pairs",
-        usage="rscc caption (BEFORE AFTER | BEFORE_DIR AFTER_DIR | MANIFEST) [options]",
-        description=f"One pair (two image files): print one sentence on what changed from BEFORE to AFTER. "
+        usage="rscc caption (BEFORE AFTER | DATE1 DATE2 ... DATEN | BEFORE_DIR AFTER_DIR | MANIFEST) [options]",
+        description=f"One pair (two image files): print one sentence on what changed from BEFORE to AFTER; one "
+        "series (N > 2 co-registered image files, oldest first): what changed across the series. "
         "Batch (two folders of matching file names, or a CSV/JSONL manifest with columns before, after and "
         "optionally id, caption(s), mask): write one JSON line per pair, {id, before, after, caption[, references, "
         "mask]}, to --out (or stdout), batching on the device; rerunning an interrupted command into the same --out "
@@ -615,7 +622,8 @@ def add_cli(subparsers) -> None:
         "4 the Hugging Face Hub failed; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). After 3, 130 or 143 "
         "finished pairs are kept in OUT.partial and the same command resumes.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="BEFORE AFTER, BEFORE_DIR AFTER_DIR, or MANIFEST")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="BEFORE AFTER, DATE1 ... DATEN, BEFORE_DIR AFTER_DIR, or MANIFEST")
     add_device_arguments(parser)
     parser.add_argument("--json", action="store_true", help="one pair: print a JSON object instead of the caption")
     parser.add_argument(

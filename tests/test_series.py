@@ -4,12 +4,20 @@ Real images only: the 3- and 4-date series are built from the repository's real 
 (`[A, A, B]`: the change happens between the 2nd and 3rd date) or chaining two pairs' images.
 """
 
+import json
+
+import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import VideoMAEConfig
 
 from rscc import RsccForConditionalGeneration, RsccProcessor
-from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor, tiny_config
+from rscc.checkpoints import make_processor, tiny_config
+from rscc.cli import main
+from rscc.data import build_dataset, load_change_dataset, manifest_records
+from rscc.data.schema import sample_images
+from rscc.evaluation import generate_predictions
+from rscc.training import ChangeCaptionCollator, EpochCaptionDataset, parse_arguments, run_stage
 from rscc.modeling_rscc import date_pairs
 from rscc.processing_rscc import default_prompt
 from rscc.video_rscc import processor_options
@@ -163,3 +171,55 @@ def test_three_date_series_learns_captions_of_real_pairs(example_pairs, single_t
         losses.append(loss.item())
     print(f"3-date learning check: caption loss {losses[0]:.3f} -> {sum(losses[-5:]) / 5:.3f} (mean of last 5)")
     assert max(losses[-5:]) < 0.3 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def series_dataset(example_pairs, tmp_path_factory):
+    """A dataset built from a CSV manifest of real images: one pair and two 3-date series (the change between the
+    1st and 2nd date, or the 2nd and 3rd), rows of different N in one file (`image_1` ... `image_3`)."""
+    (a, b), (c, d) = example_pairs
+    folder = tmp_path_factory.mktemp("series")
+    manifest = folder / "series.csv"
+    manifest.write_text(
+        "id,image_1,image_2,image_3,caption\n"
+        f"pair,{a},{b},,Many buildings are constructed.\n"
+        f"late,{c},{c},{d},A road is built.\n"
+        f"early,{a},{b},{b},Many buildings are constructed.\n"
+    )
+    return build_dataset(manifest_records(manifest), folder / "dataset").out_dir
+
+
+def test_manifest_series_build_into_the_images_column_and_old_datasets_still_load(series_dataset, example_pairs,
+                                                                                  tmp_path):
+    split = load_change_dataset(series_dataset, split="train")
+    rows = {row["id"]: row for row in split}
+    assert [len(sample_images(rows[name])) for name in ("pair", "late", "early")] == [2, 3, 3]
+    assert rows["pair"]["images"] == [] and len(rows["late"]["images"]) == 1
+    # A dataset written before series existed has no `images` column: it loads, its rows are pairs.
+    old = tmp_path / "old"
+    (old / "data").mkdir(parents=True)
+    for shard in (series_dataset / "data").glob("*.parquet"):
+        pq.write_table(pq.read_table(shard).drop(["images"]), old / "data" / shard.name)
+    old_rows = list(load_change_dataset(old, split="train"))
+    assert "images" not in old_rows[0] and all(len(sample_images(row)) == 2 for row in old_rows)
+
+
+def test_stage_trains_on_series_and_evaluation_captions_them(series_dataset, tiny_checkpoint, tmp_path):
+    split = load_change_dataset(series_dataset, split="train")
+    processor = RsccProcessor.from_pretrained(tiny_checkpoint)
+    batch = ChangeCaptionCollator(processor)([EpochCaptionDataset(split, "flatten", seed=0)[i] for i in range(3)])
+    assert sorted(batch["batch_num_images"].tolist()) == [2, 3, 3]
+    trainer = run_stage(parse_arguments("stage2", [
+        "--model_name_or_path", str(tiny_checkpoint), "--dataset_name_or_path", str(series_dataset),
+        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--per_device_train_batch_size", "3",
+        "--logging_steps", "1", "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--save_strategy", "no"]))
+    assert all(entry["loss"] > 0 for entry in trainer.state.log_history if "loss" in entry)
+    model = RsccForConditionalGeneration.from_pretrained(tmp_path / "out")
+    predictions = generate_predictions(model, processor, split, batch_size=3, max_new_tokens=3, progress=False)
+    assert sorted(predictions) == ["early", "late", "pair"]
+
+
+def test_caption_cli_captions_a_series_of_rasters(tiny_checkpoint, series, capsys):
+    assert main(["caption", *series[2], "--model", str(tiny_checkpoint), "--max-new-tokens", "3", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["images"] == series[2] and isinstance(printed["caption"], str)

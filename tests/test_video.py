@@ -57,7 +57,8 @@ def test_llava_video_token_count_is_stock_two_frame_video_count():
     # At LLaVA-OneVision's 384 px / 14 px: 2 x 196 + 1 = 393 tokens instead of 2 x 730.
     processor = make_processor(image_size=384, patch_size=14)
     assert sum(processor.placeholder_token_counts()) == 2 * 730
-    video = RsccProcessor(processor.image_processor, processor.tokenizer, num_image_tokens=729, pair_encoding="llava_video")
+    video = RsccProcessor(processor.image_processor, processor.tokenizer, num_image_tokens=729,
+                          pair_encoding="llava_video")
     assert video.placeholder_token_counts() == [196, 197]
     inputs = video(images=[[torch.zeros(3, 64, 64), torch.ones(3, 64, 64)]])
     assert int((inputs["input_ids"] == video.image_token_id).sum()) == 393
@@ -214,8 +215,8 @@ print(json.dumps({"rscc_imported": any(m == "rscc" or m.startswith("rscc.") for 
 def test_lora_targets_only_the_video_encoders_last_block(stock_folder, video_encoder_folder):
     model, _ = build(stock_folder, video_encoder_folder, pair_encoding="video_encoder")
     pattern = lora_target_pattern(model.config, ["video_encoder"], ["query", "key", "value"], last_layers=1)
-    peft_model = apply_lora(model, r=4, alpha=8, dropout=0.0, parts=["video_encoder"], modules=["query", "key", "value"],
-                            last_layers=1)
+    peft_model = apply_lora(model, r=4, alpha=8, dropout=0.0, parts=["video_encoder"],
+                            modules=["query", "key", "value"], last_layers=1)
     adapted = sorted({name.split(".lora_")[0] for name, _ in peft_model.named_parameters() if ".lora_" in name})
     prefix = "base_model.model.model.video_encoder.backbone.encoder.layer.1.attention.attention."
     assert adapted == [prefix + name for name in ("key", "query", "value")], pattern

@@ -196,7 +196,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                                                           "(default: the records file's folder)")
     ccexpert.add_argument("--source-name", help="source column value (default: the records file name)")
 
-    manifest = commands.add_parser("manifest", help="your own pairs: CSV or JSONL with before, after, caption(s)")
+    manifest = commands.add_parser(
+        "manifest", help="your own pairs or series: CSV or JSONL with before, after (or image_1 ... image_N), caption(s)"
+    )
     manifest.add_argument("--manifest", required=True, action="append", metavar="[SPLIT=]FILE",
                           help="CSV or JSONL manifest, optionally with the split of rows without a split column "
                                "(default train); repeatable. Columns: " + ", ".join(MANIFEST_FIELDS)
