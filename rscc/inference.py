@@ -210,7 +210,10 @@ def _load_by_model_type(
             f"model {model_id_or_path}: {len(absent)} weight(s) missing from its weights or of another shape "
             f"than its config.json says (first: {', '.join(sorted(absent)[:3])})"
         )
-    return model, RsccProcessor.from_pretrained(model_id_or_path)
+    processor = RsccProcessor.from_pretrained(model_id_or_path)
+    # `pair_encoding` overridden between "images" and "llava_video" (the same weights): the prompt layout follows.
+    processor.pair_encoding = model.config.pair_encoding
+    return model, processor
 
 
 def load_captioner(

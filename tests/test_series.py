@@ -17,6 +17,7 @@ from rscc.cli import main
 from rscc.data import build_dataset, load_change_dataset, manifest_records
 from rscc.data.schema import sample_images
 from rscc.evaluation import generate_predictions
+from rscc.inference import load_model_and_processor
 from rscc.training import ChangeCaptionCollator, EpochCaptionDataset, parse_arguments, run_stage
 from rscc.modeling_rscc import date_pairs
 from rscc.processing_rscc import default_prompt
@@ -223,3 +224,10 @@ def test_caption_cli_captions_a_series_of_rasters(tiny_checkpoint, series, capsy
     assert main(["caption", *series[2], "--model", str(tiny_checkpoint), "--max-new-tokens", "3", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["images"] == series[2] and isinstance(printed["caption"], str)
+
+
+def test_an_images_checkpoint_loaded_as_llava_video_gets_the_video_prompt_layout(tiny_checkpoint, series):
+    model, processor = load_model_and_processor(str(tiny_checkpoint), {"pair_encoding": "llava_video"})
+    assert processor.pair_encoding == "llava_video" and processor.placeholder_token_counts(3) == [16, 16, 17]
+    with torch.no_grad():
+        assert model(**processor(images=series)).logits.shape[0] == 3

@@ -518,12 +518,16 @@ MASK_RECIPES = {  # recipe -> a change-mask option it sets
     "semantic_cc_stage2_captioning.yaml": "change_loss_weight",
     "semantic_cc_stage3_joint.yaml": "change_loss_weight",
     "kcfi.yaml": "use_change_head",
+    "series_llava_video.yaml": "pair_encoding",
 }
+# Built from a LLaVA-OneVision checkpoint with a video encoder (tested by the accelerate run of mvcc_video.yaml).
+VIDEO_ENCODER_RECIPES = {"mvcc_video.yaml"}
 
 
 def test_recipes_parse_and_their_model_options_build_the_model(tiny_checkpoint, levir_folder, tmp_path):
     recipes = sorted(path.name for path in RECIPES.glob("*.yaml"))
-    assert set(MASK_RECIPES) | {"ccexpert_stage1.yaml", "ccexpert_stage2.yaml", "ccexpert_stage3.yaml"} == set(recipes)
+    ccexpert = {"ccexpert_stage1.yaml", "ccexpert_stage2.yaml", "ccexpert_stage3.yaml"}
+    assert set(MASK_RECIPES) | VIDEO_ENCODER_RECIPES | ccexpert == set(recipes)
     resolved = {}
     for recipe in recipes:
         parsed = parse_arguments("stage1", ["--config", str(RECIPES / recipe), "--model_name_or_path", "unused",
@@ -544,6 +548,11 @@ def test_recipes_parse_and_their_model_options_build_the_model(tiny_checkpoint, 
     assert (mvcc.stage.lora_r, mvcc.stage.lora_parts, mvcc.stage.lora_last_layers) == (4, ["vision_tower"], 1)
     _, semantic2 = resolved["semantic_cc_stage2_captioning.yaml"]
     assert (semantic2.stage.lora_r, semantic2.stage.lora_alpha, semantic2.stage.lora_dropout) == (16, 32, 0.05)
+    mvcc_video_stage, mvcc_video = resolved["mvcc_video.yaml"]
+    assert mvcc_video_stage.trainable_parts == ("projector", "language_model")
+    assert (mvcc_video.stage.lora_r, mvcc_video.stage.lora_parts, mvcc_video.stage.lora_modules,
+            mvcc_video.stage.lora_last_layers) == (4, ["video_encoder"], ["query", "key", "value"], 1)
+    assert mvcc_video.model.model_config_overrides["pair_encoding"] == "video_encoder"
 
     for recipe, option in MASK_RECIPES.items():
         parsed = parse_arguments("stage1", ["--config", str(RECIPES / recipe), "--model_name_or_path",

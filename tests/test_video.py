@@ -9,7 +9,7 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 from test_remote_code import HIDE_RSCC, run_without_rscc
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
-from rscc.checkpoints import build_image_processor, make_processor, tiny_config
+from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_image_processor, make_processor, tiny_config
 from rscc.training import apply_lora, lora_target_pattern, part_of
 from rscc.video_rscc import IMAGENET_MEAN, processor_options
 
@@ -179,12 +179,16 @@ def test_video_encoder_with_change_head_and_filter_trains_and_generates(stock_fo
     assert torch.equal(batched[0, -3:], alone[0, -3:])
 
 
-@pytest.mark.parametrize("pair_encoding", ["llava_video", "video_encoder"])
-def test_video_encodings_save_reload_and_run_as_remote_code(stock_folder, video_encoder_folder, example_pairs,
-                                                            tmp_path, pair_encoding):
+@pytest.mark.parametrize("pair_encoding", ["images", "llava_video", "video_encoder"])
+def test_encodings_save_reload_and_run_as_remote_code(stock_folder, video_encoder_folder, example_pairs, tmp_path,
+                                                      pair_encoding):
     encoder = video_encoder_folder if pair_encoding == "video_encoder" else None
-    model, processor = build(stock_folder, encoder, pair_encoding=pair_encoding, use_difference_integration=False,
-                             use_change_head=True, change_filter="multiply", change_mask_source="predicted")
+    difference = {} if encoder else TINY_DIFFERENCE_OPTIONS
+    model, processor = build(stock_folder, encoder, pair_encoding=pair_encoding, use_change_head=True,
+                             change_filter="multiply", change_mask_source="predicted", **difference)
+    with torch.no_grad():  # a live difference module, so that the comparison below covers it
+        if model.model.difference_module is not None:
+            model.model.difference_module.output_scale.fill_(0.5)
     folder = tmp_path / "saved"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -193,20 +197,22 @@ def test_video_encodings_save_reload_and_run_as_remote_code(stock_folder, video_
     reloaded = RsccForConditionalGeneration.from_pretrained(folder).eval()
     reloaded_processor = RsccProcessor.from_pretrained(folder)
     assert reloaded_processor.placeholder_token_counts() == processor.placeholder_token_counts()
-    inputs = processor(images=[example_pairs[0]])
+    (a, b), (c, _) = example_pairs
+    # A pair and, where the encoding takes any N, a 3-date series in the same batch.
+    samples = [[a, b]] if pair_encoding == "video_encoder" else [[a, b], [c, a, b]]
     with torch.no_grad():
-        expected = model(**inputs).logits
-        assert torch.equal(reloaded(**reloaded_processor(images=[example_pairs[0]])).logits, expected)
+        expected = model(**processor(images=samples)).logits
+        assert torch.equal(reloaded(**reloaded_processor(images=samples)).logits, expected)
     script = HIDE_RSCC + r"""
-folder, before, after, out = sys.argv[1:5]
+folder, samples, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 with torch.no_grad():
-    torch.save(model(**processor(images=[[before, after]])).logits, out)
+    torch.save(model(**processor(images=samples)).logits, out)
 print(json.dumps({"rscc_imported": any(m == "rscc" or m.startswith("rscc.") for m in sys.modules)}))
 """
     out = tmp_path / "logits.pt"
-    result = run_without_rscc(script, [str(folder), *example_pairs[0], str(out)], tmp_path)
+    result = run_without_rscc(script, [str(folder), json.dumps(samples), str(out)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not json.loads(result.stdout.strip().splitlines()[-1])["rscc_imported"]
     assert (torch.load(out) - expected).abs().max().item() <= 1e-5
