@@ -150,14 +150,18 @@ def test_video_encoder_takes_series_of_its_num_frames_and_refuses_others(series)
         model(**video(images=series[:1]))
 
 
-def test_three_date_series_learns_captions_of_real_pairs(example_pairs, single_torch_thread):
-    # Series built from the real pairs: [A, A, B] and [A, B, B] carry the pair's change (first to last), [A, A, A] and
-    # [B, B, B] none; the caption is the pair's first reference or a no-change sentence.
+def test_three_date_series_learns_captions_of_real_pairs(shared_data, single_torch_thread):
+    # Series built from two real LEVIR-CC pairs of ../shared/data: [A, A, B] and [A, B, B] carry the pair's change
+    # (first to last) and get its first reference caption; [A, A, A] and [B, B, B] show none and get a no-change one.
+    root = shared_data / "levir_cc"
+    names = ("train_000016.png", "train_000051.png")
+    entries = {entry["filename"]: entry for entry in json.loads((root / "LevirCCcaptions.json").read_text())["images"]}
     processor = make_processor()
     model = live_model(processor, seed=3)
-    captions = ["Many buildings are constructed on the bare land.", "A road is built and several houses appear."]
     samples, targets = [], []
-    for (before, after), caption in zip(example_pairs, captions):
+    for name in names:
+        before, after = (str(root / "images" / "train" / side / name) for side in ("A", "B"))
+        caption = entries[name]["sentences"][0]["raw"]
         samples += [[before, before, after], [before, after, after], [before] * 3, [after] * 3]
         targets += [caption, caption, "There is no difference.", "There is no difference."]
     model.train()
