@@ -1,9 +1,12 @@
-"""Bi-temporal processor for rscc: (before, after) image pairs and prompts in, model inputs out.
+"""Multi-temporal processor for rscc: (before, after) image pairs, or series of N >= 2 dates, and prompts in, model
+inputs out.
 
 Output feeds both `RsccForConditionalGeneration` and the stock `LlavaOnevisionForConditionalGeneration`: each
-sample holds two images, so LLaVA-OneVision uses the base view of each (no tiling) and every image placeholder
-stands for `num_image_tokens + 1` tokens (grid plus one newline token; 730 for SigLIP at 384 px). Optional change
-masks (one per pair) come out as class ids at the vision input size, for rscc models only.
+sample holds two or more images, so LLaVA-OneVision uses the base view of each (no tiling) and, under the default
+`pair_encoding="images"`, every image placeholder stands for `num_image_tokens + 1` tokens (grid plus one newline
+token; 730 for SigLIP at 384 px); the video encodings lay their tokens out as
+[`RsccProcessor.placeholder_token_counts`] says. Optional change masks (one per sample, first to last date) come out
+as class ids at the vision input size, for rscc models only.
 
 [`RsccImageProcessor`] owns everything about pixels: decoding image inputs (16-bit stretch), decoding change masks
 into the change head's classes, and reading the head's logits back as masks; [`RsccProcessor`] pairs it with the
