@@ -1,7 +1,8 @@
 """Inference cost of rscc against stock LLaVA-OneVision: one workload, every model side by side, one results table.
 
-    python benchmarks/bench_inference.py --preset tiny|real|7b [--pairs N] [--batch-sizes 1 8] [--json out.json]
-        [--readme benchmarks/README.md] [--device cpu|cuda] [--dtype float32|bfloat16]
+    python benchmarks/bench_inference.py --preset tiny|real|7b [--variants options|encodings] [--pairs N]
+        [--batch-sizes 1 8] [--json out.json] [--readme benchmarks/README.md] [--device cpu|cuda]
+        [--dtype float32|bfloat16]
 
 Workload `levir-cd-mix`: the labelled LEVIR-CD pairs of `../shared/data/levir_cd_samples` with their real masks, then the
 same pairs under empty masks (LEVIR-CC is half no-change); 12 new tokens (LEVIR-CC's mean caption length plus the end
@@ -11,14 +12,18 @@ Presets (random weights): `tiny` (the tiny checkpoint's widths at LLaVA-OneVisio
 the real ones), `real` (LLaVA-OneVision-0.5B dimensions), `7b` (Qwen2-7B language model: memory planning only, built on
 the meta device: parameters, weight bytes and KV cache per pair at the sequence lengths the tiny preset measures).
 
-Models, all holding the same base weights: stock; rscc with every option off; the difference module alone; + `drop`
-with the workload's masks as input; full rscc (difference module + change head + `drop` with `change_mask_source=
-"predicted"`: the head runs on every pair, and the workload's masks are given, which win over its prediction, since
+Variants `options` (the default), all holding the same base weights: stock; rscc with every option off; the difference
+module alone; + `drop` with the workload's masks as input; full rscc (difference module + change head + `drop` with
+`change_mask_source="predicted"`: the head runs on every pair, and the workload's masks are given, which win over its prediction, since
 random weights predict noise); + the no-change shortcut (pairs whose predicted mask is empty skip the language model;
 with random weights the head rarely predicts an empty mask, so this row shows the shortcut's overhead, not its gain);
 KCFI's configuration (key change features alone reach the language model, with the change head); Semantic-CC's four
-bi-temporal filters inside the vision tower (no other rscc module). `--models` measures a subset (stock always
-included); `--section` names the README markers it writes between (the preset's by default).
+bi-temporal filters inside the vision tower (no other rscc module). `--models` measures a subset of these (stock always
+included); `--section` names the README markers it writes between.
+Variants `encodings` (`pair_encoding`): stock; `"llava_video"` (the pair as LLaVA-OneVision's 2-frame video, no new
+weights); `"video_encoder"` (MV-CC: a VideoMAE-base-sized encoder over 2 frames of 224 px with tubelets of 2, its own
+projector; the `tiny` preset uses a tiny one); that plus the workload's masks multiplying (MV-CC) or dropping tokens.
+Each variant captions through a processor of its encoding. Its table goes between the `PRESET-encodings` markers.
 
 Figures per model: pairs/s at each batch size (runs alternate, best of `--repeats` per batch, ratios to stock from the
 same process), latency per pair at batch 1, the language model's sequence length and visual tokens per pair (recorded
@@ -45,9 +50,10 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
-from rscc import RsccConfig, RsccForConditionalGeneration
+from rscc import RsccConfig, RsccForConditionalGeneration, RsccImageProcessor, RsccProcessor
 from rscc.checkpoints import llava_onevision_0_5b_config, make_processor, tiny_config
 from rscc.inference import caption_pairs
+from rscc.video_rscc import RsccVideoEncoder, processor_options
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "levir_cd_samples"
 NEW_TOKENS = 12
@@ -74,12 +80,36 @@ MODELS = {
         False,
     ),
 }
-PARTS = ("vision_tower", "multi_modal_projector", "change_projector", "difference_module", "key_change_perceiver",
-         "change_head", "language_model", "lm_head")
-# Table columns: FLOPs of these parts, summed.
+ENCODING_MODELS = {
+    "stock": (None, False),
+    "llava_video": ({"pair_encoding": "llava_video", "use_difference_integration": False}, False),
+    "video_encoder": ({"pair_encoding": "video_encoder", "use_difference_integration": False}, False),
+    "video_encoder + multiply (input masks, MV-CC)": (
+        {"pair_encoding": "video_encoder", "use_difference_integration": False, "change_filter": "multiply"},
+        True,
+    ),
+    "video_encoder + drop (input masks)": (
+        {"pair_encoding": "video_encoder", "use_difference_integration": False, "change_filter": "drop"},
+        True,
+    ),
+}
+VARIANTS = {"options": MODELS, "encodings": ENCODING_MODELS}
+# VideoMAE-base (MCG-NJU/videomae-base) over a pair: 2 frames of 224 px, 16 px patches, tubelets of 2: 196 tokens.
+VIDEOMAE_BASE = dict(
+    model_type="videomae", hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    image_size=224, patch_size=16, num_frames=2, tubelet_size=2,
+)
+TINY_VIDEOMAE = {**VIDEOMAE_BASE, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                 "num_attention_heads": 4}
+# Parts whose FLOPs are counted, as submodule paths; under `pair_encoding="video_encoder"` the video encoder's backbone
+# and projector stand where the vision tower and projector were.
+PARTS = ("model.vision_tower", "model.video_encoder.backbone", "model.multi_modal_projector",
+         "model.video_encoder.projector", "model.change_projector", "model.difference_module",
+         "model.key_change_perceiver", "model.change_head", "model.language_model", "lm_head")
+# Table columns: FLOPs of these parts (the last name of each part's path), summed.
 FLOP_COLUMNS = {
-    "vision": ("vision_tower",),
-    "projectors": ("multi_modal_projector", "change_projector"),
+    "vision (SigLIP or video encoder)": ("vision_tower", "backbone"),
+    "projectors": ("multi_modal_projector", "projector", "change_projector"),
     "change features": ("difference_module", "key_change_perceiver"),
     "head": ("change_head",),
     "LM prefill": ("lm_prefill",),
@@ -114,19 +144,22 @@ def model_options(options: dict, config: RsccConfig) -> dict:
     return options
 
 
-def build_models(config: RsccConfig, device, dtype, names) -> dict:
-    """The models of `MODELS` named, built on the meta device and given the modules of one fully built rscc model: one
-    set of base weights (and buffers) in memory. Modules the source lacks (KCFI's, Semantic-CC's) are initialised
-    for their model alone; a model with bi-temporal filters takes the vision tower's weights into its own tower,
-    whose layers carry the filters' hooks."""
+def build_models(config: RsccConfig, variants: dict, device, dtype) -> dict:
+    """Every model of `variants`, built on the meta device and given the modules of one fully built rscc model (and of
+    one video encoder): one set of base weights (and buffers) in memory. Modules the source lacks (KCFI's,
+    Semantic-CC's) are initialised for their model alone; a model with bi-temporal filters takes the vision tower's
+    weights into its own tower, whose layers carry the filters' hooks."""
     torch.manual_seed(0)
     full_options = MODELS["full + no-change shortcut"][0]
     source = RsccForConditionalGeneration(RsccConfig(**{**config.to_dict(), **full_options})).to(device, dtype).eval()
+    video_options = [options for options, _ in variants.values() if (options or {}).get("video_encoder_config")]
+    if video_options:
+        video_config = RsccConfig(**{**config.to_dict(), **video_options[0]})
+        source.model.video_encoder = RsccVideoEncoder(video_config).to(device, dtype).eval()
     source.requires_grad_(False)  # inference only; the FLOP counter tracks modules through autograd otherwise
     rscc_options = {*RsccConfig.__dataclass_fields__} - {*LlavaOnevisionConfig.__dataclass_fields__}
     models = {}
-    for name in names:
-        options = MODELS[name][0]
+    for name, (options, _) in variants.items():
         with torch.device("meta"):
             if options is None:
                 stock_options = {k: v for k, v in config.to_dict().items() if k not in rscc_options | {"model_type"}}
@@ -190,8 +223,8 @@ def flops_by_part(model, caption) -> dict:
     starts = {}
 
     def part_name(name, kwargs):
-        if name != "language_model":
-            return name
+        if name != "model.language_model":
+            return name.split(".")[-1]
         return "lm_prefill" if kwargs["inputs_embeds"].shape[1] > 1 else "lm_decode"
 
     def before(name):
@@ -208,7 +241,10 @@ def flops_by_part(model, caption) -> dict:
 
     handles = []
     for name in PARTS:
-        module = getattr(model, name, None) or getattr(model.model, name, None)
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:  # a part this model does not have
+            continue
         if module is not None:
             handles.append(module.register_forward_pre_hook(before(name), with_kwargs=True))
             handles.append(module.register_forward_hook(after(name), with_kwargs=True))
@@ -236,12 +272,12 @@ def matmul_rate(device, dtype, size: int = 2048, seconds: float = 3.0) -> float:
     return 2 * size**3 * count / (time.perf_counter() - start)
 
 
-def measure(models: dict, processors: dict, pairs, masks, batch_sizes, repeats, device) -> dict:
+def measure(models: dict, variants: dict, processors: dict, pairs, masks, batch_sizes, repeats, device) -> dict:
     """Time every model on every batch of every batch size (runs alternate on each batch, best of `repeats`), record
     sequence lengths, and count FLOPs (separate pass, batch 1)."""
 
     def caption(name, batch, batch_size, **overrides):
-        _, with_masks = MODELS[name]
+        _, with_masks = variants[name]
         caption_pairs(
             models[name], processors[name], pairs[batch], batch_size=batch_size,
             change_masks=masks[batch] if with_masks else None,
@@ -299,28 +335,57 @@ def measure(models: dict, processors: dict, pairs, masks, batch_sizes, repeats, 
     return results
 
 
-def run_preset(preset: str, limit: int | None, batch_sizes, repeats, device, dtype, names=tuple(MODELS)) -> dict:
+def encoding_processor(processor: RsccProcessor, config: RsccConfig) -> RsccProcessor:
+    """`processor` with the placeholder layout (and, for a video encoder, the frame size and normalisation) of
+    `config`'s pair encoding."""
+    options = processor_options(config)
+    image_processor = processor.image_processor
+    if "image_processor_options" in options:
+        image_processor = RsccImageProcessor.from_image_processor(image_processor, **options["image_processor_options"])
+    return RsccProcessor(
+        image_processor,
+        processor.tokenizer,
+        num_image_tokens=options.get("num_image_tokens", processor.num_image_tokens),
+        pair_encoding=options["pair_encoding"],
+        video_tubelet_size=options.get("video_tubelet_size", 1),
+        visual_tokens=config.visual_tokens,
+    )
+
+
+def run_preset(
+    preset: str, variant: str, limit: int | None, batch_sizes, repeats, device, dtype, names=None
+) -> dict:
+    """Measure the models of `VARIANTS[variant]` (those in `names` only, stock always, when given)."""
     pairs, masks = levir_cd_mix(limit)
     processor = make_processor(image_size=384, patch_size=14)
     image_ids = dict(
         image_token_index=processor.image_token_id,
         video_token_index=processor.tokenizer.convert_tokens_to_ids("<video>"),
     )
+    video_encoder = TINY_VIDEOMAE if preset == "tiny" else VIDEOMAE_BASE
     if preset == "tiny":
         config = tiny_config(processor.tokenizer, image_size=384, patch_size=14)
     else:
         config = llava_onevision_0_5b_config(**image_ids)
-    models = build_models(config, device, dtype, names)
-    processors = {}
-    for name, model in models.items():
-        processors[name] = make_processor(image_size=384, patch_size=14)
-        processors[name].set_visual_tokens(getattr(model.config, "visual_tokens", "pair"))
+    variants = {
+        name: (None if options is None else {
+            **options, **({"video_encoder_config": video_encoder} if "video_encoder" in name else {})
+        }, with_masks)
+        for name, (options, with_masks) in VARIANTS[variant].items()
+        if names is None or name == "stock" or name in names
+    }
+    models = build_models(config, variants, device, dtype)
+    processors = {
+        name: processor if options is None else encoding_processor(processor, models[name].config)
+        for name, (options, _) in variants.items()
+    }
     figures = {
         "preset": preset,
+        "variants": variant,
         "pairs": len(pairs),
         "new_tokens": NEW_TOKENS,
         "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()},
-        "runs": measure(models, processors, pairs, masks, batch_sizes, repeats, device),
+        "runs": measure(models, variants, processors, pairs, masks, batch_sizes, repeats, device),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if device.type == "cuda":
@@ -398,6 +463,8 @@ def plan_7b_table(figures: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=["tiny", "real", "7b"], default="tiny")
+    parser.add_argument("--variants", choices=sorted(VARIANTS), default="options",
+                        help="rscc options (the default) or pair encodings, against stock")
     parser.add_argument("--pairs", type=int, help="pairs of the workload (half real masks, half empty); all by default")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=2)
@@ -405,12 +472,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--readme", help="write the Markdown table between the results markers of this file")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="measure these models and stock only")
-    parser.add_argument("--section", help="name of the README results markers to write between; the preset's")
+    parser.add_argument("--models", nargs="+", choices=[*MODELS, *ENCODING_MODELS],
+                        help="measure these models of the variants and stock only")
+    parser.add_argument("--section", help="name of the README results markers to write between (default: the preset's, "
+                                          "PRESET-encodings for the encodings)")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.preset == "7b":
-        tiny = run_preset("tiny", args.pairs, [8], 1, device, torch.float32)
+        tiny = run_preset("tiny", "options", args.pairs, [8], 1, device, torch.float32)
         figures = {"preset": "7b", **plan_7b({n: r["lm_sequence_length"] for n, r in tiny["runs"].items()})}
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2))
@@ -419,8 +488,9 @@ def main(argv=None) -> dict:
         print(json.dumps(figures, indent=2))
         return figures
     limit_rate = matmul_rate(device, dtype)
-    names = ["stock", *(name for name in args.models if name != "stock")] if args.models else list(MODELS)
-    figures = run_preset(args.preset, args.pairs, sorted(set(args.batch_sizes)), args.repeats, device, dtype, names)
+    figures = run_preset(
+        args.preset, args.variants, args.pairs, sorted(set(args.batch_sizes)), args.repeats, device, dtype, args.models
+    )
     figures.update(
         matmul_limit_gflop_per_s=limit_rate / 1e9,
         machine=f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device} {args.dtype}",
@@ -437,7 +507,8 @@ def main(argv=None) -> dict:
             f"{figures['matmul_limit_gflop_per_s']:.0f} GFLOP/s, torch {torch.__version__}, transformers "
             f"{transformers.__version__}, {figures['date']}:"
         )
-        write_readme(Path(args.readme), args.section or args.preset, f"{heading}\n\n{table}")
+        section = args.section or (args.preset if args.variants == "options" else f"{args.preset}-{args.variants}")
+        write_readme(Path(args.readme), section, f"{heading}\n\n{table}")
     print(table)
     return figures
 

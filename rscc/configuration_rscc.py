@@ -3,7 +3,7 @@
 import math
 
 from huggingface_hub.dataclasses import strict
-from transformers import LlavaOnevisionConfig
+from transformers import LlavaOnevisionConfig, PreTrainedConfig
 
 from .compat_rscc import check_transformers_version
 
@@ -25,6 +25,9 @@ VISUAL_TOKEN_SEGMENTS = {
     "pair+change": ("before", "after", "change"),
 }
 CHANGE_FEATURES = ("difference_integration", "key_change")
+PAIR_ENCODINGS = ("images", "llava_video", "video_encoder")
+# Geometry a `video_encoder_config` must describe (the VideoMAE family's names).
+VIDEO_ENCODER_FIELDS = ("model_type", "hidden_size", "image_size", "patch_size", "num_frames", "tubelet_size")
 
 
 @strict
@@ -122,6 +125,20 @@ class RsccConfig(LlavaOnevisionConfig):
         bitemporal_filter_mlp_ratio (`float`, *optional*, defaults to 0.25):
             Width of the filters' feed-forward layers relative to the vision hidden size; 0.25 keeps four filters
             at about 2% of the vision tower's FLOPs.
+        pair_encoding (`str`, *optional*, defaults to `"images"`):
+            How a sample (a pair, or a series of N dates) reaches the language model. `"images"`: each date through
+            SigLIP, its full token grid and a newline token (730 tokens per image at 384 px). `"llava_video"`:
+            LLaVA-OneVision's own video path, the dates as frames through SigLIP, each frame's projected grid pooled
+            2x2 (bilinear) and one newline token per sample (N x 196 + 1 tokens at 384 px: 393 for a pair); no new
+            weights. `"video_encoder"` (MV-CC): a spatiotemporal encoder whose tubelets span consecutive dates
+            (`video_encoder_config`) replaces SigLIP and the difference module, with a new projector to the language
+            model; its tokens plus one newline token. The change filter and head work on the grid the language model
+            sees (the pooled grid for `"llava_video"`, the encoder's grid for `"video_encoder"`).
+        video_encoder_config (`dict`, *optional*):
+            Config of the video encoder of `pair_encoding="video_encoder"`, as `PreTrainedConfig.to_dict()` gives it
+            (a `PreTrainedConfig` is converted): a VideoMAE-family encoder (`model_type`, `hidden_size`,
+            `image_size`, `patch_size`, `num_frames`, `tubelet_size` dividing `num_frames`). The model then takes
+            samples of exactly `num_frames` dates (2 for pairs).
 
     Example:
 
@@ -157,9 +174,12 @@ class RsccConfig(LlavaOnevisionConfig):
     key_change_hidden_size: int = 256
     bitemporal_filter_layers: list[int] | None = None
     bitemporal_filter_mlp_ratio: float = 0.25
+    pair_encoding: str = "images"
+    video_encoder_config: dict | PreTrainedConfig | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self._check_pair_encoding()
         if self.difference_feature_layers is None:
             self.difference_feature_layers = list(CCEXPERT_FEATURE_LAYERS)
         self.difference_feature_layers = list(self.difference_feature_layers)
@@ -230,11 +250,51 @@ class RsccConfig(LlavaOnevisionConfig):
                 "so vision_feature_layer must be a single index"
             )
         side = math.isqrt(self.change_filter_min_tokens) if self.change_filter_min_tokens >= 0 else -1
-        if side * side != self.change_filter_min_tokens or side > self.vision_grid_size:
+        grid = self.token_grid_size
+        if side * side != self.change_filter_min_tokens or side > grid:
             raise ValueError(
                 f"change_filter_min_tokens={self.change_filter_min_tokens}: expected a square number (0, 1, 4, 9, "
-                f"16, ...) of at most {self.vision_grid_size**2} (the {self.vision_grid_size}x{self.vision_grid_size} "
-                "tokens of one image)"
+                f"16, ...) of at most {grid**2} (the {grid}x{grid} tokens of one image)"
+            )
+
+    def _check_pair_encoding(self) -> None:
+        if self.pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding={self.pair_encoding!r}: expected one of {list(PAIR_ENCODINGS)}")
+        if isinstance(self.video_encoder_config, PreTrainedConfig):
+            self.video_encoder_config = self.video_encoder_config.to_dict()
+        if self.pair_encoding == "llava_video" and self.vision_feature_select_strategy != "full":
+            raise ValueError(
+                f"vision_feature_select_strategy={self.vision_feature_select_strategy!r}: pair_encoding='llava_video' "
+                "pools each frame's square token grid; use 'full'"
+            )
+        if self.pair_encoding != "video_encoder":
+            if self.video_encoder_config is not None:
+                raise ValueError(
+                    f"video_encoder_config is set but pair_encoding={self.pair_encoding!r}; it is only read by "
+                    "pair_encoding='video_encoder'"
+                )
+            return
+        encoder = self.video_encoder_config
+        if not isinstance(encoder, dict):
+            raise ValueError(
+                "pair_encoding='video_encoder' needs video_encoder_config (a VideoMAE-family config or its dict); "
+                f"got {type(encoder).__name__}"
+            )
+        missing = [name for name in VIDEO_ENCODER_FIELDS if name not in encoder]
+        if missing:
+            raise ValueError(
+                f"video_encoder_config of model_type {encoder.get('model_type')!r} lacks {missing}: expected a "
+                f"VideoMAE-family config with {list(VIDEO_ENCODER_FIELDS)}"
+            )
+        if encoder["num_frames"] < 2 or encoder["num_frames"] % encoder["tubelet_size"]:
+            raise ValueError(
+                f"video_encoder_config: num_frames={encoder['num_frames']}, tubelet_size={encoder['tubelet_size']}: "
+                "expected num_frames >= 2 (the dates of a sample) and a tubelet_size dividing it"
+            )
+        if self.use_difference_integration:
+            raise ValueError(
+                "use_difference_integration=True with pair_encoding='video_encoder': the video encoder fuses the "
+                "dates itself and has no per-date SigLIP features; set use_difference_integration=False"
             )
 
     def _check_change_feature_options(self) -> None:
@@ -252,6 +312,17 @@ class RsccConfig(LlavaOnevisionConfig):
                     "change_features='key_change' feeds the change tokens and the change head, and this model has "
                     "neither: set visual_tokens='change' or 'pair+change', or use_change_head=True"
                 )
+        video_incompatible = {
+            f"visual_tokens={self.visual_tokens!r}": self.visual_tokens != "pair",
+            "change_features='key_change'": self.change_features == "key_change" and self.use_difference_integration,
+            f"bitemporal_filter_layers={self.bitemporal_filter_layers}": bool(self.bitemporal_filter_layers),
+        }
+        options = [option for option, used in video_incompatible.items() if used]
+        if options and self.pair_encoding != "images":
+            raise ValueError(
+                f"{', '.join(options)} with pair_encoding={self.pair_encoding!r}: change tokens, key change features "
+                "and the bi-temporal filter work on the SigLIP grid of each image; use pair_encoding='images'"
+            )
         if self.key_change_hidden_size < 1:
             raise ValueError(f"key_change_hidden_size={self.key_change_hidden_size}: expected at least 1")
         if not self.bitemporal_filter_mlp_ratio > 0:
@@ -288,6 +359,17 @@ class RsccConfig(LlavaOnevisionConfig):
     def vision_grid_size(self) -> int:
         """Side of the square grid of vision tokens per image (27 for SigLIP at 384 px with 14 px patches)."""
         return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def token_grid_size(self) -> int:
+        """Side of the square token grid the language model sees per frame (`pair_encoding="images"`: the vision grid;
+        `"llava_video"`: that grid pooled 2x2, 14 at 384 px; `"video_encoder"`: the encoder's patch grid), on which
+        change masks filter the tokens."""
+        if self.pair_encoding == "llava_video":
+            return math.ceil(self.vision_grid_size / 2)
+        if self.pair_encoding == "video_encoder":
+            return self.video_encoder_config["image_size"] // self.video_encoder_config["patch_size"]
+        return self.vision_grid_size
 
 
 RsccConfig.register_for_auto_class()

@@ -18,6 +18,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from .caption_files import read_prediction_records, write_predictions
+from .data.schema import sample_images
 from .inference import DEFAULT_MAX_NEW_TOKENS, caption_pairs
 
 # A scoring function maps (predictions {id: caption}, references {id: [captions]}) to a report of metric values.
@@ -65,15 +66,17 @@ def generate_predictions(
         raise ValueError(f"dataset has no column(s) {missing}; expected a split in rscc's change-captioning schema")
     ids = [str(identifier) for identifier in dataset["id"]]
     _check_unique_ids(ids, "generate_predictions")
-    pairs_only = dataset.select_columns(["before", "after"])
+    # Pairs, or series (`images`: the dates between before and after; absent from datasets built before series).
+    columns = [name for name in ("before", "images", "after") if name in dataset.column_names]
+    dates_only = dataset.select_columns(columns)
     was_training = model.training
     model.eval()
     captions = []
     try:
         with tqdm(total=len(ids), desc="captioning", unit="pair", disable=not progress) as bar:
             for start in range(0, len(ids), batch_size):
-                rows = pairs_only[start : start + batch_size]
-                pairs = [[before, after] for before, after in zip(rows["before"], rows["after"])]
+                rows = dates_only[start : start + batch_size]
+                pairs = [sample_images(dict(zip(rows, values))) for values in zip(*rows.values())]
                 captions.extend(
                     caption_pairs(
                         model, processor, pairs, batch_size=len(pairs), max_new_tokens=max_new_tokens,

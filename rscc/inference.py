@@ -39,6 +39,7 @@ from .masks import MASK_GREY_LEVELS
 from .modeling_rscc import RsccForConditionalGeneration
 from .parallel import current_share, part_path, process_device
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
+from .video_rscc import processor_options
 
 logger = logging.get_logger(__name__)
 
@@ -47,6 +48,8 @@ DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 DEFAULT_MAX_NEW_TOKENS = 64  # LEVIR-CC's longest caption has 39 words
 DEFAULT_BATCH_SIZE = 8
 MAX_CHANGE_CLASSES = 3  # LEVIR-MCI's: the most classes a change mask given on the command line may encode
+# The one model option that is not an RsccConfig field: the encoder `from_llava_onevision` builds a video model with.
+VIDEO_ENCODER_OPTION = "video_encoder"
 
 
 class ModelNotAvailableError(RsccInputError):
@@ -135,7 +138,8 @@ def load_model_and_processor(
     Args:
         model_id_or_path (`str`): Hub id or folder of an rscc or a LLaVA-OneVision checkpoint.
         config_overrides (`dict`, *optional*): [`RsccConfig`] options; an option this rscc version does not know is
-            an error.
+            an error. With a LLaVA-OneVision checkpoint, `video_encoder` (a Hub id or folder) is the encoder of
+            `pair_encoding="video_encoder"` (see `RsccForConditionalGeneration.from_llava_onevision`).
         dtype (`torch.dtype` or `"auto"`): weights dtype (float32 on CPU, bfloat16 on recent GPUs).
         device (`str`, *optional*): torch device to move the model to; by default it stays on the CPU (a Trainer
             places it).
@@ -149,7 +153,7 @@ def load_model_and_processor(
         `(model, processor)`.
     """
     config_overrides = dict(config_overrides or {})
-    unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__))
+    unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__) - {VIDEO_ENCODER_OPTION})
     if unknown:
         raise RsccInputError(f"model_config_overrides: {unknown} are not RsccConfig options")
     _check_available(model_id_or_path)
@@ -191,9 +195,15 @@ def _load_by_model_type(
         model = RsccForConditionalGeneration.from_llava_onevision(
             model_id_or_path, from_pretrained_kwargs={"dtype": dtype}, **config_overrides
         )
-        return model, RsccProcessor.from_llava_onevision(model_id_or_path)
+        options = processor_options(model.config, config_overrides.get(VIDEO_ENCODER_OPTION))
+        return model, RsccProcessor.from_llava_onevision(model_id_or_path, **options)
     if model_type != RsccConfig.model_type:
         raise ModelLoadError(f"{model_id_or_path} holds a '{model_type}' model; expected an rscc or llava_onevision one")
+    if VIDEO_ENCODER_OPTION in config_overrides:
+        raise RsccInputError(
+            f"model_config_overrides: '{VIDEO_ENCODER_OPTION}' builds a video encoder onto a LLaVA-OneVision "
+            f"checkpoint; {model_id_or_path} is an rscc checkpoint, which holds its encoder already"
+        )
     model, loading = RsccForConditionalGeneration.from_pretrained(
         model_id_or_path, dtype=dtype, output_loading_info=True, **config_overrides
     )
@@ -204,7 +214,10 @@ def _load_by_model_type(
             f"model {model_id_or_path}: {len(absent)} weight(s) missing from its weights or of another shape "
             f"than its config.json says (first: {', '.join(sorted(absent)[:3])})"
         )
-    return model, RsccProcessor.from_pretrained(model_id_or_path)
+    processor = RsccProcessor.from_pretrained(model_id_or_path)
+    # `pair_encoding` overridden between "images" and "llava_video" (the same weights): the prompt layout follows.
+    processor.pair_encoding = model.config.pair_encoding
+    return model, processor
 
 
 def load_captioner(
@@ -269,7 +282,8 @@ def describe_changes(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     **generate_kwargs,
 ) -> list[ChangeDescription]:
-    """Caption (before, after) pairs in batches and, with a change head, return its masks too.
+    """Caption (before, after) pairs, or series of N >= 2 dates, in batches and, with a change head, return its
+    (first-to-last) masks too.
 
     Greedy decoding unless `generate_kwargs` say otherwise. With a change head the images are encoded once: the head's
     masks and the features `generate` uses come from the same pass. With `config.no_change_shortcut`, pairs whose
@@ -278,7 +292,8 @@ def describe_changes(
     Args:
         model: an rscc (or stock LLaVA-OneVision) model.
         processor ([`RsccProcessor`]).
-        pairs (`list`): `[before, after]` pairs, each image anything [`load_image`] accepts.
+        pairs (`list`): `[before, after]` pairs or series `[date1, ..., dateN]` (oldest first; N may differ per
+            sample), each image anything [`load_image`] accepts.
         change_masks (`list`, *optional*): one change mask (or `None`) per pair, for the token filter (see
             `RsccProcessor`); under `change_mask_source="predicted"` a given mask wins over the head's prediction.
         batch_size (`int`): pairs per `generate` call.
@@ -314,15 +329,17 @@ def describe_changes(
                 batch_num_images=inputs["batch_num_images"],
                 change_masks=inputs.get("change_masks"),
             )
+            # The head describes first to last date: its masks take the first date's size.
+            first_dates = inputs["batch_num_images"].cumsum(0) - inputs["batch_num_images"]
             masks = processor.post_process_change_masks(
-                image_features.change_logits, target_sizes=inputs["image_sizes"][0::2].tolist()
+                image_features.change_logits, target_sizes=inputs["image_sizes"][first_dates].tolist()
             )
             if config.no_change_shortcut:
                 to_generate = [index for index, mask in enumerate(masks) if mask["changed"]]
             model_inputs = {
                 "input_ids": inputs["input_ids"][to_generate],
                 "attention_mask": inputs["attention_mask"][to_generate],
-                "mm_encoder_outputs": {"image": image_features.select_pairs(to_generate, len(config.visual_segments))},
+                "mm_encoder_outputs": {"image": image_features.select_pairs(to_generate)},
             }
         captions = [getattr(config, "no_change_caption", None)] * num_pairs
         if to_generate:
@@ -445,31 +462,34 @@ def _check_mask_option(model, args) -> None:
         raise BatchInputError(f"--mask-out: the model {args.model} has no change-detection head to predict a mask")
 
 
-def _caption_one_pair(args) -> int:
+def _caption_one_sample(args) -> int:
+    """One pair (BEFORE AFTER) or one series of N > 2 dates (DATE1 ... DATEN, oldest first)."""
     given = [option for option, value in (("--out", args.out), ("--overwrite", args.overwrite or None),
                                           ("--batch-size", args.batch_size), ("--progress", args.progress))
              if value is not None]
     if given:
         raise BatchInputError(f"{given[0]} is for batch mode (two folders or a manifest); one pair prints its caption")
-    before, after = args.inputs
-    for name, path in (("BEFORE", before), ("AFTER", after)):
+    dates = list(args.inputs)
+    names = ("BEFORE", "AFTER") if len(dates) == 2 else [f"DATE{index}" for index in range(1, len(dates) + 1)]
+    for name, path in zip(names, dates):
         load_image(path, name=name)  # fail on bad input before the model loads
     if args.mask is not None:
         load_change_mask(args.mask, name="--mask", num_classes=MAX_CHANGE_CLASSES)
     if args.mask_out is not None:
-        check_output_file(args.mask_out, "--mask-out", "a .png file path", inputs=[before, after, args.mask])
+        check_output_file(args.mask_out, "--mask-out", "a .png file path", inputs=[*dates, args.mask])
     model, processor = load_captioner(args.model, device=args.device, dtype=DTYPES[args.dtype])
     _check_mask_option(model, args)
     (description,) = describe_changes(
         model,
         processor,
-        [[before, after]],
+        [dates],
         change_masks=None if args.mask is None else [args.mask],
         max_new_tokens=args.max_new_tokens,
     )
     if args.mask_out is not None:
         write_mask_png(description.change_mask, model.config.change_head_num_classes, args.mask_out)
-    result = {"before": before, "after": after, "caption": description.caption}
+    where = {"before": dates[0], "after": dates[1]} if len(dates) == 2 else {"images": dates}
+    result = {**where, "caption": description.caption}
     if description.changed_fraction is not None:
         result.update(changed_fraction=description.changed_fraction, change_flag=int(description.changed))
     if args.json:
@@ -570,11 +590,14 @@ def _caption_batch(args) -> int:
 def _run_caption(args) -> int:
     is_batch = len(args.inputs) == 1 or all(Path(path).is_dir() for path in args.inputs)
     try:
-        if len(args.inputs) > 2:
-            raise BatchInputError(f"expected BEFORE AFTER, two folders or one manifest; got {len(args.inputs)} paths")
+        if len(args.inputs) > 2 and any(Path(path).is_dir() for path in args.inputs):
+            raise BatchInputError(
+                f"expected BEFORE AFTER, DATE1 ... DATEN image files (a series), two folders or one manifest; got "
+                f"{len(args.inputs)} paths, a folder among them"
+            )
         if len(args.inputs) == 2 and any(Path(path).is_dir() for path in args.inputs) and not is_batch:
             raise BatchInputError("BEFORE and AFTER must both be image files or both be folders")
-        return _caption_batch(args) if is_batch else _caption_one_pair(args)
+        return _caption_batch(args) if is_batch else _caption_one_sample(args)
     except (RsccInputError, FileNotFoundError) as error:
         print(f"rscc caption: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -595,8 +618,9 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "caption",
         help="caption the change between two images, or many pairs",
-        usage="rscc caption (BEFORE AFTER | BEFORE_DIR AFTER_DIR | MANIFEST) [options]",
-        description=f"One pair (two image files): print one sentence on what changed from BEFORE to AFTER. "
+        usage="rscc caption (BEFORE AFTER | DATE1 DATE2 ... DATEN | BEFORE_DIR AFTER_DIR | MANIFEST) [options]",
+        description=f"One pair (two image files): print one sentence on what changed from BEFORE to AFTER; one "
+        "series (N > 2 co-registered image files, oldest first): what changed across the series. "
         "Batch (two folders of matching file names, or a CSV/JSONL manifest with columns before, after and "
         "optionally id, caption(s), mask): write one JSON line per pair, {id, before, after, caption[, references, "
         "mask]}, to --out (or stdout), batching on the device; rerunning an interrupted command into the same --out "
@@ -608,7 +632,8 @@ def add_cli(subparsers) -> None:
         "4 the Hugging Face Hub failed; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). After 3, 130 or 143 "
         "finished pairs are kept in OUT.partial and the same command resumes.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="BEFORE AFTER, BEFORE_DIR AFTER_DIR, or MANIFEST")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="BEFORE AFTER, DATE1 ... DATEN, BEFORE_DIR AFTER_DIR, or MANIFEST")
     add_device_arguments(parser)
     parser.add_argument("--json", action="store_true", help="one pair: print a JSON object instead of the caption")
     parser.add_argument(

@@ -10,11 +10,19 @@ those scales or a mask filters the tokens.
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionModel,
+    PreTrainedConfig,
+)
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
@@ -32,6 +40,7 @@ from transformers.utils.generic import can_return_tuple
 from .change_features_rscc import RsccBitemporalFilter, RsccChangeProjector, RsccKeyChangePerceiver
 from .compat_rscc import given_cache
 from .configuration_rscc import IGNORE_INDEX, RsccConfig
+from .video_rscc import RsccVideoChangeHead, RsccVideoEncoder
 
 logger = logging.get_logger(__name__)
 
@@ -52,7 +61,10 @@ NEW_MODULE_PREFIXES = (
     "model.key_change_perceiver.",
     "model.change_projector.",
     "model.bitemporal_filter.",
+    "model.video_encoder.",
 )
+# Submodules of a LLaVA-OneVision checkpoint that `pair_encoding="video_encoder"` replaces.
+REPLACED_BY_VIDEO_ENCODER = ("model.vision_tower.", "model.multi_modal_projector.")
 
 
 @dataclass
@@ -61,28 +73,40 @@ class RsccImageFeaturesOutput(BaseModelOutputWithPooling):
     Output of [`RsccModel.get_image_features`].
 
     pooler_output (`list[torch.Tensor]`):
-        One `(tokens_per_image, text_hidden_size)` tensor per segment of `config.visual_segments` of each pair in
-        turn (before then after by default): the projected grid tokens then the newline token. Under
+        One `(tokens, text_hidden_size)` tensor per entry: under `pair_encoding="images"`, one per image of each
+        sample (before then after for a pair), or for `visual_tokens` other than `"pair"` one per segment of
+        `config.visual_segments` of each pair, each the projected grid tokens then the newline token; under a video
+        encoding, one per sample: the tokens of every frame (or tubelet) then one newline token. Under
         `change_filter="multiply"` the unchanged grid tokens are zero.
     change_logits (`torch.FloatTensor` of shape `(num_pairs, change_head_num_classes, height, width)`, *optional*):
         The change head's logits at the resolution of `pixel_values`; class 0 is "no change".
-    kept_tokens (`torch.BoolTensor` of shape `(num_segments, tokens_per_image)`, *optional*):
-        Under `change_filter="drop"`, which tokens of each segment the language model sees (changed tokens, the
-        context sub-grid and the newline token). `None` when no token is dropped.
+    kept_tokens (`torch.BoolTensor` of shape `(len(pooler_output), tokens per entry)`, *optional*):
+        Under `change_filter="drop"`, which tokens of each `pooler_output` entry the language model sees (changed
+        tokens, the context sub-grid and the newline token). `None` when no token is dropped.
+    entries_per_sample (`list[int]`, *optional*):
+        `pooler_output` entries per sample: its number of images (dates), its number of segments, or 1 under a
+        video encoding. `None`: 2 (pairs, as LLaVA-OneVision's own output for them).
     """
 
     change_logits: torch.FloatTensor | None = None
-    kept_tokens: torch.BoolTensor | None = None
+    kept_tokens: torch.BoolTensor | list[torch.BoolTensor] | None = None
+    entries_per_sample: list[int] | None = None
 
-    def select_pairs(self, pair_indices: list[int], segments_per_pair: int = 2) -> "RsccImageFeaturesOutput":
-        """The features `generate` reads (`pooler_output`, `change_logits`, `kept_tokens`) of some pairs only, e.g. to
-        pass as `mm_encoder_outputs={"image": ...}` with the matching rows of `input_ids`; `segments_per_pair` is
-        `len(config.visual_segments)`."""
-        images = [pair * segments_per_pair + offset for pair in pair_indices for offset in range(segments_per_pair)]
+    def select_pairs(self, pair_indices: list[int]) -> "RsccImageFeaturesOutput":
+        """The features `generate` reads (`pooler_output`, `change_logits`, `kept_tokens`) of some samples (pairs or
+        series) only, e.g. to pass as `mm_encoder_outputs={"image": ...}` with the matching rows of `input_ids`."""
+        per_sample = self.entries_per_sample or [2] * (len(self.pooler_output) // 2)
+        starts = [sum(per_sample[:index]) for index in range(len(per_sample))]
+        entries = [starts[sample] + offset for sample in pair_indices for offset in range(per_sample[sample])]
+        kept_tokens = self.kept_tokens
+        if kept_tokens is not None:
+            kept_tokens = [kept_tokens[index] for index in entries]
+            kept_tokens = torch.stack(kept_tokens) if isinstance(self.kept_tokens, torch.Tensor) else kept_tokens
         return RsccImageFeaturesOutput(
-            pooler_output=[self.pooler_output[index] for index in images],
+            pooler_output=[self.pooler_output[index] for index in entries],
             change_logits=None if self.change_logits is None else self.change_logits[pair_indices],
-            kept_tokens=None if self.kept_tokens is None else self.kept_tokens[images],
+            kept_tokens=kept_tokens,
+            entries_per_sample=[per_sample[sample] for sample in pair_indices],
         )
 
     def kept_only(self) -> "RsccImageFeaturesOutput":
@@ -95,6 +119,7 @@ class RsccImageFeaturesOutput(BaseModelOutputWithPooling):
                 features[kept.to(features.device)] for features, kept in zip(self.pooler_output, self.kept_tokens)
             ],
             change_logits=self.change_logits,
+            entries_per_sample=self.entries_per_sample,
         )
 
 
@@ -215,6 +240,27 @@ def first_predicting_position(labels: torch.Tensor) -> int:
     position i predicts label i + 1); `labels.shape[1] - 1` when nothing is supervised (a one-position window)."""
     supervised = (labels[:, 1:] != IGNORE_INDEX).any(0)
     return int(supervised.float().argmax()) if bool(supervised.any()) else labels.shape[1] - 1
+
+
+def date_pairs(num_dates: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+    """The (earlier, later) image pairs the difference module compares in each sample: consecutive dates, plus first
+    to last when a sample has more than two (a pair is compared once).
+
+    Args:
+        num_dates (`torch.LongTensor` of shape `(batch_size,)`): images per sample, each at least 2.
+
+    Returns:
+        `(earlier, later, sample)`: indices into the batch's images (samples in turn) of each pair's dates, and the
+        pair's sample index.
+    """
+    starts = (num_dates.cumsum(0) - num_dates).tolist()
+    earlier, later, sample = [], [], []
+    for index, (start, count) in enumerate(zip(starts, num_dates.tolist())):
+        pairs = [(date, date + 1) for date in range(count - 1)] + ([(0, count - 1)] if count > 2 else [])
+        earlier += [start + first for first, _ in pairs]
+        later += [start + second for _, second in pairs]
+        sample += [index] * len(pairs)
+    return tuple(torch.tensor(values, dtype=torch.long, device=num_dates.device) for values in (earlier, later, sample))
 
 
 def sine_position_embedding_2d(grid_size: int, dim: int, device=None, dtype=None) -> torch.Tensor:
@@ -600,20 +646,28 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
     """[`LlavaOnevisionModel`] for (before, after) pairs: difference integration of the two images' features, a
     change-detection head, and a change-mask filter of the vision tokens the language model sees.
 
-    Every sample must hold exactly two images, before then after (`batch_num_images` all 2) when any of
-    `config.use_difference_integration`, `config.use_change_head`, `config.change_filter` or
-    `config.bitemporal_filter_layers` is set.
+    Every sample holds at least two co-registered images, oldest first: a (before, after) pair or a series of dates
+    (`batch_num_images` each >= 2, samples of a batch may differ). The difference module compares consecutive dates
+    and first to last; the change head and the change masks describe first to last. Change tokens
+    (`visual_tokens` other than `"pair"`), key change features and the bi-temporal filter take pairs only.
     """
 
     def __init__(self, config: RsccConfig):
         super().__init__(config)
+        self.video_encoder = None
+        if config.pair_encoding == "video_encoder":
+            # MV-CC: the video encoder and its own projector replace SigLIP and LLaVA-OneVision's projector.
+            self.vision_tower = None
+            self.multi_modal_projector = None
+            self.video_encoder = RsccVideoEncoder(config)
         change_features = config.change_features if config.use_difference_integration else None
         self.difference_module = (
             RsccDifferenceIntegration(config) if change_features == "difference_integration" else None
         )
         self.key_change_perceiver = RsccKeyChangePerceiver(config) if change_features == "key_change" else None
         self.change_projector = RsccChangeProjector(config) if "change" in config.visual_segments else None
-        self.change_head = RsccChangeHead(config) if config.use_change_head else None
+        head = RsccVideoChangeHead if self.video_encoder is not None else RsccChangeHead
+        self.change_head = head(config) if config.use_change_head else None
         self.bitemporal_filter = None
         if config.bitemporal_filter_layers:
             self.bitemporal_filter = nn.ModuleList(
@@ -642,22 +696,30 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         r"""
         Args:
             pixel_values (`torch.Tensor` of shape `(num_images, num_patches, channels, height, width)` or
-                `(num_images, channels, height, width)`): the images, before and after of each pair in turn.
-                Only the base view (`[:, 0]`) is used, as LLaVA-OneVision does for multi-image samples.
+                `(num_images, channels, height, width)`): the images of every sample in turn, oldest first (before
+                then after for a pair). Only the base view (`[:, 0]`) is used, as LLaVA-OneVision does for
+                multi-image samples.
             image_sizes (`torch.Tensor` of shape `(num_images, 2)`): original (height, width) of each image.
-            batch_num_images (`torch.LongTensor` of shape `(batch_size,)`): images per sample; all must be 2.
-            change_masks (`torch.Tensor` of shape `(num_pairs, height, width)`, *optional*): class ids per pair at
-                any resolution (0 no change), `IGNORE_INDEX` where unlabelled; from `RsccProcessor(change_masks=...)`.
+            batch_num_images (`torch.LongTensor` of shape `(batch_size,)`): images (dates) per sample, each at least
+                2 (exactly the video encoder's `num_frames` under `pair_encoding="video_encoder"`).
+            change_masks (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*): class ids per sample
+                (first to last date) at any resolution (0 no change), `IGNORE_INDEX` where unlabelled; from
+                `RsccProcessor(change_masks=...)`.
 
         Returns:
             [`RsccImageFeaturesOutput`] whose `pooler_output` is a list of `(num_tokens + 1, text_hidden)` tensors,
-            one per segment of `config.visual_segments` of each pair (grid tokens then the newline token), with the
-            head's `change_logits` and, under `change_filter="drop"`, the `kept_tokens`. A model with none of the
-            rscc modules returns LLaVA-OneVision's output unchanged.
+            one per image (grid tokens then the newline token), one per segment of `config.visual_segments` of each
+            pair, or, under a video `config.pair_encoding`, one per sample (every frame's tokens then one newline
+            token), with the head's first-to-last `change_logits` and, under `change_filter="drop"`, the
+            `kept_tokens`. A model with none of the rscc modules and `pair_encoding="images"` returns
+            LLaVA-OneVision's output unchanged.
         """
         config = self.config
+        if config.pair_encoding == "video_encoder":
+            return self._video_encoder_features(pixel_values, batch_num_images, change_masks)
         rscc_modules = (self.difference_module, self.key_change_perceiver, self.change_head, self.bitemporal_filter)
-        if all(module is None for module in rscc_modules) and config.change_filter == "none":
+        unchanged = all(module is None for module in rscc_modules) and config.change_filter == "none"
+        if unchanged and config.pair_encoding == "images":
             return super().get_image_features(
                 pixel_values,
                 image_sizes,
@@ -671,8 +733,21 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         vision_feature_layer = config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         vision_feature_select_strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
         vision_aspect_ratio = vision_aspect_ratio or config.vision_aspect_ratio
-        pixel_values, change_masks = self._checked_pair_inputs(pixel_values, batch_num_images, change_masks)
-        num_pairs = pixel_values.shape[0] // 2
+        pixel_values, change_masks, num_dates = self._checked_series_inputs(
+            pixel_values, batch_num_images, change_masks
+        )
+        pairs_only = {
+            f"visual_tokens={config.visual_tokens!r}": config.visual_tokens != "pair",
+            "change_features='key_change'": self.key_change_perceiver is not None,
+            f"bitemporal_filter_layers={config.bitemporal_filter_layers}": self.bitemporal_filter is not None,
+        }
+        options = [option for option, used in pairs_only.items() if used]
+        if options and bool((num_dates != 2).any()):
+            raise ValueError(
+                f"batch_num_images={num_dates.tolist()}: {', '.join(options)} take (before, after) pairs only; "
+                "caption series of dates with visual_tokens='pair', change_features='difference_integration' and no "
+                "bitemporal filter"
+            )
 
         has_change_features = self.difference_module is not None or self.key_change_perceiver is not None
         levels = config.difference_feature_layers if has_change_features else []
@@ -685,46 +760,121 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             return vision_outputs.hidden_states[layer][:, first_token:]
 
         features = select(vision_feature_layer)
-        before, after = features[0::2], features[1::2]
+        last = num_dates.cumsum(0) - 1
+        first = last - num_dates + 1
         change = None
         if self.key_change_perceiver is not None:
             change = self.key_change_perceiver(
-                [select(layer)[0::2] for layer in levels], [select(layer)[1::2] for layer in levels]
+                [select(layer)[first] for layer in levels], [select(layer)[last] for layer in levels]
             )
-        grid_logits = self.change_head(before, after, change) if self.change_head is not None else None
+        grid_logits = (
+            self.change_head(features[first], features[last], change) if self.change_head is not None else None
+        )
         changed_tokens = self._changed_tokens(change_masks, grid_logits)
         keep = self._seen_grid_tokens(changed_tokens)
         if self.difference_module is not None:
-            before, after, change = self._integrate_differences(
-                [select(layer) for layer in levels], before, after, changed_tokens, keep
+            # Under "llava_video" the filter's grid is the pooled one, so the module refines every token.
+            module_keep = keep if config.pair_encoding == "images" else None
+            features, change = self._integrate_differences(
+                [select(layer) for layer in levels], features, num_dates, changed_tokens, module_keep
             )
-        projected, segment_sizes = self._project_segments(before, after, change, image_sizes)
+        if config.visual_tokens == "pair":
+            projected, grid_sizes, grids_per_sample = self.multi_modal_projector(features), image_sizes, num_dates
+        else:
+            projected, grid_sizes = self._project_segments(features[first], features[last], change, image_sizes)
+            grids_per_sample = torch.full_like(num_dates, len(config.visual_segments))
+        if config.pair_encoding == "llava_video":
+            projected = self.apply_pooling(projected)
+        projected, kept_tokens = self._filter_tokens(projected, grids_per_sample, changed_tokens, keep)
 
-        kept_tokens = None
-        num_segments = len(config.visual_segments)
-        if changed_tokens is not None and config.change_filter == "multiply":
-            projected = projected * changed_tokens.repeat_interleave(num_segments, dim=0)[..., None].to(projected.dtype)
-        elif changed_tokens is not None and config.change_filter == "drop":
-            newline = keep.new_ones(num_segments * num_pairs, 1)  # each segment's newline token always stays
-            kept_tokens = torch.cat([keep.repeat_interleave(num_segments, dim=0), newline], dim=1)
-        image_features, _ = self.pack_image_features(
-            [image[None] for image in projected],
-            segment_sizes,
-            image_newline=self.image_newline,
-            vision_aspect_ratio=vision_aspect_ratio,
-        )
-        change_logits = None
-        if grid_logits is not None:
-            change_logits = nn.functional.interpolate(
-                grid_logits, size=tuple(pixel_values.shape[-2:]), mode="bilinear", align_corners=False
+        if config.pair_encoding == "llava_video":
+            # LLaVA-OneVision's video layout: every frame's pooled grid, then one newline token.
+            newline = self.image_newline[None].to(projected.dtype)
+            image_features = [torch.cat([*frames, newline]) for frames in projected.split(num_dates.tolist())]
+        else:
+            image_features, _ = self.pack_image_features(
+                [image[None] for image in projected],
+                grid_sizes,
+                image_newline=self.image_newline,
+                vision_aspect_ratio=vision_aspect_ratio,
             )
         return RsccImageFeaturesOutput(
             last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=image_features,
             hidden_states=vision_outputs.hidden_states,
             attentions=vision_outputs.attentions,
-            change_logits=change_logits,
+            change_logits=self._full_resolution(grid_logits, pixel_values),
             kept_tokens=kept_tokens,
+            entries_per_sample=grids_per_sample.tolist() if config.pair_encoding == "images" else [1] * len(num_dates),
+        )
+
+    def _video_encoder_features(
+        self, pixel_values: torch.Tensor, batch_num_images: torch.LongTensor | None, change_masks: torch.Tensor | None
+    ) -> RsccImageFeaturesOutput:
+        """`get_image_features` under `pair_encoding="video_encoder"`: every sample's frames through the video encoder
+        at once; per sample, the projected tokens of every temporal step, then one newline token."""
+        pixel_values, change_masks, num_dates = self._checked_series_inputs(
+            pixel_values, batch_num_images, change_masks
+        )
+        num_frames = self.config.video_encoder_config["num_frames"]
+        if bool((num_dates != num_frames).any()):
+            raise ValueError(
+                f"batch_num_images={num_dates.tolist()}: this model's video encoder takes num_frames={num_frames} "
+                "dates per sample (its tubelets and position table are built for that many frames); caption longer "
+                "series with pair_encoding='images' or 'llava_video'"
+            )
+        num_samples = len(num_dates)
+        tokens = self.video_encoder(pixel_values.view(num_samples, num_frames, *pixel_values.shape[1:]))
+        grid_logits = self.change_head(tokens) if self.change_head is not None else None
+        changed_tokens = self._changed_tokens(change_masks, grid_logits)
+        keep = self._seen_grid_tokens(changed_tokens)
+        projected = self.video_encoder.projector(tokens)
+        num_steps = torch.full_like(num_dates, projected.shape[1])
+        projected, kept_tokens = self._filter_tokens(projected.flatten(0, 1), num_steps, changed_tokens, keep)
+        newline = self.image_newline[None].to(projected.dtype)
+        steps = projected.view(num_samples, -1, projected.shape[-1])
+        return RsccImageFeaturesOutput(
+            last_hidden_state=tokens.flatten(1, 2),
+            pooler_output=[torch.cat([sample, newline]) for sample in steps],
+            change_logits=self._full_resolution(grid_logits, pixel_values),
+            kept_tokens=kept_tokens,
+            entries_per_sample=[1] * num_samples,
+        )
+
+    def _filter_tokens(
+        self,
+        projected: torch.Tensor,
+        grids_per_sample: torch.LongTensor,
+        changed_tokens: torch.BoolTensor | None,
+        keep: torch.BoolTensor | None,
+    ) -> tuple[torch.Tensor, torch.BoolTensor | list[torch.BoolTensor] | None]:
+        """Apply the change filter to the projected grids, `(num_grids, grid**2, dim)` with `grids_per_sample[i]`
+        grids (images, video frames or temporal steps) for sample i, masks `(batch_size, grid**2)`.
+
+        Returns:
+            The grids (unchanged tokens zeroed under "multiply") and, under "drop", `kept_tokens`: a
+            `(num_images, grid**2 + 1)` tensor under `pair_encoding="images"` (each image's grid and newline token), a
+            list of one row per sample under a video encoding (its grids and its one newline token; samples of
+            different N differ in length). The newline tokens are always kept.
+        """
+        if changed_tokens is None:
+            return projected, None
+        per_grid = changed_tokens.repeat_interleave(grids_per_sample.to(changed_tokens.device), dim=0)
+        if self.config.change_filter == "multiply":
+            return projected * per_grid[..., None].to(projected.dtype), None
+        keep = keep.repeat_interleave(grids_per_sample.to(keep.device), dim=0)
+        if self.config.pair_encoding == "images":
+            return projected, torch.cat([keep, keep.new_ones(keep.shape[0], 1)], dim=1)
+        newline = keep.new_ones(1)
+        return projected, [torch.cat([*grids, newline]) for grids in keep.split(grids_per_sample.tolist())]
+
+    @staticmethod
+    def _full_resolution(grid_logits: torch.Tensor | None, pixel_values: torch.Tensor) -> torch.Tensor | None:
+        """The change head's grid logits upsampled (bilinear) to the resolution of `pixel_values`."""
+        if grid_logits is None:
+            return None
+        return nn.functional.interpolate(
+            grid_logits, size=tuple(pixel_values.shape[-2:]), mode="bilinear", align_corners=False
         )
 
     def _project_segments(
@@ -745,47 +895,56 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         )
 
     @staticmethod
-    def _checked_pair_inputs(
+    def _checked_series_inputs(
         pixel_values: torch.Tensor, batch_num_images: torch.LongTensor | None, change_masks: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The base view of each image, `(num_images, channels, height, width)`, and the masks on its device, after
-        checking that every sample is one (before, after) pair with at most one mask."""
-        if batch_num_images is None or any(int(n) != 2 for n in batch_num_images):
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.LongTensor]:
+        """The base view of each image, `(num_images, channels, height, width)`, the masks on its device and the
+        dates per sample (`batch_num_images` on that device), after checking that every sample holds at least two
+        images (a pair or a series) and at most one mask."""
+        if batch_num_images is None or any(int(n) < 2 for n in batch_num_images):
             found = None if batch_num_images is None else [int(n) for n in batch_num_images]
             raise ValueError(
-                "rscc models need exactly two images (before, after) per sample; got "
+                "rscc models need at least two images (a before, after pair or a series of dates) per sample; got "
                 f"batch_num_images={found}. Build inputs with RsccProcessor(images=[[before, after], ...])."
             )
         if pixel_values.dim() == 5:
             pixel_values = pixel_values[:, 0]
         elif pixel_values.dim() != 4:
             raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
-        num_pairs = pixel_values.shape[0] // 2
+        num_dates = torch.as_tensor(batch_num_images, device=pixel_values.device).long()
+        if int(num_dates.sum()) != pixel_values.shape[0]:
+            raise ValueError(
+                f"batch_num_images={num_dates.tolist()} count {int(num_dates.sum())} images, but pixel_values holds "
+                f"{pixel_values.shape[0]}"
+            )
+        num_samples = len(num_dates)
         if change_masks is not None:
-            if change_masks.dim() != 3 or change_masks.shape[0] != num_pairs:
+            if change_masks.dim() != 3 or change_masks.shape[0] != num_samples:
                 raise ValueError(
-                    f"change_masks of shape {tuple(change_masks.shape)}: expected (num_pairs={num_pairs}, height, "
-                    "width), one mask per (before, after) pair; build them with RsccProcessor(change_masks=...)"
+                    f"change_masks of shape {tuple(change_masks.shape)}: expected (batch_size={num_samples}, height, "
+                    "width), one mask per sample (first to last date); build them with RsccProcessor(change_masks=...)"
                 )
             change_masks = change_masks.to(pixel_values.device)
-        return pixel_values, change_masks
+        return pixel_values, change_masks, num_dates
 
     def _seen_grid_tokens(self, changed_tokens: torch.BoolTensor | None) -> torch.BoolTensor | None:
-        """The grid tokens the language model will see with a value, `(num_pairs, grid**2)`: the changed ones under
+        """The grid tokens the language model will see with a value, `(batch_size, grid**2)`: the changed ones under
         "multiply", plus the context floor under "drop"; `None` without a filter."""
         if changed_tokens is None or self.config.change_filter != "drop":
             return changed_tokens
         return changed_tokens | context_token_mask(
-            self.config.vision_grid_size, self.config.change_filter_min_tokens, changed_tokens.device
+            self.config.token_grid_size, self.config.change_filter_min_tokens, changed_tokens.device
         )
 
     def _changed_tokens(
         self, change_masks: torch.Tensor | None, grid_logits: torch.Tensor | None
     ) -> torch.BoolTensor | None:
-        """Which grid tokens of each pair the filter treats as changed, `(num_pairs, grid**2)`; `None`: no filter."""
+        """Which grid tokens of each sample the filter treats as changed (first to last date), `(batch_size, grid**2)`;
+        `None`: no filter."""
         if self.config.change_filter == "none":
             return None
-        given = None if change_masks is None else change_masks_to_tokens(change_masks, self.config.vision_grid_size)
+        grid = self.config.token_grid_size
+        given = None if change_masks is None else change_masks_to_tokens(change_masks, grid)
         if self.config.change_mask_source == "input":
             if given is None:
                 logger.warning_once(
@@ -793,50 +952,56 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                     "were given: every vision token is kept"
                 )
             return given
-        predicted = (grid_logits.argmax(1) != 0).flatten(1)
+        predicted = change_masks_to_tokens(grid_logits.argmax(1), grid)
         if change_masks is None:
             return predicted
-        # A given mask wins over the prediction (teacher forcing in training); pairs without one use the head.
+        # A given mask wins over the prediction (teacher forcing in training); samples without one use the head.
         has_mask = (change_masks != IGNORE_INDEX).flatten(1).any(1)
         return torch.where(has_mask[:, None], given, predicted)
 
     def _integrate_differences(
         self,
         levels: list[torch.Tensor],
-        before: torch.Tensor,
-        after: torch.Tensor,
+        features: torch.Tensor,
+        num_dates: torch.LongTensor,
         changed_tokens: torch.BoolTensor | None,
         kept_tokens: torch.BoolTensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the difference module where a change filter needs it (everywhere without a filter).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the difference module on each sample's date pairs ([`date_pairs`]: consecutive dates and first to last)
+        where a change filter needs it (everywhere without a filter), `features` `(num_images, grid**2, dim)`.
 
-        A pair whose mask shows no change skips the module (28% of a stock pair's FLOPs): under "multiply" all its grid
-        tokens are zeroed anyway, under "drop" only the context sub-grid remains. The other pairs are refined on their
-        kept tokens only (`kept_tokens`, `(num_pairs, grid**2)`), the tokens the language model sees.
+        A date in several pairs gets the mean of its refined versions; a pair's dates each appear once, so a pair
+        gets exactly the module's output. A sample whose mask shows no change skips the module (28% of a stock
+        pair's FLOPs): under "multiply" all its grid tokens are zeroed anyway, under "drop" only the context
+        sub-grid remains. The other samples are refined on their kept tokens only (`kept_tokens`,
+        `(batch_size, grid**2)`), the tokens the language model sees; `None`: on all.
 
         Returns:
-            `(before, after, change)`; the change tokens are zero for a pair that skips the module.
+            `(features, change)`: the refined features, and each sample's change tokens `(batch_size, grid**2, dim)`,
+            those of its first-to-last pair (zero for a sample that skips the module).
         """
-        if changed_tokens is None:
-            return self.difference_module(
-                [level[0::2] for level in levels], [level[1::2] for level in levels], before, after
-            )
-        pairs = changed_tokens.any(1).nonzero()[:, 0]
-        change = torch.zeros_like(before)
-        if not len(pairs):
-            return before, after, change
-        refined_before, refined_after, refined_change = self.difference_module(
-            [level[0::2][pairs] for level in levels],
-            [level[1::2][pairs] for level in levels],
-            before[pairs],
-            after[pairs],
-            token_mask=kept_tokens[pairs],
+        earlier, later, sample = date_pairs(num_dates)
+        change = features.new_zeros(len(num_dates), *features.shape[1:])
+        if changed_tokens is not None:
+            refined_pairs = changed_tokens.any(1)[sample]
+            earlier, later, sample = earlier[refined_pairs], later[refined_pairs], sample[refined_pairs]
+            if not len(sample):
+                return features, change
+        refined_earlier, refined_later, pair_change = self.difference_module(
+            [level[earlier] for level in levels],
+            [level[later] for level in levels],
+            features[earlier],
+            features[later],
+            token_mask=None if kept_tokens is None else kept_tokens[sample],
         )
-        return (
-            before.index_copy(0, pairs, refined_before),
-            after.index_copy(0, pairs, refined_after),
-            change.index_copy(0, pairs, refined_change),
-        )
+        # `date_pairs` lists each sample's first-to-last pair last.
+        is_last = torch.ones_like(sample, dtype=torch.bool)
+        is_last[:-1] = sample[1:] != sample[:-1]
+        change = change.index_copy(0, sample[is_last], pair_change[is_last])
+        dates = torch.cat([earlier, later])
+        counts = torch.bincount(dates, minlength=features.shape[0]).to(features.dtype)[:, None, None]
+        summed = torch.zeros_like(features).index_add(0, dates, torch.cat([refined_earlier, refined_later]))
+        return torch.where(counts > 0, summed / counts.clamp(min=1), features), change
 
     def prepare_language_model_inputs(
         self,
@@ -911,13 +1076,14 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 "leave position_ids unset (the shortened sequence gets contiguous positions)"
             )
         image_positions = input_ids == self.config.image_token_id
-        if int(image_positions.sum()) != kept_tokens.numel():
+        kept_flat = torch.cat([row.flatten() for row in kept_tokens])
+        if int(image_positions.sum()) != kept_flat.numel():
             raise ValueError(
                 f"input_ids hold {int(image_positions.sum())} image placeholders, but the images have "
-                f"{kept_tokens.numel()} tokens ({tuple(kept_tokens.shape)}): build inputs with RsccProcessor"
+                f"{kept_flat.numel()} tokens: build inputs with RsccProcessor"
             )
         keep = ~image_positions
-        keep[image_positions] = kept_tokens.flatten().to(keep.device)
+        keep[image_positions] = kept_flat.to(keep.device)
         if attention_mask is not None:
             keep &= attention_mask.bool()
         left_padding = attention_mask is None or bool(attention_mask[:, -1].all())
@@ -1214,6 +1380,7 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         *,
         output_loading_info: bool = False,
         from_pretrained_kwargs: dict | None = None,
+        video_encoder: str | PreTrainedConfig | dict | None = None,
         **config_overrides,
     ):
         """Build an rscc model from a LLaVA-OneVision checkpoint: base weights loaded, new modules initialised.
@@ -1223,6 +1390,11 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             output_loading_info (`bool`, *optional*): also return the report of new weights.
             from_pretrained_kwargs (`dict`, *optional*): passed to `from_pretrained` (`dtype`, `device_map`,
                 `revision`, `attn_implementation`, ...).
+            video_encoder (`str`, `PreTrainedConfig` or `dict`, *optional*): with `pair_encoding="video_encoder"`, the
+                video encoder: a Hub id or folder (its config and pretrained weights, `num_frames` set to 2 for
+                pairs) or a config (random weights; its `num_frames` is the dates per sample). The checkpoint's SigLIP
+                and projector are then not loaded (the encoder replaces them), and `use_difference_integration`
+                defaults to `False`.
             **config_overrides: [`RsccConfig`] options, e.g. `difference_num_blocks=2`.
 
         Returns:
@@ -1244,6 +1416,25 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__))
         if unknown:
             raise TypeError(f"unknown RsccConfig option(s) {unknown}")
+        video_mode = config_overrides.get("pair_encoding") == "video_encoder"
+        if video_encoder is not None:
+            if not video_mode:
+                raise ValueError("video_encoder is only read with pair_encoding='video_encoder'")
+            config_overrides["video_encoder_config"] = (
+                dict(video_encoder)
+                if isinstance(video_encoder, dict)
+                else (
+                    video_encoder
+                    if isinstance(video_encoder, PreTrainedConfig)
+                    else AutoConfig.from_pretrained(video_encoder, **hub_kwargs)
+                ).to_dict()
+            )
+            if isinstance(video_encoder, (str, os.PathLike)):
+                # A pair is two frames. VideoMAE's position table is sinusoidal (no weights), so an encoder pretrained
+                # on 16-frame clips takes 2-frame ones with its table recomputed.
+                config_overrides["video_encoder_config"]["num_frames"] = 2
+        if video_mode:
+            config_overrides.setdefault("use_difference_integration", False)
         base_options = base_config.to_dict()
         for key in ("model_type", "architectures", "transformers_version", "auto_map"):
             base_options.pop(key, None)
@@ -1251,11 +1442,19 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         model, loading_info = cls.from_pretrained(
             pretrained_model_name_or_path, config=config, output_loading_info=True, **from_pretrained_kwargs
         )
+        if isinstance(video_encoder, (str, os.PathLike)):
+            pretrained = AutoModel.from_pretrained(video_encoder, **hub_kwargs)
+            model.model.video_encoder.backbone.load_state_dict(pretrained.state_dict())
+            loaded = {f"model.video_encoder.backbone.{name}" for name in pretrained.state_dict()}
+            loading_info["missing_keys"] = set(loading_info["missing_keys"]) - loaded
         new_names = sorted(loading_info["missing_keys"])
         stray = [name for name in new_names if not name.startswith(NEW_MODULE_PREFIXES)]
+        replaced = REPLACED_BY_VIDEO_ENCODER if video_mode else ()
         problems = {
             "missing base weights": stray,
-            "unexpected weights": sorted(loading_info["unexpected_keys"]),
+            "unexpected weights": sorted(
+                name for name in loading_info["unexpected_keys"] if not replaced or not name.startswith(replaced)
+            ),
             "weights of another shape": [str(entry) for entry in loading_info["mismatched_keys"]],
         }
         problems = {kind: names for kind, names in problems.items() if names}

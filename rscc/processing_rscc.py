@@ -1,15 +1,19 @@
-"""Bi-temporal processor for rscc: (before, after) image pairs and prompts in, model inputs out.
+"""Multi-temporal processor for rscc: (before, after) image pairs, or series of N >= 2 dates, and prompts in, model
+inputs out.
 
 Output feeds both `RsccForConditionalGeneration` and the stock `LlavaOnevisionForConditionalGeneration`: each
-sample holds two images, so LLaVA-OneVision uses the base view of each (no tiling) and every image placeholder
-stands for `num_image_tokens + 1` tokens (grid plus one newline token; 730 for SigLIP at 384 px). Optional change
-masks (one per pair) come out as class ids at the vision input size, for rscc models only.
+sample holds two or more images, so LLaVA-OneVision uses the base view of each (no tiling) and, under the default
+`pair_encoding="images"`, every image placeholder stands for `num_image_tokens + 1` tokens (grid plus one newline
+token; 730 for SigLIP at 384 px); the video encodings lay their tokens out as
+[`RsccProcessor.placeholder_token_counts`] says. Optional change masks (one per sample, first to last date) come out
+as class ids at the vision input size, for rscc models only.
 
 [`RsccImageProcessor`] owns everything about pixels: decoding image inputs (16-bit stretch), decoding change masks
 into the change head's classes, and reading the head's logits back as masks; [`RsccProcessor`] pairs it with the
 tokenizer and the prompt.
 """
 
+import math
 import os
 import re
 from pathlib import Path
@@ -25,7 +29,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
-from .configuration_rscc import IGNORE_INDEX, VISUAL_TOKEN_SEGMENTS
+from .configuration_rscc import IGNORE_INDEX, PAIR_ENCODINGS, VISUAL_TOKEN_SEGMENTS
 
 try:  # rscc's one input-error type; this file also runs as remote code where rscc is not installed
     from rscc.errors import InputFileNotFoundError, RsccInputError
@@ -43,6 +47,7 @@ logger = logging.get_logger(__name__)
 DEFAULT_PROMPT = (
     "This is the Image1 <image>. This is the second Image2 <image>.\nWhat difference happened from Image1 to Image2?"
 )
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 # The default prompt for each `visual_tokens` setting: one placeholder per segment the language model sees.
 DEFAULT_PROMPTS = {
     "pair": DEFAULT_PROMPT,
@@ -50,6 +55,11 @@ DEFAULT_PROMPTS = {
     "pair+change": "This is the Image1 <image>. This is the second Image2 <image>. These are the changes <image>.\n"
     "What difference happened from Image1 to Image2?",
 }
+# The default prompt of a series of N > 2 dates: one numbered placeholder per date, oldest first.
+SERIES_PROMPT_TEMPLATE = (
+    "These are images of the same place at {num_dates} dates, oldest first: {images}.\n"
+    "What changed across the series from Image1 to Image{num_dates}?"
+)
 # Qwen ChatML with the default system message; `{prompt}` is the user turn.
 DEFAULT_CONVERSATION_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
@@ -65,6 +75,14 @@ _EIGHT_BIT_BAND_MODES = ("RGB", "RGBA", "LA", "CMYK")
 # GDAL-written TIFF) into an (H, W) or (H, W, C) array; `name` is how errors refer to it. The rscc package sets a GDAL
 # one (`rscc.imagery`); where none is set (remote code without rscc) such files are refused, never truncated.
 full_depth_reader = None
+
+
+def default_prompt(num_dates: int, image_token: str = "<image>") -> str:
+    """The default prompt of a sample of `num_dates` images: CCExpert's for a pair, else [`SERIES_PROMPT_TEMPLATE`]."""
+    if num_dates == 2:
+        return DEFAULT_PROMPT.replace("<image>", image_token)
+    images = ", ".join(f"Image{date} {image_token}" for date in range(1, num_dates + 1))
+    return SERIES_PROMPT_TEMPLATE.format(num_dates=num_dates, images=images)
 
 
 def to_sentence_case(caption: str) -> str:
@@ -454,8 +472,9 @@ class RsccProcessor(ProcessorMixin):
         num_image_tokens (`int`): vision tokens per image before the newline token (729 for SigLIP-384).
         vision_feature_select_strategy (`str`, *optional*, defaults to `"full"`): as in the model config;
             `"default"` drops one token per image.
-        prompt (`str`, *optional*): default user prompt, with one `image_token` placeholder per segment of
-            `visual_tokens` (two by default: before, after); defaults to `DEFAULT_PROMPTS[visual_tokens]`.
+        prompt (`str`, *optional*): default user prompt of a pair, with one `image_token` placeholder per segment of
+            `visual_tokens` (two by default: before, after); defaults to `DEFAULT_PROMPTS[visual_tokens]`. A series
+            of N > 2 dates gets [`default_prompt`] (N placeholders) by default.
         conversation_template (`str`, *optional*): the text around the user prompt, with one `{prompt}` field,
             ending where the assistant's answer starts.
         turn_end (`str`, *optional*, defaults to `"<|im_end|>"`): appended to caption targets; supervised.
@@ -466,6 +485,10 @@ class RsccProcessor(ProcessorMixin):
         visual_tokens (`str`, *optional*, defaults to `"pair"`): the model's `visual_tokens`: which segments (before,
             after, change) each pair shows the language model, each `num_image_tokens + 1` placeholders in place of
             one `image_token` of the prompt.
+        pair_encoding (`str`, *optional*, defaults to `"images"`): the model's `pair_encoding`, which decides how many
+            tokens each image placeholder stands for (see [`RsccProcessor.placeholder_token_counts`]).
+        video_tubelet_size (`int`, *optional*, defaults to 1): frames per tubelet of the video encoder under
+            `pair_encoding="video_encoder"`, whose `num_image_tokens` are the tokens of one tubelet.
     """
 
     def __init__(
@@ -481,6 +504,8 @@ class RsccProcessor(ProcessorMixin):
         num_change_classes: int | None = None,
         chat_template=None,
         visual_tokens: str = "pair",
+        pair_encoding: str = "images",
+        video_tubelet_size: int = 1,
         **kwargs,
     ):
         settings = {} if num_change_classes is None else {"num_change_classes": num_change_classes}
@@ -495,13 +520,32 @@ class RsccProcessor(ProcessorMixin):
         self.conversation_template = conversation_template
         self.turn_end = turn_end
         self.image_token = image_token
+        self.pair_encoding = pair_encoding
+        self.video_tubelet_size = video_tubelet_size
+        if pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding={pair_encoding!r}: expected one of {list(PAIR_ENCODINGS)}")
+        if pair_encoding != "images" and vision_feature_select_strategy != "full":
+            raise ValueError(
+                f"vision_feature_select_strategy={vision_feature_select_strategy!r} with pair_encoding="
+                f"{pair_encoding!r}: video encodings keep the full token grid; use 'full'"
+            )
+        if visual_tokens != "pair" and pair_encoding != "images":
+            raise ValueError(
+                f"visual_tokens={visual_tokens!r} with pair_encoding={pair_encoding!r}: change tokens are made on each "
+                "image's SigLIP grid; use pair_encoding='images'"
+            )
+        if video_tubelet_size < 1 or (pair_encoding != "video_encoder" and video_tubelet_size != 1):
+            raise ValueError(
+                f"video_tubelet_size={video_tubelet_size}: expected 1, or the encoder's tubelet size under "
+                "pair_encoding='video_encoder'"
+            )
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or tokenizer.convert_ids_to_tokens(self.image_token_id) != image_token:
             raise ValueError(f"the tokenizer has no single token for image_token {image_token!r}")
         if conversation_template.count("{prompt}") != 1:
             raise ValueError("conversation_template must contain exactly one '{prompt}' field")
-        self._check_prompt(self.prompt, "prompt")
+        self._check_prompt(self.prompt, "prompt", 2)
 
     def set_visual_tokens(self, visual_tokens: str) -> None:
         """Switch to a model's `visual_tokens`: the default prompt of the old setting becomes the new setting's; any
@@ -509,7 +553,7 @@ class RsccProcessor(ProcessorMixin):
         if visual_tokens not in VISUAL_TOKEN_SEGMENTS:
             raise RsccInputError(f"visual_tokens={visual_tokens!r}: expected one of {list(VISUAL_TOKEN_SEGMENTS)}")
         prompt = DEFAULT_PROMPTS[visual_tokens] if self.prompt == DEFAULT_PROMPTS[self.visual_tokens] else self.prompt
-        self._check_prompt(prompt, "prompt", visual_tokens)
+        self._check_prompt(prompt, "prompt", 2, visual_tokens)
         self.visual_tokens, self.prompt = visual_tokens, prompt
 
     @property
@@ -523,59 +567,100 @@ class RsccProcessor(ProcessorMixin):
 
     @property
     def tokens_per_image(self) -> int:
-        """Placeholder tokens each image expands to (grid tokens plus the newline token)."""
+        """Placeholder tokens each image expands to under `pair_encoding="images"` (grid tokens plus the newline
+        token)."""
         return self.num_image_tokens + 1 - (self.vision_feature_select_strategy == "default")
 
+    def placeholder_token_counts(self, num_dates: int = 2) -> list[int]:
+        """How many tokens each image placeholder of a prompt expands to, in prompt order.
+
+        `"images"`: each image's grid and newline token. `"llava_video"`: each frame's pooled grid (`ceil(side / 2)`
+        squared), the last one plus the pair's newline token (2 x 196 + 1 = 393 at 384 px, as LLaVA-OneVision counts a
+        2-frame video). `"video_encoder"`: the tokens of a tubelet at the placeholder of its last frame (none at the
+        others), the last one plus the newline token. The language model sees each date's tokens where its
+        placeholder stands, in the order the model computes them.
+        """
+        if self.visual_tokens != "pair":
+            return [self.tokens_per_image] * len(VISUAL_TOKEN_SEGMENTS[self.visual_tokens])
+        if self.pair_encoding == "images":
+            return [self.tokens_per_image] * num_dates
+        if self.pair_encoding == "llava_video":
+            counts = [math.ceil(math.isqrt(self.num_image_tokens) / 2) ** 2] * num_dates
+        else:
+            tubelet = self.video_tubelet_size
+            counts = [self.num_image_tokens if (date + 1) % tubelet == 0 else 0 for date in range(num_dates)]
+        counts[-1] += 1
+        return counts
+
     @classmethod
-    def from_llava_onevision(cls, pretrained_model_name_or_path: str, **kwargs) -> "RsccProcessor":
+    def from_llava_onevision(
+        cls, pretrained_model_name_or_path: str, image_processor_options: dict | None = None, **kwargs
+    ) -> "RsccProcessor":
         """Build the processor from a LLaVA-OneVision checkpoint's image processor, tokenizer and config.
 
         Args:
             pretrained_model_name_or_path (`str`): Hub id or folder of a `llava_onevision` checkpoint.
-            **kwargs: [`RsccProcessor`] options (`prompt`, `conversation_template`, ...).
+            image_processor_options (`dict`, *optional*): settings that replace the checkpoint image processor's
+                (`size`, `image_mean`, ...), e.g. a video encoder's frame size (`rscc.video_rscc.processor_options`).
+            **kwargs: [`RsccProcessor`] options (`prompt`, `conversation_template`, `pair_encoding`, ...).
         """
         config = LlavaOnevisionConfig.from_pretrained(pretrained_model_name_or_path)
         grid = config.vision_config.image_size // config.vision_config.patch_size
         kwargs.setdefault("num_image_tokens", grid * grid)
         kwargs.setdefault("vision_feature_select_strategy", config.vision_feature_select_strategy)
         return cls(
-            image_processor=RsccImageProcessor.from_pretrained(pretrained_model_name_or_path),
+            image_processor=RsccImageProcessor.from_pretrained(
+                pretrained_model_name_or_path, **(image_processor_options or {})
+            ),
             tokenizer=AutoTokenizer.from_pretrained(pretrained_model_name_or_path),
             **kwargs,
         )
 
-    def _check_prompt(self, prompt, name: str, visual_tokens: str | None = None) -> None:
+    def _check_prompt(self, prompt, name: str, num_dates: int, visual_tokens: str | None = None) -> None:
+        """Check that a prompt has one placeholder per date of its sample (`visual_tokens="pair"`) or per segment of
+        a pair (the other settings, which take pairs only)."""
         if not isinstance(prompt, str):
             raise RsccInputError(f"{name}: expected a string, got {type(prompt).__name__}")
-        found = prompt.count(self.image_token)
         visual_tokens = visual_tokens or self.visual_tokens
-        segments = VISUAL_TOKEN_SEGMENTS[visual_tokens]
-        if found != len(segments):
-            count = ("one", "two", "three")[len(segments) - 1]
+        if visual_tokens != "pair" and num_dates != 2:
             raise RsccInputError(
-                f"{name} must contain exactly {count} {self.image_token!r} placeholder{'s' * (len(segments) > 1)} "
-                f"({', '.join(segments)}) for visual_tokens={visual_tokens!r}; found {found} in {prompt!r}"
+                f"{name}: a sample of {num_dates} dates, but visual_tokens={visual_tokens!r} takes (before, after) "
+                "pairs only"
+            )
+        found = prompt.count(self.image_token)
+        if visual_tokens == "pair":
+            expected, roles = num_dates, "before, after" if num_dates == 2 else "one per date, oldest first"
+        else:
+            expected, roles = len(VISUAL_TOKEN_SEGMENTS[visual_tokens]), ", ".join(VISUAL_TOKEN_SEGMENTS[visual_tokens])
+        if found != expected:
+            count = NUMBER_WORDS[expected] if expected < len(NUMBER_WORDS) else str(expected)
+            raise RsccInputError(
+                f"{name} must contain exactly {count} {self.image_token!r} placeholder{'s' * (expected > 1)} "
+                f"({roles}) for visual_tokens={visual_tokens!r}; found {found} in {prompt!r}"
             )
 
     @staticmethod
-    def _check_pairs(images) -> list:
-        expected = "images must be a list of [before, after] pairs, e.g. images=[[before, after], ...]"
+    def _check_samples(images) -> list:
+        expected = (
+            "images must be a list of samples, each an ordered list of at least 2 co-registered images (a [before, "
+            "after] pair or a time series), e.g. images=[[before, after], ...]"
+        )
         if not isinstance(images, (list, tuple)) or not images:
             raise RsccInputError(f"{expected}; got {type(images).__name__ if images is not None else None}")
-        for index, pair in enumerate(images):
-            if not isinstance(pair, (list, tuple)):
-                raise RsccInputError(f"{expected}; element {index} is a {type(pair).__name__}, not a pair")
-            if len(pair) != 2:
-                raise RsccInputError(f"{expected}; element {index} holds {len(pair)} images")
-        return list(images)
+        for index, sample in enumerate(images):
+            if not isinstance(sample, (list, tuple)):
+                raise RsccInputError(f"{expected}; element {index} is a {type(sample).__name__}, not a list")
+            if len(sample) < 2:
+                raise RsccInputError(f"{expected}; element {index} holds {len(sample)} image(s)")
+        return [list(sample) for sample in images]
 
-    def _per_sample(self, values, num_pairs: int, name: str) -> list:
+    def _per_sample(self, values, num_samples: int, name: str) -> list:
         if isinstance(values, str):
-            # One prompt serves every pair; one caption can only belong to one pair.
-            values = [values] * num_pairs if name == "text" else [values]
-        if not isinstance(values, (list, tuple)) or len(values) != num_pairs:
+            # One prompt serves every sample; one caption can only belong to one sample.
+            values = [values] * num_samples if name == "text" else [values]
+        if not isinstance(values, (list, tuple)) or len(values) != num_samples:
             got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
-            raise RsccInputError(f"{name}: expected one entry per pair ({num_pairs}), got {got}")
+            raise RsccInputError(f"{name}: expected one entry per sample ({num_samples}), got {got}")
         return list(values)
 
     def _encode(self, text: str) -> list[int]:
@@ -591,50 +676,57 @@ class RsccProcessor(ProcessorMixin):
         return_tensors: str = "pt",
         **kwargs,
     ) -> BatchFeature:
-        """Prepare pairs for the model.
+        """Prepare pairs, or series of N >= 2 dates, for the model.
 
         Args:
-            images (`list` of `[before, after]` pairs): each image a path, PIL image, numpy array or tensor
-                (see [`load_image`]). Images of any size are resized to the vision tower's input size.
-            text (`str` or `list[str]`, *optional*): user prompt per pair (one string applies to all), each with
-                one image placeholder per segment of `visual_tokens`; defaults to `self.prompt`.
-            captions (`list[str]`, *optional*): target caption per pair, for training. Targets are formatted with
+            images (`list` of samples): each sample an ordered list of N >= 2 co-registered images, oldest first (a
+                `[before, after]` pair is N = 2); samples of one batch may differ in N. Each image a path, PIL image,
+                numpy array or tensor (see [`load_image`]). Images of any size are resized to the vision tower's
+                input size.
+            text (`str` or `list[str]`, *optional*): user prompt per sample (one string applies to all), each with
+                one image placeholder per date (per segment of `visual_tokens` for its other settings); defaults to
+                `self.prompt` for pairs and [`default_prompt`] for series.
+            captions (`list[str]`, *optional*): target caption per sample, for training. Targets are formatted with
                 [`to_sentence_case`] and followed by `turn_end`; `labels` supervise only those tokens.
-            change_masks (`list`, *optional*): one change mask per pair, or `None` for a pair without one: a PNG path,
-                PIL image, array or tensor in any encoding [`load_change_mask`] documents. Masks are resized (nearest)
-                to the vision input size like the images; a mask whose size differs from its images' is resized
-                with a warning.
+            change_masks (`list`, *optional*): one change mask per sample (first to last date), or `None` for a sample
+                without one: a PNG path, PIL image, array or tensor in any encoding [`load_change_mask`] documents.
+                Masks are resized (nearest) to the vision input size like the images; a mask whose size differs from
+                its images' is resized with a warning.
             padding_side (`str`, *optional*): `"left"` (default without captions: generation) or `"right"`
                 (default with captions: training).
             return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"` is supported.
 
         Returns:
             [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)`, `pixel_values`
-            `(2 * batch, 1, 3, H, W)`, `image_sizes` `(2 * batch, 2)`, `batch_num_images` `(batch,)` (all 2),
-            with captions `labels` `(batch, seq_len)`, and with change masks `change_masks` `(batch, H, W)` (class
-            ids, -100 for every pixel of a pair given `None`).
+            `(num_images, 1, 3, H, W)` (every sample's images in turn), `image_sizes` `(num_images, 2)`,
+            `batch_num_images` `(batch,)` (each sample's N), with captions `labels` `(batch, seq_len)`, and with change
+            masks `change_masks` `(batch, H, W)` (class ids, -100 for every pixel of a sample given `None`).
         """
         if return_tensors != "pt":
             raise RsccInputError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
-        pairs = self._check_pairs(images)
-        prompts = self._per_sample(self.prompt if text is None else text, len(pairs), "text")
+        samples = self._check_samples(images)
+        num_dates = [len(sample) for sample in samples]
+        if text is None:
+            prompts = [self.prompt if n == 2 else default_prompt(n, self.image_token) for n in num_dates]
+        else:
+            prompts = self._per_sample(text, len(samples), "text")
         for index, prompt in enumerate(prompts):
-            self._check_prompt(prompt, f"text[{index}]")
+            self._check_prompt(prompt, f"text[{index}]", num_dates[index])
         targets = None
         if captions is not None:
-            targets = [to_sentence_case(c) for c in self._per_sample(captions, len(pairs), "captions")]
+            targets = [to_sentence_case(c) for c in self._per_sample(captions, len(samples), "captions")]
         padding_side = padding_side or ("left" if targets is None else "right")
         if padding_side not in ("left", "right"):
             raise RsccInputError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
 
-        masks = None if change_masks is None else self._per_sample(change_masks, len(pairs), "change_masks")
-        image_inputs = self.image_processor(pairs, change_masks=masks, return_tensors="pt", **kwargs)
+        masks = None if change_masks is None else self._per_sample(change_masks, len(samples), "change_masks")
+        image_inputs = self.image_processor(samples, change_masks=masks, return_tensors="pt", **kwargs)
 
         sequences, label_sequences = [], []
         for index, prompt in enumerate(prompts):
-            prompt_ids = []
+            prompt_ids, counts = [], iter(self.placeholder_token_counts(num_dates[index]))
             for token_id in self._encode(self.conversation_template.format(prompt=prompt)):
-                prompt_ids.extend([token_id] * (self.tokens_per_image if token_id == self.image_token_id else 1))
+                prompt_ids.extend([token_id] * (next(counts) if token_id == self.image_token_id else 1))
             target_ids = [] if targets is None else self._encode(targets[index] + self.turn_end)
             if self.image_token_id in target_ids:
                 raise RsccInputError(f"captions[{index}] contains the image token {self.image_token!r}")
@@ -653,7 +745,7 @@ class RsccProcessor(ProcessorMixin):
             "attention_mask": torch.tensor([pad([1] * len(ids), 0) for ids in sequences], dtype=torch.long),
             "pixel_values": image_inputs["pixel_values"],
             "image_sizes": image_inputs["image_sizes"],
-            "batch_num_images": torch.full((len(pairs),), 2, dtype=torch.long),
+            "batch_num_images": torch.tensor(num_dates, dtype=torch.long),
         }
         if targets is not None:
             data["labels"] = torch.tensor([pad(ids, IGNORE_INDEX) for ids in label_sequences], dtype=torch.long)
@@ -703,6 +795,7 @@ __all__ = [
     "InputFileNotFoundError",
     "load_image",
     "load_change_mask",
+    "default_prompt",
     "to_sentence_case",
     "stretch_to_uint8",
     "pillow_truncates",

@@ -526,7 +526,7 @@ def test_dice_term_and_three_class_masks(tiny_processor, example_pairs):
 def test_model_rejects_masks_it_cannot_read(tiny_processor, example_pairs):
     model = build(tiny_processor, use_change_head=True, change_filter="drop")
     inputs = tiny_processor(images=example_pairs)
-    with pytest.raises(ValueError, match=r"change_masks of shape \(3, 28, 28\): expected \(num_pairs=2"):
+    with pytest.raises(ValueError, match=r"change_masks of shape \(3, 28, 28\): expected \(batch_size=2"):
         model(**inputs, change_masks=torch.zeros(3, 28, 28, dtype=torch.long))
     three_class = build(tiny_processor, use_change_head=True, change_head_num_classes=3)
     with pytest.raises(ValueError, match=r"change_masks hold \[7\]"):
@@ -602,7 +602,7 @@ def test_processor_names_bad_mask_files(tiny_processor, example_pairs, tmp_path)
         tiny_processor(images=example_pairs, change_masks=[None, tmp_path / "label.png"])
     with pytest.raises(FileNotFoundError, match="gone.png"):
         tiny_processor(images=example_pairs, change_masks=[tmp_path / "gone.png", None])
-    with pytest.raises(ValueError, match=r"change_masks: expected one entry per pair \(2\), got 1"):
+    with pytest.raises(ValueError, match=r"change_masks: expected one entry per sample \(2\), got 1"):
         tiny_processor(images=example_pairs, change_masks=[None])
 
 

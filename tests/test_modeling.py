@@ -119,10 +119,13 @@ def test_image_token_mismatch_is_a_value_error_with_both_counts(tiny_model, tiny
         tiny_model(**inputs)
 
 
-def test_samples_without_exactly_two_images_are_refused(tiny_model, tiny_processor, example_pairs):
+def test_samples_of_fewer_than_two_images_are_refused(tiny_model, tiny_processor, example_pairs):
     inputs = tiny_processor(images=example_pairs)
     inputs["batch_num_images"] = torch.tensor([1, 3])
-    with pytest.raises(ValueError, match="exactly two images"):
+    with pytest.raises(ValueError, match="at least two images"):
+        tiny_model(**inputs)
+    inputs["batch_num_images"] = torch.tensor([2, 3])
+    with pytest.raises(ValueError, match=r"count 5 images, but pixel_values holds 4"):
         tiny_model(**inputs)
 
 

@@ -52,11 +52,10 @@ def test_to_sentence_case():
 @pytest.mark.parametrize(
     "images, message",
     [
-        (None, "list of \\[before, after\\] pairs"),
-        ([], "list of \\[before, after\\] pairs"),
-        (["a.png", "b.png"], "element 0 is a str, not a pair"),
-        ([["a.png", "b.png", "c.png"]], "element 0 holds 3 images"),
-        ([["a.png"]], "element 0 holds 1 images"),
+        (None, "list of samples, each an ordered list of at least 2"),
+        ([], "list of samples, each an ordered list of at least 2"),
+        (["a.png", "b.png"], "element 0 is a str, not a list"),
+        ([["a.png"]], "element 0 holds 1 image"),
     ],
 )
 def test_bad_pair_structures(tiny_processor, images, message):
@@ -118,9 +117,9 @@ def test_prompts_need_exactly_two_placeholders(tiny_processor, example_pairs, pr
 
 
 def test_prompt_and_caption_counts_must_match_pairs(tiny_processor, example_pairs):
-    with pytest.raises(ValueError, match="captions: expected one entry per pair \\(2\\), got 1"):
+    with pytest.raises(ValueError, match="captions: expected one entry per sample \\(2\\), got 1"):
         tiny_processor(images=example_pairs, captions=["A road."])
-    with pytest.raises(ValueError, match="text: expected one entry per pair \\(2\\), got 3"):
+    with pytest.raises(ValueError, match="text: expected one entry per sample \\(2\\), got 3"):
         tiny_processor(images=example_pairs, text=[tiny_processor.prompt] * 3)
 
 

@@ -18,13 +18,20 @@ import torch
 import torch._functorch.config
 import yaml
 from safetensors.torch import load_file
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, TrainerCallback
+from transformers import (
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    TrainerCallback,
+    VideoMAEConfig,
+    VideoMAEModel,
+)
 
 from rscc import RsccForConditionalGeneration, RsccProcessor
 from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_image_processor, make_processor, tiny_config
 from rscc.compat_rscc import given_cache
 from rscc.data import build_dataset, caption_view, levir_cc_records, load_change_dataset, manifest_records
 from rscc.evaluation import generate_predictions, read_predictions, reference_captions
+from test_remote_code import HIDE_RSCC_AND_GENERATE, run_without_rscc
 from rscc.training import (
     LORA_PART,
     PARTS,
@@ -521,12 +528,16 @@ MASK_RECIPES = {  # recipe -> a change-mask option it sets
     "semantic_cc_stage2_captioning.yaml": "change_loss_weight",
     "semantic_cc_stage3_joint.yaml": "change_loss_weight",
     "kcfi.yaml": "use_change_head",
+    "series_llava_video.yaml": "pair_encoding",
 }
+# Built from a LLaVA-OneVision checkpoint with a video encoder (tested by the accelerate run of mvcc_video.yaml).
+VIDEO_ENCODER_RECIPES = {"mvcc_video.yaml"}
 
 
 def test_recipes_parse_and_their_model_options_build_the_model(tiny_checkpoint, levir_folder, tmp_path):
     recipes = sorted(path.name for path in RECIPES.glob("*.yaml"))
-    assert set(MASK_RECIPES) | {"ccexpert_stage1.yaml", "ccexpert_stage2.yaml", "ccexpert_stage3.yaml"} == set(recipes)
+    ccexpert = {"ccexpert_stage1.yaml", "ccexpert_stage2.yaml", "ccexpert_stage3.yaml"}
+    assert set(MASK_RECIPES) | VIDEO_ENCODER_RECIPES | ccexpert == set(recipes)
     resolved = {}
     for recipe in recipes:
         parsed = parse_arguments("stage1", ["--config", str(RECIPES / recipe), "--model_name_or_path", "unused",
@@ -552,6 +563,11 @@ def test_recipes_parse_and_their_model_options_build_the_model(tiny_checkpoint, 
     assert (mvcc.stage.lora_r, mvcc.stage.lora_parts, mvcc.stage.lora_last_layers) == (4, ["vision_tower"], 1)
     _, semantic2 = resolved["semantic_cc_stage2_captioning.yaml"]
     assert (semantic2.stage.lora_r, semantic2.stage.lora_alpha, semantic2.stage.lora_dropout) == (16, 32, 0.05)
+    mvcc_video_stage, mvcc_video = resolved["mvcc_video.yaml"]
+    assert mvcc_video_stage.trainable_parts == ("projector", "language_model")
+    assert (mvcc_video.stage.lora_r, mvcc_video.stage.lora_parts, mvcc_video.stage.lora_modules,
+            mvcc_video.stage.lora_last_layers) == (4, ["video_encoder"], ["query", "key", "value"], 1)
+    assert mvcc_video.model.model_config_overrides["pair_encoding"] == "video_encoder"
 
     for recipe, option in MASK_RECIPES.items():
         parsed = parse_arguments("stage1", ["--config", str(RECIPES / recipe), "--model_name_or_path",
@@ -706,6 +722,63 @@ def test_accelerate_launch_with_deepspeed_one_process(zero, tiny_checkpoint, lev
         tmp_path, "single_gpu.yaml", 1, zero, "--model_name_or_path", tiny_checkpoint, "--dataset_name_or_path",
         levir_folder, "--max_steps", "2", "--per_device_train_batch_size", "2")
     check_deepspeed_run(output, log_history, zero, weights(tiny_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def video_encoder_folder(tmp_path_factory) -> Path:
+    """A tiny VideoMAE (2 layers, width 32) over 2-frame clips of 28 px in 4 px patches and tubelets of 2."""
+    torch.manual_seed(2)
+    folder = tmp_path_factory.mktemp("tiny-videomae")
+    VideoMAEModel(VideoMAEConfig(image_size=28, patch_size=4, num_frames=2, tubelet_size=2, hidden_size=32,
+                                 num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)).save_pretrained(folder)
+    return folder
+
+
+def test_video_encoder_model_learns_captions_of_real_pairs(stock_folder, video_encoder_folder, levir_folder, tmp_path):
+    # MV-CC's recipe at tiny size, in process: LoRA r4 on the encoder's last block, projector and language model train.
+    overrides = {"pair_encoding": "video_encoder", "video_encoder": str(video_encoder_folder),
+                 "change_filter": "multiply"}
+    trainer = run_stage(arguments(
+        "stage2", stock_folder, levir_folder, tmp_path / "out", "--trainable_parts", "projector", "language_model",
+        "--lora_r", "4", "--lora_alpha", "8", "--lora_parts", "video_encoder", "--lora_modules", "query", "key",
+        "value", "--lora_last_layers", "1", "--model_config_overrides", json.dumps(overrides), "--max_steps", "150",
+        "--learning_rate", "3e-3"))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    print(f"video_encoder learning check: caption loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    assert len(losses) == 150 and max(losses[-10:]) < 0.5 * losses[0]
+
+
+@pytest.mark.slow
+def test_mvcc_video_recipe_trains_under_accelerate_and_the_output_captions_as_remote_code_and_from_the_cli(
+    stock_folder, video_encoder_folder, levir_folder, tmp_path
+):
+    overrides = {"pair_encoding": "video_encoder", "video_encoder": str(video_encoder_folder),
+                 "change_filter": "multiply", "change_mask_source": "input"}
+    output, log_history = launch(
+        tmp_path, "single_gpu.yaml", 1, "zero2", "--config", RECIPES / "mvcc_video.yaml", "--model_name_or_path",
+        stock_folder, "--dataset_name_or_path", levir_folder, "--model_config_overrides", json.dumps(overrides),
+        "--bf16", "false", "--max_steps", "2", "--per_device_train_batch_size", "2", "--eval_strategy", "no",
+        "--load_best_model_at_end", "false")
+    assert [entry["loss"] for entry in log_history if "loss" in entry]
+    assert "video_rscc.py" in os.listdir(output)
+    trained = RsccForConditionalGeneration.from_pretrained(output)
+    assert trained.config.pair_encoding == "video_encoder" and trained.config.change_filter == "multiply"
+    # LoRA r4 on the last block's query / key / value, merged: those weights moved, the rest of the encoder did not.
+    start = VideoMAEModel.from_pretrained(video_encoder_folder).state_dict()
+    moved = {name for name, value in trained.model.video_encoder.backbone.state_dict().items()
+             if not torch.equal(value, start[name])}
+    assert moved == {f"encoder.layer.1.attention.attention.{name}.weight" for name in ("query", "key", "value")}
+
+    pair = [str(levir_folder.parent / "root" / "images" / "train" / side / REAL_PAIRS[0]) for side in ("A", "B")]
+    result = run_without_rscc(HIDE_RSCC_AND_GENERATE, [str(output), *pair], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report["captions"]) == 2 and not report["rscc_imported"]
+    cli = subprocess.run([sys.executable, str(REPO_ROOT / "rscc_console.py"), "caption", "--model", str(output), *pair,
+                          "--max-new-tokens", "3", "--json"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"})
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert isinstance(json.loads(cli.stdout)["caption"], str)
 
 
 @pytest.mark.slow

@@ -146,6 +146,8 @@ def _overview(pretty_name: str, sources: list, writers: dict) -> list:
              "| `change_flag` | int8 | 0: nothing changed, 1: something changed |",
              "| `change_mask` | image or null | per-pixel change mask, same size as the images |",
              "| `source` | string | source dataset |",
+             "| `images` | list of image | a series' dates between `before` (the first) and `after` (the last), "
+             "oldest first; empty for a pair |",
              "", "## Splits", "",
              "| split | source | pairs | captions | no-change pairs | with mask |", "|---|---|---|---|---|---|"]
     for split, writer in writers.items():

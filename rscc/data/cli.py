@@ -202,7 +202,8 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
         ],
     ),
     SourceCommand(
-        "manifest", "your own pairs: CSV or JSONL with before, after, caption(s)", _manifest_arguments,
+        "manifest", "your own pairs or series: CSV or JSONL with before, after (or image_1 ... image_N), "
+                    "caption(s)", _manifest_arguments,
         records=_chained(lambda args, split, path: manifest_records(path, split, args.source_name),
                          lambda args: _split_paths(args.manifest)),
         inputs=lambda args: [item for _, path in _split_paths(args.manifest) for item in (path, path.parent)],

@@ -14,8 +14,10 @@ from ..errors import read_text_file
 from .source_files import read_json_records
 from .schema import ChangeRecord, DataInputError
 
-MANIFEST_FIELDS = ("id", "split", "before", "after", "caption", "captions", "mask", "change_flag")
+MANIFEST_FIELDS = ("id", "split", "before", "after", "images", "caption", "captions", "mask", "change_flag")
 _NUMBERED_CAPTION = re.compile(r"^caption_\d+$")
+# A series' dates, oldest first, in CSV (`image_1`, `image_2`, ...) instead of `before` and `after`.
+_NUMBERED_IMAGE = re.compile(r"^image_\d+$")
 
 
 def _read_csv_rows(path: Path) -> tuple:
@@ -64,23 +66,37 @@ def read_manifest(path: Path, require_captions: bool = True) -> list:
         for where, row in rows:
             wrong = [key for key in ("before", "after", "mask", "split", "caption")
                      if row.get(key) is not None and not isinstance(row[key], str)]
+            images = row.get("images")
+            if images is not None and not (isinstance(images, list) and all(isinstance(x, str) for x in images)):
+                wrong.append("images")
             captions = row.get("captions")
             if captions is not None and not (isinstance(captions, str) or (
                     isinstance(captions, list) and all(isinstance(caption, str) for caption in captions))):
                 wrong.append("captions")
             if wrong:
-                raise DataInputError(f"{path}: {where}: {', '.join(wrong)} must be text (captions: a list of text)")
+                raise DataInputError(f"{path}: {where}: {', '.join(wrong)} must be text (captions, images: lists of "
+                                     "text)")
     else:
         raise DataInputError(f"{path}: a manifest must be a .csv or a .jsonl file")
-    unknown = [c for c in columns if c not in MANIFEST_FIELDS and not _NUMBERED_CAPTION.match(c or "")]
+    unknown = [c for c in columns if c not in MANIFEST_FIELDS and not _NUMBERED_CAPTION.match(c or "")
+               and not (require_captions and _NUMBERED_IMAGE.match(c or ""))]
     if unknown:
         raise DataInputError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; expected "
                          f"{', '.join(MANIFEST_FIELDS)} or caption_1, caption_2, ...")
     missing = [c for c in ("before", "after") if c not in columns]
+    has_series = "images" in columns or any(_NUMBERED_IMAGE.match(c or "") for c in columns)
+    if require_captions and has_series:
+        if "before" in columns or "after" in columns:
+            raise DataInputError(f"{path}: give the dates either as before, after or as a series (images, or "
+                                 "image_1, image_2, ...), not both")
+        missing = []
+    elif "images" in columns:
+        raise DataInputError(f"{path}: 'images' (a series of dates) is read by `rscc data manifest`; caption a "
+                             "series with `rscc caption DATE1 ... DATEN`")
     has_captions = any(c in ("caption", "captions") or _NUMBERED_CAPTION.match(c) for c in columns)
     if missing or (require_captions and not has_captions):
-        needed = "before, after and caption (or captions, or caption_1, caption_2, ...)" if require_captions else (
-            "before and after")
+        needed = ("before, after (or a series: images, or image_1, image_2, ...) and caption (or captions, or "
+                  "caption_1, caption_2, ...)") if require_captions else "before and after"
         raise DataInputError(f"{path}: a manifest needs the columns {needed}")
     return rows
 
@@ -96,14 +112,26 @@ def manifest_captions(row: dict) -> list:
     return list(captions) + [row[key] for key in numbered if row[key]]
 
 
+def manifest_dates(row: dict) -> list:
+    """A manifest row's image paths, oldest first: `before`, `after`, or a series (`images`, or the non-empty
+    `image_1`, `image_2`, ... cells: a CSV row of fewer dates than the widest leaves trailing cells empty)."""
+    if row.get("images") is not None:
+        return list(row["images"])
+    numbered = sorted((key for key in row if _NUMBERED_IMAGE.match(key)), key=lambda key: int(key[6:]))
+    if numbered:
+        return [row[key] for key in numbered if row[key]]
+    return [str(row.get(key) or "") for key in ("before", "after")]
+
+
 def manifest_records(manifest: Union[str, os.PathLike], split: str = "train", source: Optional[str] = None
                      ) -> Iterator[ChangeRecord]:
-    """Records of a user's manifest: a CSV or JSONL file with one image pair per row.
+    """Records of a user's manifest: a CSV or JSONL file with one image pair, or one series of dates, per row.
 
-    Columns: `before`, `after` (image paths, relative to the manifest's folder or absolute), the captions as
-    `caption` (one), `captions` (a list, JSONL) or `caption_1`, `caption_2`, ... (CSV); optional `id` (default:
-    the before image's file name without extension), `mask`, `change_flag` (0/1; default: derived from the
-    captions) and `split`.
+    Columns: `before`, `after` (image paths, relative to the manifest's folder or absolute) or a series of N >= 2
+    co-registered dates, oldest first, as `images` (a list, JSONL) or `image_1`, `image_2`, ... (CSV; rows may
+    differ in N); the captions as `caption` (one), `captions` (a list, JSONL) or `caption_1`, `caption_2`, ...
+    (CSV); optional `id` (default: the first image's file name without extension), `mask` (first to last date),
+    `change_flag` (0/1; default: derived from the captions) and `split`.
 
     Args:
         manifest: The CSV or JSONL file.
@@ -112,7 +140,10 @@ def manifest_records(manifest: Union[str, os.PathLike], split: str = "train", so
     """
     path = Path(manifest)
     for where, row in read_manifest(path):
-        before, after, mask = (str(row.get(key) or "") for key in ("before", "after", "mask"))
+        dates = manifest_dates(row)
+        if len(dates) < 2:
+            raise DataInputError(f"{path}: {where}: a series needs at least 2 dates, got {len(dates)}")
+        before, after, mask = dates[0], dates[-1], str(row.get("mask") or "")
         change_flag = row.get("change_flag")
         if isinstance(change_flag, str):
             change_flag = int(change_flag) if change_flag.strip() in ("0", "1") else (change_flag.strip() or None)
@@ -126,4 +157,5 @@ def manifest_records(manifest: Union[str, os.PathLike], split: str = "train", so
             change_mask=path.parent / mask if mask else None,
             source=source or path.stem,
             origin=f"{path} ({where})",
+            images=tuple(path.parent / date if date else "" for date in dates[1:-1]),
         )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import datasets
 
-from .schema import FEATURES, ChangeRecord, DataInputError
+from .schema import REQUIRED_COLUMNS, ChangeRecord, DataInputError
 from .views import load_built_dataset
 
 
@@ -48,12 +48,14 @@ def mixture_records(components: Iterable[MixtureComponent], split: str = "train"
             raise ValueError(f"{component.path}: mixture factor must be at least 1, got {component.factor}")
         # Streaming reads the Parquet shards directly instead of converting each source into the Arrow cache first.
         rows = load_built_dataset(component.path, split=component.split, streaming=True)
-        missing = [name for name in FEATURES if rows.features is not None and name not in rows.features]
+        missing = [name for name in REQUIRED_COLUMNS if rows.features is not None and name not in rows.features]
         if missing:
             raise ValueError(f"{component.path}: not a change-captioning dataset of this schema "
                              f"(no column {', '.join(missing)})")
         for column in ("before", "after", "change_mask"):
             rows = rows.cast_column(column, datasets.Image(decode=False))
+        if rows.features is not None and "images" in rows.features:
+            rows = rows.cast_column("images", datasets.List(datasets.Image(decode=False)))
         for row in rows:
             for copy in range(component.factor):
                 yield ChangeRecord(
@@ -66,4 +68,5 @@ def mixture_records(components: Iterable[MixtureComponent], split: str = "train"
                     change_mask=row["change_mask"],
                     source=row["source"],
                     origin=f"{component.path} ({component.split})",
+                    images=tuple(row.get("images") or ()),
                 )

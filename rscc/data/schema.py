@@ -22,8 +22,13 @@ FEATURES = datasets.Features(
         "change_flag": datasets.Value("int8"),
         "change_mask": datasets.Image(),
         "source": datasets.Value("string"),
+        # The dates between `before` and `after` of a series of N > 2 dates, oldest first; empty for a pair.
+        "images": datasets.List(datasets.Image()),
     }
 )
+# Columns that datasets built before them lack; readers treat a missing one as empty.
+OPTIONAL_COLUMNS = ("images",)
+REQUIRED_COLUMNS = tuple(name for name in FEATURES if name not in OPTIONAL_COLUMNS)
 
 # An image given as a file path, or as already-encoded bytes {"bytes": ..., "path": file name} (rows of a built set).
 ImageSource = Union[str, os.PathLike, dict]
@@ -51,6 +56,8 @@ class ChangeRecord:
         origin: Where the record was read from (caption file and entry, manifest line), for error messages.
         problems: What the converter found wrong while reading it (e.g. a mask it had to caption from), reported
             by the build with the problems validation finds.
+        images: For a series of N > 2 dates, the dates between `before` (the first) and `after` (the last), oldest
+            first; empty for a pair.
     """
 
     id: str
@@ -63,6 +70,13 @@ class ChangeRecord:
     source: str = ""
     origin: str = ""
     problems: tuple = ()
+    images: tuple = ()
+
+
+def sample_images(row: dict) -> list:
+    """The dates of a dataset row or example, oldest first: `before`, the `images` between (none for a pair, or in a
+    dataset built before series existed), `after`."""
+    return [row["before"], *(row.get("images") or ()), row["after"]]
 
 
 @dataclass(frozen=True)

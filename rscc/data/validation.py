@@ -95,6 +95,7 @@ def check_record(record: ChangeRecord) -> tuple:
         "change_flag": int(change_flag),
         "change_mask": images["change_mask"][0] if "change_mask" in images else None,
         "source": record.source,
+        "images": [images[f"images[{index}]"][0] for index in range(len(record.images))],
     }
     return row, sum(len(image[0]["bytes"]) for image in images.values())
 
@@ -128,7 +129,9 @@ def _check_images(record: ChangeRecord, report: Callable[[str, str, str], None])
     """Report unreadable images and mask, sizes that differ and mask values; returns role -> `_load_image` result
     of the images that loaded."""
     images = {}
-    for role, source in (("before", record.before), ("after", record.after), ("change_mask", record.change_mask)):
+    series = [(f"images[{index}]", source) for index, source in enumerate(record.images)]
+    for role, source in [("before", record.before), ("after", record.after), ("change_mask", record.change_mask),
+                         *series]:
         if source is None:
             continue
         try:
@@ -140,6 +143,11 @@ def _check_images(record: ChangeRecord, report: Callable[[str, str, str], None])
         (_, _, before_size), (_, after_file, after_size) = images["before"], images["after"]
         report("pair size mismatch", after_file,
                f"after image is {after_size[0]}x{after_size[1]} but before image is {before_size[0]}x{before_size[1]}")
+    for role, _ in series:
+        if role in images and "before" in images and images[role][2] != images["before"][2]:
+            (_, _, before_size), (_, file, size) = images["before"], images[role]
+            report("pair size mismatch", file,
+                   f"{role} is {size[0]}x{size[1]} but the before image is {before_size[0]}x{before_size[1]}")
     if "change_mask" in images and "before" in images and images["change_mask"][2] != images["before"][2]:
         (_, _, image_size), (_, mask_file, mask_size) = images["before"], images["change_mask"]
         report("mask size mismatch", mask_file,

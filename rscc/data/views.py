@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from ..captions import collapse_whitespace
 from ..processing_rscc import to_sentence_case
-from .schema import FEATURES, DataInputError
+from .schema import REQUIRED_COLUMNS, DataInputError
 
 
 def load_built_dataset(path_or_repo: str, split: Optional[str], **load_kwargs):
@@ -37,7 +37,7 @@ def load_change_dataset(path_or_repo: Union[str, os.PathLike], split: Optional[s
     """
     dataset = load_built_dataset(os.fspath(path_or_repo), split=split, **load_kwargs)
     features = dataset.features if split is not None else next(iter(dataset.values())).features
-    missing = [name for name in FEATURES if features is not None and name not in features]
+    missing = [name for name in REQUIRED_COLUMNS if features is not None and name not in features]
     if missing:
         raise ValueError(f"{path_or_repo}: not a change-captioning dataset of this schema "
                          f"(no column {', '.join(missing)})")

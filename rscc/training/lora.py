@@ -28,6 +28,13 @@ LORA_BLOCKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "vision_config",
         ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
     ),
+    # VideoMAE-family encoders (`pair_encoding="video_encoder"`); `dense` names the attention output and both MLP
+    # layers.
+    "video_encoder": (
+        "model.video_encoder.backbone.encoder.layer",
+        "video_encoder_config",
+        ("query", "key", "value", "dense"),
+    ),
 }
 
 
@@ -41,7 +48,7 @@ def lora_target_pattern(
 
     Args:
         config: The model's config (for the number of blocks).
-        parts: Parts to adapt, from `LORA_BLOCKS` (`language_model`, `vision_tower`).
+        parts: Parts to adapt, from `LORA_BLOCKS` (`language_model`, `vision_tower`, `video_encoder`).
         modules: Linear-layer names within a block; defaults to all of a block's linear layers.
         last_layers: Adapt only the last N blocks (MV-CC: the last vision block); all blocks when None.
     """
@@ -50,7 +57,13 @@ def lora_target_pattern(
         if part not in LORA_BLOCKS:
             raise ValueError(f"LoRA part {part!r}: LoRA can adapt {sorted(LORA_BLOCKS)}")
         prefix, sub_config, default_modules = LORA_BLOCKS[part]
-        num_layers = getattr(config, sub_config).num_hidden_layers
+        blocks_config = getattr(config, sub_config)
+        if blocks_config is None:
+            raise ValueError(f"LoRA part {part!r}: the model has no {sub_config}")
+        if isinstance(blocks_config, dict):  # `video_encoder_config` is kept as a dict
+            num_layers = blocks_config["num_hidden_layers"]
+        else:
+            num_layers = blocks_config.num_hidden_layers
         if last_layers is not None and not 1 <= last_layers <= num_layers:
             raise ValueError(f"lora_last_layers={last_layers}: the {part} has {num_layers} blocks")
         first = 0 if last_layers is None else num_layers - last_layers

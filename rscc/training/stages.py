@@ -22,10 +22,12 @@ logger = logging.get_logger(__name__)
 # head of the change-mask work; a model without it simply has no parameter there. `difference_module` is the
 # change-feature module, whichever `change_features` names, with the projector of the change tokens;
 # `bitemporal_filter` holds the filters inside the vision tower (Semantic-CC's BCSF), apart from the tower so that they
-# train while LoRA adapts the tower.
+# train while LoRA adapts the tower. Under `pair_encoding="video_encoder"` the video encoder stands where the vision
+# tower was, and its projector is a projector.
 PARTS: dict[str, tuple[str, ...]] = {
     "vision_tower": ("model.vision_tower.",),
-    "projector": ("model.multi_modal_projector.",),
+    "video_encoder": ("model.video_encoder.backbone.",),
+    "projector": ("model.multi_modal_projector.", "model.video_encoder.projector."),
     "difference_module": ("model.difference_module.", "model.key_change_perceiver.", "model.change_projector."),
     "change_head": ("model.change_head.",),
     "bitemporal_filter": ("model.bitemporal_filter.",),

@@ -18,6 +18,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 
 from ..data import caption_view, load_change_dataset
+from ..data.schema import sample_images
 from ..evaluation import (
     ScoringFunction,
     default_scoring_function,
@@ -157,12 +158,12 @@ class ChangeCaptionCollator:
         self.passes_change_masks = "change_masks" in inspect.signature(processor.__call__).parameters
 
     def __call__(self, examples: list[dict]):
-        pairs = [[example["before"], example["after"]] for example in examples]
+        samples = [sample_images(example) for example in examples]
         captions = [example["caption"] for example in examples]
         extra = {}
         if self.passes_change_masks:
             extra["change_masks"] = [example.get("change_mask") for example in examples]
-        return self.processor(images=pairs, captions=captions, **extra)
+        return self.processor(images=samples, captions=captions, **extra)
 
 
 def load_split(path_or_repo: str, split: str, max_samples: Optional[int] = None, cache_dir: Optional[str] = None):

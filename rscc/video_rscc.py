@@ -1,0 +1,129 @@
+"""Video encodings of a pair for rscc models: the two dates as two frames of a short video.
+
+`pair_encoding="llava_video"` reuses LLaVA-OneVision's own video path (SigLIP per frame, 2x2 pooling of the projected
+grid, one newline token) and needs no module of its own. `pair_encoding="video_encoder"` is
+MV-CC's: a spatiotemporal encoder from transformers (VideoMAE family: a 3-D patch embedding whose tubelets span both
+dates) replaces SigLIP and the difference module, with a projector of its own to the language model, and a change head
+that reads the fused tokens.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel
+from transformers.activations import ACT2FN
+from transformers.utils import cached_file
+
+from .configuration_rscc import RsccConfig
+
+# VideoMAE and V-JEPA 2 were pretrained on ImageNet-normalised frames; frames of an encoder folder that has no
+# preprocessor config are normalised so.
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class RsccVideoEncoder(nn.Module):
+    """MV-CC's encoder: a transformers video model over the (before, after) frames, and a projector (Linear, GELU,
+    Linear, as LLaVA-OneVision's) from its width to the language model's.
+
+    The backbone is built from `config.video_encoder_config` (its pretrained weights, if any, are loaded by
+    `RsccForConditionalGeneration.from_llava_onevision(..., video_encoder=...)`).
+    """
+
+    def __init__(self, config: RsccConfig):
+        super().__init__()
+        encoder_options = dict(config.video_encoder_config)
+        self.backbone = AutoModel.from_config(AutoConfig.for_model(**encoder_options))
+        width, text_width = encoder_options["hidden_size"], config.text_config.hidden_size
+        self.num_steps = encoder_options["num_frames"] // encoder_options["tubelet_size"]
+        self.grid_size = config.token_grid_size
+        self.projector = nn.Sequential(
+            nn.Linear(width, text_width), ACT2FN[config.projector_hidden_act], nn.Linear(text_width, text_width)
+        )
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            frames (`torch.Tensor` of shape `(num_pairs, num_frames, channels, height, width)`): normalised frames at
+                the encoder's image size, before then after.
+
+        Returns:
+            `torch.Tensor` of shape `(num_pairs, num_steps, grid * grid, hidden_size)`: the encoder's last hidden
+            states, one token grid per temporal step (tubelet).
+        """
+        hidden = self.backbone(pixel_values=frames, return_dict=True).last_hidden_state
+        return hidden.view(hidden.shape[0], self.num_steps, self.grid_size**2, hidden.shape[-1])
+
+
+class RsccVideoChangeHead(nn.Module):
+    """Change-detection head on the video encoder's tokens: the tubelets already mix both dates, so the head reads the
+    fused tokens of every temporal step (concatenated per grid cell) instead of `[A; B; |A - B|]`; then the same
+    projection, 3x3 context convolution and classifier as [`RsccChangeHead`]."""
+
+    def __init__(self, config: RsccConfig):
+        super().__init__()
+        encoder = config.video_encoder_config
+        width, hidden = encoder["hidden_size"], config.change_head_hidden_size
+        num_steps = encoder["num_frames"] // encoder["tubelet_size"]
+        self.grid_size = config.token_grid_size
+        self.input_norm = nn.LayerNorm(width, eps=encoder.get("layer_norm_eps", 1e-6))
+        self.input_proj = nn.Linear(num_steps * width, hidden)
+        self.context_conv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
+        self.act = nn.GELU()
+        self.classifier = nn.Conv2d(hidden, config.change_head_num_classes, kernel_size=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            tokens (`torch.Tensor` of shape `(num_pairs, num_steps, grid * grid, hidden_size)`).
+
+        Returns:
+            `torch.Tensor` of shape `(num_pairs, num_classes, grid, grid)`: logits per token.
+        """
+        steps = self.input_norm(tokens).permute(0, 2, 1, 3).flatten(2)
+        grid = self.act(self.input_proj(steps)).transpose(1, 2).unflatten(2, (self.grid_size, self.grid_size))
+        return self.classifier(self.act(self.context_conv(grid)))
+
+
+def processor_options(config: RsccConfig, video_encoder: str | os.PathLike | None = None) -> dict:
+    """[`RsccProcessor`] options that match `config`'s pair encoding: the placeholder layout and, for
+    `"video_encoder"`, the encoder's frame size and normalisation.
+
+    Args:
+        config ([`RsccConfig`]).
+        video_encoder (`str` or `os.PathLike`, *optional*): Hub id or folder of the video encoder, whose preprocessor
+            config (if it has one) gives `image_mean` / `image_std`; ImageNet's otherwise.
+
+    Returns:
+        `dict` of `RsccProcessor.from_llava_onevision` keyword arguments.
+    """
+    if config.pair_encoding != "video_encoder":
+        return {"pair_encoding": config.pair_encoding}
+    encoder = config.video_encoder_config
+    normalisation = {"image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}
+    preprocessor_file = None
+    if video_encoder is not None:
+        preprocessor_file = cached_file(
+            str(video_encoder), "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+        )
+    if preprocessor_file is not None:
+        saved = json.loads(Path(preprocessor_file).read_text())
+        normalisation.update({key: saved[key] for key in normalisation if key in saved})
+    size = {"height": encoder["image_size"], "width": encoder["image_size"]}
+    return {
+        "pair_encoding": "video_encoder",
+        "num_image_tokens": config.token_grid_size**2,
+        "video_tubelet_size": encoder["tubelet_size"],
+        "image_processor_options": {
+            "size": size,
+            "crop_size": size,
+            "image_mean": list(normalisation["image_mean"]),
+            "image_std": list(normalisation["image_std"]),
+        },
+    }
+
+
+__all__ = ["RsccVideoEncoder", "RsccVideoChangeHead", "processor_options"]

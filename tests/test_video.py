@@ -1,0 +1,253 @@
+"""Video encodings of a pair (`pair_encoding`): LLaVA-OneVision's own 2-frame video path, and MV-CC's video encoder."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, VideoMAEConfig, VideoMAEModel
+from test_remote_code import HIDE_RSCC, run_without_rscc
+
+from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
+from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_image_processor, make_processor, tiny_config
+from rscc.training import apply_lora, lora_target_pattern, part_of
+from rscc.video_rscc import IMAGENET_MEAN, processor_options
+
+RSCC_ONLY_OPTIONS = ("use_difference_integration", "pair_encoding", "video_encoder_config")
+
+
+def tiny_video_encoder_config(**overrides) -> VideoMAEConfig:
+    """A VideoMAE of 2 layers, width 32, 28 px frames in 4 px patches (the tiny SigLIP's 7x7 grid), tubelets of 2."""
+    options = dict(image_size=28, patch_size=4, num_frames=2, tubelet_size=2, hidden_size=32, num_hidden_layers=2,
+                   num_attention_heads=4, intermediate_size=64)
+    return VideoMAEConfig(**{**options, **overrides})
+
+
+@pytest.fixture(scope="module")
+def stock_folder(tmp_path_factory):
+    """A saved stock LLaVA-OneVision checkpoint (tiny random weights) with its tokenizer and image processor."""
+    processor = make_processor()
+    config = tiny_config(processor.tokenizer).to_dict()
+    for key in [key for key in config if key.startswith("difference_") or key in RSCC_ONLY_OPTIONS]:
+        del config[key]
+    del config["model_type"]
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("stock-llava-ov")
+    LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(**config)).save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    build_image_processor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def video_encoder_folder(tmp_path_factory):
+    torch.manual_seed(2)
+    folder = tmp_path_factory.mktemp("tiny-videomae")
+    VideoMAEModel(tiny_video_encoder_config()).save_pretrained(folder)
+    return folder
+
+
+def build(stock_folder, video_encoder=None, **options):
+    model = RsccForConditionalGeneration.from_llava_onevision(stock_folder, video_encoder=video_encoder, **options)
+    processor = RsccProcessor.from_llava_onevision(stock_folder, **processor_options(model.config, video_encoder))
+    return model.eval(), processor
+
+
+def test_llava_video_token_count_is_stock_two_frame_video_count():
+    # At LLaVA-OneVision's 384 px / 14 px: 2 x 196 + 1 = 393 tokens instead of 2 x 730.
+    processor = make_processor(image_size=384, patch_size=14)
+    assert sum(processor.placeholder_token_counts()) == 2 * 730
+    video = RsccProcessor(processor.image_processor, processor.tokenizer, num_image_tokens=729,
+                          pair_encoding="llava_video")
+    assert video.placeholder_token_counts() == [196, 197]
+    inputs = video(images=[[torch.zeros(3, 64, 64), torch.ones(3, 64, 64)]])
+    assert int((inputs["input_ids"] == video.image_token_id).sum()) == 393
+
+
+def test_llava_video_features_and_logits_equal_stock_two_frame_video(stock_folder, example_pairs):
+    stock = LlavaOnevisionForConditionalGeneration.from_pretrained(stock_folder).eval()
+    model, processor = build(stock_folder, pair_encoding="llava_video", use_difference_integration=False)
+    inputs = processor(images=example_pairs, text=[processor.prompt, "Before: <image> after: <image>. Changes?"])
+    frames = inputs["pixel_values"][:, 0].view(len(example_pairs), 2, *inputs["pixel_values"].shape[-3:])
+    with torch.no_grad():
+        features = model.model.get_image_features(
+            inputs["pixel_values"], inputs["image_sizes"], batch_num_images=inputs["batch_num_images"]
+        ).pooler_output
+        expected = stock.model.get_video_features(frames).pooler_output
+        assert [tuple(f.shape) for f in features] == [tuple(expected.shape[1:])] * 2
+        assert (torch.stack(features) - expected).abs().max().item() <= 1e-6
+        # Stock LLaVA-OneVision on the same prompt with video placeholders and the pair as a 2-frame video.
+        video_ids = inputs["input_ids"].masked_fill(inputs["input_ids"] == processor.image_token_id,
+                                                    stock.config.video_token_id)
+        stock_logits = stock(input_ids=video_ids, attention_mask=inputs["attention_mask"],
+                             pixel_values_videos=frames).logits
+        assert (model(**inputs).logits - stock_logits).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("change_filter", ["multiply", "drop"])
+def test_llava_video_filters_on_the_pooled_grid(stock_folder, example_pairs, change_filter):
+    model, processor = build(stock_folder, pair_encoding="llava_video", use_difference_integration=False,
+                             change_filter=change_filter, change_filter_min_tokens=0)
+    assert model.config.token_grid_size == 4  # the tiny 7x7 grid pooled to ceil(7 / 2)
+    mask = torch.zeros(28, 28, dtype=torch.long)
+    mask[:7, :7] = 1  # the top-left pooled token only
+    inputs = processor(images=example_pairs, change_masks=[mask, None])
+    with torch.no_grad():
+        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
+                                                  batch_num_images=inputs["batch_num_images"],
+                                                  change_masks=inputs["change_masks"])
+    if change_filter == "multiply":
+        first = features.pooler_output[0]
+        nonzero = first.abs().sum(-1) > 0
+        # Token 0 of each frame and the newline token stay; every other token of the masked pair is zero.
+        assert nonzero.tolist() == [i in (0, 16, 32) for i in range(33)]
+        assert bool((features.pooler_output[1].abs().sum(-1) > 0).all())
+    else:
+        assert features.kept_tokens[0].tolist() == [i in (0, 16, 32) for i in range(33)]
+        assert bool(features.kept_tokens[1].all())
+        with torch.no_grad():
+            generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+            one = model.generate(**processor(images=example_pairs[:1], change_masks=[mask]), max_new_tokens=3,
+                                 do_sample=False)
+        assert torch.equal(generated[0, -3:], one[0, -3:])
+
+
+def test_video_encoder_replaces_siglip_and_loads_the_encoders_weights(stock_folder, video_encoder_folder):
+    model, report = RsccForConditionalGeneration.from_llava_onevision(
+        stock_folder, pair_encoding="video_encoder", video_encoder=video_encoder_folder, output_loading_info=True
+    )
+    assert model.model.vision_tower is None and model.model.multi_modal_projector is None
+    assert not model.config.use_difference_integration and model.config.video_encoder_config["tubelet_size"] == 2
+    saved = VideoMAEModel.from_pretrained(video_encoder_folder).state_dict()
+    for name, value in model.model.video_encoder.backbone.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    assert all(name.startswith("model.video_encoder.projector.") for name in report["new_parameters"])
+    assert {part_of(name) for name, _ in model.named_parameters()} == {"video_encoder", "projector", "language_model"}
+    # A config instead of a folder: random encoder weights, reported as new.
+    _, report = RsccForConditionalGeneration.from_llava_onevision(
+        stock_folder, pair_encoding="video_encoder", video_encoder=tiny_video_encoder_config(), output_loading_info=True
+    )
+    assert any(name.startswith("model.video_encoder.backbone.") for name in report["new_parameters"])
+
+
+def test_video_encoder_tokens_layout_and_processor_frames(stock_folder, video_encoder_folder, example_pairs):
+    model, processor = build(stock_folder, video_encoder_folder, pair_encoding="video_encoder")
+    # One tubelet spans both dates: its 7x7 tokens stand at the after image's placeholder, then the newline token.
+    assert processor.placeholder_token_counts() == [0, 50]
+    assert list(processor.image_processor.image_mean) == IMAGENET_MEAN
+    inputs = processor(images=example_pairs)
+    assert int((inputs["input_ids"] == processor.image_token_id).sum()) == 2 * 50
+    with torch.no_grad():
+        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
+                                                  batch_num_images=inputs["batch_num_images"])
+        frames = inputs["pixel_values"][:, 0].view(2, 2, 3, 28, 28)
+        tokens = model.model.video_encoder.backbone(pixel_values=frames).last_hidden_state
+        expected = model.model.video_encoder.projector(tokens)
+    assert [tuple(f.shape) for f in features.pooler_output] == [(50, 32)] * 2
+    assert torch.allclose(torch.stack(features.pooler_output)[:, :49], expected)
+    # The encoder sees both dates at once: swapping them changes the tokens.
+    with torch.no_grad():
+        swapped = model.model.video_encoder.backbone(pixel_values=frames.flip(1)).last_hidden_state
+    assert (swapped - tokens).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("change_filter", ["multiply", "drop"])
+def test_video_encoder_with_change_head_and_filter_trains_and_generates(stock_folder, video_encoder_folder,
+                                                                        example_pairs, change_filter):
+    model, processor = build(stock_folder, video_encoder_folder, pair_encoding="video_encoder", use_change_head=True,
+                             change_filter=change_filter, change_filter_min_tokens=0)
+    mask = torch.zeros(28, 28, dtype=torch.long)
+    mask[:4, :4] = 1  # token 0 of the 7x7 grid
+    inputs = processor(images=example_pairs, change_masks=[mask, None], captions=["A road is built.", "No change."])
+    model.train()
+    outputs = model(**inputs)
+    assert outputs.change_logits.shape == (2, 2, 28, 28) and outputs.change_loss is not None
+    outputs.loss.backward()
+    assert model.model.change_head.input_proj.weight.grad.abs().sum() > 0
+    assert model.model.video_encoder.projector[0].weight.grad.abs().sum() > 0
+    model.eval()
+    inputs = processor(images=example_pairs, change_masks=[mask, None])
+    with torch.no_grad():
+        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
+                                                  batch_num_images=inputs["batch_num_images"],
+                                                  change_masks=inputs["change_masks"])
+        batched = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        alone = model.generate(**processor(images=example_pairs[:1], change_masks=[mask]), max_new_tokens=3,
+                               do_sample=False)
+    seen = features.kept_tokens[0] if change_filter == "drop" else features.pooler_output[0].abs().sum(-1) > 0
+    assert seen.tolist() == [i in (0, 49) for i in range(50)]
+    assert torch.equal(batched[0, -3:], alone[0, -3:])
+
+
+@pytest.mark.parametrize("pair_encoding", ["images", "llava_video", "video_encoder"])
+def test_encodings_save_reload_and_run_as_remote_code(stock_folder, video_encoder_folder, example_pairs, tmp_path,
+                                                      pair_encoding):
+    encoder = video_encoder_folder if pair_encoding == "video_encoder" else None
+    difference = {} if encoder else TINY_DIFFERENCE_OPTIONS
+    model, processor = build(stock_folder, encoder, pair_encoding=pair_encoding, use_change_head=True,
+                             change_filter="multiply", change_mask_source="predicted", **difference)
+    with torch.no_grad():  # a live difference module, so that the comparison below covers it
+        if model.model.difference_module is not None:
+            model.model.difference_module.output_scale.fill_(0.5)
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    assert "video_rscc.py" in os.listdir(folder)
+    assert json.loads((folder / "config.json").read_text())["pair_encoding"] == pair_encoding
+    reloaded = RsccForConditionalGeneration.from_pretrained(folder).eval()
+    reloaded_processor = RsccProcessor.from_pretrained(folder)
+    assert reloaded_processor.placeholder_token_counts() == processor.placeholder_token_counts()
+    (a, b), (c, _) = example_pairs
+    # A pair and, where the encoding takes any N, a 3-date series in the same batch.
+    samples = [[a, b]] if pair_encoding == "video_encoder" else [[a, b], [c, a, b]]
+    with torch.no_grad():
+        expected = model(**processor(images=samples)).logits
+        assert torch.equal(reloaded(**reloaded_processor(images=samples)).logits, expected)
+    script = HIDE_RSCC + r"""
+folder, samples, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    torch.save(model(**processor(images=samples)).logits, out)
+print(json.dumps({"rscc_imported": any(m == "rscc" or m.startswith("rscc.") for m in sys.modules)}))
+"""
+    out = tmp_path / "logits.pt"
+    result = run_without_rscc(script, [str(folder), json.dumps(samples), str(out)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not json.loads(result.stdout.strip().splitlines()[-1])["rscc_imported"]
+    assert (torch.load(out) - expected).abs().max().item() <= 1e-5
+
+
+def test_lora_targets_only_the_video_encoders_last_block(stock_folder, video_encoder_folder):
+    model, _ = build(stock_folder, video_encoder_folder, pair_encoding="video_encoder")
+    pattern = lora_target_pattern(model.config, ["video_encoder"], ["query", "key", "value"], last_layers=1)
+    peft_model = apply_lora(model, r=4, alpha=8, dropout=0.0, parts=["video_encoder"],
+                            modules=["query", "key", "value"], last_layers=1)
+    adapted = sorted({name.split(".lora_")[0] for name, _ in peft_model.named_parameters() if ".lora_" in name})
+    prefix = "base_model.model.model.video_encoder.backbone.encoder.layer.1.attention.attention."
+    assert adapted == [prefix + name for name in ("key", "query", "value")], pattern
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"pair_encoding": "video"}, "expected one of"),
+        ({"pair_encoding": "video_encoder", "use_difference_integration": False}, "needs video_encoder_config"),
+        ({"pair_encoding": "video_encoder", "use_difference_integration": False,
+          "video_encoder_config": {"model_type": "videomae"}}, "lacks"),
+        ({"pair_encoding": "video_encoder", "use_difference_integration": False,
+          "video_encoder_config": tiny_video_encoder_config(num_frames=3)}, "tubelet_size dividing it"),
+        ({"pair_encoding": "video_encoder", "video_encoder_config": tiny_video_encoder_config()},
+         "use_difference_integration=False"),
+        ({"pair_encoding": "images", "video_encoder_config": tiny_video_encoder_config()}, "only read by"),
+        ({"pair_encoding": "llava_video", "vision_feature_select_strategy": "default"}, "use 'full'"),
+    ],
+)
+def test_config_rejects_inconsistent_pair_encodings(options, message):
+    with pytest.raises(ValueError, match=message):
+        RsccConfig(**options)
+
+
+def test_video_encoder_option_is_refused_without_the_video_encoding(stock_folder, video_encoder_folder):
+    with pytest.raises(ValueError, match="only read with pair_encoding='video_encoder'"):
+        RsccForConditionalGeneration.from_llava_onevision(stock_folder, video_encoder=video_encoder_folder)
