@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import VideoMAEConfig
 
-from rscc import RsccForConditionalGeneration, RsccProcessor
+from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
 from rscc.checkpoints import make_processor, tiny_config
 from rscc.cli import main
 from rscc.data import build_dataset, load_change_dataset, manifest_records
@@ -74,7 +74,7 @@ def test_a_pair_through_the_n_date_path_is_exactly_the_pair_computation(example_
         last = hidden[model.config.vision_feature_layer]
         changed = (model.model.change_head(last[0::2], last[1::2]).argmax(1) != 0).flatten(1)
         # The filter's changed tokens are the ones the module refines (mask-sparse difference integration).
-        before, after = model.model.difference_module([level[0::2] for level in levels],
+        before, after, _ = model.model.difference_module([level[0::2] for level in levels],
                                                       [level[1::2] for level in levels], last[0::2], last[1::2],
                                                       token_mask=changed)
         projected = model.model.multi_modal_projector(torch.stack([before, after], 1).flatten(0, 1))
@@ -235,3 +235,22 @@ def test_an_images_checkpoint_loaded_as_llava_video_gets_the_video_prompt_layout
     assert processor.pair_encoding == "llava_video" and processor.placeholder_token_counts(3) == [16, 16, 17]
     with torch.no_grad():
         assert model(**processor(images=series)).logits.shape[0] == 3
+
+
+@pytest.mark.parametrize("options", [dict(visual_tokens="change"), dict(bitemporal_filter_layers=[1]),
+                                     dict(change_features="key_change", use_change_head=True)],
+                         ids=["change-tokens", "bitemporal-filter", "key-change"])
+def test_pair_only_options_refuse_series_and_video_encodings(series, options):
+    processor = make_processor()
+    model = live_model(processor, **options)
+    inputs = processor(images=series[:1])  # a pair: accepted
+    assert inputs["batch_num_images"].tolist() == [2]
+    three = make_processor()
+    with pytest.raises(ValueError, match=r"batch_num_images=\[3\]: .* take \(before, after\) pairs only"):
+        model(**three(images=series[1:2]))
+    with pytest.raises(ValueError, match="use pair_encoding='images'"):
+        RsccConfig(**{**model.config.to_dict(), "pair_encoding": "llava_video"})
+    if "visual_tokens" in options:
+        processor.set_visual_tokens("change")
+        with pytest.raises(ValueError, match="a sample of 3 dates, but visual_tokens='change' takes"):
+            processor(images=series[1:2])
