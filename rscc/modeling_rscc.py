@@ -736,18 +736,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         pixel_values, change_masks, num_dates = self._checked_series_inputs(
             pixel_values, batch_num_images, change_masks
         )
-        pairs_only = {
-            f"visual_tokens={config.visual_tokens!r}": config.visual_tokens != "pair",
-            "change_features='key_change'": self.key_change_perceiver is not None,
-            f"bitemporal_filter_layers={config.bitemporal_filter_layers}": self.bitemporal_filter is not None,
-        }
-        options = [option for option, used in pairs_only.items() if used]
-        if options and bool((num_dates != 2).any()):
-            raise ValueError(
-                f"batch_num_images={num_dates.tolist()}: {', '.join(options)} take (before, after) pairs only; "
-                "caption series of dates with visual_tokens='pair', change_features='difference_integration' and no "
-                "bitemporal filter"
-            )
+        self._check_pairs_only_options(num_dates)
 
         has_change_features = self.difference_module is not None or self.key_change_perceiver is not None
         levels = config.difference_feature_layers if has_change_features else []
@@ -786,27 +775,47 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         if config.pair_encoding == "llava_video":
             projected = self.apply_pooling(projected)
         projected, kept_tokens = self._filter_tokens(projected, grids_per_sample, changed_tokens, keep)
-
-        if config.pair_encoding == "llava_video":
-            # LLaVA-OneVision's video layout: every frame's pooled grid, then one newline token.
-            newline = self.image_newline[None].to(projected.dtype)
-            image_features = [torch.cat([*frames, newline]) for frames in projected.split(num_dates.tolist())]
-        else:
-            image_features, _ = self.pack_image_features(
-                [image[None] for image in projected],
-                grid_sizes,
-                image_newline=self.image_newline,
-                vision_aspect_ratio=vision_aspect_ratio,
-            )
         return RsccImageFeaturesOutput(
             last_hidden_state=vision_outputs.last_hidden_state,
-            pooler_output=image_features,
+            pooler_output=self._with_newline_tokens(projected, num_dates, grid_sizes, vision_aspect_ratio),
             hidden_states=vision_outputs.hidden_states,
             attentions=vision_outputs.attentions,
             change_logits=self._full_resolution(grid_logits, pixel_values),
             kept_tokens=kept_tokens,
             entries_per_sample=grids_per_sample.tolist() if config.pair_encoding == "images" else [1] * len(num_dates),
         )
+
+    def _check_pairs_only_options(self, num_dates: torch.LongTensor) -> None:
+        """Refuse samples of other than two dates when an option that compares a before and an after image is set."""
+        config = self.config
+        pairs_only = {
+            f"visual_tokens={config.visual_tokens!r}": config.visual_tokens != "pair",
+            "change_features='key_change'": self.key_change_perceiver is not None,
+            f"bitemporal_filter_layers={config.bitemporal_filter_layers}": self.bitemporal_filter is not None,
+        }
+        options = [option for option, used in pairs_only.items() if used]
+        if options and bool((num_dates != 2).any()):
+            raise ValueError(
+                f"batch_num_images={num_dates.tolist()}: {', '.join(options)} take (before, after) pairs only; "
+                "caption series of dates with visual_tokens='pair', change_features='difference_integration' and no "
+                "bitemporal filter"
+            )
+
+    def _with_newline_tokens(
+        self, projected: torch.Tensor, num_dates: torch.LongTensor, grid_sizes: torch.Tensor, vision_aspect_ratio: str
+    ) -> list[torch.Tensor]:
+        """The language model's entries from the projected grids: each grid then its newline token, or under
+        `"llava_video"` (LLaVA-OneVision's video layout) every frame's pooled grid of a sample then one newline."""
+        if self.config.pair_encoding == "llava_video":
+            newline = self.image_newline[None].to(projected.dtype)
+            return [torch.cat([*frames, newline]) for frames in projected.split(num_dates.tolist())]
+        image_features, _ = self.pack_image_features(
+            [image[None] for image in projected],
+            grid_sizes,
+            image_newline=self.image_newline,
+            vision_aspect_ratio=vision_aspect_ratio,
+        )
+        return image_features
 
     def _video_encoder_features(
         self, pixel_values: torch.Tensor, batch_num_images: torch.LongTensor | None, change_masks: torch.Tensor | None
