@@ -38,4 +38,7 @@ HF_HUB_OFFLINE=1 python -m pytest -q \
     tests/test_remote_code.py \
     tests/test_masks.py \
     tests/test_generation_parity.py \
+    tests/test_change_features.py \
+    tests/test_series.py \
+    tests/test_video.py \
     tests/test_transformers_common.py
