@@ -33,6 +33,25 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-rscc"))
 
 
+@pytest.fixture(scope="session")
+def stock_folder(tmp_path_factory) -> Path:
+    """A saved stock LLaVA-OneVision checkpoint (tiny random weights) with its tokenizer and image processor."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    from rscc.checkpoints import build_image_processor, make_processor, tiny_config
+
+    processor = make_processor()
+    config = tiny_config(processor.tokenizer).to_dict()
+    for key in [key for key in config if key not in LlavaOnevisionConfig().to_dict() or key == "model_type"]:
+        del config[key]
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("stock-llava-ov")
+    LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(**config)).save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    build_image_processor().save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_model(tiny_checkpoint):
     from rscc import RsccForConditionalGeneration

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+from transformers import LlavaOnevisionForConditionalGeneration
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
 from rscc.change_features_rscc import warp
-from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_image_processor, make_processor, tiny_config
+from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor, tiny_config
 from rscc.configuration_rscc import IGNORE_INDEX
 from rscc.processing_rscc import DEFAULT_PROMPTS
 from rscc.training import StageSpec, apply_lora, configure_trainable, merge_lora
@@ -32,21 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def stock_folder(tmp_path_factory):
-    """A saved stock LLaVA-OneVision checkpoint (tiny random weights) with its tokenizer and image processor."""
-    processor = make_processor()
-    config = tiny_config(processor.tokenizer).to_dict()
-    for key in [key for key in config if key not in LlavaOnevisionConfig().to_dict() or key == "model_type"]:
-        del config[key]
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("stock-llava-ov")
-    LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(**config)).save_pretrained(folder)
-    processor.tokenizer.save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

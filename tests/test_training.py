@@ -19,7 +19,6 @@ import torch._functorch.config
 import yaml
 from safetensors.torch import load_file
 from transformers import (
-    LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     TrainerCallback,
     VideoMAEConfig,
@@ -27,7 +26,7 @@ from transformers import (
 )
 
 from rscc import RsccForConditionalGeneration, RsccProcessor
-from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_image_processor, make_processor, tiny_config
+from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor, tiny_config
 from rscc.compat_rscc import given_cache
 from rscc.data import build_dataset, caption_view, levir_cc_records, load_change_dataset, manifest_records
 from rscc.evaluation import generate_predictions, read_predictions, reference_captions
@@ -51,7 +50,6 @@ from rscc.training import (
     resolve_stage,
     run_stage,
 )
-from test_remote_code import HIDE_RSCC_AND_GENERATE, run_without_rscc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES = REPO_ROOT / "train" / "recipes"
@@ -99,22 +97,6 @@ def levir_folder(shared_data, tmp_path_factory) -> Path:
     records = chain(levir_cc_records(root),
                     manifest_records(temp / "validation.jsonl", split="validation", source="levir_cc_validation"))
     return build_dataset(records, temp / "dataset").out_dir
-
-
-@pytest.fixture(scope="module")
-def stock_folder(tmp_path_factory) -> Path:
-    """A saved stock LLaVA-OneVision checkpoint (tiny random weights) with its tokenizer and image processor."""
-    processor = make_processor()
-    config = tiny_config(processor.tokenizer).to_dict()
-    for key in [key for key in config if key.startswith("difference_") or key == "use_difference_integration"]:
-        del config[key]
-    del config["model_type"]
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("stock-llava-ov")
-    LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(**config)).save_pretrained(folder)
-    processor.tokenizer.save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

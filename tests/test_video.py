@@ -5,15 +5,14 @@ import os
 
 import pytest
 import torch
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, VideoMAEConfig, VideoMAEModel
+from transformers import LlavaOnevisionForConditionalGeneration, VideoMAEConfig, VideoMAEModel
 from test_remote_code import HIDE_RSCC, run_without_rscc
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
-from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_image_processor, make_processor, tiny_config
+from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor
 from rscc.training import apply_lora, lora_target_pattern, part_of
 from rscc.video_rscc import IMAGENET_MEAN, processor_options
 
-RSCC_ONLY_OPTIONS = ("use_difference_integration", "pair_encoding", "video_encoder_config")
 
 
 def tiny_video_encoder_config(**overrides) -> VideoMAEConfig:
@@ -21,22 +20,6 @@ def tiny_video_encoder_config(**overrides) -> VideoMAEConfig:
     options = dict(image_size=28, patch_size=4, num_frames=2, tubelet_size=2, hidden_size=32, num_hidden_layers=2,
                    num_attention_heads=4, intermediate_size=64)
     return VideoMAEConfig(**{**options, **overrides})
-
-
-@pytest.fixture(scope="module")
-def stock_folder(tmp_path_factory):
-    """A saved stock LLaVA-OneVision checkpoint (tiny random weights) with its tokenizer and image processor."""
-    processor = make_processor()
-    config = tiny_config(processor.tokenizer).to_dict()
-    for key in [key for key in config if key.startswith("difference_") or key in RSCC_ONLY_OPTIONS]:
-        del config[key]
-    del config["model_type"]
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("stock-llava-ov")
-    LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(**config)).save_pretrained(folder)
-    processor.tokenizer.save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
