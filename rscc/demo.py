@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -327,14 +326,12 @@ def write_space(model: str, out: str | os.PathLike, examples: str | os.PathLike 
         examples (`str` or `os.PathLike`, *optional*): example pairs (`A/`, `B/`) to copy; by default rscc's own.
         title (`str`, *optional*): the Space's title; by default from the model's name.
     """
-    from .hub import _check_new_folder, _check_repo_id
+    from .hub import _check_new_folder, _check_repo_id, staged_folder
 
     _check_repo_id(model)
     out = _check_new_folder(out)
     pairs = example_pairs(examples if examples is not None else (EXAMPLES if EXAMPLES.is_dir() else None))
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    temporary.chmod(0o755)
-    try:
+    with staged_folder(out) as temporary:
         (temporary / "app.py").write_text(SPACE_APP.format(model=model), encoding="utf-8")
         (temporary / "README.md").write_text(SPACE_README.format(
             title=title or f"{model.split('/')[-1]} change captioning", model=model, gradio=TESTED_GRADIO,
@@ -346,11 +343,6 @@ def write_space(model: str, out: str | os.PathLike, examples: str | os.PathLike 
             for side, path in (("A", before), ("B", after)):
                 (temporary / "examples" / side).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, temporary / "examples" / side / Path(path).name)
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.replace(temporary, out)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
     return out
 
 

@@ -8,12 +8,14 @@ levels: offline, the card is parsed back by huggingface_hub (YAML, `model-index`
 metadata the Hub shows is checked; before an upload, the Hub's own validator (`ModelCard.validate`) runs too.
 """
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,6 +245,21 @@ def _check_repo_id(repo_id: str) -> None:
         raise HubInputError(f"--repo-id {repo_id!r}: expected USER/NAME (letters, digits, '-', '_', '.')")
 
 
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A new folder next to `out` to write into: it replaces `out` (absent or checked empty) when the block
+    succeeds and is removed otherwise, so a failure never leaves a half-written folder."""
+    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    temporary.chmod(0o755)  # mkdtemp's folder is private; the result is meant to be shared
+    try:
+        yield temporary
+        if out.exists():
+            out.rmdir()
+        os.replace(temporary, out)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
 def _check_new_folder(out: str | os.PathLike | None) -> Path:
     if out is None or not str(out).strip():
         raise HubInputError("--out is an empty path; expected a folder to create")
@@ -285,19 +302,12 @@ def assemble_hub_folder(folder: str | os.PathLike, out: str | os.PathLike, card:
     out = _check_new_folder(out)
     validate_model_card(card)
     model, processor = load_model_and_processor(str(folder), dtype="auto")
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    temporary.chmod(0o755)  # mkdtemp's folder is private; the result is meant to be shared
     model.config.custom_pipelines = pipeline_rscc.CUSTOM_PIPELINES
-    try:
+    with staged_folder(out) as temporary:
         model.save_pretrained(temporary)
         processor.save_pretrained(temporary)
         shutil.copyfile(pipeline_rscc.__file__, temporary / "pipeline_rscc.py")
         card.save(temporary / "README.md")
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.replace(temporary, out)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
     return out
 
 
