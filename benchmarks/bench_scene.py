@@ -71,7 +71,7 @@ def run_one(args) -> None:
         rss_before_scene = peak_rss_mb()
         start = time.perf_counter()
         summary = describe_scene(
-            model, processor, args.before, args.after, Path(scratch) / "changes.geojson", tile_size=args.tile_size,
+            model, processor, [args.before, args.after], Path(scratch) / "changes.geojson", tile_size=args.tile_size,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         )
         seconds = time.perf_counter() - start

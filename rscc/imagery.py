@@ -24,12 +24,18 @@ class SceneInputError(RsccInputError):
     """A raster or scene input (raster, band choice, option or output path) is not what rscc expects."""
 
 
+def date_names(count: int) -> list[str]:
+    """How errors and messages name the dates of a sample, oldest first: BEFORE and AFTER for a pair, DATE1 ...
+    DATEN for a series (the names the command lines use)."""
+    return ["BEFORE", "AFTER"] if count == 2 else [f"DATE{index}" for index in range(1, count + 1)]
+
+
 def open_raster(path: str | os.PathLike, name: str) -> rasterio.io.DatasetReader:
     """Open a raster with rasterio, turning a missing or unreadable file into a [`SceneInputError`].
 
     Args:
         path (`str` or `os.PathLike`): the raster file.
-        name (`str`): how errors refer to it (BEFORE, AFTER).
+        name (`str`): how errors refer to it (BEFORE, AFTER, DATE3, ...).
     """
     path = Path(path)
     if not path.is_file():

@@ -35,6 +35,7 @@ from .cli import (
     positive_int,
 )
 from .configuration_rscc import RsccConfig
+from .imagery import date_names
 from .masks import MASK_GREY_LEVELS
 from .modeling_rscc import RsccForConditionalGeneration
 from .parallel import current_share, part_path, process_device
@@ -470,7 +471,7 @@ def _caption_one_sample(args) -> int:
     if given:
         raise BatchInputError(f"{given[0]} is for batch mode (two folders or a manifest); one pair prints its caption")
     dates = list(args.inputs)
-    names = ("BEFORE", "AFTER") if len(dates) == 2 else [f"DATE{index}" for index in range(1, len(dates) + 1)]
+    names = date_names(len(dates))
     for name, path in zip(names, dates):
         load_image(path, name=name)  # fail on bad input before the model loads
     if args.mask is not None:

@@ -1,17 +1,20 @@
-"""Change captioning of georeferenced scenes: two GeoTIFFs in, a GeoJSON FeatureCollection of captioned tiles out.
+"""Change captioning of georeferenced scenes: two GeoTIFFs (or a series of N) in, a GeoJSON FeatureCollection of
+captioned tiles out.
 
     rscc scene BEFORE.tif AFTER.tif --model MODEL --out changes.geojson [--tile-size N] [--overlap N]
+    rscc scene DATE1.tif DATE2.tif DATE3.tif --model MODEL --out changes.geojson
 
-AFTER is put on BEFORE's pixel grid (read through a GDAL warped VRT when CRS, resolution or origin differ; with
-shifted windows when the grids differ by whole pixels only), and only the overlap of the two rasters is tiled.
+Every later date is put on the first one's pixel grid (read through a GDAL warped VRT when CRS, resolution or origin
+differ; with shifted windows when the grids differ by whole pixels only), and only the overlap of all the rasters is
+tiled; each tile is captioned as a pair, or as a series of N dates.
 Everything is read window by window and written feature by feature, and GDAL's block cache is capped, so memory
 depends on the tile and batch size, not on the scene size.
 
 Per tile the GeoJSON (RFC 7946: WGS84 longitude/latitude, counter-clockwise outer rings) holds the caption, a
-change flag and the changed fraction. With a per-pixel change mask (a function from tile pairs to boolean masks:
-a model's change-detection head) the flag and fraction come from the mask, and change polygons and a GeoTIFF
-mosaic of the mask on BEFORE's grid can be written; without one the flag comes from the caption
-(`rscc.captions.is_no_change_caption`) and the fraction is null.
+change flag and the changed fraction. With a per-pixel change mask (a function from tiles of the first and last
+dates to boolean masks: a model's change-detection head) the flag and fraction come from the mask, and change
+polygons and a GeoTIFF mosaic of the mask on the first date's grid can be written; without one the flag comes from
+the caption (`rscc.captions.is_no_change_caption`) and the fraction is null.
 """
 
 import argparse
@@ -44,7 +47,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from .captions import is_no_change_caption
-from .imagery import SceneInputError, open_raster, rgb_bands
+from .imagery import SceneInputError, date_names, open_raster, rgb_bands
 from .batch import check_output_file
 from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK, EXIT_OUT_OF_MEMORY, interrupted_exit_code
 from .inference import (
@@ -81,20 +84,21 @@ STRETCH_SAMPLE_SIZE = 1024
 COORDINATE_DECIMALS = 7  # about 1 cm
 WGS84 = "EPSG:4326"
 MASK_NODATA = 255  # the mask mosaic's value outside the overlap, in nodata and in skipped tiles
-# Densification of AFTER's outline: reprojected straight edges bend.
+# Densification of a later date's outline: reprojected straight edges bend.
 OUTLINE_POINTS_PER_EDGE = 33
 # Below this, a fractional pixel offset between the grids is rounding noise, not misregistration.
 GRID_TOLERANCE_PX = 1e-3
 # Smallest tile side: LEVIR-CC's pairs are 256 px; a tile of a few pixels says nothing and a scene has millions.
 MIN_TILE_SIZE = 32
 
-# Per-pixel change masks of a batch of tiles: (before tiles, after tiles) as uint8 (H, W, 3) or (H, W) arrays,
-# in; one boolean (H, W) array per tile, out.
+# Per-pixel change masks of a batch of tiles: (first-date tiles, last-date tiles) as uint8 (H, W, 3) or (H, W) arrays,
+# in; one boolean (H, W) array per tile (the change from the first date to the last), out.
 ChangeMaskFunction = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
 
 
-def _overlap_on_before_grid(before, after) -> Window:
-    """The pixels of BEFORE's grid lying wholly inside AFTER's footprint (and inside BEFORE)."""
+def _overlap_on_first_grid(before, after) -> Window:
+    """The pixels of the first date's grid (BEFORE) lying wholly inside a later date's (AFTER's) footprint and inside
+    BEFORE."""
     steps = np.linspace(0.0, 1.0, OUTLINE_POINTS_PER_EDGE)
     cols = np.concatenate([steps, np.ones_like(steps), steps[::-1], np.zeros_like(steps)]) * after.width
     rows = np.concatenate([np.zeros_like(steps), steps, np.ones_like(steps), steps[::-1]]) * after.height
@@ -106,6 +110,14 @@ def _overlap_on_before_grid(before, after) -> Window:
     row_start = max(0, math.ceil(before_rows.min() - GRID_TOLERANCE_PX))
     col_end = min(before.width, math.floor(before_cols.max() + GRID_TOLERANCE_PX))
     row_end = min(before.height, math.floor(before_rows.max() + GRID_TOLERANCE_PX))
+    return Window(col_start, row_start, max(0, col_end - col_start), max(0, row_end - row_start))
+
+
+def _common_window(first: Window, second: Window) -> Window:
+    """Where two windows of one grid overlap (empty when they do not)."""
+    col_start, row_start = max(first.col_off, second.col_off), max(first.row_off, second.row_off)
+    col_end = min(first.col_off + first.width, second.col_off + second.width)
+    row_end = min(first.row_off + first.height, second.row_off + second.height)
     return Window(col_start, row_start, max(0, col_end - col_start), max(0, row_end - row_start))
 
 
@@ -125,8 +137,8 @@ def _whole_pixel_offset(before, after) -> tuple[int, int] | None:
 
 @dataclass
 class _DateSource:
-    """Where one date's pixels on BEFORE's grid are read: a dataset (or warped VRT), its bands, and the shift from
-    BEFORE's pixel grid to the dataset's."""
+    """Where one date's pixels on the first date's grid are read: a dataset (or warped VRT), its bands, and the shift
+    from that grid to the dataset's."""
 
     dataset: object
     bands: list[int]
@@ -135,7 +147,7 @@ class _DateSource:
     alpha_band: int | None = None  # a warped VRT's alpha band: validity comes with the same warp
 
     def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(bands, H, W) values and the (H, W) validity of `window` on BEFORE's grid."""
+        """(bands, H, W) values and the (H, W) validity of `window` on the first date's grid."""
         window = Window(window.col_off - self.col_shift, window.row_off - self.row_shift, window.width, window.height)
         shape = None if out_shape is None else (len(self.bands), *out_shape)
         decimation = Resampling.nearest
@@ -151,87 +163,114 @@ class _DateSource:
             valid &= np.isfinite(values).all(axis=0)
         return values, valid
 
+    @property
+    def is_eight_bit(self) -> bool:
+        """Whether the date's values are bytes already (used as they are, not stretched)."""
+        return self.dataset.dtypes[self.bands[0] - 1] == "uint8"
 
-class ScenePair:
-    """BEFORE and AFTER read on BEFORE's pixel grid, restricted to their overlap.
 
-    Use as a context manager (it holds open datasets). Attributes: `window` (the overlap on BEFORE's grid),
-    `height` and `width` (BEFORE's grid), `crs` and `transform` (the georeferencing of the output grid; `crs` is
-    None when neither raster has one),
-    `alignment` (how AFTER was put on BEFORE's grid, in words), `before_bands` and `after_bands`.
+def _check_raster_list(rasters) -> None:
+    if isinstance(rasters, (str, os.PathLike)):
+        raise SceneInputError(f"rasters: expected a list of two or more raster paths, oldest first; got one path, "
+                              f"{rasters}")
+    if len(rasters) < 2:
+        raise SceneInputError(f"a scene needs two or more rasters (BEFORE AFTER, or DATE1 ... DATEN oldest first); "
+                              f"got {len(rasters)}")
+
+
+class SceneSeries:
+    """The dates of a scene, oldest first, read on the first date's pixel grid and restricted to their common overlap.
+
+    Use as a context manager (it holds open datasets). Attributes: `names` (how messages name the dates: BEFORE and
+    AFTER for a pair, DATE1 ... DATEN for a series), `dates` (where each date is read), `window` (the overlap on the
+    first date's grid), `height` and `width` (that grid), `crs` and `transform` (the georeferencing of the output
+    grid; `crs` is None when no raster has one), `alignment` (how the later dates were put on the first one's grid,
+    in words) and `bands` (each date's band numbers).
 
     Args:
-        before (`str` or `os.PathLike`): the earlier raster; its grid is the output grid.
-        after (`str` or `os.PathLike`): the later raster.
-        bands (`list[int]`, *optional*): band numbers used for both rasters (see [`rgb_bands`]).
+        rasters (`list[str | os.PathLike]`): two or more rasters, oldest first; the first one's grid is the output
+            grid.
+        bands (`list[int]`, *optional*): band numbers used for every raster (see [`rgb_bands`]).
         assume_aligned (`bool`): accept rasters without CRS, taking their pixel grids as identical from the
             top-left corner.
-        resampling (`str`): how AFTER is resampled onto BEFORE's grid (a `rasterio.enums.Resampling` name).
+        resampling (`str`): how later dates are resampled onto the first one's grid (a `rasterio.enums.Resampling`
+            name).
     """
 
     def __init__(
         self,
-        before: str | os.PathLike,
-        after: str | os.PathLike,
+        rasters: list[str | os.PathLike],
         bands: list[int] | None = None,
         assume_aligned: bool = False,
         resampling: str = "bilinear",
     ):
+        _check_raster_list(rasters)
+        self.names = date_names(len(rasters))
         self._stack = contextlib.ExitStack()
         try:
-            self._open(before, after, bands, assume_aligned, resampling)
+            self._open(rasters, bands, assume_aligned, resampling)
         except BaseException:
             self._stack.close()
             raise
 
-    def _open(self, before_path, after_path, bands, assume_aligned, resampling) -> None:
-        before = self._stack.enter_context(open_raster(before_path, "BEFORE"))
-        after = self._stack.enter_context(open_raster(after_path, "AFTER"))
-        self.before_bands = rgb_bands(before, "BEFORE", bands)
-        self.after_bands = rgb_bands(after, "AFTER", bands)
-        self.before = _DateSource(before, self.before_bands)
-        self.height, self.width = before.height, before.width
-        missing_crs = [f"{name} ({data.name})" for name, data in (("BEFORE", before), ("AFTER", after)) if not data.crs]
+    def _open(self, paths, bands, assume_aligned, resampling) -> None:
+        datasets = [self._stack.enter_context(open_raster(path, name)) for path, name in zip(paths, self.names)]
+        self.bands = [rgb_bands(dataset, name, bands) for dataset, name in zip(datasets, self.names)]
+        first = datasets[0]
+        self.height, self.width = first.height, first.width
+        missing_crs = [f"{name} ({data.name})" for name, data in zip(self.names, datasets) if not data.crs]
         if missing_crs and not assume_aligned:
             raise SceneInputError(
-                f"{' and '.join(missing_crs)} {'has' if len(missing_crs) == 1 else 'have'} no CRS, so AFTER cannot "
-                "be placed on BEFORE's grid nor the result on a map; georeference the raster(s), or pass "
-                "--assume-aligned if both share one pixel grid from the top-left corner"
+                f"{' and '.join(missing_crs)} {'has' if len(missing_crs) == 1 else 'have'} no CRS, so "
+                f"{', '.join(self.names[1:])} cannot be placed on {self.names[0]}'s grid nor the result on a map; "
+                "georeference the raster(s), or pass --assume-aligned if all share one pixel grid from the "
+                "top-left corner"
             )
         if missing_crs:
-            # Pixel (r, c) of one is pixel (r, c) of the other; whichever raster has a CRS places the result.
-            georeferenced = before if before.crs else after
+            # Pixel (r, c) of one is pixel (r, c) of the others; the first raster with a CRS places the result.
+            georeferenced = next((data for data in datasets if data.crs), first)
             self.crs, self.transform = georeferenced.crs, georeferenced.transform
-            self.window = Window(0, 0, min(before.width, after.width), min(before.height, after.height))
-            self.after = _DateSource(after, self.after_bands)
+            self.window = Window(0, 0, min(data.width for data in datasets), min(data.height for data in datasets))
+            self.dates = [_DateSource(data, date_bands) for data, date_bands in zip(datasets, self.bands)]
             self.alignment = "pixel grids assumed aligned (--assume-aligned)"
             return
-        self.crs, self.transform = before.crs, before.transform
-        self.window = _overlap_on_before_grid(before, after)
-        if self.window.width == 0 or self.window.height == 0:
-            raise SceneInputError(
-                f"BEFORE ({before.name}) and AFTER ({after.name}) do not overlap: BEFORE covers {tuple(before.bounds)} "
-                f"in {before.crs}, AFTER covers {tuple(after.bounds)} in {after.crs}"
-            )
-        offset = _whole_pixel_offset(before, after)
+        self.crs, self.transform = first.crs, first.transform
+        self.window = Window(0, 0, first.width, first.height)
+        self.dates, alignments = [_DateSource(first, self.bands[0])], []
+        for name, data, date_bands in zip(self.names[1:], datasets[1:], self.bands[1:]):
+            self.window = _common_window(self.window, _overlap_on_first_grid(first, data))
+            if self.window.width == 0 or self.window.height == 0:
+                shared = " and ".join(self.names[: len(alignments) + 1])
+                earlier = f" inside the area {shared} share" if alignments else ""
+                raise SceneInputError(
+                    f"{self.names[0]} ({first.name}) and {name} ({data.name}) do not overlap{earlier}: "
+                    f"{self.names[0]} covers {tuple(first.bounds)} in {first.crs}, {name} covers "
+                    f"{tuple(data.bounds)} in {data.crs}"
+                )
+            source, alignment = self._on_first_grid(first, data, date_bands, resampling)
+            self.dates.append(source)
+            alignments.append(f"{name}: {alignment}")
+        self.alignment = "; ".join(alignments)
+
+    def _on_first_grid(self, first, data, bands, resampling) -> tuple["_DateSource", str]:
+        """Where a later date is read on the first date's grid (shifted windows or a warped VRT), and how, in words."""
+        offset = _whole_pixel_offset(first, data)
         if offset is not None:
-            self.after = _DateSource(after, self.after_bands, col_shift=offset[0], row_shift=offset[1])
-            self.alignment = "same grid" if offset == (0, 0) else f"same grid, shifted by {offset} pixels"
-            return
+            source = _DateSource(data, bands, col_shift=offset[0], row_shift=offset[1])
+            return source, "same grid" if offset == (0, 0) else f"same grid, shifted by {offset} pixels"
         try:
             resampling_method = Resampling[resampling]
         except KeyError:
             raise SceneInputError(f"--resampling {resampling!r}: expected one of nearest, bilinear, cubic") from None
         vrt = self._stack.enter_context(
             WarpedVRT(
-                after, crs=before.crs, transform=before.transform, width=before.width, height=before.height,
+                data, crs=first.crs, transform=first.transform, width=first.width, height=first.height,
                 resampling=resampling_method, add_alpha=True,
             )
         )
-        self.after = _DateSource(vrt, self.after_bands, alpha_band=vrt.count)
-        self.alignment = f"AFTER resampled onto BEFORE's grid ({resampling})"
+        return _DateSource(vrt, bands, alpha_band=vrt.count), f"resampled onto {self.names[0]}'s grid ({resampling})"
 
-    def __enter__(self) -> "ScenePair":
+    def __enter__(self) -> "SceneSeries":
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -245,8 +284,8 @@ class ScenePair:
         self,
         percentiles: tuple[float, float] = HIGH_BIT_DEPTH_PERCENTILES,
         value_range: tuple[float, float] | None = None,
-    ) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
-        """The value range each date is stretched from to 8 bits; None for 8-bit data (used as it is).
+    ) -> list[tuple[float, float] | None]:
+        """The value range each date is stretched from to 8 bits, oldest first; None for 8-bit data (used as it is).
 
         Each date gets its own range, measured on a decimated read of the overlap (valid pixels, all bands
         together), so a radiometric offset between the dates does not read as change, and every tile of a date
@@ -254,13 +293,13 @@ class ScenePair:
 
         Args:
             percentiles (`tuple[float, float]`): the percentiles mapped to 0 and 255.
-            value_range (`tuple[float, float]`, *optional*): a fixed range for both dates instead.
+            value_range (`tuple[float, float]`, *optional*): a fixed range for every date instead.
         """
         scale = min(1.0, STRETCH_SAMPLE_SIZE / max(self.window.width, self.window.height))
         sample_shape = (max(1, round(self.window.height * scale)), max(1, round(self.window.width * scale)))
         ranges = []
-        for name, source in (("BEFORE", self.before), ("AFTER", self.after)):
-            if source.dataset.dtypes[source.bands[0] - 1] == "uint8":
+        for name, source in zip(self.names, self.dates):
+            if source.is_eight_bit:
                 ranges.append(None)
             elif value_range is not None:
                 ranges.append(tuple(value_range))
@@ -270,29 +309,28 @@ class ScenePair:
                     raise SceneInputError(f"{name} ({source.dataset.name}) has no valid pixels in the overlap")
                 low, high = np.percentile(values[:, valid].astype(np.float64), percentiles)
                 ranges.append((float(low), float(high)))
-        return ranges[0], ranges[1]
+        return ranges
 
     def read_rgb(
-        self, window: Window, stretch: tuple[tuple[float, float] | None, tuple[float, float] | None]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One window of both dates as the model sees it.
+        self, window: Window, stretch: list[tuple[float, float] | None]
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """One window of every date as the model sees it.
 
         Args:
-            window (`Window`): on BEFORE's grid.
-            stretch: the two dates' value ranges from [`stretch_ranges`].
+            window (`Window`): on the first date's grid.
+            stretch: the dates' value ranges from [`stretch_ranges`].
 
         Returns:
-            `(before, after, valid)`: uint8 images, (H, W, 3) or (H, W), with pixels that are nodata in either date
-            set to 0 in both (so they look unchanged); and the (H, W) boolean validity.
+            `(images, valid)`: one uint8 image per date, oldest first, (H, W, 3) or (H, W), with pixels that are
+            nodata in any date set to 0 in all (so they look unchanged); and the (H, W) boolean validity.
         """
         images, valid = [], None
-        for source, value_range in zip((self.before, self.after), stretch):
+        for source, value_range in zip(self.dates, stretch, strict=True):
             values, source_valid = source.read(window)
             valid = source_valid if valid is None else valid & source_valid
             images.append(values if value_range is None else stretch_to_uint8(values, value_range=value_range))
         images = [np.where(valid, image, 0).astype(np.uint8) for image in images]
-        images = [image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1) for image in images]
-        return images[0], images[1], valid
+        return [image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1) for image in images], valid
 
 
 @dataclass(frozen=True)
@@ -301,7 +339,7 @@ class Tile:
 
     Args:
         index (`int`): position in row-major order.
-        window (`Window`): the pixels captioned, on BEFORE's grid.
+        window (`Window`): the pixels captioned, on the first date's grid.
         owned (`Window`): the part of `window` this tile answers for in the mask mosaic and polygons: where tiles
             overlap, each pixel belongs to the tile whose centre is nearer.
     """
@@ -432,8 +470,8 @@ class SceneSummary:
         captioned (`int`): tiles captioned (written as features).
         skipped (`int`): tiles with too little valid data.
         changed (`int`): captioned tiles flagged as changed.
-        window (`Window`): the overlap on BEFORE's grid.
-        alignment (`str`): how AFTER was put on BEFORE's grid.
+        window (`Window`): the overlap on the first date's grid.
+        alignment (`str`): how the later dates were put on the first one's grid.
     """
 
     tiles: int
@@ -460,8 +498,7 @@ def _check_tile_size(tile_size: int) -> None:
 def describe_scene(
     model,
     processor,
-    before: str | os.PathLike,
-    after: str | os.PathLike,
+    rasters: list[str | os.PathLike],
     out: str | os.PathLike,
     tile_size: int | None = None,
     overlap: int = 0,
@@ -479,34 +516,34 @@ def describe_scene(
     progress: bool = False,
     share: ProcessShare | None = None,
 ) -> SceneSummary | None:
-    """Caption the change between two georeferenced scenes tile by tile and write a GeoJSON FeatureCollection.
+    """Caption the change across two (or more) georeferenced scenes tile by tile and write a GeoJSON FeatureCollection.
 
     Each captioned tile becomes a feature: its outline (WGS84; null without a CRS) and properties `tile` (index),
-    `row`, `col`, `width`, `height` (pixels on BEFORE's grid), `caption`, `change_flag`, `changed_fraction`,
+    `row`, `col`, `width`, `height` (pixels on the first date's grid), `caption`, `change_flag`, `changed_fraction`,
     `change_source` (`"mask"` or `"caption"`) and `valid_fraction`. Change polygons are features with `kind`
     `"change"` and the `tile` they come from. The collection's `rscc` member records the inputs and settings.
 
     Args:
         model: an rscc (or LLaVA-OneVision) captioning model.
         processor ([`RsccProcessor`]).
-        before (`str` or `os.PathLike`): the earlier raster; its grid is the output grid.
-        after (`str` or `os.PathLike`): the later raster.
+        rasters (`list[str | os.PathLike]`): the dates, oldest first: BEFORE and AFTER, or a series of N (each tile
+            is then captioned as a series, which the model must accept); the first one's grid is the output grid.
         out (`str` or `os.PathLike`): the GeoJSON file (written to a temporary file, then renamed).
-        tile_size (`int`, *optional*): tile side in BEFORE's pixels; defaults to the model's input size.
+        tile_size (`int`, *optional*): tile side in the first date's pixels; defaults to the model's input size.
         overlap (`int`): pixels shared by neighbouring tiles.
         batch_size (`int`): tiles per `generate` call.
         max_new_tokens (`int`): caption length limit.
-        bands (`list[int]`, *optional*): 1-based bands (three, or one for grey) of both rasters.
+        bands (`list[int]`, *optional*): 1-based bands (three, or one for grey) of every raster.
         assume_aligned (`bool`): accept rasters without CRS as sharing one pixel grid.
-        resampling (`str`): resampling of AFTER onto BEFORE's grid: `nearest`, `bilinear` or `cubic`.
+        resampling (`str`): resampling of later dates onto the first one's grid: `nearest`, `bilinear` or `cubic`.
         percentiles (`tuple[float, float]`): percentiles of a high-bit-depth date mapped to 0 and 255.
         value_range (`tuple[float, float]`, *optional*): a fixed range for high-bit-depth data instead.
-        min_valid_fraction (`float`): tiles with a smaller fraction of pixels valid in both dates are skipped.
-        change_masks (`ChangeMaskFunction`, *optional*): per-pixel change masks of tile batches from elsewhere (an
-            external change-detection model); by default a model with a change-detection head supplies them.
-            Masks set `change_flag` (any changed valid pixel) and `changed_fraction`.
+        min_valid_fraction (`float`): tiles with a smaller fraction of pixels valid in every date are skipped.
+        change_masks (`ChangeMaskFunction`, *optional*): per-pixel change masks of tile batches (first date to last)
+            from elsewhere (an external change-detection model); by default a model with a change-detection head
+            supplies them. Masks set `change_flag` (any changed valid pixel) and `changed_fraction`.
         polygons (`bool`): also write change polygons (needs `change_masks` and a CRS).
-        mask_out (`str` or `os.PathLike`, *optional*): also write the mask mosaic as a GeoTIFF on BEFORE's grid
+        mask_out (`str` or `os.PathLike`, *optional*): also write the mask mosaic as a GeoTIFF on the first grid
             (1 changed, 0 unchanged, 255 nodata; needs `change_masks`).
         progress (`bool`): show a progress bar on stderr (the main process's, over every process's tiles).
         share ([`ProcessShare`], *optional*): this process's share of a data-parallel run (see `rscc.parallel`): it
@@ -517,9 +554,10 @@ def describe_scene(
     Returns:
         [`SceneSummary`] on the main process; `None` on the others.
     """
-    out = check_output_file(out, "--out", "a .geojson file path", inputs=[before, after])
+    _check_raster_list(rasters)
+    out = check_output_file(out, "--out", "a .geojson file path", inputs=rasters)
     mask_out = None if mask_out is None else check_output_file(
-        mask_out, "--mask-out", "a .tif file path", inputs=[before, after, out])
+        mask_out, "--mask-out", "a .tif file path", inputs=[*rasters, out])
     has_masks = change_masks is not None or getattr(model.config, "use_change_head", False)
     _check_scene_options(has_masks, polygons, mask_out, batch_size, min_valid_fraction, percentiles, value_range)
     if tile_size is None:
@@ -531,21 +569,21 @@ def describe_scene(
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        pair = stack.enter_context(ScenePair(before, after, bands, assume_aligned, resampling))
-        if polygons and pair.crs is None:
-            raise SceneInputError("change polygons need a CRS; neither raster has one")
-        stretch = pair.stretch_ranges(percentiles, value_range)
-        grid = TileGrid(pair.window, tile_size, overlap)
+        scene = stack.enter_context(SceneSeries(rasters, bands, assume_aligned, resampling))
+        if polygons and scene.crs is None:
+            raise SceneInputError("change polygons need a CRS; no raster has one")
+        stretch = scene.stretch_ranges(percentiles, value_range)
+        grid = TileGrid(scene.window, tile_size, overlap)
         options = {"min_valid_fraction": min_valid_fraction, "max_new_tokens": max_new_tokens,
                    "change_masks": change_masks, "polygons": polygons, "mosaic": mask_out is not None}
 
         def caption_batch(batch: list[Tile]) -> list[_TileResult]:
-            return _caption_tiles(model, processor, pair, batch, stretch, options)
+            return _caption_tiles(model, processor, scene, batch, stretch, options)
 
         in_parts = share.count > 1 or bool(existing_parts(out))
         if in_parts:
             settings = {
-                **options, "before": Path(before).resolve(), "after": Path(after).resolve(), "tile_size": tile_size,
+                **options, "rasters": [Path(raster).resolve() for raster in rasters], "tile_size": tile_size,
                 "overlap": overlap, "bands": bands, "resampling": resampling, "stretch": stretch,
                 "model": getattr(model.config, "_name_or_path", None),
                 "revision": getattr(model.config, "_commit_hash", None),
@@ -556,7 +594,7 @@ def describe_scene(
             if not share.is_main:
                 wait_for_everyone(share)
                 return None
-        mosaic = None if mask_out is None else _open_mask_mosaic(stack, mask_out, pair)
+        mosaic = None if mask_out is None else _open_mask_mosaic(stack, mask_out, scene)
         temporary_geojson = stack.enter_context(_atomic_output(out, ".geojson"))
         writer = _SceneWriter(stack.enter_context(open(temporary_geojson, "w", encoding="utf-8")), mosaic)
         if in_parts:
@@ -570,9 +608,9 @@ def describe_scene(
                 progress_bar.update(len(batch))
         summary = SceneSummary(
             tiles=len(grid), captioned=writer.captioned, skipped=len(grid) - writer.captioned,
-            changed=writer.changed, window=pair.window, alignment=pair.alignment,
+            changed=writer.changed, window=scene.window, alignment=scene.alignment,
         )
-        writer.close(_collection_metadata(summary, pair, before, after, tile_size, overlap, stretch, has_masks))
+        writer.close(_collection_metadata(summary, scene, rasters, tile_size, overlap, stretch, has_masks))
     if in_parts:
         for part in merged:  # only once the outputs are in place
             part.unlink()
@@ -597,13 +635,14 @@ def _check_scene_options(has_masks, polygons, mask_out, batch_size, min_valid_fr
         raise SceneInputError(f"--value-range must satisfy MIN < MAX, got {value_range}")
 
 
-def _open_mask_mosaic(stack: contextlib.ExitStack, mask_out: Path, pair: ScenePair):
-    """The mask mosaic GeoTIFF on BEFORE's grid, written to a temporary file renamed when `stack` closes cleanly."""
+def _open_mask_mosaic(stack: contextlib.ExitStack, mask_out: Path, scene: SceneSeries):
+    """The mask mosaic GeoTIFF on the first date's grid, written to a temporary file renamed when `stack` closes
+    cleanly."""
     temporary_mask = stack.enter_context(_atomic_output(mask_out, ".tif"))
     return stack.enter_context(
         rasterio.open(
-            temporary_mask, "w", driver="GTiff", width=pair.width, height=pair.height, count=1,
-            dtype="uint8", nodata=MASK_NODATA, crs=pair.crs, transform=pair.transform, tiled=True,
+            temporary_mask, "w", driver="GTiff", width=scene.width, height=scene.height, count=1,
+            dtype="uint8", nodata=MASK_NODATA, crs=scene.crs, transform=scene.transform, tiled=True,
             blockxsize=256, blockysize=256, compress="deflate",
         )
     )
@@ -647,28 +686,29 @@ class _TileResult:
         return result
 
 
-def _caption_tiles(model, processor, pair: ScenePair, batch: list[Tile], stretch, options: dict) -> list[_TileResult]:
+def _caption_tiles(model, processor, scene: SceneSeries, batch: list[Tile], stretch, options: dict
+                   ) -> list[_TileResult]:
     """Read and caption a batch of tiles (the ones with enough valid pixels) into one result per tile, in order.
 
     `options`: `min_valid_fraction`, `max_new_tokens`, `change_masks`, `polygons`, `mosaic` (see `describe_scene`).
     """
-    read = [(tile, *pair.read_rgb(tile.window, stretch)) for tile in batch]
-    kept = [item for item in read if item[3].mean() >= options["min_valid_fraction"]]
+    read = [(tile, *scene.read_rgb(tile.window, stretch)) for tile in batch]
+    kept = [(tile, dates, valid) for tile, dates, valid in read if valid.mean() >= options["min_valid_fraction"]]
     results = {tile.index: _TileResult(tile.index, []) for tile in batch}
     if kept:
-        befores, afters = [item[1] for item in kept], [item[2] for item in kept]
-        descriptions = describe_changes(model, processor, [[b, a] for b, a in zip(befores, afters)],
-                                        batch_size=len(kept), max_new_tokens=options["max_new_tokens"])
+        samples = [dates for _, dates, _ in kept]
+        descriptions = describe_changes(model, processor, samples, batch_size=len(kept),
+                                        max_new_tokens=options["max_new_tokens"])
         if options["change_masks"] is not None:
-            masks = options["change_masks"](befores, afters)
+            masks = options["change_masks"]([dates[0] for dates in samples], [dates[-1] for dates in samples])
         else:
             masks = [None if d.change_mask is None else d.change_mask > 0 for d in descriptions]
-        for (tile, _, _, valid), description, mask in zip(kept, descriptions, masks):
-            results[tile.index] = _tile_result(tile, description.caption, mask, valid, pair, options)
+        for (tile, _, valid), description, mask in zip(kept, descriptions, masks):
+            results[tile.index] = _tile_result(tile, description.caption, mask, valid, scene, options)
     return [results[tile.index] for tile in batch]
 
 
-def _tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.ndarray, pair: ScenePair,
+def _tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.ndarray, scene: SceneSeries,
                  options: dict) -> _TileResult:
     """A captioned tile's feature, and with a mask its change polygons and mosaic values."""
     if mask is not None:
@@ -682,7 +722,7 @@ def _tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.nd
     result = _TileResult(tile.index, [{
         "type": "Feature",
         "id": tile.index,
-        "geometry": _window_polygon(tile.window, pair.transform, pair.crs),
+        "geometry": _window_polygon(tile.window, scene.transform, scene.crs),
         "properties": {
             "kind": "tile",
             "tile": tile.index,
@@ -705,10 +745,10 @@ def _tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.nd
     owned = (slice(row_start, row_start + tile.owned.height), slice(col_start, col_start + tile.owned.width))
     mask, valid = mask[owned], valid[owned]
     if options["polygons"]:
-        transform = pair.transform @ Affine.translation(tile.owned.col_off, tile.owned.row_off)
+        transform = scene.transform @ Affine.translation(tile.owned.col_off, tile.owned.row_off)
         result.features.extend({"type": "Feature", "geometry": geometry,
                                 "properties": {"kind": "change", "tile": tile.index}}
-                               for geometry in _mask_polygons(mask, valid, transform, pair.crs))
+                               for geometry in _mask_polygons(mask, valid, transform, scene.crs))
     if options["mosaic"]:
         result.owned, result.owned_mask = tile.owned, np.where(valid, mask, MASK_NODATA).astype(np.uint8)
     return result
@@ -803,18 +843,17 @@ def _merge_parts(out: Path, grid: TileGrid, writer: _SceneWriter) -> list[Path]:
     return parts
 
 
-def _collection_metadata(summary, pair, before, after, tile_size, overlap, stretch, has_masks) -> dict:
+def _collection_metadata(summary, scene, rasters, tile_size, overlap, stretch, has_masks) -> dict:
     return {
-        "before": str(before),
-        "after": str(after),
-        "crs": pair.crs.to_string() if pair.crs else None,
+        "rasters": [str(raster) for raster in rasters],
+        "crs": scene.crs.to_string() if scene.crs else None,
         "alignment": summary.alignment,
         "overlap_window": {
             "col": int(summary.window.col_off), "row": int(summary.window.row_off),
             "width": int(summary.window.width), "height": int(summary.window.height),
         },
-        "bands": {"before": pair.before_bands, "after": pair.after_bands},
-        "stretch": {"before": stretch[0], "after": stretch[1]},
+        "bands": scene.bands,
+        "stretch": stretch,
         "tile_size": tile_size,
         "overlap": overlap,
         "tiles": summary.tiles,
@@ -832,17 +871,17 @@ def _band_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated band numbers like 4,3,2, got {text!r}") from None
 
 
-def _check_options_take_effect(pair: ScenePair, args) -> None:
+def _check_options_take_effect(scene: SceneSeries, args) -> None:
     """Refuse options that these rasters would ignore, rather than run as if they had been applied."""
-    eight_bit = all(source.dataset.dtypes[source.bands[0] - 1] == "uint8" for source in (pair.before, pair.after))
     stretch_options = [option for option, given in (("--percentiles", args.percentiles is not None),
                                                     ("--value-range", args.value_range is not None)) if given]
-    if stretch_options and eight_bit:
-        raise SceneInputError(f"{' and '.join(stretch_options)} stretch data deeper than 8 bits; BEFORE and AFTER "
-                              "are 8-bit and are used as they are")
-    if args.assume_aligned and pair.before.dataset.crs and pair.after.dataset.crs:
-        raise SceneInputError("--assume-aligned is for rasters without a CRS; BEFORE and AFTER both have one and are "
-                              "aligned by their georeferencing")
+    every = "BEFORE and AFTER" if len(scene.dates) == 2 else f"all {len(scene.dates)} dates"
+    if stretch_options and all(source.is_eight_bit for source in scene.dates):
+        raise SceneInputError(f"{' and '.join(stretch_options)} stretch data deeper than 8 bits; {every} are 8-bit "
+                              "and are used as they are")
+    if args.assume_aligned and all(source.dataset.crs for source in scene.dates):
+        raise SceneInputError(f"--assume-aligned is for rasters without a CRS; {every} have one and are aligned by "
+                              "their georeferencing")
 
 
 def _kept(out: str) -> str:
@@ -855,16 +894,16 @@ def _kept(out: str) -> str:
 def _run_scene(args) -> int:
     try:
         # Check the rasters and the outputs before the model loads, so bad input fails in a second.
-        check_output_file(args.out, "--out", "a .geojson file path", inputs=[args.before, args.after])
+        check_output_file(args.out, "--out", "a .geojson file path", inputs=args.rasters)
         if args.tile_size is not None:
             _check_tile_size(args.tile_size)
-        with ScenePair(args.before, args.after, args.bands, args.assume_aligned, args.resampling) as pair:
-            _check_options_take_effect(pair, args)
+        with SceneSeries(args.rasters, args.bands, args.assume_aligned, args.resampling) as scene:
+            _check_options_take_effect(scene, args)
         share = current_share(args.device)
         model, processor = load_captioner(args.model, device=process_device(args.device, share),
                                           dtype=DTYPES[args.dtype])
         summary = describe_scene(
-            model, processor, args.before, args.after, args.out, tile_size=args.tile_size, overlap=args.overlap,
+            model, processor, args.rasters, args.out, tile_size=args.tile_size, overlap=args.overlap,
             batch_size=batch_size_of(args), max_new_tokens=args.max_new_tokens, bands=args.bands,
             assume_aligned=args.assume_aligned, resampling=args.resampling,
             percentiles=HIGH_BIT_DEPTH_PERCENTILES if args.percentiles is None else tuple(args.percentiles),
@@ -899,33 +938,37 @@ def _run_scene(args) -> int:
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "scene",
-        help="caption the change between two GeoTIFF scenes, tile by tile, into GeoJSON",
-        description="Put AFTER on BEFORE's grid (resampled when CRS, resolution or origin differ), tile their "
-        "overlap, caption the tiles in batches and write a GeoJSON FeatureCollection (WGS84 longitude/latitude) "
-        "with one feature per tile: caption, change_flag, changed_fraction. Rasters are read window by window, "
+        help="caption the change between two GeoTIFF scenes (or a series), tile by tile, into GeoJSON",
+        usage="rscc scene (BEFORE AFTER | DATE1 DATE2 ... DATEN) --model MODEL --out OUT [options]",
+        description="Put AFTER on BEFORE's grid (every later date on the first one's, for a series of N rasters; "
+        "resampled when CRS, resolution or origin differ), tile their common overlap, caption the tiles in batches "
+        "(a series' tiles as series) and write a GeoJSON FeatureCollection (WGS84 longitude/latitude) with one "
+        "feature per tile: caption, change_flag, changed_fraction (a change mask is first date to last). Rasters "
+        "are read window by window, "
         "so memory does not grow with the scene. Bands: red/green/blue by colour interpretation, else the first "
         "three (or one, grey); --bands overrides. Data deeper than 8 bits is stretched to 8 bits per date between "
-        "the 2nd and 98th percentiles of its overlap (--percentiles, --value-range). Nodata (and AFTER's area "
-        "outside BEFORE) is honoured: such pixels are blanked in both dates, and tiles with less than "
+        "the 2nd and 98th percentiles of its overlap (--percentiles, --value-range). Nodata (and a later date's "
+        "area outside the first) is honoured: such pixels are blanked in every date, and tiles with less than "
         "--min-valid-fraction valid pixels are skipped. Exit codes: 0 success; 2 bad input (missing or "
         "unreadable raster, no CRS without --assume-aligned, no overlap, bad option or output path, model folder "
         "missing, incomplete or unloadable); 3 out of device memory; 4 the Hugging Face Hub failed; 130 "
         "interrupted (Ctrl-C), 143 terminated (SIGTERM). Outputs are written to temporary files and renamed at the "
         "end: a failed, interrupted or terminated run leaves nothing.",
     )
-    parser.add_argument("before", help="GeoTIFF (any GDAL raster) of the earlier date; its grid is the output grid")
-    parser.add_argument("after", help="raster of the later date")
+    parser.add_argument("rasters", nargs="+", type=Path, metavar="RASTER",
+                        help="BEFORE AFTER, or DATE1 ... DATEN oldest first: GeoTIFFs (any GDAL raster); the first "
+                        "one's grid is the output grid")
     parser.add_argument("--out", required=True, help="GeoJSON output file")
     add_device_arguments(parser)
     parser.add_argument("--tile-size", type=int,
-                        help=f"tile side in BEFORE's pixels, at least {MIN_TILE_SIZE} "
+                        help=f"tile side in the first raster's pixels, at least {MIN_TILE_SIZE} "
                         "(default: the model's input size)")
     parser.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tiles (default 0)")
     parser.add_argument("--bands", type=_band_list, help="1-based bands as R,G,B (or one band), e.g. 4,3,2")
     parser.add_argument("--assume-aligned", action="store_true",
                         help="accept rasters without CRS, taking their pixel grids as identical")
     parser.add_argument("--resampling", default="bilinear", choices=["nearest", "bilinear", "cubic"],
-                        help="resampling of AFTER onto BEFORE's grid (default bilinear)")
+                        help="resampling of later dates onto the first one's grid (default bilinear)")
     parser.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="stretch of data deeper than 8 bits (default 2 98)")
     parser.add_argument("--value-range", type=float, nargs=2, metavar=("MIN", "MAX"),
@@ -942,7 +985,7 @@ def add_cli(subparsers) -> None:
 __all__ = [
     "ChangeMaskFunction",
     "SceneInputError",
-    "ScenePair",
+    "SceneSeries",
     "SceneSummary",
     "Tile",
     "TileGrid",

@@ -155,21 +155,21 @@ def test_a_scene_resumes_from_the_part_of_a_process_that_finished(shared_data, t
         return [np.abs(b.astype(int) - a.astype(int)).sum(axis=-1) > 200 for b, a in zip(befores, afters)]
 
     reference = tmp_path / "reference.geojson"
-    describe_scene(tiny_model, tiny_processor, before, after, reference, change_masks=counted_masks, **options)
+    describe_scene(tiny_model, tiny_processor, [before, after], reference, change_masks=counted_masks, **options)
     total = sum(tiles_masked)
     out = tmp_path / "resumed.geojson"
     # Process 1 of 2 finishes its share (every second tile) and its part stays: process 0 never came.
     tiles_masked.clear()
-    assert describe_scene(tiny_model, tiny_processor, before, after, out, change_masks=counted_masks,
+    assert describe_scene(tiny_model, tiny_processor, [before, after], out, change_masks=counted_masks,
                           share=ProcessShare(1, 2), **options) is None
     assert sum(tiles_masked) == total // 2 and not out.exists()
     tiles_masked.clear()
-    summary = describe_scene(tiny_model, tiny_processor, before, after, out, change_masks=counted_masks, **options)
+    summary = describe_scene(tiny_model, tiny_processor, [before, after], out, change_masks=counted_masks, **options)
     assert sum(tiles_masked) == total - total // 2 and summary.captioned == total
     assert out.read_bytes() == reference.read_bytes() and existing_parts(out) == []
     # A part made with other settings is not mixed in.
-    describe_scene(tiny_model, tiny_processor, before, after, out, change_masks=counted_masks,
+    describe_scene(tiny_model, tiny_processor, [before, after], out, change_masks=counted_masks,
                    share=ProcessShare(1, 2), **options)
     with pytest.raises(ValueError, match="other inputs, model or options"):
-        describe_scene(tiny_model, tiny_processor, before, after, out, change_masks=counted_masks,
+        describe_scene(tiny_model, tiny_processor, [before, after], out, change_masks=counted_masks,
                        **{**options, "max_new_tokens": 3})

@@ -14,8 +14,9 @@ from rasterio.windows import Window
 
 from rscc.captions import is_no_change_caption
 from rscc.cli import main
+from rscc.inference import describe_changes
 from rscc.processing_rscc import stretch_to_uint8
-from rscc.scene import SceneInputError, ScenePair, TileGrid, describe_scene, rgb_bands
+from rscc.scene import SceneInputError, SceneSeries, TileGrid, describe_scene, rgb_bands
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -128,10 +129,10 @@ def test_after_in_another_crs_and_resolution_lands_on_before_pixels(chips, tmp_p
         original = np.moveaxis(pre.read(), 0, -1).astype(int)
     after = write_crop(chips["pre"], tmp_path / "after_3857.tif", data=reprojected, crs="EPSG:3857",
                        transform=transform, width=width, height=height)
-    with ScenePair(before, after) as pair:
+    with SceneSeries([before, after]) as pair:
         assert "resampled" in pair.alignment
         inner = Window(10, 10, 100, 100)  # away from the reprojected footprint's edges
-        before_rgb, after_rgb, valid = pair.read_rgb(inner, (None, None))
+        (before_rgb, after_rgb), valid = pair.read_rgb(inner, [None, None])
         assert valid.all()
         aligned_error = np.abs(after_rgb.astype(int) - before_rgb.astype(int)).mean()
         shifted_error = np.abs(original[12:112, 12:112] - original[10:110, 10:110]).mean()
@@ -141,10 +142,10 @@ def test_after_in_another_crs_and_resolution_lands_on_before_pixels(chips, tmp_p
 def test_grids_differing_by_whole_pixels_are_read_without_resampling(chips, tmp_path):
     before = write_crop(chips["pre"], tmp_path / "pre.tif", Window(0, 0, 100, 100))
     after = write_crop(chips["pre"], tmp_path / "after.tif", Window(7, 3, 100, 100))
-    with ScenePair(before, after) as pair:
-        assert pair.alignment == "same grid, shifted by (7, 3) pixels"
+    with SceneSeries([before, after]) as pair:
+        assert pair.alignment == "AFTER: same grid, shifted by (7, 3) pixels"
         assert (pair.window.col_off, pair.window.row_off, pair.window.width, pair.window.height) == (7, 3, 93, 97)
-        before_rgb, after_rgb, valid = pair.read_rgb(pair.window, (None, None))
+        (before_rgb, after_rgb), valid = pair.read_rgb(pair.window, [None, None])
     assert valid.all() and np.array_equal(before_rgb, after_rgb)
 
 
@@ -156,14 +157,14 @@ def test_nodata_is_blanked_in_both_dates_and_mostly_empty_tiles_are_skipped(real
     pixels[:, :, :100] = 0  # the western 100 columns are nodata
     after_nodata = write_crop(after, tmp_path / "post_nodata.tif", Window(0, 0, 160, 160), data=pixels, nodata=0)
     out = tmp_path / "changes.geojson"
-    summary = describe_scene(tiny_model, tiny_processor, before, after_nodata, out, **TILE_OPTIONS)
+    summary = describe_scene(tiny_model, tiny_processor, [before, after_nodata], out, **TILE_OPTIONS)
     _, tiles = load_features(out, "tile")
     assert summary.skipped > 0 and summary.captioned == len(tiles) == summary.tiles - summary.skipped
     assert all(t["properties"]["valid_fraction"] >= 0.5 for t in tiles)
     assert all(t["properties"]["col"] + t["properties"]["width"] > 100 for t in tiles)
     assert any(t["properties"]["valid_fraction"] < 1 for t in tiles)
-    with ScenePair(before, after_nodata) as pair:
-        before_rgb, after_rgb, valid = pair.read_rgb(Window(80, 40, 40, 40), (None, None))
+    with SceneSeries([before, after_nodata]) as pair:
+        (before_rgb, after_rgb), valid = pair.read_rgb(Window(80, 40, 40, 40), [None, None])
     assert not valid[:, :15].any() and valid[:, 25:].all()
     assert (before_rgb[~valid] == 0).all() and before_rgb[valid].any()
 
@@ -184,15 +185,15 @@ def test_sixteen_bit_multiband_rasters_pick_rgb_by_colour_and_share_one_stretch(
         assert rgb_bands(raster, "BEFORE") == [3, 2, 1]
         with pytest.raises(SceneInputError, match="--bands 1,5"):
             rgb_bands(raster, "BEFORE", [1, 5])
-    with ScenePair(*paths) as pair:
+    with SceneSeries(paths) as pair:
         before_range, after_range = pair.stretch_ranges()
         assert before_range == pytest.approx(tuple(np.percentile(rgb.astype(float), (2, 98))))
         tile = Window(32, 32, 32, 32)
-        before_rgb, _, _ = pair.read_rgb(tile, (before_range, after_range))
+        (before_rgb, _), _ = pair.read_rgb(tile, [before_range, after_range])
     expected = stretch_to_uint8(rgb[:, 32:64, 32:64], value_range=before_range)
     assert before_rgb.dtype == np.uint8 and np.array_equal(before_rgb, np.moveaxis(expected, 0, -1))
-    with ScenePair(*paths, bands=[1, 2, 3]) as pair:
-        swapped, _, _ = pair.read_rgb(tile, pair.stretch_ranges())
+    with SceneSeries(paths, bands=[1, 2, 3]) as pair:
+        (swapped, _), _ = pair.read_rgb(tile, pair.stretch_ranges())
     assert np.array_equal(swapped, before_rgb[..., ::-1])
 
 
@@ -201,23 +202,111 @@ def difference_mask(befores, afters):
     return [np.abs(a.astype(int) - b.astype(int)).mean(axis=-1) > 40 for b, a in zip(befores, afters)]
 
 
+@pytest.fixture(scope="module")
+def three_dates(chips, tmp_path_factory):
+    """DATE1 and DATE3 on the pre chip's grid (DATE3 shifted by whole pixels, its grey levels inverted, a change
+    everywhere), DATE2 the post chip, about half a metre off that grid."""
+    folder = tmp_path_factory.mktemp("three-dates")
+    with rasterio.open(chips["pre"]) as pre:
+        inverted = 255 - pre.read(window=Window(5, 2, 100, 100))
+    return [write_crop(chips["pre"], folder / "d1.tif", Window(0, 0, 100, 100)),
+            write_crop(chips["post"], folder / "d2.tif", Window(0, 0, 100, 100)),
+            write_crop(chips["pre"], folder / "d3.tif", Window(5, 2, 100, 100), data=inverted)]
+
+
+def test_a_series_is_read_on_the_first_grid_within_the_overlap_of_all_dates(three_dates):
+    first, second, third = three_dates
+    with SceneSeries([first, second]) as with_second, SceneSeries([first, third]) as with_third:
+        pair_windows = with_second.window, with_third.window
+        inner = Window(10, 10, 60, 60)
+        pair_images = [*with_second.read_rgb(inner, [None, None])[0], with_third.read_rgb(inner, [None, None])[0][1]]
+    with SceneSeries(three_dates) as series:
+        assert series.names == ["DATE1", "DATE2", "DATE3"]
+        assert series.alignment == ("DATE2: resampled onto DATE1's grid (bilinear); "
+                                    "DATE3: same grid, shifted by (5, 2) pixels")
+        window = series.window
+        images, valid = series.read_rgb(inner, series.stretch_ranges())
+    # The common overlap is the intersection of each later date's overlap with the first.
+    cols = [(w.col_off, w.col_off + w.width) for w in pair_windows]
+    rows = [(w.row_off, w.row_off + w.height) for w in pair_windows]
+    assert pair_windows[0] != pair_windows[1]
+    assert (window.col_off, window.col_off + window.width) == (max(c[0] for c in cols), min(c[1] for c in cols))
+    assert (window.row_off, window.row_off + window.height) == (max(r[0] for r in rows), min(r[1] for r in rows))
+    # Each date reads as it does in its own pair with the first date.
+    assert valid.all() and len(images) == 3
+    for image, expected in zip(images, pair_images):
+        assert np.array_equal(image, expected)
+
+
+def test_scene_tiles_of_a_series_are_captioned_as_series_and_masks_compare_first_with_last(
+    three_dates, tiny_model, tiny_processor, tmp_path
+):
+    received = []
+
+    def recorded_difference_mask(firsts, lasts):
+        received.extend(zip(firsts, lasts))
+        return difference_mask(firsts, lasts)
+
+    out = tmp_path / "changes.geojson"
+    summary = describe_scene(tiny_model, tiny_processor, three_dates, out, change_masks=recorded_difference_mask,
+                             batch_size=3, **TILE_OPTIONS)
+    collection, tiles = load_features(out, "tile")
+    metadata = collection["rscc"]
+    assert metadata["rasters"] == [str(path) for path in three_dates]
+    assert len(metadata["bands"]) == len(metadata["stretch"]) == 3 and "DATE3" in metadata["alignment"]
+    assert summary.captioned == len(tiles) == len(received) > 1
+    with SceneSeries(three_dates) as series:
+        for feature, (first, last) in zip(tiles, received):
+            p = feature["properties"]
+            dates, valid = series.read_rgb(Window(p["col"], p["row"], p["width"], p["height"]), [None] * 3)
+            assert np.array_equal(first, dates[0]) and np.array_equal(last, dates[2])
+            (alone,) = describe_changes(tiny_model, tiny_processor, [dates], max_new_tokens=3)
+            assert p["caption"] == alone.caption  # batched series tiles caption as each does alone
+            assert p["change_flag"] and p["changed_fraction"] > 0.5  # DATE3 inverts DATE1's grey levels
+
+
+def test_scene_command_takes_a_series_of_rasters(three_dates, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "changes.geojson"
+    argv = ["scene", *map(str, three_dates), "--model", str(tiny_checkpoint), "--out", str(out),
+            "--tile-size", "64", "--max-new-tokens", "2"]
+    assert main(argv) == 0
+    collection, tiles = load_features(out, "tile")
+    assert len(collection["rscc"]["rasters"]) == 3 and tiles
+    assert "DATE2: resampled onto DATE1's grid" in capsys.readouterr().err
+
+
+def test_a_series_for_a_model_that_takes_pairs_only_is_a_clear_error_with_nothing_written(three_dates, tmp_path,
+                                                                                         capsys):
+    from rscc.checkpoints import make_tiny_checkpoint
+
+    pairs_only = make_tiny_checkpoint(tmp_path / "pairs-only", bitemporal_filter_layers=[-1])
+    out_folder = tmp_path / "out"
+    out_folder.mkdir()
+    argv = ["scene", *map(str, three_dates), "--model", str(pairs_only), "--out", str(out_folder / "c.geojson"),
+            "--tile-size", "64", "--max-new-tokens", "2"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and re.search("rscc scene: error: .*pairs only", error), error
+    assert list(out_folder.iterdir()) == []
+
+
 def test_change_masks_give_flags_fractions_polygons_and_a_mosaic_on_before_grid(
     real_pair, tiny_model, tiny_processor, tmp_path
 ):
     before, after = real_pair
     out, mosaic_path = tmp_path / "changes.geojson", tmp_path / "mask.tif"
-    summary = describe_scene(tiny_model, tiny_processor, before, after, out, change_masks=difference_mask,
+    summary = describe_scene(tiny_model, tiny_processor, [before, after], out, change_masks=difference_mask,
                              polygons=True, mask_out=mosaic_path, **TILE_OPTIONS)
     collection, tiles = load_features(out, "tile")
     _, polygons = load_features(out, "change")
-    with ScenePair(before, after) as pair, rasterio.open(before) as pre, rasterio.open(mosaic_path) as mosaic_file:
+    with SceneSeries([before, after]) as pair, rasterio.open(before) as pre, rasterio.open(mosaic_path) as mosaic_file:
         assert (mosaic_file.crs, mosaic_file.transform, mosaic_file.shape) == (pre.crs, pre.transform, pre.shape)
         mosaic = mosaic_file.read(1)
-        whole_before, whole_after, whole_valid = pair.read_rgb(pair.window, (None, None))
+        (whole_before, whole_after), whole_valid = pair.read_rgb(pair.window, [None, None])
         for feature in tiles:
             p = feature["properties"]
-            tile_before, tile_after, valid = pair.read_rgb(Window(p["col"], p["row"], p["width"], p["height"]),
-                                                           (None, None))
+            (tile_before, tile_after), valid = pair.read_rgb(Window(p["col"], p["row"], p["width"], p["height"]),
+                                                           [None, None])
             (expected,) = difference_mask([tile_before], [tile_after])
             assert p["change_source"] == "mask"
             assert p["changed_fraction"] == pytest.approx(expected[valid].mean())
@@ -273,7 +362,7 @@ def test_interrupted_run_leaves_no_file(real_pair, tiny_model, tiny_processor, t
         return difference_mask(befores, afters)
 
     with pytest.raises(KeyboardInterrupt):
-        describe_scene(tiny_model, tiny_processor, *real_pair, tmp_path / "changes.geojson",
+        describe_scene(tiny_model, tiny_processor, real_pair, tmp_path / "changes.geojson",
                        change_masks=interrupted_after_one_batch, mask_out=tmp_path / "mask.tif", batch_size=4,
                        **TILE_OPTIONS)
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
@@ -300,6 +389,10 @@ def bad_inputs(chips, real_pair, tmp_path_factory):
         ("not a raster", ("before", "text"), [], "AFTER: .*notes.tif is not a raster"),
         ("no crs", ("no_crs", "after"), [], "BEFORE .*no_crs.tif.* has no CRS.*--assume-aligned"),
         ("no overlap", ("before", "far_after"), [], "do not overlap"),
+        ("one raster", ("before",), [], "a scene needs two or more rasters .* got 1"),
+        ("a series without overlap", ("before", "after", "far_after"), [],
+         "DATE1 .* and DATE3 .* do not overlap inside the area DATE1 and DATE2 share"),
+        ("a series without crs", ("before", "no_crs", "after"), [], "DATE2 .*no_crs.tif.* has no CRS"),
         ("empty output path", ("before", "after"), ["--out", ""], "--out is an empty path"),
         ("polygons without a change head", ("before", "after"), ["--polygons"], "change-detection head"),
         ("bad bands", ("before", "after"), ["--bands", "1,2,9"], "--bands 1,2,9 is not valid for a 3-band raster"),
@@ -322,7 +415,7 @@ def test_bad_input_is_a_clear_error_with_nothing_written(
 def test_rasters_without_crs_run_with_assume_aligned_and_have_no_geometry(bad_inputs, tiny_model, tiny_processor,
                                                                           tmp_path):
     out = tmp_path / "changes.geojson"
-    summary = describe_scene(tiny_model, tiny_processor, bad_inputs["no_crs"], bad_inputs["no_crs"], out,
+    summary = describe_scene(tiny_model, tiny_processor, [bad_inputs["no_crs"], bad_inputs["no_crs"]], out,
                              assume_aligned=True, **TILE_OPTIONS)
     collection, tiles = load_features(out, "tile")
     assert summary.captioned == len(tiles) > 0 and collection["rscc"]["crs"] is None
