@@ -58,7 +58,7 @@ def test_folders_give_one_json_line_per_pair_with_the_shared_captioner(
     assert [line["caption"] for line in lines] == caption_pairs(tiny_model, tiny_processor, pairs, max_new_tokens=4)
     assert all(line["before"].startswith(str(folders[0])) for line in lines)
     error = capsys.readouterr().err
-    assert "3/3" in error and "3 pair(s) captioned, 0 already done" in error
+    assert "3/3" in error and "3 sample(s) captioned, 0 already done" in error
     assert sorted(p.name for p in out.parent.iterdir()) == ["captions.jsonl"]
 
 
@@ -80,7 +80,7 @@ def test_interrupted_run_resumes_without_redoing_finished_pairs(
     assert main(argv) == 0
     assert len(counted_captioning["pairs"]) == 2  # only the two pairs not done before
     assert sorted(line["id"] for line in read_lines(out)) == sorted(NAMES) and not partial.exists()
-    assert "2 pair(s) captioned, 1 already done" in capsys.readouterr().err
+    assert "2 sample(s) captioned, 1 already done" in capsys.readouterr().err
 
     counted_captioning["pairs"] = []
     assert main(argv) == 0 and counted_captioning["pairs"] == []  # a finished run has nothing left to do
