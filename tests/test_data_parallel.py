@@ -65,7 +65,7 @@ def test_two_processes_caption_exactly_what_one_does_merged_in_input_order(pair_
         path.name for path in pair_folders[0].iterdir())
     assert sorted(path.name for path in two.parent.iterdir()) == ["captions.jsonl"]  # the parts are merged away
     # One bar, the main process's, over both processes' pairs, with its rate; one report.
-    assert "7/7" in result.stderr and "pair/s" in result.stderr
+    assert "7/7" in result.stderr and "sample/s" in result.stderr
     assert result.stderr.count("7 sample(s) captioned, 0 already done") == 1
 
 
