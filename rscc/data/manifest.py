@@ -1,4 +1,5 @@
-"""A user's manifest: a CSV or JSONL file with one image pair per row (also what `rscc caption` reads)."""
+"""A user's manifest: a CSV or JSONL file with one image pair, or one series of dates, per row (also what `rscc
+caption` reads)."""
 
 from __future__ import annotations
 
