@@ -174,15 +174,16 @@ def _finished_ids(path: Path, records: list[SampleRecord], made_by: dict | None)
     finished = set()
     for number, line in read_part(path):
         record = by_id.get(line.get("id"))
-        images = ", ".join(map(str, line_dates(line) or []))
+        images = line_dates(line)
+        listed = ", ".join(map(str, images or []))
         if record is None:
             raise BatchInputError(
-                f"{path} holds a result for {line.get('id')!r} ({images}) that is not in this input; pass another "
+                f"{path} holds a result for {line.get('id')!r} ({listed}) that is not in this input; pass another "
                 "--out or --overwrite to start again"
             )
-        if line_dates(line) != list(record.images):
+        if images != list(record.images):
             raise BatchInputError(
-                f"{path}, line {number}: {record.id!r} was captioned from the images {images}, and this input gives "
+                f"{path}, line {number}: {record.id!r} was captioned from the images {listed}, and this input gives "
                 f"it {', '.join(record.images)}; pass another --out or --overwrite to start again"
             )
         if line.get("made_by") != made_by:
