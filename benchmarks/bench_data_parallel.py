@@ -49,7 +49,7 @@ def run(processes: int, arguments: list[str]) -> tuple[float, float, str]:
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{processes} process(es) failed:\n{result.stderr[-4000:]}")
-    rates = re.findall(r"([\d.]+)pair/s", result.stderr)
+    rates = re.findall(r"([\d.]+)sample/s", result.stderr)  # the progress bar counts samples (here pairs)
     return float(rates[-1]), wall, result.stderr
 
 

@@ -1,8 +1,9 @@
-"""Batch captioning: pairs from two folders or a manifest, captioned into a resumable JSON-lines file.
+"""Batch captioning: pairs from two folders, or pairs and series of dates from a manifest, captioned into a resumable
+JSON-lines file.
 
 Results are appended to `OUT.partial` (next to `OUT`) after every batch and the file is renamed to `OUT` once every
-pair is done, so an interrupted run leaves no file that looks complete, and rerunning the same command captions only
-the pairs that are not in `OUT.partial` yet. Under `accelerate launch` each process appends to its own
+sample is done, so an interrupted run leaves no file that looks complete, and rerunning the same command captions only
+the samples that are not in `OUT.partial` yet. Under `accelerate launch` each process appends to its own
 `OUT.partial.RANK` and the parts are merged in input order (see `rscc.parallel`). Captioning itself is a callable
 given by the caller (the `rscc caption` command passes `rscc.inference.caption_pairs`), which keeps this module free
 of model code.
@@ -18,7 +19,8 @@ from typing import Callable, Iterable, TextIO
 
 from tqdm.auto import tqdm
 
-from .data import manifest_captions, read_manifest
+from .caption_files import date_fields, line_dates
+from .data import manifest_captions, manifest_dates, read_manifest
 from .errors import RsccInputError
 from .parallel import (
     PartsProgress,
@@ -32,8 +34,8 @@ from .parallel import (
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
-# Captions one batch of pairs, returning one caption per pair in order.
-CaptionBatchFunction = Callable[[list["PairRecord"]], list[str]]
+# Captions one batch of samples, returning one caption per sample in order.
+CaptionBatchFunction = Callable[[list["SampleRecord"]], list[str]]
 
 
 class BatchInputError(RsccInputError):
@@ -41,26 +43,24 @@ class BatchInputError(RsccInputError):
 
 
 @dataclass(frozen=True)
-class PairRecord:
-    """One pair to caption.
+class SampleRecord:
+    """One sample to caption: a pair, or a series of N > 2 co-registered dates.
 
     Args:
         id (`str`): unique within the run; the key resuming relies on.
-        before (`str`): path of the earlier image.
-        after (`str`): path of the later image.
+        images (`tuple[str, ...]`): the image paths, oldest first (before, after for a pair).
         references (`list[str]`): reference captions from a manifest (copied to the output for evaluation).
         mask (`str`, *optional*): a change-mask path from a manifest (copied to the output).
     """
 
     id: str
-    before: str
-    after: str
+    images: tuple[str, ...]
     references: list[str] = field(default_factory=list)
     mask: str | None = None
 
     def result_line(self, caption: str, made_by: dict | None = None) -> dict:
-        """The JSON-lines record of this pair once captioned, with what made the caption (`made_by`)."""
-        line = {"id": self.id, "before": self.before, "after": self.after, "caption": caption}
+        """The JSON-lines record of this sample once captioned, with what made the caption (`made_by`)."""
+        line = {"id": self.id, **date_fields(self.images), "caption": caption}
         if self.references:
             line["references"] = self.references
         if self.mask:
@@ -76,7 +76,7 @@ def _listed(names: Iterable[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def pairs_from_folders(before_dir: str | os.PathLike, after_dir: str | os.PathLike) -> list[PairRecord]:
+def pairs_from_folders(before_dir: str | os.PathLike, after_dir: str | os.PathLike) -> list[SampleRecord]:
     """Pair the images of two folders by file name (LEVIR-CC's `A/` and `B/` layout).
 
     Args:
@@ -84,7 +84,7 @@ def pairs_from_folders(before_dir: str | os.PathLike, after_dir: str | os.PathLi
         after_dir (`str` or `os.PathLike`): folder of the later images, with the same file names.
 
     Returns:
-        One [`PairRecord`] per file name, sorted, with the file name as id.
+        One [`SampleRecord`] per file name, sorted, with the file name as id.
 
     Raises:
         BatchInputError: a folder holds no images, or a file name is in one folder only.
@@ -105,42 +105,45 @@ def pairs_from_folders(before_dir: str | os.PathLike, after_dir: str | os.PathLi
                 f"the {other} folder {folders[other]}: {_listed(unmatched)}"
             )
     return [
-        PairRecord(id=name, before=str(folders["BEFORE"] / name), after=str(folders["AFTER"] / name))
+        SampleRecord(id=name, images=(str(folders["BEFORE"] / name), str(folders["AFTER"] / name)))
         for name in sorted(names["BEFORE"])
     ]
 
 
-def pairs_from_manifest(manifest: str | os.PathLike) -> list[PairRecord]:
-    """Read pairs from a manifest in the data issue's format: a CSV or JSONL file, one pair per row.
+def samples_from_manifest(manifest: str | os.PathLike) -> list[SampleRecord]:
+    """Read samples from a manifest in the data issue's format: a CSV or JSONL file, one pair or series per row.
 
-    Columns: `before`, `after` (image paths, relative to the manifest's folder or absolute); optional `id` (default:
-    the before image's file name without extension), reference captions as `caption`, `captions` (a list, JSONL) or
-    `caption_1`, `caption_2`, ... (CSV), `mask`, `split` and `change_flag` (accepted, not used for captioning).
+    Columns: `before`, `after` (a pair) or a series of N >= 2 co-registered dates, oldest first, as `images` (a
+    list, JSONL) or `image_1`, `image_2`, ... (CSV); rows may differ in N. Image paths are relative to the
+    manifest's folder or absolute. Optional: `id` (default: the first image's file name without extension),
+    reference captions as `caption`, `captions` (a list, JSONL) or `caption_1`, `caption_2`, ... (CSV), `mask`,
+    `split` and `change_flag` (accepted, not used for captioning).
 
     Args:
         manifest (`str` or `os.PathLike`): the CSV or JSONL file.
 
     Returns:
-        One [`PairRecord`] per row, in file order.
+        One [`SampleRecord`] per row, in file order.
 
     Raises:
-        BatchInputError: an unknown column, a row without before/after, duplicate ids, or an empty manifest.
+        BatchInputError: an unknown column, a row without images or with both a pair and a series, a series of one
+            date or with a gap, duplicate ids, or an empty manifest.
     """
     path = Path(manifest)
     try:
         rows = read_manifest(path, require_captions=False)
+        dated_rows = [(where, row, manifest_dates(path, where, row)) for where, row in rows]
     except (ValueError, FileNotFoundError) as error:
         raise BatchInputError(f"manifest {error}") from None
     records, seen = [], {}
-    for where, row in rows:
-        if not row.get("before") or not row.get("after"):
-            raise BatchInputError(f"manifest {path}, {where}: needs both a 'before' and an 'after' image path")
-        references = manifest_captions(row)
-        record = PairRecord(
-            id=str(row.get("id") or Path(row["before"]).stem),
-            before=str(path.parent / row["before"]),
-            after=str(path.parent / row["after"]),
-            references=references,
+    for where, row, dates in dated_rows:
+        if not all(dates):  # a pair row with an empty cell: a series has no empty dates
+            raise BatchInputError(f"manifest {path}, {where}: needs both a 'before' and an 'after' image path, or a "
+                                  "series of 2 or more (images, or image_1, image_2, ...)")
+        record = SampleRecord(
+            id=str(row.get("id") or Path(dates[0]).stem),
+            images=tuple(str(path.parent / date) for date in dates),
+            references=manifest_captions(row),
             mask=str(path.parent / row["mask"]) if row.get("mask") else None,
         )
         if record.id in seen:
@@ -151,35 +154,42 @@ def pairs_from_manifest(manifest: str | os.PathLike) -> list[PairRecord]:
         seen[record.id] = where
         records.append(record)
     if not records:
-        raise BatchInputError(f"manifest {path} lists no pairs")
+        raise BatchInputError(f"manifest {path} lists no samples")
     return records
 
 
-def check_images_exist(records: Iterable[PairRecord]) -> None:
+def check_images_exist(records: Iterable[SampleRecord]) -> None:
     """Fail before any model work when images are missing, naming them.
 
     Args:
-        records (`Iterable[PairRecord]`): the pairs to check.
+        records (`Iterable[SampleRecord]`): the samples to check.
     """
-    missing = [path for record in records for path in (record.before, record.after) if not Path(path).is_file()]
+    missing = [path for record in records for path in record.images if not Path(path).is_file()]
     if missing:
         raise BatchInputError(f"{len(missing)} image file(s) not found: {_listed(missing)}")
 
 
-def _finished_ids(path: Path, records: list[PairRecord], made_by: dict | None) -> set[str]:
+def _finished_ids(path: Path, records: list[SampleRecord], made_by: dict | None) -> set[str]:
     by_id = {record.id: record for record in records}
     finished = set()
     for number, line in read_part(path):
         record = by_id.get(line.get("id"))
-        if record is None or (line.get("before"), line.get("after")) != (record.before, record.after):
+        images = line_dates(line)
+        listed = ", ".join(map(str, images or []))
+        if record is None:
             raise BatchInputError(
-                f"{path} holds a result for pair {line.get('id')!r} ({line.get('before')}, {line.get('after')}) "
-                "that is not in this input; pass another --out or --overwrite to start again"
+                f"{path} holds a result for {line.get('id')!r} ({listed}) that is not in this input; pass another "
+                "--out or --overwrite to start again"
+            )
+        if images != list(record.images):
+            raise BatchInputError(
+                f"{path}, line {number}: {record.id!r} was captioned from the images {listed}, and this input gives "
+                f"it {', '.join(record.images)}; pass another --out or --overwrite to start again"
             )
         if line.get("made_by") != made_by:
             earlier = line.get("made_by") or "an unrecorded model and options (an older rscc)"
             raise BatchInputError(
-                f"{path}, line {number}: pair {record.id!r} was captioned by {earlier}, and this run "
+                f"{path}, line {number}: {record.id!r} was captioned by {earlier}, and this run "
                 f"would caption by {made_by}; captions of different models or options are not mixed. Rerun with "
                 "the earlier options, or pass another --out or --overwrite to start again"
             )
@@ -192,9 +202,9 @@ class BatchSummary:
     """What a batch run did.
 
     Args:
-        total (`int`): pairs in the input.
-        captioned (`int`): pairs captioned by this run.
-        resumed (`int`): pairs already done by an earlier run.
+        total (`int`): samples in the input.
+        captioned (`int`): samples captioned by this run.
+        resumed (`int`): samples already done by an earlier run.
     """
 
     total: int
@@ -203,7 +213,7 @@ class BatchSummary:
 
 
 def _write_batches(
-    records: list[PairRecord],
+    records: list[SampleRecord],
     caption_batch: CaptionBatchFunction,
     sink: TextIO,
     batch_size: int,
@@ -221,7 +231,7 @@ def _write_batches(
         progress_bar.update(len(batch) + (others.new_lines() if others else 0))
 
 
-def _merge_parts(parts: list[Path], records: list[PairRecord], out: Path) -> None:
+def _merge_parts(parts: list[Path], records: list[SampleRecord], out: Path) -> None:
     """Write the lines of every part to `out` in input order (a temporary file, then renamed) and remove the parts."""
     lines = {}
     for part in parts:
@@ -230,7 +240,7 @@ def _merge_parts(parts: list[Path], records: list[PairRecord], out: Path) -> Non
                 lines.setdefault(json.loads(raw)["id"], raw)
     missing = [record.id for record in records if record.id not in lines]
     if missing:
-        raise BatchInputError(f"the part files {_listed(map(str, parts))} lack {len(missing)} pair(s) at the merge: "
+        raise BatchInputError(f"the part files {_listed(map(str, parts))} lack {len(missing)} sample(s) at the merge: "
                               f"{_listed(missing)}; rerun the same command to caption them")
     temporary = out.with_name(out.name + ".merging")
     with open(temporary, "wb") as merged:
@@ -247,7 +257,7 @@ def check_out_given(out: str | os.PathLike | None, share: ProcessShare) -> None:
 
 
 def caption_records(
-    records: list[PairRecord],
+    records: list[SampleRecord],
     caption_batch: CaptionBatchFunction,
     out: str | os.PathLike | None = None,
     batch_size: int = 8,
@@ -256,31 +266,31 @@ def caption_records(
     made_by: dict | None = None,
     share: ProcessShare = ProcessShare(),
 ) -> BatchSummary:
-    """Caption pairs batch by batch into JSON lines, resuming an earlier run into the same `out`.
+    """Caption samples (pairs or series) batch by batch into JSON lines, resuming an earlier run into the same `out`.
 
     Args:
-        records (`list[PairRecord]`): the pairs, ids unique.
+        records (`list[SampleRecord]`): the samples, ids unique.
         caption_batch (`CaptionBatchFunction`): captions one batch of records.
         out (`str` or `os.PathLike`, *optional*): the JSON-lines file. Results go to `OUT.partial` as they come and
-            the file is renamed to `out` at the end; a rerun skips the pairs already in `OUT.partial` (or in `out`,
-            when new pairs were added to the input). Without `out`, lines go to stdout and nothing is resumed.
-        batch_size (`int`): pairs per `caption_batch` call.
-        progress (`bool`): show a progress bar on stderr (the main process's, over every process's pairs).
+            the file is renamed to `out` at the end; a rerun skips the samples already in `OUT.partial` (or in
+            `out`, when new samples were added to the input). Without `out`, lines go to stdout and nothing is resumed.
+        batch_size (`int`): samples per `caption_batch` call.
+        progress (`bool`): show a progress bar on stderr (the main process's, over every process's samples).
         overwrite (`bool`): ignore earlier results in `out` and its part files.
         made_by (`dict`, *optional*): what makes the captions (model, revision, options), written on every line; a
             rerun resumes only lines made the same way and refuses to mix in others.
         share ([`ProcessShare`]): this process's share of a data-parallel run (see `rscc.parallel`): it captions
-            every `share.count`-th pending pair into its own `OUT.partial.RANK`, and the main process merges the
+            every `share.count`-th pending sample into its own `OUT.partial.RANK`, and the main process merges the
             parts in input order into `out` once every process is done. Every process must call this function.
 
     Returns:
-        [`BatchSummary`] of the whole run (every process's pairs).
+        [`BatchSummary`] of the whole run (every process's samples).
     """
     if batch_size < 1:
         raise BatchInputError(f"--batch-size must be at least 1, got {batch_size}")
     if out is None:
         check_out_given(out, share)
-        with tqdm(total=len(records), unit="pair", file=sys.stderr, disable=not progress) as progress_bar:
+        with tqdm(total=len(records), unit="sample", file=sys.stderr, disable=not progress) as progress_bar:
             _write_batches(records, caption_batch, sys.stdout, batch_size, progress_bar, made_by)
         return BatchSummary(total=len(records), captioned=len(records), resumed=0)
 
@@ -303,7 +313,7 @@ def caption_records(
     wait_for_everyone(share)  # every process has read the parts before any appends to its own
     try:
         with open(own, "a", encoding="utf-8") as sink, tqdm(
-            total=len(records), initial=len(finished), unit="pair", file=sys.stderr,
+            total=len(records), initial=len(finished), unit="sample", file=sys.stderr,
             disable=not (progress and share.is_main),
         ) as progress_bar:
             _write_batches(share.take(pending), caption_batch, sink, batch_size, progress_bar, made_by, others)
@@ -353,17 +363,17 @@ def check_output_file(
     return path
 
 
-def record_paths(records: Iterable[PairRecord]) -> list[str]:
+def record_paths(records: Iterable[SampleRecord]) -> list[str]:
     """Every file the records name (images and masks)."""
-    return [path for record in records for path in (record.before, record.after, record.mask) if path]
+    return [path for record in records for path in (*record.images, record.mask) if path]
 
 
 __all__ = [
-    "PairRecord",
+    "SampleRecord",
     "BatchSummary",
     "BatchInputError",
     "pairs_from_folders",
-    "pairs_from_manifest",
+    "samples_from_manifest",
     "check_images_exist",
     "check_out_given",
     "check_output_file",

@@ -2,7 +2,8 @@
 
 - Karpathy-style caption files (LEVIR-CC's `LevirCCcaptions.json`, Dubai-CC's `*_Dubai_CC.json`):
   `{"images": [{"filename", "split", "sentences": [{"raw": ...}, ...], ...}, ...]}`.
-- Predictions as JSON lines `{"id": ..., "caption": ...}` (`rscc eval --predictions`, training validation).
+- Predictions as JSON lines `{"id": ..., "caption": ...}` (`rscc eval --predictions`, training validation); the
+  lines of `rscc caption` also name their images: `before` and `after` for a pair, `images` for a series.
 
 Standard library only, so that `rscc eval` reads them without torch or `datasets`.
 """
@@ -86,6 +87,25 @@ def read_karpathy_file(path: Union[str, os.PathLike]) -> list:
     if not isinstance(entries, list):
         raise CaptionFileError(f'{path}: expected a Karpathy-style (LEVIR-CC) caption file, {{"images": [...]}}')
     return [_karpathy_entry(path, position, entry) for position, entry in enumerate(entries)]
+
+
+def date_fields(dates: list) -> dict:
+    """How a result line names the images it captions: `before` and `after` for a pair (as rscc always wrote them),
+    `images` (oldest first) for a series of N > 2 dates.
+
+    Args:
+        dates (`list[str]`): the image paths, oldest first.
+    """
+    return {"before": dates[0], "after": dates[1]} if len(dates) == 2 else {"images": list(dates)}
+
+
+def line_dates(line: dict) -> list | None:
+    """The image paths a result line names (see [`date_fields`]), oldest first; `None` when it names none."""
+    if "images" in line:
+        return line["images"]
+    if "before" in line or "after" in line:
+        return [line.get("before"), line.get("after")]
+    return None
 
 
 def _prediction_record(path: Path, number: int, line: str) -> dict:

@@ -17,15 +17,16 @@ from transformers.utils import logging
 
 from .batch import (
     BatchInputError,
-    PairRecord,
+    SampleRecord,
     caption_records,
     check_images_exist,
     check_out_given,
     check_output_file,
     pairs_from_folders,
-    pairs_from_manifest,
     record_paths,
+    samples_from_manifest,
 )
+from .caption_files import date_fields
 from .cli import (
     EXIT_BAD_INPUT,
     EXIT_HUB,
@@ -365,10 +366,10 @@ def caption_pairs(
     change_masks: list | None = None,
     **generate_kwargs,
 ) -> list[str]:
-    """Caption (before, after) pairs: the captions of [`describe_changes`].
+    """Caption (before, after) pairs, or series of N >= 2 dates: the captions of [`describe_changes`].
 
     Returns:
-        `list[str]`, one caption per pair, in order.
+        `list[str]`, one caption per sample, in order.
     """
     descriptions = describe_changes(
         model,
@@ -419,7 +420,7 @@ def add_device_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", type=torch_device, help="torch device, e.g. cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
     parser.add_argument(
-        "--batch-size", type=positive_int, help=f"pairs per generate call (default {DEFAULT_BATCH_SIZE})"
+        "--batch-size", type=positive_int, help=f"samples per generate call (default {DEFAULT_BATCH_SIZE})"
     )
     parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
 
@@ -489,8 +490,7 @@ def _caption_one_sample(args) -> int:
     )
     if args.mask_out is not None:
         write_mask_png(description.change_mask, model.config.change_head_num_classes, args.mask_out)
-    where = {"before": dates[0], "after": dates[1]} if len(dates) == 2 else {"images": dates}
-    result = {**where, "caption": description.caption}
+    result = {**date_fields(dates), "caption": description.caption}
     if description.changed_fraction is not None:
         result.update(changed_fraction=description.changed_fraction, change_flag=int(description.changed))
     if args.json:
@@ -519,7 +519,7 @@ def write_mask_png(change_mask: np.ndarray, num_classes: int, path: str | os.Pat
     return path
 
 
-def _batch_records(inputs: list[str]) -> list[PairRecord]:
+def _batch_records(inputs: list[str]) -> list[SampleRecord]:
     if len(inputs) == 2:
         return pairs_from_folders(*inputs)
     (manifest,) = inputs
@@ -527,7 +527,7 @@ def _batch_records(inputs: list[str]) -> list[PairRecord]:
         raise BatchInputError(f"{manifest} is one folder; batch mode takes two (BEFORE_DIR AFTER_DIR) or a manifest")
     if not Path(manifest).is_file():
         raise BatchInputError(f"MANIFEST: file not found: {manifest}")
-    return pairs_from_manifest(manifest)
+    return samples_from_manifest(manifest)
 
 
 def made_by(model_id_or_path: str, model, args) -> dict:
@@ -563,9 +563,9 @@ def _caption_batch(args) -> int:
         print(f"rscc caption: note: the manifest's mask column is copied to the output, not used: the model "
               f"{args.model} has no token filter that takes input masks", file=sys.stderr)
 
-    def caption_batch(batch: list[PairRecord]) -> list[str]:
+    def caption_batch(batch: list[SampleRecord]) -> list[str]:
         return caption_pairs(
-            model, processor, [[record.before, record.after] for record in batch], batch_size=len(batch),
+            model, processor, [list(record.images) for record in batch], batch_size=len(batch),
             max_new_tokens=args.max_new_tokens,
             change_masks=[record.mask for record in batch] if masks_used else None,
         )
@@ -578,11 +578,11 @@ def _caption_batch(args) -> int:
     except BatchInputError:
         raise
     except ValueError as error:  # an image that exists but cannot be read, found part-way through the run
-        kept = f"; finished pairs are kept in {part_path(out, share)}, rerun to resume" if out else ""
+        kept = f"; finished samples are kept in {part_path(out, share)}, rerun to resume" if out else ""
         raise BatchInputError(f"{error}{kept}") from error
     if out is not None and share.is_main:
         print(
-            f"rscc caption: {summary.captioned} pair(s) captioned, {summary.resumed} already done, {out}",
+            f"rscc caption: {summary.captioned} sample(s) captioned, {summary.resumed} already done, {out}",
             file=sys.stderr,
         )
     return EXIT_OK
@@ -606,11 +606,11 @@ def _run_caption(args) -> int:
         print(f"rscc caption: error: {error}", file=sys.stderr)
         return EXIT_HUB
     except torch.OutOfMemoryError:
-        resume = "; finished pairs are kept, rerun to resume" if is_batch and args.out else ""
+        resume = "; finished samples are kept, rerun to resume" if is_batch and args.out else ""
         print(f"rscc caption: error: out of memory on {args.device}; lower --batch-size{resume}", file=sys.stderr)
         return EXIT_OUT_OF_MEMORY
     except KeyboardInterrupt as interrupt:
-        resume = "; finished pairs are kept, rerun the same command to resume" if is_batch and args.out else ""
+        resume = "; finished samples are kept, rerun the same command to resume" if is_batch and args.out else ""
         print(f"rscc caption: interrupted{resume}", file=sys.stderr)
         return interrupted_exit_code(interrupt)
 
@@ -618,20 +618,21 @@ def _run_caption(args) -> int:
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "caption",
-        help="caption the change between two images, or many pairs",
+        help="caption the change between two images (or a series of dates), or many pairs and series",
         usage="rscc caption (BEFORE AFTER | DATE1 DATE2 ... DATEN | BEFORE_DIR AFTER_DIR | MANIFEST) [options]",
         description=f"One pair (two image files): print one sentence on what changed from BEFORE to AFTER; one "
         "series (N > 2 co-registered image files, oldest first): what changed across the series. "
-        "Batch (two folders of matching file names, or a CSV/JSONL manifest with columns before, after and "
-        "optionally id, caption(s), mask): write one JSON line per pair, {id, before, after, caption[, references, "
-        "mask]}, to --out (or stdout), batching on the device; rerunning an interrupted command into the same --out "
-        "captions only the pairs not done yet. "
+        "Batch (two folders of matching file names, or a CSV/JSONL manifest with columns before, after, or a "
+        "series as image_1, image_2, ... (CSV) or images (JSONL, a list), rows of any N >= 2, and optionally id, "
+        "caption(s), mask): write one JSON line per sample, {id, before, after, caption[, references, mask]} for a "
+        "pair and {id, images, caption[, ...]} for a series, to --out (or stdout), batching on the device; rerunning "
+        "an interrupted command into the same --out captions only the samples not done yet. "
         f"Without --model, {DEFAULT_MODEL} runs zero-shot with the rscc prompt (no fine-tuned rscc checkpoint is "
         "published yet). Every line records what made it (made_by: model, revision, options); a rerun with another "
         "model or options is refused rather than mixed. Exit codes: 0 success; 2 bad input (missing or unreadable "
         "file, bad manifest, bad option, model folder missing, incomplete or unloadable); 3 out of device memory; "
         "4 the Hugging Face Hub failed; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). After 3, 130 or 143 "
-        "finished pairs are kept in OUT.partial and the same command resumes.",
+        "finished samples are kept in OUT.partial and the same command resumes.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="BEFORE AFTER, DATE1 ... DATEN, BEFORE_DIR AFTER_DIR, or MANIFEST")

@@ -44,7 +44,7 @@ def test_resume_refuses_captions_of_another_model_or_options(folders, tiny_check
         assert "captions of different models or options are not mixed" in error_of(capsys)
         assert [json.loads(line) for line in out.read_text().splitlines()] == lines  # kept as they were
     assert main([*argv, "--max-new-tokens", "2"]) == 0
-    assert "0 pair(s) captioned, 2 already done" in error_of(capsys)
+    assert "0 sample(s) captioned, 2 already done" in error_of(capsys)
     assert main([*argv, "--max-new-tokens", "3", "--overwrite"]) == 0
     assert {json.loads(line)["made_by"]["max_new_tokens"] for line in out.read_text().splitlines()} == {3}
 

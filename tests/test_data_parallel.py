@@ -13,7 +13,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from rscc.batch import PairRecord, caption_records, pairs_from_folders
+from rscc.batch import SampleRecord, caption_records, pairs_from_folders
 from rscc.cli import main
 from rscc.parallel import ProcessShare, existing_parts
 from rscc.scene import describe_scene
@@ -65,8 +65,8 @@ def test_two_processes_caption_exactly_what_one_does_merged_in_input_order(pair_
         path.name for path in pair_folders[0].iterdir())
     assert sorted(path.name for path in two.parent.iterdir()) == ["captions.jsonl"]  # the parts are merged away
     # One bar, the main process's, over both processes' pairs, with its rate; one report.
-    assert "7/7" in result.stderr and "pair/s" in result.stderr
-    assert result.stderr.count("7 pair(s) captioned, 0 already done") == 1
+    assert "7/7" in result.stderr and "sample/s" in result.stderr
+    assert result.stderr.count("7 sample(s) captioned, 0 already done") == 1
 
 
 def test_two_processes_describe_a_scene_exactly_as_one_does(shared_data, tmp_path):
@@ -111,7 +111,7 @@ def fake_captions(log: list, stop_on_call: int | None = None):
     stopped mid-run)."""
     calls = []
 
-    def caption_batch(batch: list[PairRecord]) -> list[str]:
+    def caption_batch(batch: list[SampleRecord]) -> list[str]:
         calls.append(batch)
         if len(calls) == stop_on_call:
             raise KeyboardInterrupt

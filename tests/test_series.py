@@ -14,7 +14,7 @@ from transformers import VideoMAEConfig
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
 from rscc.checkpoints import make_processor, tiny_config
 from rscc.cli import main
-from rscc.data import build_dataset, load_change_dataset, manifest_records
+from rscc.data import DataInputError, build_dataset, load_change_dataset, manifest_dates, manifest_records
 from rscc.data.schema import sample_images
 from rscc.evaluation import generate_predictions
 from rscc.inference import load_model_and_processor
@@ -207,6 +207,24 @@ def test_manifest_series_build_into_the_images_column_and_old_datasets_still_loa
         pq.write_table(pq.read_table(shard).drop(["images"]), old / "data" / shard.name)
     old_rows = list(load_change_dataset(old, split="train"))
     assert "images" not in old_rows[0] and all(len(sample_images(row)) == 2 for row in old_rows)
+
+
+def test_manifest_rows_each_give_a_pair_or_a_series_read_by_one_function(example_pairs, tmp_path):
+    # `rscc data manifest` and `rscc caption MANIFEST` read a row's dates with `manifest_dates`: rows of one file
+    # may mix a pair and series of any N, and a row that mixes them, or a series with a gap, is named.
+    (a, b), (c, d) = example_pairs
+    manifest = tmp_path / "mixed.jsonl"
+    manifest.write_text(json.dumps({"id": "pair", "before": a, "after": b, "caption": "Houses appear."}) + "\n"
+                        + json.dumps({"id": "three", "images": [c, c, d], "caption": "A road is built."}) + "\n")
+    records = list(manifest_records(manifest))
+    assert [(str(r.before), [str(i) for i in r.images], str(r.after)) for r in records] == [(a, [], b), (c, [c], d)]
+    assert manifest_dates(manifest, "line 2", {"image_1": a, "image_2": b, "image_3": ""}) == [a, b]
+    with pytest.raises(DataInputError, match="mixed.jsonl: line 7: gives the dates as before, after and as images"):
+        manifest_dates(manifest, "line 7", {"before": a, "after": b, "images": [a, b]})
+    gap = tmp_path / "gap.csv"
+    gap.write_text(f"image_1,image_2,image_3,caption\n{a},,{b},Houses appear.\n")
+    with pytest.raises(DataInputError, match="gap.csv: line 2: the series image_1, image_3 has no image_2"):
+        list(manifest_records(gap))
 
 
 def test_stage_trains_on_series_and_evaluation_captions_them(series_dataset, tiny_checkpoint, tmp_path):

@@ -28,7 +28,7 @@ from .cli import add_cli
 from .dubai_cc import DUBAI_CC_SPLITS, dubai_cc_records, is_dubai_cc_no_change_caption
 from .from_masks import from_masks_records
 from .levir_cc import LEVIR_CC_SPLITS, levir_cc_records
-from .manifest import MANIFEST_FIELDS, manifest_captions, manifest_records, read_manifest
+from .manifest import MANIFEST_FIELDS, manifest_captions, manifest_dates, manifest_records, read_manifest
 from .mixture import MixtureComponent, mixture_records
 from .schema import (
     FEATURES,
@@ -69,6 +69,7 @@ __all__ = [
     "levir_cc_records",
     "load_change_dataset",
     "manifest_captions",
+    "manifest_dates",
     "manifest_records",
     "mixture_records",
     "normalize_caption",

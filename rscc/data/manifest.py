@@ -1,4 +1,5 @@
-"""A user's manifest: a CSV or JSONL file with one image pair per row (also what `rscc caption` reads)."""
+"""A user's manifest: a CSV or JSONL file with one image pair, or one series of dates, per row (also what `rscc
+caption` reads)."""
 
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def read_manifest(path: Path, require_captions: bool = True) -> list:
         rows = read_json_records(path)
         columns = sorted({key for _, row in rows for key in row})
         for where, row in rows:
-            wrong = [key for key in ("before", "after", "mask", "split", "caption")
-                     if row.get(key) is not None and not isinstance(row[key], str)]
+            text_keys = ("before", "after", "mask", "split", "caption", *filter(_NUMBERED_IMAGE.match, row))
+            wrong = [key for key in text_keys if row.get(key) is not None and not isinstance(row[key], str)]
             images = row.get("images")
             if images is not None and not (isinstance(images, list) and all(isinstance(x, str) for x in images)):
                 wrong.append("images")
@@ -79,24 +80,18 @@ def read_manifest(path: Path, require_captions: bool = True) -> list:
     else:
         raise DataInputError(f"{path}: a manifest must be a .csv or a .jsonl file")
     unknown = [c for c in columns if c not in MANIFEST_FIELDS and not _NUMBERED_CAPTION.match(c or "")
-               and not (require_captions and _NUMBERED_IMAGE.match(c or ""))]
+               and not _NUMBERED_IMAGE.match(c or "")]
     if unknown:
         raise DataInputError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; expected "
-                         f"{', '.join(MANIFEST_FIELDS)} or caption_1, caption_2, ...")
-    missing = [c for c in ("before", "after") if c not in columns]
+                             f"{', '.join(MANIFEST_FIELDS)}, image_1, image_2, ... or caption_1, caption_2, ...")
+    # Rows may mix pairs and series of any N; whether each row gives one or the other is `manifest_dates`'s check.
+    has_pairs = "before" in columns and "after" in columns
     has_series = "images" in columns or any(_NUMBERED_IMAGE.match(c or "") for c in columns)
-    if require_captions and has_series:
-        if "before" in columns or "after" in columns:
-            raise DataInputError(f"{path}: give the dates either as before, after or as a series (images, or "
-                                 "image_1, image_2, ...), not both")
-        missing = []
-    elif "images" in columns:
-        raise DataInputError(f"{path}: 'images' (a series of dates) is read by `rscc data manifest`; caption a "
-                             "series with `rscc caption DATE1 ... DATEN`")
     has_captions = any(c in ("caption", "captions") or _NUMBERED_CAPTION.match(c) for c in columns)
-    if missing or (require_captions and not has_captions):
-        needed = ("before, after (or a series: images, or image_1, image_2, ...) and caption (or captions, or "
-                  "caption_1, caption_2, ...)") if require_captions else "before and after"
+    if not (has_pairs or has_series) or (require_captions and not has_captions):
+        needed = "before and after (or a series: images, or image_1, image_2, ...)"
+        if require_captions:
+            needed += " and caption (or captions, or caption_1, caption_2, ...)"
         raise DataInputError(f"{path}: a manifest needs the columns {needed}")
     return rows
 
@@ -112,15 +107,43 @@ def manifest_captions(row: dict) -> list:
     return list(captions) + [row[key] for key in numbered if row[key]]
 
 
-def manifest_dates(row: dict) -> list:
-    """A manifest row's image paths, oldest first: `before`, `after`, or a series (`images`, or the non-empty
-    `image_1`, `image_2`, ... cells: a CSV row of fewer dates than the widest leaves trailing cells empty)."""
-    if row.get("images") is not None:
-        return list(row["images"])
+def manifest_dates(path: Path, where: str, row: dict) -> list:
+    """A manifest row's image paths, oldest first, as the row gives them (relative to the manifest's folder or
+    absolute): `before` and `after` (a pair; an empty cell stays "", for the caller to report), or a series of
+    N >= 2 dates: `images` (JSONL), or `image_1`, `image_2`, ... (CSV; a row of fewer dates than the widest leaves
+    its trailing cells empty). The one reader of these columns, for `rscc data manifest` and `rscc caption`.
+
+    Args:
+        path (`Path`): the manifest, for messages.
+        where (`str`): the row's place in it (`line 3`), for messages.
+        row (`dict`): the row as [`read_manifest`] returns it.
+
+    Raises:
+        DataInputError: the row gives both a pair and a series, a series in both forms, a series with a gap
+            (image_1, image_3) or a series of fewer than 2 dates.
+    """
     numbered = sorted((key for key in row if _NUMBERED_IMAGE.match(key)), key=lambda key: int(key[6:]))
-    if numbered:
-        return [row[key] for key in numbered if row[key]]
-    return [str(row.get(key) or "") for key in ("before", "after")]
+    filled = [key for key in numbered if row[key]]
+    kinds = [name for name, given in (("before, after", row.get("before") or row.get("after")),
+                                      ("images", row.get("images") is not None), ("image_1, image_2, ...", filled))
+             if given]
+    if len(kinds) > 1:
+        raise DataInputError(f"{path}: {where}: gives the dates as {' and as '.join(kinds)}; expected one of before, "
+                             "after (a pair), images or image_1, image_2, ... (a series)")
+    if row.get("images") is not None:
+        dates = list(row["images"])
+    elif filled:
+        expected = [f"image_{number}" for number in range(1, len(filled) + 1)]
+        if filled != expected:
+            skipped = next(name for name, key in zip(expected, filled) if name != key)
+            raise DataInputError(f"{path}: {where}: the series {', '.join(filled)} has no {skipped}; expected its "
+                                 "dates as image_1, image_2, ... without gaps")
+        dates = [row[key] for key in filled]
+    else:
+        return [str(row.get(key) or "") for key in ("before", "after")]
+    if len(dates) < 2:
+        raise DataInputError(f"{path}: {where}: a series needs at least 2 dates, got {len(dates)}")
+    return dates
 
 
 def manifest_records(manifest: Union[str, os.PathLike], split: str = "train", source: Optional[str] = None
@@ -140,9 +163,7 @@ def manifest_records(manifest: Union[str, os.PathLike], split: str = "train", so
     """
     path = Path(manifest)
     for where, row in read_manifest(path):
-        dates = manifest_dates(row)
-        if len(dates) < 2:
-            raise DataInputError(f"{path}: {where}: a series needs at least 2 dates, got {len(dates)}")
+        dates = manifest_dates(path, where, row)
         before, after, mask = dates[0], dates[-1], str(row.get("mask") or "")
         change_flag = row.get("change_flag")
         if isinstance(change_flag, str):
