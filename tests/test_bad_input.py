@@ -267,7 +267,7 @@ def test_eval_refuses_empty_references_and_names_bad_entries(eval_files, tmp_pat
     references.write_text(json.dumps(content))
     rows = [{"id": pair_id, "caption": "a road is built"} for pair_id in ids]
     assert _eval(references, tmp_path / "preds.jsonl", tmp_path, rows) == EXIT_BAD_INPUT
-    assert f"1 reference pairs have no reference caption, or an empty one" in error_of(capsys)
+    assert "1 reference pairs have no reference caption, or an empty one" in error_of(capsys)
     content["images"][1]["sentences"] = [{"raw": None}]
     references.write_text(json.dumps(content))
     assert _eval(references, tmp_path / "preds.jsonl", tmp_path, rows) == EXIT_BAD_INPUT

@@ -2,12 +2,10 @@
 
 import json
 import signal
-import shutil
 
 import pytest
 import torch
 
-from rscc import cli
 from rscc.cli import (
     EXIT_BAD_INPUT,
     EXIT_HUB,

@@ -6,7 +6,6 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-import pytest
 from huggingface_hub import DatasetCard
 from PIL import Image
 

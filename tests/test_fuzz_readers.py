@@ -11,7 +11,6 @@ import pytest
 import rasterio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from rscc.data import ccexpert_records, levir_cc_records, read_manifest
 from rscc.errors import RsccInputError
