@@ -3,7 +3,8 @@
     from transformers import pipeline
     captioner = pipeline(model="user/rscc-model", trust_remote_code=True)
     captioner({"before": "before.png", "after": "after.png"})        # {"caption": "..."}
-    captioner([{"before": ..., "after": ...}, ...])                   # one dict per pair
+    captioner({"images": ["2019.png", "2021.png", "2023.png"]})      # a series of N dates, oldest first
+    captioner([{"before": ..., "after": ...}, ...])                   # one dict per sample
 
 Like the other remote-code files it imports only the standard library, torch and transformers.
 """
@@ -18,8 +19,9 @@ CUSTOM_PIPELINES = {PIPELINE_TASK: {"impl": "pipeline_rscc.ChangeCaptioningPipel
 
 
 class ChangeCaptioningPipeline(Pipeline):
-    """Caption the change in (before, after) pairs: each input a `{"before": image, "after": image}` dict or a
-    `(before, after)` pair, each image anything the rscc processor accepts (path, PIL image, array)."""
+    """Caption the change in (before, after) pairs or series of N >= 2 dates: each input a `{"before": image,
+    "after": image}` dict, an `{"images": [image, ...]}` dict (oldest first) or a tuple of images, each image anything
+    the rscc processor accepts (path, PIL image, array)."""
 
     _load_processor = True
     _load_image_processor = False
@@ -34,22 +36,29 @@ class ChangeCaptioningPipeline(Pipeline):
 
     def __call__(self, inputs, **kwargs):
         """Args:
-        inputs: one pair (`{"before", "after"}` dict or `(before, after)`) or a list of pairs.
+        inputs: one sample (`{"before", "after"}` dict, `{"images"}` dict or a tuple of dates) or a list of them.
         max_new_tokens (`int`, *optional*): caption length limit (default 64).
         """
-        # A bare (before, after) tuple is one pair, not a batch of two inputs.
+        # A bare tuple of dates is one sample, not a batch of inputs.
         if isinstance(inputs, tuple):
-            inputs = {"before": inputs[0], "after": inputs[1]}
+            inputs = {"images": list(inputs)}
         elif isinstance(inputs, list) and inputs and isinstance(inputs[0], tuple):
-            inputs = [{"before": before, "after": after} for before, after in inputs]
+            inputs = [{"images": list(sample)} for sample in inputs]
         return super().__call__(inputs, **kwargs)
 
-    def preprocess(self, pair):
-        if not isinstance(pair, dict) or set(pair) != {"before", "after"}:
+    def preprocess(self, sample):
+        if isinstance(sample, dict) and set(sample) == {"before", "after"}:
+            dates = [sample["before"], sample["after"]]
+        elif isinstance(sample, dict) and set(sample) == {"images"} and isinstance(sample["images"], (list, tuple)):
+            dates = list(sample["images"])
+        else:
             raise ValueError(
-                f"expected a {{'before': image, 'after': image}} dict or a (before, after) pair, got {pair!r}"
+                "expected a {'before': image, 'after': image} dict, an {'images': [image, ...]} dict or a tuple of "
+                f"images, got {sample!r}"
             )
-        return self.processor(images=[[pair["before"], pair["after"]]])
+        if len(dates) < 2:
+            raise ValueError(f"expected two or more dates (oldest first), got {len(dates)}: {sample!r}")
+        return self.processor(images=[dates])
 
     def _forward(self, model_inputs, max_new_tokens=64, **generate_kwargs):
         model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.model.dtype)

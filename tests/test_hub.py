@@ -133,6 +133,8 @@ def test_dry_run_assembles_a_folder_that_loads_without_rscc(evaluation_file, tin
     assert len(generated["captions"]) == 2
     assert piped["pipeline"] == "ChangeCaptioningPipeline" and not piped["rscc_imported"]
     assert piped["caption"] == generated["captions"][0]  # the pipeline captions the pair as generate does
+    assert piped["series_piped"] == [piped["series_generated"]] * 2  # and a series, as a dict or a tuple
+    assert "expected two or more dates" in piped["one_date_error"]
 
 
 # Appended to the hidden-rscc script: the same pair through transformers.pipeline, in the same process.
@@ -140,7 +142,18 @@ PIPELINE_WITHOUT_RSCC = r"""
 from transformers import pipeline
 captioner = pipeline(model=folder, trust_remote_code=True)
 caption = captioner({"before": before, "after": after}, max_new_tokens=4)["caption"]
-print(json.dumps({"pipeline": type(captioner).__name__, "caption": caption,
+series = [before, after, before]
+series_inputs = processor(images=[series])
+(series_generated,) = processor.post_process_captions(
+    model.generate(**series_inputs, max_new_tokens=4, do_sample=False), series_inputs)
+series_piped = [captioner(sample, max_new_tokens=4)["caption"] for sample in ({"images": series}, tuple(series))]
+try:
+    captioner({"images": [before]})
+    one_date_error = None
+except ValueError as error:
+    one_date_error = str(error)
+print(json.dumps({"pipeline": type(captioner).__name__, "caption": caption, "series_generated": series_generated,
+                  "series_piped": series_piped, "one_date_error": one_date_error,
                   "rscc_imported": any(m == "rscc" or m.startswith("rscc.") for m in sys.modules)}))
 """
 
