@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-from transformers import (AutoModel, LlavaOnevisionForConditionalGeneration, TimesformerConfig, VideoMAEConfig,
-                          VJEPA2Config, VJEPA2Model)
+from transformers import AutoModel, LlavaOnevisionForConditionalGeneration, TimesformerConfig, VJEPA2Model
+from conftest import VIDEO_ENCODER_TYPES, tiny_video_encoder_config
 from test_remote_code import HIDE_RSCC, run_without_rscc
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
@@ -14,39 +14,11 @@ from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor
 from rscc.training import apply_lora, lora_target_pattern, part_of
 from rscc.video_rscc import IMAGENET_MEAN, processor_options
 
-
-
-VIDEO_ENCODER_TYPES = ["videomae", "vjepa2"]
-# Each family's own names for 28 px frames (the tiny SigLIP's 7x7 grid of 4 px patches) in 2-frame clips; V-JEPA 2
-# with a one-layer predictor, which rscc must leave out.
-TINY_VIDEO_ENCODERS = {
-    "videomae": (VideoMAEConfig, dict(image_size=28, num_frames=2, num_attention_heads=4, intermediate_size=64)),
-    "vjepa2": (VJEPA2Config, dict(crop_size=28, frames_per_clip=2, num_attention_heads=2, mlp_ratio=2.0,
-                                  pred_hidden_size=16, pred_num_attention_heads=2, pred_num_hidden_layers=1)),
-}
 # The encoder's features as its own model gives them, `(num_clips, tokens, hidden_size)`.
 STOCK_FEATURES = {
     "videomae": lambda encoder, frames: encoder(pixel_values=frames).last_hidden_state,
     "vjepa2": lambda encoder, frames: encoder.get_vision_features(frames),
 }
-
-
-def tiny_video_encoder_config(model_type="videomae", **overrides):
-    """A video encoder of 2 layers, width 32, 28 px frames in 4 px patches, 2-frame clips in tubelets of 2."""
-    config_class, options = TINY_VIDEO_ENCODERS[model_type]
-    options = dict(patch_size=4, tubelet_size=2, hidden_size=32, num_hidden_layers=2, **options)
-    return config_class(**{**options, **overrides})
-
-
-@pytest.fixture(scope="module")
-def video_encoder_folders(tmp_path_factory) -> dict:
-    """A saved tiny encoder (random weights) per model type."""
-    folders = {}
-    for model_type in VIDEO_ENCODER_TYPES:
-        torch.manual_seed(2)
-        folders[model_type] = tmp_path_factory.mktemp(f"tiny-{model_type}")
-        AutoModel.from_config(tiny_video_encoder_config(model_type)).save_pretrained(folders[model_type])
-    return folders
 
 
 def build(stock_folder, video_encoder=None, **options):
