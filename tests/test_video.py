@@ -139,6 +139,19 @@ def test_video_encoder_tokens_layout_and_processor_frames(stock_folder, video_en
     assert (swapped - tokens).abs().max() > 1e-4
 
 
+def test_processor_options_read_the_frame_size_and_an_image_or_video_preprocessor_config(tmp_path):
+    # VideoMAE folders keep `preprocessor_config.json`, V-JEPA 2 folders `video_preprocessor_config.json`.
+    config = RsccConfig(pair_encoding="video_encoder", use_difference_integration=False,
+                        video_encoder_config=tiny_video_encoder_config("vjepa2", crop_size=32))
+    for file_name in ("preprocessor_config.json", "video_preprocessor_config.json"):
+        (tmp_path / file_name).mkdir()
+        (tmp_path / file_name / file_name).write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
+        options = processor_options(config, tmp_path / file_name)["image_processor_options"]
+        assert options["image_mean"] == [0.5] * 3 and options["image_std"] == [0.25] * 3
+        assert options["size"] == options["crop_size"] == {"height": 32, "width": 32}
+    assert processor_options(config)["image_processor_options"]["image_mean"] == IMAGENET_MEAN
+
+
 def test_vjepa2_pretrained_on_long_clips_takes_pairs_with_its_rotary_positions(stock_folder, example_pairs,
                                                                                tmp_path):
     # V-JEPA 2 checkpoints are pretrained on 16 or 64 frames; its rotary positions follow the token index and its
