@@ -1,6 +1,7 @@
 """Configuration of rscc models: LLaVA-OneVision plus CCExpert's difference-aware integration."""
 
 import math
+from dataclasses import dataclass, field
 
 from huggingface_hub.dataclasses import strict
 from transformers import LlavaOnevisionConfig, PreTrainedConfig
@@ -26,8 +27,56 @@ VISUAL_TOKEN_SEGMENTS = {
 }
 CHANGE_FEATURES = ("difference_integration", "key_change")
 PAIR_ENCODINGS = ("images", "llava_video", "video_encoder")
-# Geometry a `video_encoder_config` must describe (the VideoMAE family's names).
-VIDEO_ENCODER_FIELDS = ("model_type", "hidden_size", "image_size", "patch_size", "num_frames", "tubelet_size")
+
+
+@dataclass(frozen=True)
+class VideoEncoderFamily:
+    """What rscc needs to know of one `model_type` of video encoder (`pair_encoding="video_encoder"`), whose config
+    names the same geometry differently from family to family.
+
+    Args:
+        frame_size_field: Config field of the (square) frame side in pixels.
+        num_frames_field: Config field of the frames per clip: the dates per sample of an rscc model.
+        input_name: Keyword of the frames, `(batch, num_frames, channels, height, width)`, in the model's forward.
+        block_linear_layers: Names of the linear layers of each encoder block (`backbone.encoder.layer.N`), the LoRA
+            targets by default.
+        forward_options: Further keyword arguments of the forward that gives the encoder's features alone.
+        unused_submodules: Submodules of the transformers model that rscc never runs, not built into (or loaded
+            into) the rscc model, so that they leave no dead parameters.
+    """
+
+    frame_size_field: str
+    num_frames_field: str
+    input_name: str
+    block_linear_layers: tuple[str, ...]
+    forward_options: dict = field(default_factory=dict)
+    unused_submodules: tuple[str, ...] = ()
+
+    @property
+    def required_fields(self) -> tuple[str, ...]:
+        """The geometry a `video_encoder_config` of this family must describe."""
+        return ("hidden_size", self.frame_size_field, "patch_size", self.num_frames_field, "tubelet_size")
+
+
+# Video encoders rscc supports, by `model_type`: 3-D patch embeddings whose tubelets span consecutive dates.
+VIDEO_ENCODER_FAMILIES = {
+    # `dense` names VideoMAE's attention output and both MLP layers.
+    "videomae": VideoEncoderFamily(
+        frame_size_field="image_size",
+        num_frames_field="num_frames",
+        input_name="pixel_values",
+        block_linear_layers=("query", "key", "value", "dense"),
+    ),
+    # V-JEPA 2's predictor only serves its self-supervised pretraining (it predicts masked tokens).
+    "vjepa2": VideoEncoderFamily(
+        frame_size_field="crop_size",
+        num_frames_field="frames_per_clip",
+        input_name="pixel_values_videos",
+        block_linear_layers=("query", "key", "value", "proj", "fc1", "fc2"),
+        forward_options={"skip_predictor": True},
+        unused_submodules=("predictor",),
+    ),
+}
 
 
 @strict
@@ -136,9 +185,10 @@ class RsccConfig(LlavaOnevisionConfig):
             sees (the pooled grid for `"llava_video"`, the encoder's grid for `"video_encoder"`).
         video_encoder_config (`dict`, *optional*):
             Config of the video encoder of `pair_encoding="video_encoder"`, as `PreTrainedConfig.to_dict()` gives it
-            (a `PreTrainedConfig` is converted): a VideoMAE-family encoder (`model_type`, `hidden_size`,
-            `image_size`, `patch_size`, `num_frames`, `tubelet_size` dividing `num_frames`). The model then takes
-            samples of exactly `num_frames` dates (2 for pairs).
+            (a `PreTrainedConfig` is converted): a `model_type` of `VIDEO_ENCODER_FAMILIES` (`"videomae"`,
+            `"vjepa2"`) with `hidden_size`, the frame size (`image_size`, V-JEPA 2's `crop_size`), `patch_size`, the
+            frames per clip (`num_frames`, V-JEPA 2's `frames_per_clip`) and a `tubelet_size` dividing them. The
+            model then takes samples of exactly that many dates (2 for pairs).
 
     Example:
 
@@ -277,19 +327,26 @@ class RsccConfig(LlavaOnevisionConfig):
         encoder = self.video_encoder_config
         if not isinstance(encoder, dict):
             raise ValueError(
-                "pair_encoding='video_encoder' needs video_encoder_config (a VideoMAE-family config or its dict); "
-                f"got {type(encoder).__name__}"
+                "pair_encoding='video_encoder' needs video_encoder_config (the config of a video encoder of model "
+                f"type {list(VIDEO_ENCODER_FAMILIES)}, or its dict); got {type(encoder).__name__}"
             )
-        missing = [name for name in VIDEO_ENCODER_FIELDS if name not in encoder]
+        if encoder.get("model_type") not in VIDEO_ENCODER_FAMILIES:
+            raise ValueError(
+                f"video_encoder_config has model_type {encoder.get('model_type')!r}: supported video encoders are "
+                f"{list(VIDEO_ENCODER_FAMILIES)}"
+            )
+        required = self.video_encoder_family.required_fields
+        missing = [name for name in required if name not in encoder]
         if missing:
             raise ValueError(
-                f"video_encoder_config of model_type {encoder.get('model_type')!r} lacks {missing}: expected a "
-                f"VideoMAE-family config with {list(VIDEO_ENCODER_FIELDS)}"
+                f"video_encoder_config of model_type {encoder['model_type']!r} lacks {missing}: expected "
+                f"{list(required)}"
             )
-        if encoder["num_frames"] < 2 or encoder["num_frames"] % encoder["tubelet_size"]:
+        frames_field, num_frames = self.video_encoder_family.num_frames_field, self.video_num_frames
+        if num_frames < 2 or num_frames % encoder["tubelet_size"]:
             raise ValueError(
-                f"video_encoder_config: num_frames={encoder['num_frames']}, tubelet_size={encoder['tubelet_size']}: "
-                "expected num_frames >= 2 (the dates of a sample) and a tubelet_size dividing it"
+                f"video_encoder_config: {frames_field}={num_frames}, tubelet_size={encoder['tubelet_size']}: "
+                f"expected {frames_field} >= 2 (the dates of a sample) and a tubelet_size dividing it"
             )
         if self.use_difference_integration:
             raise ValueError(
@@ -368,8 +425,19 @@ class RsccConfig(LlavaOnevisionConfig):
         if self.pair_encoding == "llava_video":
             return math.ceil(self.vision_grid_size / 2)
         if self.pair_encoding == "video_encoder":
-            return self.video_encoder_config["image_size"] // self.video_encoder_config["patch_size"]
+            frame_size = self.video_encoder_config[self.video_encoder_family.frame_size_field]
+            return frame_size // self.video_encoder_config["patch_size"]
         return self.vision_grid_size
+
+    @property
+    def video_encoder_family(self) -> VideoEncoderFamily:
+        """The [`VideoEncoderFamily`] of `video_encoder_config`'s model type (`pair_encoding="video_encoder"` only)."""
+        return VIDEO_ENCODER_FAMILIES[self.video_encoder_config["model_type"]]
+
+    @property
+    def video_num_frames(self) -> int:
+        """Frames per clip of the video encoder: the dates of every sample (`pair_encoding="video_encoder"` only)."""
+        return self.video_encoder_config[self.video_encoder_family.num_frames_field]
 
 
 RsccConfig.register_for_auto_class()

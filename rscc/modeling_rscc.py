@@ -39,7 +39,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .change_features_rscc import RsccBitemporalFilter, RsccChangeProjector, RsccKeyChangePerceiver
 from .compat_rscc import given_cache
-from .configuration_rscc import IGNORE_INDEX, RsccConfig
+from .configuration_rscc import IGNORE_INDEX, VIDEO_ENCODER_FAMILIES, RsccConfig
 from .video_rscc import RsccVideoChangeHead, RsccVideoEncoder
 
 logger = logging.get_logger(__name__)
@@ -701,7 +701,8 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 multi-image samples.
             image_sizes (`torch.Tensor` of shape `(num_images, 2)`): original (height, width) of each image.
             batch_num_images (`torch.LongTensor` of shape `(batch_size,)`): images (dates) per sample, each at least
-                2 (exactly the video encoder's `num_frames` under `pair_encoding="video_encoder"`).
+                2 (exactly the video encoder's frames per clip, `config.video_num_frames`, under
+                `pair_encoding="video_encoder"`).
             change_masks (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*): class ids per sample
                 (first to last date) at any resolution (0 no change), `IGNORE_INDEX` where unlabelled; from
                 `RsccProcessor(change_masks=...)`.
@@ -825,11 +826,12 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         pixel_values, change_masks, num_dates = self._checked_series_inputs(
             pixel_values, batch_num_images, change_masks
         )
-        num_frames = self.config.video_encoder_config["num_frames"]
+        num_frames = self.config.video_num_frames
         if bool((num_dates != num_frames).any()):
+            frames_field = self.config.video_encoder_family.num_frames_field
             raise ValueError(
-                f"batch_num_images={num_dates.tolist()}: this model's video encoder takes num_frames={num_frames} "
-                "dates per sample (its tubelets and position table are built for that many frames); caption longer "
+                f"batch_num_images={num_dates.tolist()}: this model's video encoder takes {frames_field}={num_frames} "
+                "dates per sample (its tubelets and positions are built for that many frames); caption longer "
                 "series with pair_encoding='images' or 'llava_video'"
             )
         num_samples = len(num_dates)
@@ -1400,10 +1402,10 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             from_pretrained_kwargs (`dict`, *optional*): passed to `from_pretrained` (`dtype`, `device_map`,
                 `revision`, `attn_implementation`, ...).
             video_encoder (`str`, `PreTrainedConfig` or `dict`, *optional*): with `pair_encoding="video_encoder"`, the
-                video encoder: a Hub id or folder (its config and pretrained weights, `num_frames` set to 2 for
-                pairs) or a config (random weights; its `num_frames` is the dates per sample). The checkpoint's SigLIP
-                and projector are then not loaded (the encoder replaces them), and `use_difference_integration`
-                defaults to `False`.
+                video encoder (VideoMAE or V-JEPA 2): a Hub id or folder (its config and pretrained weights, its frames
+                per clip set to 2 for pairs) or a config (random weights; its frames per clip, `num_frames` or
+                V-JEPA 2's `frames_per_clip`, are the dates per sample). The checkpoint's SigLIP and projector are then
+                not loaded (the encoder replaces them), and `use_difference_integration` defaults to `False`.
             **config_overrides: [`RsccConfig`] options, e.g. `difference_num_blocks=2`.
 
         Returns:
@@ -1439,9 +1441,13 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
                 ).to_dict()
             )
             if isinstance(video_encoder, (str, os.PathLike)):
-                # A pair is two frames. VideoMAE's position table is sinusoidal (no weights), so an encoder pretrained
-                # on 16-frame clips takes 2-frame ones with its table recomputed.
-                config_overrides["video_encoder_config"]["num_frames"] = 2
+                # A pair is two frames. Neither family keeps positions in its weights (VideoMAE's table is sinusoidal
+                # and recomputed, V-JEPA 2's rotary positions follow the token index), so an encoder pretrained on
+                # 16- or 64-frame clips takes 2-frame ones.
+                encoder_options = config_overrides["video_encoder_config"]
+                family = VIDEO_ENCODER_FAMILIES.get(encoder_options.get("model_type"))
+                if family is not None:  # RsccConfig refuses other model types with the supported ones named
+                    encoder_options[family.num_frames_field] = 2
         if video_mode:
             config_overrides.setdefault("use_difference_integration", False)
         base_options = base_config.to_dict()
@@ -1453,8 +1459,10 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         )
         if isinstance(video_encoder, (str, os.PathLike)):
             pretrained = AutoModel.from_pretrained(video_encoder, **hub_kwargs)
-            model.model.video_encoder.backbone.load_state_dict(pretrained.state_dict())
-            loaded = {f"model.video_encoder.backbone.{name}" for name in pretrained.state_dict()}
+            loaded = {
+                f"model.video_encoder.backbone.{name}"
+                for name in model.model.video_encoder.load_pretrained_backbone(pretrained)
+            }
             loading_info["missing_keys"] = set(loading_info["missing_keys"]) - loaded
         new_names = sorted(loading_info["missing_keys"])
         stray = [name for name in new_names if not name.startswith(NEW_MODULE_PREFIXES)]

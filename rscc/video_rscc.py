@@ -2,9 +2,9 @@
 
 `pair_encoding="llava_video"` reuses LLaVA-OneVision's own video path (SigLIP per frame, 2x2 pooling of the projected
 grid, one newline token) and needs no module of its own. `pair_encoding="video_encoder"` is
-MV-CC's: a spatiotemporal encoder from transformers (VideoMAE family: a 3-D patch embedding whose tubelets span both
-dates) replaces SigLIP and the difference module, with a projector of its own to the language model, and a change head
-that reads the fused tokens.
+MV-CC's: a spatiotemporal encoder from transformers (VideoMAE or V-JEPA 2, `VIDEO_ENCODER_FAMILIES`: a 3-D patch
+embedding whose tubelets span both dates) replaces SigLIP and the difference module, with a projector of its own to the
+language model, and a change head that reads the fused tokens.
 """
 
 import json
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 from transformers.activations import ACT2FN
-from transformers.utils import cached_file
+from transformers.utils import IMAGE_PROCESSOR_NAME, VIDEO_PROCESSOR_NAME, cached_file
 
 from .configuration_rscc import RsccConfig
 
@@ -29,16 +29,20 @@ class RsccVideoEncoder(nn.Module):
     """MV-CC's encoder: a transformers video model over the (before, after) frames, and a projector (Linear, GELU,
     Linear, as LLaVA-OneVision's) from its width to the language model's.
 
-    The backbone is built from `config.video_encoder_config` (its pretrained weights, if any, are loaded by
-    `RsccForConditionalGeneration.from_llava_onevision(..., video_encoder=...)`).
+    The backbone is built from `config.video_encoder_config` without the submodules its family never runs for
+    features (V-JEPA 2's predictor); its pretrained weights, if any, are loaded by
+    `RsccForConditionalGeneration.from_llava_onevision(..., video_encoder=...)` through [`load_pretrained_backbone`].
     """
 
     def __init__(self, config: RsccConfig):
         super().__init__()
         encoder_options = dict(config.video_encoder_config)
+        self.family = config.video_encoder_family
         self.backbone = AutoModel.from_config(AutoConfig.for_model(**encoder_options))
+        for name in self.family.unused_submodules:
+            setattr(self.backbone, name, None)
         width, text_width = encoder_options["hidden_size"], config.text_config.hidden_size
-        self.num_steps = encoder_options["num_frames"] // encoder_options["tubelet_size"]
+        self.num_steps = config.video_num_frames // encoder_options["tubelet_size"]
         self.grid_size = config.token_grid_size
         self.projector = nn.Sequential(
             nn.Linear(width, text_width), ACT2FN[config.projector_hidden_act], nn.Linear(text_width, text_width)
@@ -54,8 +58,24 @@ class RsccVideoEncoder(nn.Module):
             `torch.Tensor` of shape `(num_pairs, num_steps, grid * grid, hidden_size)`: the encoder's last hidden
             states, one token grid per temporal step (tubelet).
         """
-        hidden = self.backbone(pixel_values=frames, return_dict=True).last_hidden_state
+        inputs = {self.family.input_name: frames, **self.family.forward_options}
+        hidden = self.backbone(**inputs, return_dict=True).last_hidden_state
         return hidden.view(hidden.shape[0], self.num_steps, self.grid_size**2, hidden.shape[-1])
+
+    def load_pretrained_backbone(self, pretrained: nn.Module) -> list[str]:
+        """Copy a pretrained encoder's weights into the backbone, less those of the submodules rscc does not build.
+
+        Args:
+            pretrained (`nn.Module`): the transformers model of `config.video_encoder_config`'s model type (its frame
+                count may differ: neither family keeps a position table in its weights).
+
+        Returns:
+            `list[str]`: the backbone's names of the weights loaded.
+        """
+        unused = tuple(f"{name}." for name in self.family.unused_submodules)
+        weights = {name: value for name, value in pretrained.state_dict().items() if not name.startswith(unused)}
+        self.backbone.load_state_dict(weights)
+        return list(weights)
 
 
 class RsccVideoChangeHead(nn.Module):
@@ -67,7 +87,7 @@ class RsccVideoChangeHead(nn.Module):
         super().__init__()
         encoder = config.video_encoder_config
         width, hidden = encoder["hidden_size"], config.change_head_hidden_size
-        num_steps = encoder["num_frames"] // encoder["tubelet_size"]
+        num_steps = config.video_num_frames // encoder["tubelet_size"]
         self.grid_size = config.token_grid_size
         self.input_norm = nn.LayerNorm(width, eps=encoder.get("layer_norm_eps", 1e-6))
         self.input_proj = nn.Linear(num_steps * width, hidden)
@@ -94,8 +114,8 @@ def processor_options(config: RsccConfig, video_encoder: str | os.PathLike | Non
 
     Args:
         config ([`RsccConfig`]).
-        video_encoder (`str` or `os.PathLike`, *optional*): Hub id or folder of the video encoder, whose preprocessor
-            config (if it has one) gives `image_mean` / `image_std`; ImageNet's otherwise.
+        video_encoder (`str` or `os.PathLike`, *optional*): Hub id or folder of the video encoder, whose image or video
+            preprocessor config (if it has one) gives `image_mean` / `image_std`; ImageNet's otherwise.
 
     Returns:
         `dict` of `RsccProcessor.from_llava_onevision` keyword arguments.
@@ -104,15 +124,15 @@ def processor_options(config: RsccConfig, video_encoder: str | os.PathLike | Non
         return {"pair_encoding": config.pair_encoding}
     encoder = config.video_encoder_config
     normalisation = {"image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}
-    preprocessor_file = None
-    if video_encoder is not None:
-        preprocessor_file = cached_file(
-            str(video_encoder), "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
-        )
-    if preprocessor_file is not None:
-        saved = json.loads(Path(preprocessor_file).read_text())
-        normalisation.update({key: saved[key] for key in normalisation if key in saved})
-    size = {"height": encoder["image_size"], "width": encoder["image_size"]}
+    # VideoMAE folders keep an image processor's config, V-JEPA 2 folders a video processor's.
+    for file_name in (IMAGE_PROCESSOR_NAME, VIDEO_PROCESSOR_NAME) if video_encoder is not None else ():
+        preprocessor_file = cached_file(str(video_encoder), file_name, _raise_exceptions_for_missing_entries=False)
+        if preprocessor_file is not None:
+            saved = json.loads(Path(preprocessor_file).read_text())
+            normalisation.update({key: saved[key] for key in normalisation if key in saved})
+            break
+    frame_size = encoder[config.video_encoder_family.frame_size_field]
+    size = {"height": frame_size, "width": frame_size}
     return {
         "pair_encoding": "video_encoder",
         "num_image_tokens": config.token_grid_size**2,

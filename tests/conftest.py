@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModel, VideoMAEConfig, VJEPA2Config
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,6 +51,34 @@ def stock_folder(tmp_path_factory) -> Path:
     processor.tokenizer.save_pretrained(folder)
     build_image_processor().save_pretrained(folder)
     return folder
+
+
+VIDEO_ENCODER_TYPES = ["videomae", "vjepa2"]
+# Each family's own names for 28 px frames (the tiny SigLIP's 7x7 grid of 4 px patches) in 2-frame clips; V-JEPA 2
+# with a one-layer predictor, which rscc must leave out.
+TINY_VIDEO_ENCODERS = {
+    "videomae": (VideoMAEConfig, dict(image_size=28, num_frames=2, num_attention_heads=4, intermediate_size=64)),
+    "vjepa2": (VJEPA2Config, dict(crop_size=28, frames_per_clip=2, num_attention_heads=2, mlp_ratio=2.0,
+                                  pred_hidden_size=16, pred_num_attention_heads=2, pred_num_hidden_layers=1)),
+}
+
+
+def tiny_video_encoder_config(model_type="videomae", **overrides):
+    """A video encoder of 2 layers, width 32, 28 px frames in 4 px patches, 2-frame clips in tubelets of 2."""
+    config_class, options = TINY_VIDEO_ENCODERS[model_type]
+    options = dict(patch_size=4, tubelet_size=2, hidden_size=32, num_hidden_layers=2, **options)
+    return config_class(**{**options, **overrides})
+
+
+@pytest.fixture(scope="session")
+def video_encoder_folders(tmp_path_factory) -> dict[str, Path]:
+    """A saved tiny video encoder (random weights) per model type of `VIDEO_ENCODER_TYPES`."""
+    folders = {}
+    for model_type in VIDEO_ENCODER_TYPES:
+        torch.manual_seed(2)
+        folders[model_type] = tmp_path_factory.mktemp(f"tiny-{model_type}")
+        AutoModel.from_config(tiny_video_encoder_config(model_type)).save_pretrained(folders[model_type])
+    return folders
 
 
 @pytest.fixture

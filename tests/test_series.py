@@ -9,7 +9,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import VideoMAEConfig
+from conftest import tiny_video_encoder_config
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
 from rscc.checkpoints import make_processor, tiny_config
@@ -126,10 +126,10 @@ def test_change_head_and_mask_describe_first_to_last(series):
     assert all(bool((image.abs().sum(-1) > 0).all()) for image in features.pooler_output[3:])
 
 
-def test_video_encoder_takes_series_of_its_num_frames_and_refuses_others(series):
+@pytest.mark.parametrize("model_type, frames_field", [("videomae", "num_frames"), ("vjepa2", "frames_per_clip")])
+def test_video_encoder_takes_series_of_its_num_frames_and_refuses_others(series, model_type, frames_field):
     processor = make_processor()
-    encoder = VideoMAEConfig(image_size=28, patch_size=4, num_frames=4, tubelet_size=2, hidden_size=32,
-                             num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    encoder = tiny_video_encoder_config(model_type, **{frames_field: 4})
     torch.manual_seed(0)
     model = RsccForConditionalGeneration(tiny_config(
         processor.tokenizer, pair_encoding="video_encoder", use_difference_integration=False,
@@ -146,7 +146,7 @@ def test_video_encoder_takes_series_of_its_num_frames_and_refuses_others(series)
         assert outputs.change_logits.shape == (2, 2, 28, 28)
         generated = model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert generated.shape == (2, inputs["input_ids"].shape[1] + 2)
-    with pytest.raises(ValueError, match=r"takes num_frames=4 dates per sample"):
+    with pytest.raises(ValueError, match=rf"takes {frames_field}=4 dates per sample"):
         model(**video(images=series[:1]))
 
 

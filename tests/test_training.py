@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 from transformers import (
     LlavaOnevisionForConditionalGeneration,
     TrainerCallback,
-    VideoMAEConfig,
     VideoMAEModel,
 )
 
@@ -30,6 +29,7 @@ from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor, tiny_confi
 from rscc.compat_rscc import given_cache
 from rscc.data import build_dataset, caption_view, levir_cc_records, load_change_dataset, manifest_records
 from rscc.evaluation import generate_predictions, read_predictions, reference_captions
+from conftest import VIDEO_ENCODER_TYPES
 from test_remote_code import HIDE_RSCC_AND_GENERATE, run_without_rscc
 from rscc.training import (
     LORA_PART,
@@ -706,19 +706,11 @@ def test_accelerate_launch_with_deepspeed_one_process(zero, tiny_checkpoint, lev
     check_deepspeed_run(output, log_history, zero, weights(tiny_checkpoint))
 
 
-@pytest.fixture(scope="module")
-def video_encoder_folder(tmp_path_factory) -> Path:
-    """A tiny VideoMAE (2 layers, width 32) over 2-frame clips of 28 px in 4 px patches and tubelets of 2."""
-    torch.manual_seed(2)
-    folder = tmp_path_factory.mktemp("tiny-videomae")
-    VideoMAEModel(VideoMAEConfig(image_size=28, patch_size=4, num_frames=2, tubelet_size=2, hidden_size=32,
-                                 num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)).save_pretrained(folder)
-    return folder
-
-
-def test_video_encoder_model_learns_captions_of_real_pairs(stock_folder, video_encoder_folder, levir_folder, tmp_path):
+@pytest.mark.parametrize("model_type", VIDEO_ENCODER_TYPES)
+def test_video_encoder_model_learns_captions_of_real_pairs(stock_folder, video_encoder_folders, levir_folder, tmp_path,
+                                                           model_type):
     # MV-CC's recipe at tiny size, in process: LoRA r4 on the encoder's last block, projector and language model train.
-    overrides = {"pair_encoding": "video_encoder", "video_encoder": str(video_encoder_folder),
+    overrides = {"pair_encoding": "video_encoder", "video_encoder": str(video_encoder_folders[model_type]),
                  "change_filter": "multiply"}
     trainer = run_stage(arguments(
         "stage2", stock_folder, levir_folder, tmp_path / "out", "--trainable_parts", "projector", "language_model",
@@ -726,14 +718,15 @@ def test_video_encoder_model_learns_captions_of_real_pairs(stock_folder, video_e
         "value", "--lora_last_layers", "1", "--model_config_overrides", json.dumps(overrides), "--max_steps", "150",
         "--learning_rate", "3e-3"))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    print(f"video_encoder learning check: caption loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    print(f"video_encoder ({model_type}) learning check: caption loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     assert len(losses) == 150 and max(losses[-10:]) < 0.5 * losses[0]
 
 
 @pytest.mark.slow
 def test_mvcc_video_recipe_trains_under_accelerate_and_the_output_captions_as_remote_code_and_from_the_cli(
-    stock_folder, video_encoder_folder, levir_folder, tmp_path
+    stock_folder, video_encoder_folders, levir_folder, tmp_path
 ):
+    video_encoder_folder = video_encoder_folders["videomae"]
     overrides = {"pair_encoding": "video_encoder", "video_encoder": str(video_encoder_folder),
                  "change_filter": "multiply", "change_mask_source": "input"}
     output, log_history = launch(
