@@ -22,7 +22,8 @@ bi-temporal filters inside the vision tower (no other rscc module). `--models` m
 included); `--section` names the README markers it writes between.
 Variants `encodings` (`pair_encoding`): stock; `"llava_video"` (the pair as LLaVA-OneVision's 2-frame video, no new
 weights); `"video_encoder"` (MV-CC: a VideoMAE-base-sized encoder over 2 frames of 224 px with tubelets of 2, its own
-projector; the `tiny` preset uses a tiny one); that plus the workload's masks multiplying (MV-CC) or dropping tokens.
+projector; the `tiny` preset uses a tiny one); that plus the workload's masks multiplying (MV-CC) or dropping tokens;
+and a V-JEPA 2 ViT-L-sized encoder (2 frames of 256 px, tubelets of 2) in its place.
 Each variant captions through a processor of its encoding. Its table goes between the `PRESET-encodings` markers.
 
 Figures per model: pairs/s at each batch size (runs alternate, best of `--repeats` per batch, ratios to stock from the
@@ -80,18 +81,21 @@ MODELS = {
         False,
     ),
 }
+# `video_encoder_config` names a family of VIDEO_ENCODERS here; each preset gives it its size.
+VIDEO_ENCODING = {"pair_encoding": "video_encoder", "use_difference_integration": False}
 ENCODING_MODELS = {
     "stock": (None, False),
     "llava_video": ({"pair_encoding": "llava_video", "use_difference_integration": False}, False),
-    "video_encoder": ({"pair_encoding": "video_encoder", "use_difference_integration": False}, False),
+    "video_encoder": ({**VIDEO_ENCODING, "video_encoder_config": "videomae"}, False),
     "video_encoder + multiply (input masks, MV-CC)": (
-        {"pair_encoding": "video_encoder", "use_difference_integration": False, "change_filter": "multiply"},
+        {**VIDEO_ENCODING, "video_encoder_config": "videomae", "change_filter": "multiply"},
         True,
     ),
     "video_encoder + drop (input masks)": (
-        {"pair_encoding": "video_encoder", "use_difference_integration": False, "change_filter": "drop"},
+        {**VIDEO_ENCODING, "video_encoder_config": "videomae", "change_filter": "drop"},
         True,
     ),
+    "video_encoder (V-JEPA 2)": ({**VIDEO_ENCODING, "video_encoder_config": "vjepa2"}, False),
 }
 VARIANTS = {"options": MODELS, "encodings": ENCODING_MODELS}
 # VideoMAE-base (MCG-NJU/videomae-base) over a pair: 2 frames of 224 px, 16 px patches, tubelets of 2: 196 tokens.
@@ -99,8 +103,20 @@ VIDEOMAE_BASE = dict(
     model_type="videomae", hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
     image_size=224, patch_size=16, num_frames=2, tubelet_size=2,
 )
-TINY_VIDEOMAE = {**VIDEOMAE_BASE, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                 "num_attention_heads": 4}
+# V-JEPA 2 ViT-L (facebook/vjepa2-vitl-fpc64-256) over a pair: 2 frames of 256 px, 16 px patches, tubelets of 2: 256
+# tokens (its predictor, used in pretraining only, is not built).
+VJEPA2_VITL = dict(
+    model_type="vjepa2", hidden_size=1024, mlp_ratio=4.0, num_hidden_layers=24, num_attention_heads=16,
+    crop_size=256, patch_size=16, frames_per_clip=2, tubelet_size=2,
+)
+VIDEO_ENCODERS = {
+    "tiny": {
+        "videomae": {**VIDEOMAE_BASE, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4},
+        "vjepa2": {**VJEPA2_VITL, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4},
+    },
+    "real": {"videomae": VIDEOMAE_BASE, "vjepa2": VJEPA2_VITL},
+}
 # Parts whose FLOPs are counted, as submodule paths; under `pair_encoding="video_encoder"` the video encoder's backbone
 # and projector stand where the vision tower and projector were.
 PARTS = ("model.vision_tower", "model.video_encoder.backbone", "model.multi_modal_projector",
@@ -152,11 +168,14 @@ def build_models(config: RsccConfig, variants: dict, device, dtype) -> dict:
     torch.manual_seed(0)
     full_options = MODELS["full + no-change shortcut"][0]
     source = RsccForConditionalGeneration(RsccConfig(**{**config.to_dict(), **full_options})).to(device, dtype).eval()
-    video_options = [options for options, _ in variants.values() if (options or {}).get("video_encoder_config")]
-    if video_options:
-        video_config = RsccConfig(**{**config.to_dict(), **video_options[0]})
-        source.model.video_encoder = RsccVideoEncoder(video_config).to(device, dtype).eval()
     source.requires_grad_(False)  # inference only; the FLOP counter tracks modules through autograd otherwise
+    video_encoders = {}  # one per encoder family, shared by the variants that use it
+    for options, _ in variants.values():
+        encoder = (options or {}).get("video_encoder_config")
+        if encoder and encoder["model_type"] not in video_encoders:
+            video_config = RsccConfig(**{**config.to_dict(), **options})
+            video_encoders[encoder["model_type"]] = RsccVideoEncoder(video_config).to(device, dtype).eval()
+            video_encoders[encoder["model_type"]].requires_grad_(False)
     rscc_options = {*RsccConfig.__dataclass_fields__} - {*LlavaOnevisionConfig.__dataclass_fields__}
     models = {}
     for name, (options, _) in variants.items():
@@ -176,6 +195,8 @@ def build_models(config: RsccConfig, variants: dict, device, dtype) -> dict:
                 for buffer_name, buffer in source.model.vision_tower.named_buffers():  # non-persistent ones too
                     owner, _, leaf = buffer_name.rpartition(".")
                     setattr(module.get_submodule(owner), leaf, buffer)
+            elif child == "video_encoder":
+                model.model.video_encoder = video_encoders[model.config.video_encoder_config["model_type"]]
             elif getattr(source.model, child, None) is not None:
                 setattr(model.model, child, getattr(source.model, child))
             else:
@@ -362,14 +383,15 @@ def run_preset(
         image_token_index=processor.image_token_id,
         video_token_index=processor.tokenizer.convert_tokens_to_ids("<video>"),
     )
-    video_encoder = TINY_VIDEOMAE if preset == "tiny" else VIDEOMAE_BASE
+    video_encoders = VIDEO_ENCODERS["tiny" if preset == "tiny" else "real"]
     if preset == "tiny":
         config = tiny_config(processor.tokenizer, image_size=384, patch_size=14)
     else:
         config = llava_onevision_0_5b_config(**image_ids)
     variants = {
         name: (None if options is None else {
-            **options, **({"video_encoder_config": video_encoder} if "video_encoder" in name else {})
+            **options, **({"video_encoder_config": video_encoders[options["video_encoder_config"]]}
+                          if "video_encoder_config" in options else {})
         }, with_masks)
         for name, (options, with_masks) in VARIANTS[variant].items()
         if names is None or name == "stock" or name in names
