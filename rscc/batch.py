@@ -25,6 +25,7 @@ from .errors import RsccInputError
 from .parallel import (
     PartsProgress,
     ProcessShare,
+    appending_to_part,
     existing_parts,
     part_path,
     read_part,
@@ -311,18 +312,8 @@ def caption_records(
     pending = [record for record in records if record.id not in finished]
     others = PartsProgress(out, share)  # where the others' parts end before any process appends
     wait_for_everyone(share)  # every process has read the parts before any appends to its own
-    try:
-        with open(own, "a", encoding="utf-8") as sink, tqdm(
-            total=len(records), initial=len(finished), unit="sample", file=sys.stderr,
-            disable=not (progress and share.is_main),
-        ) as progress_bar:
-            _write_batches(share.take(pending), caption_batch, sink, batch_size, progress_bar, made_by, others)
-            wait_for_everyone(share)
-            progress_bar.update(others.new_lines())
-    except BaseException:
-        if own.is_file() and own.stat().st_size == 0:
-            own.unlink()  # nothing finished: nothing to resume from
-        raise
+    with appending_to_part(own, share, others, progress, len(records), len(finished), "sample") as (sink, bar):
+        _write_batches(share.take(pending), caption_batch, sink, batch_size, bar, made_by, others)
     if share.is_main:
         parts = existing_parts(out)
         if parts == [own] and share.count == 1:

@@ -8,12 +8,16 @@ captioning. Processes only meet at barriers (no collective per batch), so the wo
 process; the main process's progress bar counts the lines the other processes append to their parts.
 """
 
+import contextlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, TypeVar
+from typing import Iterator, Sequence, TextIO, TypeVar
+
+from tqdm.auto import tqdm
 
 from .errors import RsccInputError
 
@@ -152,7 +156,35 @@ class PartsProgress:
         return count
 
 
+@contextlib.contextmanager
+def appending_to_part(
+    own: Path, share: ProcessShare, others: PartsProgress, progress: bool, total: int, done: int, unit: str
+) -> Iterator[tuple[TextIO, tqdm]]:
+    """This process's part file, open for appending, and the run's one progress bar (the main process's, over every
+    process's items). Once the block is done every process is waited for and the others' last lines are counted; a
+    part a failed block left empty is removed (nothing finished: nothing to resume from).
+
+    Args:
+        own (`Path`): this process's part file ([`part_path`]).
+        share ([`ProcessShare`]), others ([`PartsProgress`]): this process's share and the other processes' parts.
+        progress (`bool`): show the bar (on the main process only).
+        total (`int`), done (`int`), unit (`str`): the run's items, those finished before, and what they are.
+    """
+    try:
+        with open(own, "a", encoding="utf-8") as sink, tqdm(
+            total=total, initial=done, unit=unit, file=sys.stderr, disable=not (progress and share.is_main)
+        ) as progress_bar:
+            yield sink, progress_bar
+            wait_for_everyone(share)
+            progress_bar.update(others.new_lines())
+    except BaseException:
+        if own.is_file() and own.stat().st_size == 0:
+            own.unlink()
+        raise
+
+
 __all__ = [
+    "appending_to_part",
     "PARTIAL_SUFFIX",
     "PartsProgress",
     "ProcessShare",

@@ -65,6 +65,7 @@ from .parallel import (
     PARTIAL_SUFFIX,
     PartsProgress,
     ProcessShare,
+    appending_to_part,
     current_share,
     existing_parts,
     part_path,
@@ -805,20 +806,11 @@ def _caption_into_parts(out: Path, share: ProcessShare, run: str, grid: TileGrid
     own, others = part_path(out, share), PartsProgress(out, share)  # the others' parts end here before any append
     wait_for_everyone(share)  # every process has read the parts before any appends to its own
     mine = itertools.islice((tile for tile in grid if tile.index not in done), share.index, None, share.count)
-    try:
-        with open(own, "a", encoding="utf-8") as sink, tqdm(
-            total=len(grid), initial=len(done), unit="tile", file=sys.stderr, disable=not (progress and share.is_main)
-        ) as progress_bar:
-            for batch in _tile_batches(mine, batch_size):
-                sink.write("".join(result.to_line(run) for result in caption_batch(batch)))
-                sink.flush()
-                progress_bar.update(len(batch) + others.new_lines())
-            wait_for_everyone(share)
-            progress_bar.update(others.new_lines())
-    except BaseException:
-        if own.is_file() and own.stat().st_size == 0:
-            own.unlink()  # nothing finished: nothing to resume from
-        raise
+    with appending_to_part(own, share, others, progress, len(grid), len(done), "tile") as (sink, progress_bar):
+        for batch in _tile_batches(mine, batch_size):
+            sink.write("".join(result.to_line(run) for result in caption_batch(batch)))
+            sink.flush()
+            progress_bar.update(len(batch) + others.new_lines())
 
 
 def _merge_parts(out: Path, grid: TileGrid, writer: _SceneWriter) -> list[Path]:
