@@ -9,13 +9,15 @@ given by the caller (the `rscc caption` command passes `rscc.inference.caption_p
 of model code.
 """
 
+import contextlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 from tqdm.auto import tqdm
 
@@ -176,15 +178,15 @@ def _finished_ids(path: Path, records: list[SampleRecord], made_by: dict | None)
     for number, line in read_part(path):
         record = by_id.get(line.get("id"))
         images = line_dates(line)
-        listed = ", ".join(map(str, images or []))
         if record is None:
             raise BatchInputError(
-                f"{path} holds a result for {line.get('id')!r} ({listed}) that is not in this input; pass another "
-                "--out or --overwrite to start again"
+                f"{path} holds a result for {line.get('id')!r} ({', '.join(map(str, images or []))}) that is not in "
+                "this input; pass another --out or --overwrite to start again"
             )
         if images != list(record.images):
             raise BatchInputError(
-                f"{path}, line {number}: {record.id!r} was captioned from the images {listed}, and this input gives "
+                f"{path}, line {number}: {record.id!r} was captioned from the images "
+                f"{', '.join(map(str, images or []))}, and this input gives "
                 f"it {', '.join(record.images)}; pass another --out or --overwrite to start again"
             )
         if line.get("made_by") != made_by:
@@ -243,10 +245,8 @@ def _merge_parts(parts: list[Path], records: list[SampleRecord], out: Path) -> N
     if missing:
         raise BatchInputError(f"the part files {_listed(map(str, parts))} lack {len(missing)} sample(s) at the merge: "
                               f"{_listed(missing)}; rerun the same command to caption them")
-    temporary = out.with_name(out.name + ".merging")
-    with open(temporary, "wb") as merged:
+    with atomic_output(out, ".jsonl") as temporary, open(temporary, "wb") as merged:
         merged.writelines(lines[record.id] for record in records)
-    os.replace(temporary, out)
     for part in parts:
         part.unlink()
 
@@ -313,7 +313,7 @@ def caption_records(
     others = PartsProgress(out, share)  # where the others' parts end before any process appends
     wait_for_everyone(share)  # every process has read the parts before any appends to its own
     with appending_to_part(own, share, others, progress, len(records), len(finished), "sample") as (sink, bar):
-        _write_batches(share.take(pending), caption_batch, sink, batch_size, bar, made_by, others)
+        _write_batches(list(share.take(pending)), caption_batch, sink, batch_size, bar, made_by, others)
     if share.is_main:
         parts = existing_parts(out)
         if parts == [own] and share.count == 1:
@@ -322,6 +322,18 @@ def caption_records(
             _merge_parts(parts, records, out)
     wait_for_everyone(share)  # no process reports success before the output exists
     return BatchSummary(total=len(records), captioned=len(pending), resumed=len(finished))
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, suffix: str) -> Iterator[Path]:
+    """A temporary path next to `path`, renamed to `path` if the block succeeds and removed if it fails."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(descriptor)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 def check_output_file(

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .batch import IMAGE_SUFFIXES
 from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK, positive_int
 from .compat_rscc import GRADIO_REQUIREMENT, TESTED_GRADIO
 from .errors import RsccInputError
@@ -38,7 +39,7 @@ from .processing_rscc import load_image
 
 logger = logging.getLogger(__name__)
 
-IMAGE_FILE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"]
+IMAGE_FILE_TYPES = list(IMAGE_SUFFIXES)  # gradio takes a list
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "levir_cc"  # in a source checkout
 OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)
 OVERLAY_OPACITY = 0.55
@@ -63,6 +64,11 @@ def _import_gradio():
             "(see README, Demo)"
         ) from None
     return gradio
+
+
+def _or_own_examples(folder: str | os.PathLike | None) -> str | os.PathLike | None:
+    """`folder`, or by default rscc's own examples when it is installed with them."""
+    return folder if folder is not None else (EXAMPLES if EXAMPLES.is_dir() else None)
 
 
 def example_pairs(folder: str | os.PathLike | None) -> list[list[str]]:
@@ -253,10 +259,9 @@ def launch_demo(
 
 
 def _run_demo(args) -> int:
-    examples = args.examples if args.examples is not None else (EXAMPLES if EXAMPLES.is_dir() else None)
     try:
-        launch_demo(args.model, examples, host=args.host, port=args.port, share=args.share, device=args.device,
-                    dtype=args.dtype, max_new_tokens=args.max_new_tokens)
+        launch_demo(args.model, _or_own_examples(args.examples), host=args.host, port=args.port, share=args.share,
+                    device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
     except RsccInputError as error:
         print(f"rscc demo: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -330,7 +335,7 @@ def write_space(model: str, out: str | os.PathLike, examples: str | os.PathLike 
 
     _check_repo_id(model)
     out = _check_new_folder(out)
-    pairs = example_pairs(examples if examples is not None else (EXAMPLES if EXAMPLES.is_dir() else None))
+    pairs = example_pairs(_or_own_examples(examples))
     with staged_folder(out) as temporary:
         (temporary / "app.py").write_text(SPACE_APP.format(model=model), encoding="utf-8")
         (temporary / "README.md").write_text(SPACE_README.format(

@@ -2,20 +2,21 @@
 
 Each process takes every N-th item that is not done yet, appends its results to its own part file after every batch
 (`OUT.partial.RANK`; one `rscc caption` process writes `OUT.partial`, as it always has), and once every process is
-done the main process merges the parts in input order into the one output and removes them. A rerun reads every part file, whatever
-the number of processes that wrote it, and skips what is in one; a process that dies loses at most the batch it was
-captioning. Processes only meet at barriers (no collective per batch), so the work itself never waits on another
-process; the main process's progress bar counts the lines the other processes append to their parts.
+done the main process merges the parts in input order into the one output and removes them. A rerun reads every part
+file, whatever the number of processes that wrote it, and skips what is in one; a process that dies loses at most the
+batch it was captioning. Processes only meet at barriers (no collective per batch), so the work itself never waits on
+another process; the main process's progress bar counts the lines the other processes append to their parts.
 """
 
 import contextlib
+import itertools
 import json
 import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO, TypeVar
+from typing import Iterable, Iterator, TextIO, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -44,10 +45,10 @@ class ProcessShare:
     def is_main(self) -> bool:
         return self.index == 0
 
-    def take(self, items: Sequence[Item]) -> list[Item]:
-        """This process's items: every `count`-th from its index on, so every process gets a share within one item
-        of the others' and neighbouring items (tiles of one scene row) are spread out."""
-        return list(items[self.index :: self.count])
+    def take(self, items: Iterable[Item]) -> Iterator[Item]:
+        """This process's items, as they come: every `count`-th from its index on, so every process gets a share
+        within one item of the others' and neighbouring items (tiles of one scene row) are spread out."""
+        return itertools.islice(items, self.index, None, self.count)
 
 
 def current_share(device: str = "cpu") -> ProcessShare:
@@ -137,9 +138,8 @@ class PartsProgress:
 
     def __init__(self, out: Path, share: ProcessShare):
         others = range(1, share.count) if share.is_main else ()
-        self._offsets = {part_path(out, ProcessShare(index, share.count)): None for index in others}
-        for path in self._offsets:
-            self._offsets[path] = path.stat().st_size if path.is_file() else 0
+        paths = [part_path(out, ProcessShare(index, share.count)) for index in others]
+        self._offsets = {path: path.stat().st_size if path.is_file() else 0 for path in paths}
 
     def new_lines(self) -> int:
         """Complete lines appended to the other processes' parts since the last call."""

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from tqdm.auto import tqdm
 
 from .captions import is_no_change_caption
 from .imagery import SceneInputError, date_names, open_raster, rgb_bands
-from .batch import check_output_file
+from .batch import atomic_output, check_output_file
 from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK, EXIT_OUT_OF_MEMORY, interrupted_exit_code
 from .inference import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -450,18 +449,6 @@ class _GeoJsonWriter:
         self._file.write('\n], "rscc": ' + json.dumps(metadata) + "}\n")
 
 
-@contextlib.contextmanager
-def _atomic_output(path: Path, suffix: str) -> Iterator[Path]:
-    """A temporary path next to `path`, renamed to `path` if the block succeeds and removed if it fails."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(descriptor)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
 @dataclass(frozen=True)
 class SceneSummary:
     """What `describe_scene` did.
@@ -596,7 +583,7 @@ def describe_scene(
                 wait_for_everyone(share)
                 return None
         mosaic = None if mask_out is None else _open_mask_mosaic(stack, mask_out, scene)
-        temporary_geojson = stack.enter_context(_atomic_output(out, ".geojson"))
+        temporary_geojson = stack.enter_context(atomic_output(out, ".geojson"))
         writer = _SceneWriter(stack.enter_context(open(temporary_geojson, "w", encoding="utf-8")), mosaic)
         if in_parts:
             merged = _merge_parts(out, grid, writer)
@@ -639,7 +626,7 @@ def _check_scene_options(has_masks, polygons, mask_out, batch_size, min_valid_fr
 def _open_mask_mosaic(stack: contextlib.ExitStack, mask_out: Path, scene: SceneSeries):
     """The mask mosaic GeoTIFF on the first date's grid, written to a temporary file renamed when `stack` closes
     cleanly."""
-    temporary_mask = stack.enter_context(_atomic_output(mask_out, ".tif"))
+    temporary_mask = stack.enter_context(atomic_output(mask_out, ".tif"))
     return stack.enter_context(
         rasterio.open(
             temporary_mask, "w", driver="GTiff", width=scene.width, height=scene.height, count=1,
@@ -805,7 +792,7 @@ def _caption_into_parts(out: Path, share: ProcessShare, run: str, grid: TileGrid
             done.add(line["tile"])
     own, others = part_path(out, share), PartsProgress(out, share)  # the others' parts end here before any append
     wait_for_everyone(share)  # every process has read the parts before any appends to its own
-    mine = itertools.islice((tile for tile in grid if tile.index not in done), share.index, None, share.count)
+    mine = share.take(tile for tile in grid if tile.index not in done)
     with appending_to_part(own, share, others, progress, len(grid), len(done), "tile") as (sink, progress_bar):
         for batch in _tile_batches(mine, batch_size):
             sink.write("".join(result.to_line(run) for result in caption_batch(batch)))

@@ -92,7 +92,7 @@ def _manifest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, action="append", metavar="[SPLIT=]FILE",
                         help="CSV or JSONL manifest, optionally with the split of rows without a split column "
                              "(default train); repeatable. Columns: " + ", ".join(MANIFEST_FIELDS)
-                             + ", caption_1, caption_2, ...")
+                             + ", image_1, image_2, ... (a series), caption_1, caption_2, ...")
     parser.add_argument("--source-name", help="source column value (default: the manifest file name)")
 
 
@@ -177,9 +177,11 @@ def _mix_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="split name of the mixture (default: the recipe's, else train)")
 
 
-def _chained(function, specs_of: Callable[[argparse.Namespace], list]):
-    """Records of a repeatable `[SPLIT=]PATH` option: `function(args, split, path)` for each, in order."""
-    return lambda args: itertools.chain.from_iterable(function(args, split, path) for split, path in specs_of(args))
+def _chained(function, option: str):
+    """Records of the repeatable `[SPLIT=]PATH` option `option`: `function(args, split, path)` for each, in order."""
+    return lambda args: itertools.chain.from_iterable(
+        function(args, split, path) for split, path in _split_paths(getattr(args, option))
+    )
 
 
 SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
@@ -196,7 +198,7 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
     SourceCommand(
         "ccexpert", "CCExpert records (uid, change_flag, img1_path, img2_path, change_caption)", _ccexpert_arguments,
         records=_chained(lambda args, split, path: ccexpert_records(path, split, args.source_name, args.image_root),
-                         lambda args: _split_paths(args.records)),
+                         "records"),
         inputs=lambda args: [
             item for _, path in _split_paths(args.records) for item in (path, args.image_root or path.parent)
         ],
@@ -205,7 +207,7 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
         "manifest", "your own pairs or series: CSV or JSONL with before, after (or image_1 ... image_N), "
                     "caption(s)", _manifest_arguments,
         records=_chained(lambda args, split, path: manifest_records(path, split, args.source_name),
-                         lambda args: _split_paths(args.manifest)),
+                         "manifest"),
         inputs=lambda args: [item for _, path in _split_paths(args.manifest) for item in (path, path.parent)],
     ),
     SourceCommand(
@@ -227,7 +229,7 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
         "parquet", "a change-captioning set already in Parquet (e.g. downloaded from the Hub), its columns mapped onto "
                    "the schema", _parquet_arguments,
         records=_chained(lambda args, split, path: parquet_records([path], args.columns, split, args.source_name),
-                         lambda args: _split_paths(args.files)),
+                         "files"),
         inputs=lambda args: [path.parent for _, path in _split_paths(args.files)],
     ),
     SourceCommand(
@@ -256,7 +258,7 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
                 root, split, args.source_name, before_dir=args.before_dir, after_dir=args.after_dir,
                 mask_dir=args.mask_dir, classes=args.classes, binary_class_name=args.class_name,
                 min_region_pixels=args.min_region_pixels, seed=args.seed),
-            lambda args: _split_paths(args.root)),
+            "root"),
         inputs=lambda args: [root for _, root in _split_paths(args.root)],
         notes=lambda args: {args.source_name: template_caption_note(args.seed, args.min_region_pixels)},
         description="Caption a change-detection set from its masks: count, size and 3x3-grid place of the "
@@ -270,7 +272,7 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
             lambda args, split, root: second_records(
                 root, split, dict(_split_paths(args.list)).get(split), min_region_pixels=args.min_region_pixels,
                 seed=args.seed),
-            lambda args: _split_paths(args.root)),
+            "root"),
         inputs=lambda args: [path for _, path in _split_paths(args.root) + _split_paths(args.list)],
         notes=lambda args: {"second": template_caption_note(args.seed, args.min_region_pixels)},
     ),
