@@ -369,12 +369,7 @@ class RsccConfig(LlavaOnevisionConfig):
                     "change_features='key_change' feeds the change tokens and the change head, and this model has "
                     "neither: set visual_tokens='change' or 'pair+change', or use_change_head=True"
                 )
-        video_incompatible = {
-            f"visual_tokens={self.visual_tokens!r}": self.visual_tokens != "pair",
-            "change_features='key_change'": self.change_features == "key_change" and self.use_difference_integration,
-            f"bitemporal_filter_layers={self.bitemporal_filter_layers}": bool(self.bitemporal_filter_layers),
-        }
-        options = [option for option, used in video_incompatible.items() if used]
+        options = self.pairs_only_options
         if options and self.pair_encoding != "images":
             raise ValueError(
                 f"{', '.join(options)} with pair_encoding={self.pair_encoding!r}: change tokens, key change features "
@@ -428,6 +423,17 @@ class RsccConfig(LlavaOnevisionConfig):
             frame_size = self.video_encoder_config[self.video_encoder_family.frame_size_field]
             return frame_size // self.video_encoder_config["patch_size"]
         return self.vision_grid_size
+
+    @property
+    def pairs_only_options(self) -> list[str]:
+        """The options set that compare a before and an after SigLIP grid, as `name=value` labels: they take
+        `pair_encoding="images"` and samples of exactly two dates."""
+        options = {
+            f"visual_tokens={self.visual_tokens!r}": self.visual_tokens != "pair",
+            "change_features='key_change'": self.change_features == "key_change" and self.use_difference_integration,
+            f"bitemporal_filter_layers={self.bitemporal_filter_layers}": bool(self.bitemporal_filter_layers),
+        }
+        return [option for option, used in options.items() if used]
 
     @property
     def video_encoder_family(self) -> VideoEncoderFamily:

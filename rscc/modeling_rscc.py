@@ -788,13 +788,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
 
     def _check_pairs_only_options(self, num_dates: torch.LongTensor) -> None:
         """Refuse samples of other than two dates when an option that compares a before and an after image is set."""
-        config = self.config
-        pairs_only = {
-            f"visual_tokens={config.visual_tokens!r}": config.visual_tokens != "pair",
-            "change_features='key_change'": self.key_change_perceiver is not None,
-            f"bitemporal_filter_layers={config.bitemporal_filter_layers}": self.bitemporal_filter is not None,
-        }
-        options = [option for option, used in pairs_only.items() if used]
+        options = self.config.pairs_only_options
         if options and bool((num_dates != 2).any()):
             raise ValueError(
                 f"batch_num_images={num_dates.tolist()}: {', '.join(options)} take (before, after) pairs only; "
@@ -988,11 +982,13 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         `(batch_size, grid**2)`), the tokens the language model sees; `None`: on all.
 
         Returns:
-            `(features, change)`: the refined features, and each sample's change tokens `(batch_size, grid**2, dim)`,
-            those of its first-to-last pair (zero for a sample that skips the module).
+            `(features, change)`: the refined features, and each sample's change tokens `(batch_size, grid**2, dim)`
+            (zero for a sample that skips the module) where `visual_tokens` shows them, else `None`.
         """
         earlier, later, sample = date_pairs(num_dates)
-        change = features.new_zeros(len(num_dates), *features.shape[1:])
+        # Change tokens are shown for pairs only (`_check_pairs_only_options`): each sample's one pair gives them.
+        shows_change = "change" in self.config.visual_segments
+        change = features.new_zeros(len(num_dates), *features.shape[1:]) if shows_change else None
         if changed_tokens is not None:
             refined_pairs = changed_tokens.any(1)[sample]
             earlier, later, sample = earlier[refined_pairs], later[refined_pairs], sample[refined_pairs]
@@ -1005,10 +1001,8 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             features[later],
             token_mask=None if kept_tokens is None else kept_tokens[sample],
         )
-        # `date_pairs` lists each sample's first-to-last pair last.
-        is_last = torch.ones_like(sample, dtype=torch.bool)
-        is_last[:-1] = sample[1:] != sample[:-1]
-        change = change.index_copy(0, sample[is_last], pair_change[is_last])
+        if shows_change:
+            change = change.index_copy(0, sample, pair_change)
         dates = torch.cat([earlier, later])
         counts = torch.bincount(dates, minlength=features.shape[0]).to(features.dtype)[:, None, None]
         summed = torch.zeros_like(features).index_add(0, dates, torch.cat([refined_earlier, refined_later]))
