@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from safetensors.torch import load_file
@@ -16,21 +16,25 @@ from .stages import TRAINED_PARTS_FILE
 logger = logging.get_logger(__name__)
 
 # Where LoRA can go: the transformer blocks of a part, and the linear layers in each block adapted by default.
-LORA_BLOCKS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
-    # part: (blocks' name prefix, config holding num_hidden_layers, default module names)
+LORA_BLOCKS: dict[str, tuple[str, str, Callable[[RsccConfig], tuple[str, ...]]]] = {
+    # part: (blocks' name prefix, config holding num_hidden_layers, the config's default module names)
     "language_model": (
         "model.language_model.layers",
         "text_config",
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        lambda config: ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     ),
     "vision_tower": (
         "model.vision_tower.encoder.layers",
         "vision_config",
-        ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+        lambda config: ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
     ),
     # The video encoder of `pair_encoding="video_encoder"`: its blocks' linear layers depend on its model type
     # (`VideoEncoderFamily.block_linear_layers`).
-    "video_encoder": ("model.video_encoder.backbone.encoder.layer", "video_encoder_config", None),
+    "video_encoder": (
+        "model.video_encoder.backbone.encoder.layer",
+        "video_encoder_config",
+        lambda config: config.video_encoder_family.block_linear_layers,
+    ),
 }
 
 
@@ -64,7 +68,7 @@ def lora_target_pattern(
             raise ValueError(f"lora_last_layers={last_layers}: the {part} has {num_layers} blocks")
         first = 0 if last_layers is None else num_layers - last_layers
         layers = "|".join(str(index) for index in range(first, num_layers))
-        names = "|".join(modules or default_modules or config.video_encoder_family.block_linear_layers)
+        names = "|".join(modules or default_modules(config))
         alternatives.append(rf"{prefix.replace('.', chr(92) + '.')}\.({layers})\.(.+\.)?({names})")
     return "|".join(f"(?:{alternative})" for alternative in alternatives)
 
