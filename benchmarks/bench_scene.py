@@ -60,9 +60,9 @@ def run_one(args) -> None:
     """The measurement itself, in its own process so that ru_maxrss belongs to one scene size."""
     import torch
 
-    from rscc.checkpoints import make_tiny_checkpoint
-    from rscc.inference import load_captioner
-    from rscc.scene import describe_scene
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
+    from rscc.loading import load_captioner
+    from rscc.scene import SceneOptions, describe_scene
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,8 +71,8 @@ def run_one(args) -> None:
         rss_before_scene = peak_rss_mb()
         start = time.perf_counter()
         summary = describe_scene(
-            model, processor, [args.before, args.after], Path(scratch) / "changes.geojson", tile_size=args.tile_size,
-            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+            model, processor, [args.before, args.after], Path(scratch) / "changes.geojson",
+            SceneOptions(tile_size=args.tile_size, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens),
         )
         seconds = time.perf_counter() - start
         geojson_mb = (Path(scratch) / "changes.geojson").stat().st_size / 2**20

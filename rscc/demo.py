@@ -15,26 +15,19 @@ import logging
 import os
 import shutil
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .batch import IMAGE_SUFFIXES
-from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK, positive_int
+from .cli import EXIT_OK, positive_int
 from .compat_rscc import GRADIO_REQUIREMENT, TESTED_GRADIO
-from .errors import RsccInputError
-from .inference import (
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_MODEL,
-    DTYPES,
-    HubUnreachableError,
-    describe_changes,
-    load_captioner,
-    torch_device,
-    uses_input_masks,
-)
+from .errors import HubUnreachableError, RsccInputError
+from .captioning import DEFAULT_MAX_NEW_TOKENS, describe_changes, uses_input_masks
+from .commands.options import torch_device
+from .loading import DEFAULT_MODEL, DTYPES, load_captioner
+from .output_files import staged_folder
 from .processing_rscc import load_image
 
 logger = logging.getLogger(__name__)
@@ -243,7 +236,7 @@ def launch_demo(
         port (`int`, *optional*): the port; by default gradio's (7860, or `GRADIO_SERVER_PORT`).
         share (`bool`): also open a public link through gradio's share server (needs the internet).
         device (`str`): torch device.
-        dtype (`str`): weights dtype, a key of `rscc.inference.DTYPES`.
+        dtype (`str`): weights dtype, a key of `rscc.loading.DTYPES`.
         max_new_tokens (`int`): caption length limit.
     """
     gr = _import_gradio()
@@ -258,16 +251,10 @@ def launch_demo(
                 mcp_server=False)
 
 
-def _run_demo(args) -> int:
-    try:
-        launch_demo(args.model, _or_own_examples(args.examples), host=args.host, port=args.port, share=args.share,
-                    device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
-    except RsccInputError as error:
-        print(f"rscc demo: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except HubUnreachableError as error:
-        print(f"rscc demo: error: {error}", file=sys.stderr)
-        return EXIT_HUB
+def run_demo(args) -> int:
+    """Run `rscc demo`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    launch_demo(args.model, _or_own_examples(args.examples), host=args.host, port=args.port, share=args.share,
+                device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
     return EXIT_OK
 
 
@@ -331,7 +318,7 @@ def write_space(model: str, out: str | os.PathLike, examples: str | os.PathLike 
         examples (`str` or `os.PathLike`, *optional*): example pairs (`A/`, `B/`) to copy; by default rscc's own.
         title (`str`, *optional*): the Space's title; by default from the model's name.
     """
-    from .hub import _check_new_folder, _check_repo_id, staged_folder
+    from .hub import _check_new_folder, _check_repo_id
 
     _check_repo_id(model)
     out = _check_new_folder(out)
@@ -351,33 +338,28 @@ def write_space(model: str, out: str | os.PathLike, examples: str | os.PathLike 
     return out
 
 
-def _run_space(args) -> int:
-    from .hub import HUB_ERRORS, _check_repo_id
+def run_space(args) -> int:
+    """Run `rscc space`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    from .hub import _check_repo_id, hub_upload_failures
 
-    try:
-        if args.repo_id:
-            _check_repo_id(args.repo_id)
-        folder = write_space(args.model, args.out, args.examples, args.title)
-        if args.repo_id:
-            from huggingface_hub import HfApi
+    if args.repo_id:
+        _check_repo_id(args.repo_id)
+    folder = write_space(args.model, args.out, args.examples, args.title)
+    if not args.repo_id:
+        print(folder)
+        return EXIT_OK
+    from huggingface_hub import HfApi
 
-            api = HfApi()
-            api.create_repo(args.repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
-            commit = api.upload_folder(folder_path=folder, repo_id=args.repo_id, repo_type="space",
-                                       commit_message=f"rscc demo of {args.model}")
-            print(commit.commit_url)
-            return EXIT_OK
-    except RsccInputError as error:
-        print(f"rscc space: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except HUB_ERRORS as error:
-        print(f"rscc space: error: the Hub upload failed: {error} (the folder is kept in {args.out})", file=sys.stderr)
-        return EXIT_HUB
-    print(folder)
+    with hub_upload_failures(kept=args.out):
+        api = HfApi()
+        api.create_repo(args.repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
+        commit = api.upload_folder(folder_path=folder, repo_id=args.repo_id, repo_type="space",
+                                   commit_message=f"rscc demo of {args.model}")
+    print(commit.commit_url)
     return EXIT_OK
 
 
-def add_cli(subparsers) -> None:
+def make_parser(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo",
         help="serve the change-captioning demo page (Gradio)",
@@ -395,7 +377,7 @@ def add_cli(subparsers) -> None:
     demo.add_argument("--device", default="cpu", type=torch_device, help="torch device, e.g. cpu, cuda")
     demo.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
     demo.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
-    demo.set_defaults(run=_run_demo)
+    demo.set_defaults(run=run_demo)
 
     space = subparsers.add_parser(
         "space",
@@ -410,7 +392,7 @@ def add_cli(subparsers) -> None:
     space.add_argument("--repo-id", help="upload the folder as this Space, USER/NAME")
     space.add_argument("--title", help="the Space's title")
     space.add_argument("--examples", help="folder of example pairs, A/ and B/ (default: rscc's examples/levir_cc)")
-    space.set_defaults(run=_run_space)
+    space.set_defaults(run=run_space)
 
 
 __all__ = ["Captioner", "DemoInputError", "build_demo", "example_pairs", "launch_demo", "overlay_mask", "write_space"]

@@ -13,6 +13,11 @@ class InputFileNotFoundError(RsccInputError, FileNotFoundError):
     """A named input file does not exist."""
 
 
+class HubUnreachableError(RuntimeError):
+    """The Hugging Face Hub could not be reached, refused, or failed, while a model was downloaded or a folder
+    uploaded."""
+
+
 def read_text_file(path: Path, encoding: str = "utf-8") -> str:
     """The whole text of a user's file; a missing file, a folder or text in another encoding is an `RsccInputError`
     naming the file (and the line of the first byte that does not decode)."""

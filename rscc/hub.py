@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,9 +25,11 @@ from transformers import AutoConfig
 
 from .compat_rscc import TESTED_TRANSFORMERS, TRANSFORMERS_REQUIREMENT
 from .configuration_rscc import RsccConfig
-from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK
-from .inference import DEFAULT_MODEL, check_model_folder, load_model_and_processor
+from .cli import EXIT_OK
+from .errors import HubUnreachableError
+from .loading import DEFAULT_MODEL, check_model_folder, load_model_and_processor
 from . import pipeline_rscc
+from .output_files import atomic_output, staged_folder
 from .processing_rscc import RsccInputError
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "template.md"
@@ -246,18 +247,14 @@ def _check_repo_id(repo_id: str) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """A new folder next to `out` to write into: it replaces `out` (absent or checked empty) when the block
-    succeeds and is removed otherwise, so a failure never leaves a half-written folder."""
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    temporary.chmod(0o755)  # mkdtemp's folder is private; the result is meant to be shared
+def hub_upload_failures(kept: str | os.PathLike | None = None) -> Iterator[None]:
+    """Raise a failed upload (the Hub refused, or could not be reached) as a [`HubUnreachableError`], naming the
+    folder `kept` for another try."""
     try:
-        yield temporary
-        if out.exists():
-            out.rmdir()
-        os.replace(temporary, out)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+        yield
+    except HUB_ERRORS as error:
+        note = f" (the folder is kept in {kept})" if kept else ""
+        raise HubUnreachableError(f"the Hub upload failed: {error}{note}") from error
 
 
 def _check_new_folder(out: str | os.PathLike | None) -> Path:
@@ -352,10 +349,12 @@ def publish(
         assembled = assemble_hub_folder(folder, out, card)
         if dry_run:
             return PublishResult(folder=assembled, url=None)
-        return PublishResult(folder=assembled, url=_upload(assembled, repo_id, card, private, api or HfApi()))
+        with hub_upload_failures(kept=out):
+            return PublishResult(folder=assembled, url=_upload(assembled, repo_id, card, private, api or HfApi()))
     with tempfile.TemporaryDirectory(prefix="rscc-publish-") as scratch:
         assembled = assemble_hub_folder(folder, Path(scratch) / repo_id.split("/")[-1], card)
-        return PublishResult(folder=None, url=_upload(assembled, repo_id, card, private, api or HfApi()))
+        with hub_upload_failures():
+            return PublishResult(folder=None, url=_upload(assembled, repo_id, card, private, api or HfApi()))
 
 
 def _upload(folder: Path, repo_id: str, card: ModelCard, private: bool, api: HfApi) -> str:
@@ -393,43 +392,28 @@ def _card_from_args(args, config: RsccConfig | None) -> ModelCard:
     )
 
 
-def _run_card(args) -> int:
-    try:
-        if not args.out or not args.out.strip():
-            raise HubInputError("--out is an empty path; expected a README.md path")
-        config = _check_rscc_folder(args.model) if args.model else None
-        card = _card_from_args(args, config)
-        validate_model_card(card)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(descriptor)
-        try:
-            card.save(temporary)
-            os.replace(temporary, out)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
-    except (RsccInputError, OSError) as error:
-        print(f"rscc card: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+def run_card(args) -> int:
+    """Run `rscc card`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    if not args.out or not args.out.strip():
+        raise HubInputError("--out is an empty path; expected a README.md path")
+    config = _check_rscc_folder(args.model) if args.model else None
+    card = _card_from_args(args, config)
+    validate_model_card(card)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out) as temporary:
+        card.save(temporary)
     print(out)
     return EXIT_OK
 
 
-def _run_publish(args) -> int:
-    try:
-        config = _check_rscc_folder(args.folder)
-        result = publish(
-            args.folder, args.repo_id, _card_from_args(args, config), out=args.out, private=args.private,
-            dry_run=args.dry_run,
-        )
-    except RsccInputError as error:
-        print(f"rscc publish: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except HUB_ERRORS as error:
-        kept = f" (the assembled folder is kept in {args.out})" if args.out else ""
-        print(f"rscc publish: error: the Hub upload failed: {error}{kept}", file=sys.stderr)
-        return EXIT_HUB
+def run_publish(args) -> int:
+    """Run `rscc publish`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    config = _check_rscc_folder(args.folder)
+    result = publish(
+        args.folder, args.repo_id, _card_from_args(args, config), out=args.out, private=args.private,
+        dry_run=args.dry_run,
+    )
     print(result.url or result.folder)
     return EXIT_OK
 
@@ -442,7 +426,7 @@ def _add_card_arguments(parser) -> None:
     parser.add_argument("--dataset-id", help="Hub dataset id of the evaluation dataset (default: from its name)")
 
 
-def add_cli(subparsers) -> None:
+def make_parser(subparsers) -> None:
     card = subparsers.add_parser(
         "card",
         help="write a model card from an evaluation JSON",
@@ -455,7 +439,7 @@ def add_cli(subparsers) -> None:
     card.add_argument("--out", default="README.md", help="card file (default README.md)")
     card.add_argument("--model", help="rscc checkpoint folder, for the architecture section")
     _add_card_arguments(card)
-    card.set_defaults(run=_run_card)
+    card.set_defaults(run=run_card)
 
     publish_parser = subparsers.add_parser(
         "publish",
@@ -473,7 +457,7 @@ def add_cli(subparsers) -> None:
     publish_parser.add_argument("--private", action="store_true", help="create the repository private")
     publish_parser.add_argument("--dry-run", action="store_true", help="assemble in --out, upload nothing")
     _add_card_arguments(publish_parser)
-    publish_parser.set_defaults(run=_run_publish)
+    publish_parser.set_defaults(run=run_publish)
 
 
 __all__ = [

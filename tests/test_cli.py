@@ -45,7 +45,7 @@ def test_caption_with_a_change_head_writes_the_mask_and_its_fraction(example_pai
     import numpy as np
     from PIL import Image
 
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
 
     folder = make_tiny_checkpoint(tmp_path / "head", use_change_head=True, change_filter="drop")
     label = shared_data / "levir_cd_samples" / "label" / "test_2_0000_0000.png"
