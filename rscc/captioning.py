@@ -6,10 +6,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .captioning_rscc import DEFAULT_MAX_NEW_TOKENS, describe_batch
 from .errors import RsccInputError
 from .processing_rscc import RsccProcessor
 
-DEFAULT_MAX_NEW_TOKENS = 64  # LEVIR-CC's longest caption has 39 words
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -69,48 +69,12 @@ def describe_changes(
             "change_masks: this model's token filter does not take input masks (change_filter="
             f"{getattr(model.config, 'change_filter', 'none')!r}); they would be ignored"
         )
-    generate_kwargs.setdefault("do_sample", False)
-    config = model.config
-    has_change_head = getattr(config, "use_change_head", False)
     descriptions = []
     for start in range(0, len(samples), batch_size):
         batch_masks = None if change_masks is None else change_masks[start : start + batch_size]
         inputs = processor(images=samples[start : start + batch_size], change_masks=batch_masks).to(model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        num_samples = inputs["input_ids"].shape[0]
-        masks = [{}] * num_samples
-        to_generate = list(range(num_samples))
-        model_inputs = dict(inputs)
-        if has_change_head:
-            image_features = model.model.get_image_features(
-                inputs["pixel_values"],
-                inputs["image_sizes"],
-                batch_num_images=inputs["batch_num_images"],
-                change_masks=inputs.get("change_masks"),
-            )
-            # The head describes first to last date: its masks take the first date's size.
-            first_dates = inputs["batch_num_images"].cumsum(0) - inputs["batch_num_images"]
-            masks = processor.post_process_change_masks(
-                image_features.change_logits, target_sizes=inputs["image_sizes"][first_dates].tolist()
-            )
-            if config.no_change_shortcut:
-                to_generate = [index for index, mask in enumerate(masks) if mask["changed"]]
-            model_inputs = {
-                "input_ids": inputs["input_ids"][to_generate],
-                "attention_mask": inputs["attention_mask"][to_generate],
-                "mm_encoder_outputs": {"image": image_features.select_pairs(to_generate)},
-            }
-        captions = [getattr(config, "no_change_caption", None)] * num_samples
-        if to_generate:
-            generated = model.generate(
-                **model_inputs,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=processor.tokenizer.pad_token_id,
-                **generate_kwargs,
-            )
-            for index, caption in zip(to_generate, processor.post_process_captions(generated, model_inputs)):
-                captions[index] = caption
-        descriptions.extend(ChangeDescription(caption, **mask) for caption, mask in zip(captions, masks))
+        batch = describe_batch(model, processor, inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+        descriptions.extend(ChangeDescription(**description) for description in batch)
     return descriptions
 
 

@@ -22,6 +22,7 @@ import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoConfig
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .compat_rscc import TESTED_TRANSFORMERS, TRANSFORMERS_REQUIREMENT
 from .configuration_rscc import RsccConfig
@@ -286,7 +287,7 @@ def assemble_hub_folder(folder: str | os.PathLike, out: str | os.PathLike, card:
 
     The model is loaded with rscc's classes and saved again, so weights become safetensors whatever the source
     format, and the remote-code files are those of the installed rscc. The change-captioning pipeline
-    (`pipeline_rscc.py`) is added and registered in `config.json`'s `custom_pipelines`, so that
+    (`pipeline_rscc.py`, with the files it imports) is added and registered in `config.json`'s `custom_pipelines`, so that
     `transformers.pipeline(model=REPO, trust_remote_code=True)` captions pairs. Written to a temporary folder
     next to `out`, renamed at the end.
 
@@ -303,7 +304,8 @@ def assemble_hub_folder(folder: str | os.PathLike, out: str | os.PathLike, card:
     with staged_folder(out) as temporary:
         model.save_pretrained(temporary)
         processor.save_pretrained(temporary)
-        shutil.copyfile(pipeline_rscc.__file__, temporary / "pipeline_rscc.py")
+        for code_file in [pipeline_rscc.__file__, *get_relative_import_files(pipeline_rscc.__file__)]:
+            shutil.copyfile(code_file, temporary / Path(code_file).name)
         card.save(temporary / "README.md")
     return out
 

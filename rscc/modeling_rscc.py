@@ -9,7 +9,6 @@ model the two images (`visual_tokens="pair"`) computes exactly what the stock mo
 those scales or a mask filters the tokens.
 """
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -24,11 +23,8 @@ from transformers import (
     PreTrainedConfig,
 )
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llava_onevision.modeling_llava_onevision import (
     LlavaOnevisionCausalLMOutputWithPast,
     LlavaOnevisionModelOutputWithPast,
@@ -38,8 +34,11 @@ from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
 from .change_features_rscc import RsccBitemporalFilter, RsccChangeProjector, RsccKeyChangePerceiver
+from .change_head_rscc import RsccChangeHead, change_detection_loss, full_resolution_logits
 from .compat_rscc import given_cache
 from .configuration_rscc import IGNORE_INDEX, VIDEO_ENCODER_FAMILIES, RsccConfig
+from .difference_integration_rscc import RsccDifferenceIntegration
+from .token_filter_rscc import RsccTokenFilter
 from .video_rscc import RsccVideoChangeHead, RsccVideoEncoder
 
 logger = logging.get_logger(__name__)
@@ -161,447 +160,11 @@ class RsccCausalLMOutputWithPast(LlavaOnevisionCausalLMOutputWithPast):
     kept_positions: torch.LongTensor | None = None
 
 
-def change_masks_to_tokens(change_masks: torch.Tensor, grid_size: int) -> torch.BoolTensor:
-    """Binarise change masks and sample them at the centre of each vision token (MV-CC's nearest downsampling).
-
-    Any non-zero value is change, unlabelled pixels (`IGNORE_INDEX`) included: a token nobody labelled is kept
-    rather than hidden. `nearest-exact` samples each token's centre pixel; torch's `nearest` would take the top-left
-    one and shift masks by half a token.
-
-    Args:
-        change_masks (`torch.Tensor` of shape `(num_pairs, height, width)`): class ids, any resolution.
-        grid_size (`int`): side of the token grid (27 for SigLIP-384).
-
-    Returns:
-        `torch.BoolTensor` of shape `(num_pairs, grid_size * grid_size)`, row-major like the vision tokens.
-    """
-    changed = (change_masks != 0).to(torch.float32)[:, None]
-    sampled = nn.functional.interpolate(changed, size=(grid_size, grid_size), mode="nearest-exact")
-    return sampled[:, 0].flatten(1) > 0
-
-
-def context_token_mask(grid_size: int, num_tokens: int, device=None) -> torch.BoolTensor:
-    """The context floor of `change_filter="drop"`: a uniform `sqrt(num_tokens)`-sided sub-grid of token centres.
-
-    Returns:
-        `torch.BoolTensor` of shape `(grid_size * grid_size,)`, `num_tokens` of them set.
-    """
-    side = math.isqrt(num_tokens)
-    mask = torch.zeros(grid_size, grid_size, dtype=torch.bool, device=device)
-    if side:
-        centres = ((torch.arange(side, device=device) + 0.5) * grid_size / side).long()
-        mask[centres[:, None], centres[None, :]] = True
-    return mask.flatten()
-
-
-def pack_kept_positions(keep: torch.BoolTensor, left_padding: bool) -> torch.LongTensor:
-    """For each sample, its kept input positions in order, padded with -1 up to the sample that keeps most.
-
-    Args:
-        keep (`torch.BoolTensor` of shape `(batch_size, seq_len)`): positions to keep.
-        left_padding (`bool`): pad on the left (generation: every sample ends on its last real token) or the right.
-
-    Returns:
-        `torch.LongTensor` of shape `(batch_size, max kept count)`.
-    """
-    batch_size, length = keep.shape
-    counts = keep.sum(1)
-    longest = int(counts.max())
-    positions = torch.arange(length, device=keep.device)
-    # Kept positions sort before dropped ones (offset by `length`), so each row lists its kept positions first.
-    kept_first = torch.sort(torch.where(keep, positions, positions + length), dim=1).values[:, :longest]
-    slots = torch.arange(longest, device=keep.device).expand(batch_size, longest)
-    if left_padding:
-        slots = slots - (longest - counts)[:, None]
-    valid = (slots >= 0) & (slots < counts[:, None])
-    return torch.where(valid, kept_first.gather(1, slots.clamp(0, max(longest - 1, 0))), -1)
-
-
-def gather_positions(values: torch.Tensor, kept_positions: torch.LongTensor, fill_value) -> torch.Tensor:
-    """Select `values[b, kept_positions[b, j]]` along the sequence dimension, `fill_value` where the index is -1.
-
-    Args:
-        values (`torch.Tensor` of shape `(batch_size, seq_len)` or `(batch_size, seq_len, dim)`).
-        kept_positions (`torch.LongTensor` of shape `(batch_size, new_len)`), from [`pack_kept_positions`].
-
-    Returns:
-        `torch.Tensor` of shape `(batch_size, new_len)` or `(batch_size, new_len, dim)`.
-    """
-    index = kept_positions.clamp(min=0)
-    padding = kept_positions < 0
-    if values.dim() == 3:
-        index = index[..., None].expand(-1, -1, values.shape[-1])
-        padding = padding[..., None]
-    return values.gather(1, index).masked_fill(padding, fill_value)
-
-
 def first_predicting_position(labels: torch.Tensor) -> int:
     """Index of the first position whose next-token target is supervised in any row of `labels` (the causal shift:
     position i predicts label i + 1); `labels.shape[1] - 1` when nothing is supervised (a one-position window)."""
     supervised = (labels[:, 1:] != IGNORE_INDEX).any(0)
     return int(supervised.float().argmax()) if bool(supervised.any()) else labels.shape[1] - 1
-
-
-def date_pairs(num_dates: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
-    """The (earlier, later) image pairs the difference module compares in each sample: consecutive dates, plus first
-    to last when a sample has more than two (a pair is compared once).
-
-    Args:
-        num_dates (`torch.LongTensor` of shape `(batch_size,)`): images per sample, each at least 2.
-
-    Returns:
-        `(earlier, later, sample)`: indices into the batch's images (samples in turn) of each pair's dates, and the
-        pair's sample index.
-    """
-    starts = (num_dates.cumsum(0) - num_dates).tolist()
-    earlier, later, sample = [], [], []
-    for index, (start, count) in enumerate(zip(starts, num_dates.tolist())):
-        pairs = [(date, date + 1) for date in range(count - 1)] + ([(0, count - 1)] if count > 2 else [])
-        earlier += [start + first for first, _ in pairs]
-        later += [start + second for _, second in pairs]
-        sample += [index] * len(pairs)
-    return tuple(torch.tensor(values, dtype=torch.long, device=num_dates.device) for values in (earlier, later, sample))
-
-
-def sine_position_embedding_2d(grid_size: int, dim: int, device=None, dtype=None) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embedding of a square token grid, row-major.
-
-    Args:
-        grid_size (`int`): side of the grid (27 for SigLIP-384).
-        dim (`int`): embedding width, a multiple of 4.
-
-    Returns:
-        `torch.Tensor` of shape `(grid_size * grid_size, dim)`.
-    """
-    if dim % 4:
-        raise ValueError(f"sine position embedding needs a width divisible by 4, got {dim}")
-    quarter = dim // 4
-    frequencies = 1.0 / (10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
-    coordinates = torch.arange(grid_size, device=device, dtype=torch.float32)
-    angles = coordinates[:, None] * frequencies[None, :]
-    axis_embedding = torch.cat([angles.sin(), angles.cos()], dim=-1)
-    rows = axis_embedding[:, None, :].expand(grid_size, grid_size, 2 * quarter)
-    columns = axis_embedding[None, :, :].expand(grid_size, grid_size, 2 * quarter)
-    return torch.cat([rows, columns], dim=-1).reshape(grid_size * grid_size, dim).to(dtype)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention with an explicit softmax (transformers' `"eager"` implementation for [`RsccAttention`]).
-
-    Returns:
-        `(attn_output, attn_weights)` of shapes `(batch, query_len, heads, head_dim)` and
-        `(batch, heads, query_len, key_len)`.
-    """
-    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
-
-
-class RsccAttention(nn.Module):
-    """Multi-head attention whose queries and keys carry position/role embeddings and whose values do not.
-
-    It runs through transformers' attention interface, so `attn_implementation=` and `set_attn_implementation`
-    choose its kernel as they do the vision tower's and the language model's.
-    """
-
-    def __init__(self, config: RsccConfig):
-        super().__init__()
-        dim = config.vision_config.hidden_size
-        self.config = config
-        self.num_heads = config.difference_num_heads
-        self.head_dim = dim // self.num_heads
-        self.scaling = self.head_dim**-0.5
-        self.is_causal = False
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.o_proj = nn.Linear(dim, dim)
-
-    def forward(
-        self,
-        queries: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """
-        Args:
-            queries (`torch.Tensor` of shape `(batch, query_len, dim)`)
-            keys (`torch.Tensor` of shape `(batch, key_len, dim)`)
-            values (`torch.Tensor` of shape `(batch, key_len, dim)`)
-            key_mask (`torch.Tensor` of shape `(batch, 1, 1, key_len)`, *optional*): added to the attention scores,
-                a large negative value at padding keys.
-
-        Returns:
-            `torch.Tensor` of shape `(batch, query_len, dim)`.
-        """
-        batch, query_len, dim = queries.shape
-
-        def split_heads(states):
-            return states.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
-
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        attended, _ = attention(
-            self,
-            split_heads(self.q_proj(queries)),
-            split_heads(self.k_proj(keys)),
-            split_heads(self.v_proj(values)),
-            key_mask,
-            scaling=self.scaling,
-            is_causal=False,
-        )
-        return self.o_proj(attended.reshape(batch, query_len, dim))
-
-
-class RsccChangeInit(nn.Module):
-    """CCExpert's initial difference tokens.
-
-    s1 = sigmoid(L([A; B])), s2 = sigmoid(L([B; A])) with one shared L, then D = L'([A*s1; B*s2; A*s1 - B*s2]).
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(2 * dim, dim)
-        self.fuse_proj = nn.Linear(3 * dim, dim)
-
-    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        weighted_before = before * torch.sigmoid(self.gate_proj(torch.cat([before, after], dim=-1)))
-        weighted_after = after * torch.sigmoid(self.gate_proj(torch.cat([after, before], dim=-1)))
-        return self.fuse_proj(torch.cat([weighted_before, weighted_after, weighted_before - weighted_after], dim=-1))
-
-
-class RsccChangeAwareBlock(GradientCheckpointingLayer):
-    """One change-aware transformer block (post-norm), as in CCExpert's released code.
-
-    1. change tokens self-attend; 2. change tokens attend to [before; after; change]; 3. MLP on change tokens;
-    4. each image attends to [itself; change] (shared weights for both images), residual and norm.
-    """
-
-    def __init__(self, config: RsccConfig):
-        super().__init__()
-        dim = config.vision_config.hidden_size
-        eps = config.difference_layer_norm_eps
-        self.self_attn = RsccAttention(config)
-        self.self_attn_norm = nn.LayerNorm(dim, eps=eps)
-        self.change_to_images_attn = RsccAttention(config)
-        self.change_to_images_norm = nn.LayerNorm(dim, eps=eps)
-        self.fc1 = nn.Linear(dim, int(dim * config.difference_mlp_ratio))
-        self.act = ACT2FN["gelu"]
-        self.fc2 = nn.Linear(int(dim * config.difference_mlp_ratio), dim)
-        self.mlp_norm = nn.LayerNorm(dim, eps=eps)
-        self.images_to_change_attn = RsccAttention(config)
-        self.images_norm = nn.LayerNorm(dim, eps=eps)
-
-    def forward(
-        self,
-        change: torch.Tensor,
-        before: torch.Tensor,
-        after: torch.Tensor,
-        position_embedding: torch.Tensor,
-        role_embedding: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            change, before, after (`torch.Tensor` of shape `(batch, num_tokens, dim)`):
-                Change tokens and the tokens of the two images.
-            position_embedding (`torch.Tensor` of shape `(num_tokens, dim)` or `(batch, num_tokens, dim)`): 2-D
-                position of each token.
-            role_embedding (`torch.Tensor` of shape `(3, dim)`): learned before / after / change flags.
-            key_mask (`torch.Tensor` of shape `(batch, 1, 1, num_tokens)`, *optional*): additive mask of padding
-                tokens (packed token subsets of different sizes); `None` when every token is real.
-
-        Returns:
-            The updated `(change, before, after)`, same shapes.
-        """
-        role_before, role_after, role_change = role_embedding
-        two_masks = None if key_mask is None else torch.cat([key_mask, key_mask], dim=-1)
-        three_masks = None if key_mask is None else torch.cat([key_mask, key_mask, key_mask], dim=-1)
-        change_keys = change + position_embedding + role_change
-        change = self.self_attn_norm(change + self.self_attn(change_keys, change_keys, change, key_mask))
-
-        change_queries = change + position_embedding + role_change
-        before_keys = before + position_embedding + role_before
-        after_keys = after + position_embedding + role_after
-        context_keys = torch.cat([before_keys, after_keys, change_queries], dim=1)
-        context_values = torch.cat([before, after, change], dim=1)
-        change = self.change_to_images_norm(
-            change + self.change_to_images_attn(change_queries, context_keys, context_values, three_masks)
-        )
-        change = self.mlp_norm(change + self.fc2(self.act(self.fc1(change))))
-
-        change_keys = change + position_embedding + role_change
-        before = self.images_norm(
-            before
-            + self.images_to_change_attn(
-                before_keys, torch.cat([before_keys, change_keys], 1), torch.cat([before, change], 1), two_masks
-            )
-        )
-        after = self.images_norm(
-            after
-            + self.images_to_change_attn(
-                after_keys, torch.cat([after_keys, change_keys], 1), torch.cat([after, change], 1), two_masks
-            )
-        )
-        return change, before, after
-
-
-class RsccDifferenceIntegration(nn.Module):
-    """CCExpert's difference-aware integration over several vision levels, entering through a zero-init scale.
-
-    Every level runs through the same blocks (weights shared across levels, levels batched together). A gate per
-    level and pair, sigmoid(MLP(mean-pooled [A; B; change])), weighs the refined image tokens of the levels; the
-    weighted mean is added to the raw features of `vision_feature_layer` after multiplication by `output_scale`,
-    a per-channel vector initialised to zero.
-    """
-
-    def __init__(self, config: RsccConfig):
-        super().__init__()
-        dim = config.vision_config.hidden_size
-        self.grid_size = config.vision_grid_size
-        self.change_init = RsccChangeInit(dim)
-        self.blocks = nn.ModuleList([RsccChangeAwareBlock(config) for _ in range(config.difference_num_blocks)])
-        self.role_embedding = nn.Parameter(torch.zeros(3, dim))
-        self.level_gate = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Linear(dim, 1))
-        self.output_scale = nn.Parameter(torch.zeros(dim))
-
-    def forward(
-        self,
-        before_levels: list[torch.Tensor],
-        after_levels: list[torch.Tensor],
-        before_features: torch.Tensor,
-        after_features: torch.Tensor,
-        token_mask: torch.BoolTensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            before_levels, after_levels (`list[torch.Tensor]`, each of shape `(num_pairs, num_tokens, dim)`):
-                Vision hidden states of the levels in `config.difference_feature_layers`.
-            before_features, after_features (`torch.Tensor` of shape `(num_pairs, num_tokens, dim)`):
-                The features the stock model projects (`vision_feature_layer`).
-            token_mask (`torch.BoolTensor` of shape `(num_pairs, num_tokens)`, *optional*): the tokens to refine (a
-                change filter's kept tokens). The module then runs on those tokens alone, packed into one batch
-                (attention, change tokens and the level gates' pooling all over the kept tokens), and the other
-                tokens keep their raw features. Every pair needs at least one token; `None` (or all set): every
-                token, exactly as without a mask.
-
-        Returns:
-            `(before, after, change)`: the features to project, shapes as `before_features`, and the change tokens
-            (the level-gated mean of the blocks' change tokens; zero at tokens outside `token_mask`).
-        """
-        num_levels = len(before_levels)
-        num_pairs, num_tokens, dim = before_features.shape
-        if num_tokens != self.grid_size**2:
-            raise ValueError(
-                f"difference integration expects {self.grid_size}x{self.grid_size}={self.grid_size**2} vision tokens "
-                f"per image, got {num_tokens}; use vision_feature_select_strategy='full'"
-            )
-        before = torch.cat(before_levels, dim=0)
-        after = torch.cat(after_levels, dim=0)
-        position_embedding = sine_position_embedding_2d(self.grid_size, dim, before.device, before.dtype)
-        key_mask = real = kept_positions = None
-        if token_mask is not None and not bool(token_mask.all()):
-            # Levels are stacked along the batch: each level's pairs keep the same tokens.
-            kept_positions = pack_kept_positions(token_mask.to(before.device), left_padding=False)
-            level_positions = kept_positions.repeat(num_levels, 1)
-            before = gather_positions(before, level_positions, 0.0)
-            after = gather_positions(after, level_positions, 0.0)
-            position_embedding = position_embedding[level_positions.clamp(min=0)]
-            real = (level_positions >= 0)[..., None].to(before.dtype)
-            padding = torch.finfo(before.dtype).min
-            key_mask = ((1 - real[..., 0]) * padding)[:, None, None, :]
-        change = self.change_init(before, after)
-        for index, block in enumerate(self.blocks):
-            if index:
-                # From the second block on, the change queries are refreshed from the updated images.
-                change = change + self.change_init(before, after)
-            change, before, after = block(change, before, after, position_embedding, self.role_embedding, key_mask)
-
-        if real is None:
-            pooled = torch.cat([before.mean(1), after.mean(1), change.mean(1)], dim=-1)
-        else:
-            count = real.sum(1)
-            pooled = torch.cat([(states * real).sum(1) / count for states in (before, after, change)], dim=-1)
-        gates = torch.sigmoid(self.level_gate(pooled)).view(num_levels, num_pairs, 1, 1)
-        normaliser = gates.sum(0) + 1e-6
-        kept_count = before.shape[1]
-        fused_before = (gates * before.view(num_levels, num_pairs, kept_count, dim)).sum(0) / normaliser
-        fused_after = (gates * after.view(num_levels, num_pairs, kept_count, dim)).sum(0) / normaliser
-        fused_change = (gates * change.view(num_levels, num_pairs, kept_count, dim)).sum(0) / normaliser
-        if kept_positions is not None:
-            # Back onto the grid: padding slots add zeros, so the scatter is exact.
-            index = kept_positions.clamp(min=0)[..., None].expand(-1, -1, dim)
-            pair_real = real[:num_pairs]
-            fused_before = fused_before.new_zeros(num_pairs, num_tokens, dim).scatter_add(
-                1, index, fused_before * pair_real
-            )
-            fused_after = fused_after.new_zeros(num_pairs, num_tokens, dim).scatter_add(
-                1, index, fused_after * pair_real
-            )
-            fused_change = fused_change.new_zeros(num_pairs, num_tokens, dim).scatter_add(
-                1, index, fused_change * pair_real
-            )
-        return (
-            before_features + self.output_scale * fused_before,
-            after_features + self.output_scale * fused_after,
-            fused_change,
-        )
-
-
-class RsccChangeHead(nn.Module):
-    """Change-detection head on the vision token grid: KCFI's light head plus one 3x3 convolution for local context.
-
-    Per token it reads `[A; B; |A - B|]` (KCFI's key change features `|A - B|`, plus both dates so the head can tell
-    an appearing object from a disappearing one and name its class), projects it, mixes each token with its
-    neighbours, and classifies. The logits are then upsampled bilinearly to the input resolution: projecting to the
-    classes before upsampling equals KCFI's upsample-then-1x1-convolution (both are linear) at a fraction of the cost.
-
-    Why not Semantic-CC's SimpleFPN decoder: here the head is the gate that decides, per vision token, what the filter
-    keeps and whether a pair changed at all, before the difference module and the language model run. Those decisions
-    live on the token grid, so a pyramid of deconvolutions up to 4x the grid (millions of parameters at width 1152 and
-    per-pixel work) would buy boundary detail that nothing downstream uses. This head has about 1.5M parameters at
-    LLaVA-OneVision-0.5B dimensions and costs well under 1% of the vision tower.
-    """
-
-    def __init__(self, config: RsccConfig):
-        super().__init__()
-        dim = config.vision_config.hidden_size
-        hidden = config.change_head_hidden_size
-        self.grid_size = config.vision_grid_size
-        self.input_norm = nn.LayerNorm(dim, eps=config.vision_config.layer_norm_eps)
-        self.input_proj = nn.Linear(3 * dim, hidden)
-        self.context_conv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
-        self.act = nn.GELU()
-        self.classifier = nn.Conv2d(hidden, config.change_head_num_classes, kernel_size=1)
-
-    def forward(self, before: torch.Tensor, after: torch.Tensor, change: torch.Tensor | None = None) -> torch.Tensor:
-        """
-        Args:
-            before, after (`torch.Tensor` of shape `(num_pairs, grid_size * grid_size, vision_hidden_size)`):
-                Vision features of the two images of each pair.
-            change (`torch.Tensor` of the same shape, *optional*): change features read in place of `|A - B|`
-                (KCFI's key change features under `change_features="key_change"`).
-
-        Returns:
-            `torch.Tensor` of shape `(num_pairs, num_classes, grid_size, grid_size)`: logits per token.
-        """
-        before, after = self.input_norm(before), self.input_norm(after)
-        change = (before - after).abs() if change is None else change
-        tokens = self.act(self.input_proj(torch.cat([before, after, change], dim=-1)))
-        grid = tokens.transpose(1, 2).unflatten(2, (self.grid_size, self.grid_size))
-        return self.classifier(self.act(self.context_conv(grid)))
 
 
 class RsccPreTrainedModel(LlavaOnevisionPreTrainedModel):
@@ -655,6 +218,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
     def __init__(self, config: RsccConfig):
         super().__init__(config)
         self.video_encoder = None
+        self.token_filter = RsccTokenFilter(config)
         if config.pair_encoding == "video_encoder":
             # MV-CC: the video encoder and its own projector replace SigLIP and LLaVA-OneVision's projector.
             self.vision_tower = None
@@ -760,13 +324,17 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         grid_logits = (
             self.change_head(features[first], features[last], change) if self.change_head is not None else None
         )
-        changed_tokens = self._changed_tokens(change_masks, grid_logits)
-        keep = self._seen_grid_tokens(changed_tokens)
+        changed_tokens = self.token_filter.changed_tokens(change_masks, grid_logits)
+        kept_grid_tokens = self.token_filter.kept_grid_tokens(changed_tokens)
         if self.difference_module is not None:
             # Under "llava_video" the filter's grid is the pooled one, so the module refines every token.
-            module_keep = keep if config.pair_encoding == "images" else None
-            features, change = self._integrate_differences(
-                [select(layer) for layer in levels], features, num_dates, changed_tokens, module_keep
+            features, change = self.difference_module.integrate_series(
+                [select(layer) for layer in levels],
+                features,
+                num_dates,
+                changed_tokens,
+                kept_grid_tokens if config.pair_encoding == "images" else None,
+                with_change="change" in config.visual_segments,
             )
         if config.visual_tokens == "pair":
             projected, grid_sizes, grids_per_sample = self.multi_modal_projector(features), image_sizes, num_dates
@@ -775,13 +343,13 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             grids_per_sample = torch.full_like(num_dates, len(config.visual_segments))
         if config.pair_encoding == "llava_video":
             projected = self.apply_pooling(projected)
-        projected, kept_tokens = self._filter_tokens(projected, grids_per_sample, changed_tokens, keep)
+        projected, kept_tokens = self.token_filter.apply(projected, grids_per_sample, changed_tokens, kept_grid_tokens)
         return RsccImageFeaturesOutput(
             last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=self._with_newline_tokens(projected, num_dates, grid_sizes, vision_aspect_ratio),
             hidden_states=vision_outputs.hidden_states,
             attentions=vision_outputs.attentions,
-            change_logits=self._full_resolution(grid_logits, pixel_values),
+            change_logits=full_resolution_logits(grid_logits, pixel_values),
             kept_tokens=kept_tokens,
             entries_per_sample=grids_per_sample.tolist() if config.pair_encoding == "images" else [1] * len(num_dates),
         )
@@ -831,55 +399,21 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         num_samples = len(num_dates)
         tokens = self.video_encoder(pixel_values.view(num_samples, num_frames, *pixel_values.shape[1:]))
         grid_logits = self.change_head(tokens) if self.change_head is not None else None
-        changed_tokens = self._changed_tokens(change_masks, grid_logits)
-        keep = self._seen_grid_tokens(changed_tokens)
+        changed_tokens = self.token_filter.changed_tokens(change_masks, grid_logits)
+        kept_grid_tokens = self.token_filter.kept_grid_tokens(changed_tokens)
         projected = self.video_encoder.projector(tokens)
         num_steps = torch.full_like(num_dates, projected.shape[1])
-        projected, kept_tokens = self._filter_tokens(projected.flatten(0, 1), num_steps, changed_tokens, keep)
+        projected, kept_tokens = self.token_filter.apply(
+            projected.flatten(0, 1), num_steps, changed_tokens, kept_grid_tokens
+        )
         newline = self.image_newline[None].to(projected.dtype)
         steps = projected.view(num_samples, -1, projected.shape[-1])
         return RsccImageFeaturesOutput(
             last_hidden_state=tokens.flatten(1, 2),
             pooler_output=[torch.cat([sample, newline]) for sample in steps],
-            change_logits=self._full_resolution(grid_logits, pixel_values),
+            change_logits=full_resolution_logits(grid_logits, pixel_values),
             kept_tokens=kept_tokens,
             entries_per_sample=[1] * num_samples,
-        )
-
-    def _filter_tokens(
-        self,
-        projected: torch.Tensor,
-        grids_per_sample: torch.LongTensor,
-        changed_tokens: torch.BoolTensor | None,
-        keep: torch.BoolTensor | None,
-    ) -> tuple[torch.Tensor, torch.BoolTensor | list[torch.BoolTensor] | None]:
-        """Apply the change filter to the projected grids, `(num_grids, grid**2, dim)` with `grids_per_sample[i]`
-        grids (images, video frames or temporal steps) for sample i, masks `(batch_size, grid**2)`.
-
-        Returns:
-            The grids (unchanged tokens zeroed under "multiply") and, under "drop", `kept_tokens`: a
-            `(num_images, grid**2 + 1)` tensor under `pair_encoding="images"` (each image's grid and newline token), a
-            list of one row per sample under a video encoding (its grids and its one newline token; samples of
-            different N differ in length). The newline tokens are always kept.
-        """
-        if changed_tokens is None:
-            return projected, None
-        per_grid = changed_tokens.repeat_interleave(grids_per_sample.to(changed_tokens.device), dim=0)
-        if self.config.change_filter == "multiply":
-            return projected * per_grid[..., None].to(projected.dtype), None
-        keep = keep.repeat_interleave(grids_per_sample.to(keep.device), dim=0)
-        if self.config.pair_encoding == "images":
-            return projected, torch.cat([keep, keep.new_ones(keep.shape[0], 1)], dim=1)
-        newline = keep.new_ones(1)
-        return projected, [torch.cat([*grids, newline]) for grids in keep.split(grids_per_sample.tolist())]
-
-    @staticmethod
-    def _full_resolution(grid_logits: torch.Tensor | None, pixel_values: torch.Tensor) -> torch.Tensor | None:
-        """The change head's grid logits upsampled (bilinear) to the resolution of `pixel_values`."""
-        if grid_logits is None:
-            return None
-        return nn.functional.interpolate(
-            grid_logits, size=tuple(pixel_values.shape[-2:]), mode="bilinear", align_corners=False
         )
 
     def _project_segments(
@@ -931,82 +465,6 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 )
             change_masks = change_masks.to(pixel_values.device)
         return pixel_values, change_masks, num_dates
-
-    def _seen_grid_tokens(self, changed_tokens: torch.BoolTensor | None) -> torch.BoolTensor | None:
-        """The grid tokens the language model will see with a value, `(batch_size, grid**2)`: the changed ones under
-        "multiply", plus the context floor under "drop"; `None` without a filter."""
-        if changed_tokens is None or self.config.change_filter != "drop":
-            return changed_tokens
-        return changed_tokens | context_token_mask(
-            self.config.token_grid_size, self.config.change_filter_min_tokens, changed_tokens.device
-        )
-
-    def _changed_tokens(
-        self, change_masks: torch.Tensor | None, grid_logits: torch.Tensor | None
-    ) -> torch.BoolTensor | None:
-        """Which grid tokens of each sample the filter treats as changed (first to last date), `(batch_size, grid**2)`;
-        `None`: no filter."""
-        if self.config.change_filter == "none":
-            return None
-        grid = self.config.token_grid_size
-        given = None if change_masks is None else change_masks_to_tokens(change_masks, grid)
-        if self.config.change_mask_source == "input":
-            if given is None:
-                logger.warning_once(
-                    f"change_filter={self.config.change_filter!r} with change_mask_source='input' but no change_masks "
-                    "were given: every vision token is kept"
-                )
-            return given
-        predicted = change_masks_to_tokens(grid_logits.argmax(1), grid)
-        if change_masks is None:
-            return predicted
-        # A given mask wins over the prediction (teacher forcing in training); samples without one use the head.
-        has_mask = (change_masks != IGNORE_INDEX).flatten(1).any(1)
-        return torch.where(has_mask[:, None], given, predicted)
-
-    def _integrate_differences(
-        self,
-        levels: list[torch.Tensor],
-        features: torch.Tensor,
-        num_dates: torch.LongTensor,
-        changed_tokens: torch.BoolTensor | None,
-        kept_tokens: torch.BoolTensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the difference module on each sample's date pairs ([`date_pairs`]: consecutive dates and first to last)
-        where a change filter needs it (everywhere without a filter), `features` `(num_images, grid**2, dim)`.
-
-        A date in several pairs gets the mean of its refined versions; a pair's dates each appear once, so a pair
-        gets exactly the module's output. A sample whose mask shows no change skips the module (28% of a stock
-        pair's FLOPs): under "multiply" all its grid tokens are zeroed anyway, under "drop" only the context
-        sub-grid remains. The other samples are refined on their kept tokens only (`kept_tokens`,
-        `(batch_size, grid**2)`), the tokens the language model sees; `None`: on all.
-
-        Returns:
-            `(features, change)`: the refined features, and each sample's change tokens `(batch_size, grid**2, dim)`
-            (zero for a sample that skips the module) where `visual_tokens` shows them, else `None`.
-        """
-        earlier, later, sample = date_pairs(num_dates)
-        # Change tokens are shown for pairs only (`_check_pairs_only_options`): each sample's one pair gives them.
-        shows_change = "change" in self.config.visual_segments
-        change = features.new_zeros(len(num_dates), *features.shape[1:]) if shows_change else None
-        if changed_tokens is not None:
-            refined_pairs = changed_tokens.any(1)[sample]
-            earlier, later, sample = earlier[refined_pairs], later[refined_pairs], sample[refined_pairs]
-            if not len(sample):
-                return features, change
-        refined_earlier, refined_later, pair_change = self.difference_module(
-            [level[earlier] for level in levels],
-            [level[later] for level in levels],
-            features[earlier],
-            features[later],
-            token_mask=None if kept_tokens is None else kept_tokens[sample],
-        )
-        if shows_change:
-            change = change.index_copy(0, sample, pair_change)
-        dates = torch.cat([earlier, later])
-        counts = torch.bincount(dates, minlength=features.shape[0]).to(features.dtype)[:, None, None]
-        summed = torch.zeros_like(features).index_add(0, dates, torch.cat([refined_earlier, refined_later]))
-        return torch.where(counts > 0, summed / counts.clamp(min=1), features), change
 
     def prepare_language_model_inputs(
         self,
@@ -1080,26 +538,8 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 "change_filter='drop' shortens the sequence, so position_ids of the full sequence do not apply; "
                 "leave position_ids unset (the shortened sequence gets contiguous positions)"
             )
-        image_positions = input_ids == self.config.image_token_id
-        kept_flat = torch.cat([row.flatten() for row in kept_tokens])
-        if int(image_positions.sum()) != kept_flat.numel():
-            raise ValueError(
-                f"input_ids hold {int(image_positions.sum())} image placeholders, but the images have "
-                f"{kept_flat.numel()} tokens: build inputs with RsccProcessor"
-            )
-        keep = ~image_positions
-        keep[image_positions] = kept_flat.to(keep.device)
-        if attention_mask is not None:
-            keep &= attention_mask.bool()
-        left_padding = attention_mask is None or bool(attention_mask[:, -1].all())
-        kept_positions = pack_kept_positions(keep, left_padding)
-        pad_token_id = self.config.get_text_config().pad_token_id
-        prepared["input_ids"] = gather_positions(input_ids, kept_positions, pad_token_id or 0)
-        prepared["attention_mask"] = (kept_positions >= 0).long()
-        if labels is not None:
-            prepared["labels"] = gather_positions(labels, kept_positions.to(labels.device), IGNORE_INDEX)
+        prepared.update(self.token_filter.pack(input_ids, attention_mask, labels, kept_tokens))
         prepared["mm_encoder_outputs"] = {**mm_encoder_outputs, "image": image_outputs.kept_only()}
-        prepared["kept_positions"] = kept_positions
         return prepared
 
     @can_return_tuple
@@ -1279,45 +719,8 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         )
 
     def change_detection_loss(self, change_logits: torch.Tensor, change_masks: torch.Tensor) -> torch.Tensor | None:
-        """Cross-entropy (plus `config.change_dice_weight` x soft Dice) of the head over the labelled pixels.
-
-        Args:
-            change_logits (`torch.Tensor` of shape `(num_pairs, num_classes, height, width)`).
-            change_masks (`torch.Tensor` of shape `(num_pairs, mask_height, mask_width)`): class ids, `IGNORE_INDEX`
-                where unlabelled; resized (nearest) to the logits' resolution if it differs. A 2-class head reads
-                every non-zero class as change.
-
-        Returns:
-            The loss, or `None` when no pair has a labelled pixel.
-        """
-        num_classes = change_logits.shape[1]
-        targets = change_masks.to(change_logits.device).long()
-        if targets.shape[-2:] != change_logits.shape[-2:]:
-            targets = nn.functional.interpolate(
-                targets[:, None].float(), size=tuple(change_logits.shape[-2:]), mode="nearest-exact"
-            )[:, 0].long()
-        labelled = targets != IGNORE_INDEX
-        if not bool(labelled.any()):
-            return None
-        if num_classes == 2:
-            targets = torch.where(labelled, (targets != 0).long(), targets)
-        invalid = labelled & ((targets < 0) | (targets >= num_classes))
-        if bool(invalid.any()):
-            raise ValueError(
-                f"change_masks hold {sorted(targets[invalid].unique().tolist())}: expected class ids "
-                f"0..{num_classes - 1} or {IGNORE_INDEX} (unlabelled); build masks with RsccProcessor(change_masks=...)"
-            )
-        logits = change_logits.float()
-        loss = nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
-        if self.config.change_dice_weight > 0:
-            probabilities = logits.softmax(1).movedim(1, -1)[labelled][:, 1:]
-            one_hot = nn.functional.one_hot(targets[labelled], num_classes)[:, 1:].float()
-            overlap = (probabilities * one_hot).sum(0)
-            total = probabilities.sum(0) + one_hot.sum(0)
-            # Smoothed so that a class absent from both prediction and target scores a perfect 1.
-            dice = (2 * overlap + 1.0) / (total + 1.0)
-            loss = loss + self.config.change_dice_weight * (1 - dice).mean()
-        return loss
+        """[`change_detection_loss`] with this model's `config.change_dice_weight`."""
+        return change_detection_loss(change_logits, change_masks, self.config.change_dice_weight)
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, **kwargs):

@@ -204,7 +204,7 @@ def test_capability_flags(tiny_model):
 
 
 def test_set_attn_implementation_reaches_the_difference_module(tiny_model, tiny_processor, example_pairs, monkeypatch):
-    import rscc.modeling_rscc as modeling
+    import rscc.difference_integration_rscc as modeling
 
     inputs = tiny_processor(images=example_pairs[:1])
     eager_calls = []
