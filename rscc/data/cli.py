@@ -169,7 +169,7 @@ def _mix_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a built dataset (folder or Hub repo), its split and how many times to repeat it; "
                              "repeatable, e.g. out/levir_cc:train:6")
     parser.add_argument("--config", type=Path, metavar="RECIPE",
-                        help="a mixture recipe instead of --source, e.g. recipes/cc_foundation.yaml: its sources "
+                        help="a mixture recipe instead of --source, e.g. mixtures/cc_foundation.yaml: its sources "
                              "that are built under --sources-root are mixed, the others listed")
     parser.add_argument("--sources-root", type=Path, default=Path("."),
                         help="folder holding the recipe's built sources (default: the current folder)")
