@@ -4,6 +4,7 @@ looks finished. Every command's outputs go through here."""
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,13 +26,14 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         suffix (`str`): the temporary file's suffix, for writers that pick a format by it (`.tif`, `.png`).
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(descriptor)
+    # A fresh name, not a file: the writer creates it, with the permissions of any file it writes (mkstemp's are
+    # private to the user).
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
     try:
-        yield Path(temporary)
+        yield temporary
         os.replace(temporary, path)
     finally:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

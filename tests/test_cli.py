@@ -123,3 +123,13 @@ def test_training_and_evaluation_import_no_command_module():
     )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_every_class_the_exit_code_table_names_exists():
+    import importlib
+
+    from rscc.cli import EXIT_CODE_OF_ERROR
+
+    for name, _ in EXIT_CODE_OF_ERROR:
+        module, _, qualname = name.rpartition(".")
+        assert issubclass(getattr(importlib.import_module(module), qualname), BaseException), name

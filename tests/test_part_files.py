@@ -20,6 +20,9 @@ def test_atomic_output_replaces_on_success_and_leaves_the_old_file_on_failure(tm
     with atomic_output(out, ".txt") as temporary:
         temporary.write_text("complete")
     assert out.read_text() == "complete" and sorted(tmp_path.iterdir()) == [out]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")
+    assert out.stat().st_mode == plain.stat().st_mode, "the output has the permissions of any file written"
 
 
 def _lines(*keys):
