@@ -19,10 +19,10 @@ SUBCOMMAND_MODULES = {
     "data": "rscc.data.cli",
     "eval": "rscc.metrics.cli",
     "scene": "rscc.commands.scene",
-    "card": "rscc.hub",
-    "publish": "rscc.hub",
-    "demo": "rscc.demo",
-    "space": "rscc.demo",
+    "card": "rscc.commands.hub",
+    "publish": "rscc.commands.hub",
+    "demo": "rscc.commands.demo",
+    "space": "rscc.commands.demo",
 }
 
 

@@ -50,10 +50,10 @@ def commands(tiny_checkpoint, example_pairs, shared_data, tmp_path):
                  "rscc.metrics.cli.evaluate_captions"),
         "card": ([str(eval_json), "--repo-id", "user/name", "--out", str(tmp_path / "README.md")],
                  [str(tmp_path / "gone.json"), "--repo-id", "user/name", "--out", str(tmp_path / "README.md")],
-                 "rscc.hub.validate_model_card"),
+                 "rscc.commands.hub.validate_model_card"),
         "publish": ([str(tiny_checkpoint), "--repo-id", "user/name", "--dry-run", "--out", str(tmp_path / "hub")],
                     [str(tmp_path / "gone"), "--repo-id", "user/name", "--dry-run", "--out", str(tmp_path / "hub")],
-                    "rscc.hub.publish"),
+                    "rscc.commands.hub.publish"),
         "tiny-checkpoint": ([str(tmp_path / "tiny")], [str(tiny_checkpoint)], "rscc.commands.tiny_checkpoint.make_tiny_checkpoint"),
     }
 
@@ -81,7 +81,7 @@ def test_interrupted_and_terminated(command, stop, code, commands, monkeypatch, 
 
     monkeypatch.setattr(stopped_function, stopping)
     if command in ("card", "publish"):  # their input is the eval report
-        monkeypatch.setattr("rscc.hub.load_evaluation", lambda path: {})
+        monkeypatch.setattr("rscc.commands.hub.load_evaluation", lambda path: {})
     assert main([command, *good]) == code
     assert "interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
