@@ -266,6 +266,7 @@ def caption_records(
             parts.remove()
         elif not parts.existing() and out.is_file():
             shutil.copyfile(out, parts.own)  # continue from a finished run whose input has grown
+    parts.repair()
     finished = parts.finished(_resumable_id(records, made_by))
     pending = [record for record in records if record.id not in finished]
     parts.append(pending, batch_size, lambda batch: _result_lines(batch, caption_batch, made_by), progress,

@@ -195,10 +195,10 @@ class PartFiles:
     """The part files of one output: the resumable protocol of every command that captions into a file.
 
     Every process of the run calls, in order (each waits for the others where it must):
-    1. [`finished`]: the main process repairs every part a stopped run left; every process reads the keys of the
-       results in them.
-    2. [`append`]: the process captions its share of the pending items into its own part, batch by batch.
-    3. The main process reads [`merged`] (every part's lines in output order) into the output, then [`remove`]s
+    1. [`repair`]: the main process cuts the line a stopped process left unfinished off every part.
+    2. [`finished`]: every process reads the keys of the results in the parts.
+    3. [`append`]: the process captions its share of the pending items into its own part, batch by batch.
+    4. The main process reads [`merged`] (every part's lines in output order) into the output, then [`remove`]s
        the parts once the output is in place.
 
     Args:
@@ -214,16 +214,19 @@ class PartFiles:
         """Every part file of the output, the own one included once it exists ([`existing_parts`])."""
         return existing_parts(self.out)
 
+    def repair(self) -> None:
+        """On the main process, cut off every part's last line when its process was stopped while writing it."""
+        if self.share.is_main:
+            for part in self.existing():
+                repair_part(part)
+
     def finished(self, key_of: Callable[[Path, int, dict], Hashable]) -> set:
-        """The keys of the results already in a part file.
+        """The keys of the results already in a part file, once every process is here (the parts repaired).
 
         Args:
             key_of (`Callable`): `(part, line number, result) -> key`; it raises [`RsccInputError`] for a result this
                 run must not resume from (other inputs, model or options).
         """
-        if self.share.is_main:
-            for part in self.existing():
-                repair_part(part)
         wait_for_everyone(self.share)
         return {key_of(part, number, line) for part in self.existing() for number, line in read_part(part)}
 

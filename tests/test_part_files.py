@@ -34,6 +34,7 @@ def test_parts_resume_append_and_merge_in_output_order(tmp_path):
     (tmp_path / "out.jsonl.partial.1").write_text(_lines((3, "rank1"), (1, "rank1")))
     (tmp_path / "out.jsonl.partial").write_text(_lines((0, "single"), (1, "single")) + '{"key": 2, "fr')  # cut
     parts = PartFiles(out, ProcessShare())
+    parts.repair()
     finished = parts.finished(lambda part, number, line: line["key"])
     assert finished == {0, 1, 3}, "the line cut off by a stop is dropped, the parts of every process are read"
     parts.append([key for key in range(5) if key not in finished], 1,

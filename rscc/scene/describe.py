@@ -247,6 +247,7 @@ def _caption_into_parts(parts: PartFiles, run: str, grid: TileGrid, caption_batc
             )
         return line["tile"]
 
+    parts.repair()
     done = parts.finished(tile_of_this_run)
     parts.append((tile for tile in grid if tile.index not in done), options.batch_size,
                  lambda batch: "".join(result.to_line(run) for result in caption_batch(batch)), options.progress,
