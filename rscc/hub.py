@@ -157,7 +157,7 @@ def describe_architecture(config: RsccConfig | None) -> str:
     difference = (
         f"difference integration on SigLIP layers {config.difference_feature_layers} "
         f"({config.difference_num_blocks} change-aware blocks, {config.difference_num_heads} heads)"
-        if config.use_difference_integration
+        if config.change_features == "difference_integration"
         else "difference integration off (the stock LLaVA-OneVision computation)"
     )
     return (

@@ -224,7 +224,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             self.vision_tower = None
             self.multi_modal_projector = None
             self.video_encoder = RsccVideoEncoder(config)
-        change_features = config.change_features if config.use_difference_integration else None
+        change_features = config.change_features
         self.difference_module = (
             RsccDifferenceIntegration(config) if change_features == "difference_integration" else None
         )
@@ -802,7 +802,7 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
                 video encoder (VideoMAE or V-JEPA 2): a Hub id or folder (its config and pretrained weights, its frames
                 per clip set to 2 for pairs) or a config (random weights; its frames per clip, `num_frames` or
                 V-JEPA 2's `frames_per_clip`, are the dates per sample). The checkpoint's SigLIP and projector are then
-                not loaded (the encoder replaces them), and `use_difference_integration` defaults to `False`.
+                not loaded (the encoder replaces them), and `change_features` defaults to `"none"`.
             **config_overrides: [`RsccConfig`] options, e.g. `difference_num_blocks=2`.
 
         Returns:
@@ -845,8 +845,6 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
                 family = VIDEO_ENCODER_FAMILIES.get(encoder_options.get("model_type"))
                 if family is not None:  # RsccConfig refuses other model types with the supported ones named
                     encoder_options[family.num_frames_field] = 2
-        if video_mode:
-            config_overrides.setdefault("use_difference_integration", False)
         base_options = base_config.to_dict()
         for key in ("model_type", "architectures", "transformers_version", "auto_map"):
             base_options.pop(key, None)

@@ -1,5 +1,6 @@
 """Checkpoints saved by earlier rscc code, one per seed configuration, still load and compute the same logits."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,32 @@ def test_saved_seed_checkpoint_gives_its_saved_logits(name):
         assert (outputs.change_logits - expected["change_logits"]).abs().max().item() <= 1e-5
     else:
         assert outputs.change_logits is None
+
+
+@pytest.mark.parametrize(
+    "name, change_features",
+    [("ccexpert", "difference_integration"), ("kcfi", "key_change"), ("mvcc_video", "none")],
+)
+def test_configs_saved_with_use_difference_integration_load_as_one_change_features_option(name, change_features, tmp_path):
+    from rscc import RsccConfig
+
+    saved = json.loads((SEED_CHECKPOINTS / name / "config.json").read_text())
+    assert "use_difference_integration" in saved
+    config = RsccConfig.from_pretrained(SEED_CHECKPOINTS / name)
+    assert config.change_features == change_features
+    config.save_pretrained(tmp_path)
+    assert "use_difference_integration" not in json.loads((tmp_path / "config.json").read_text())
+    assert RsccConfig.from_pretrained(tmp_path).change_features == change_features
+
+
+def test_an_option_edited_after_construction_is_refused_at_save(tmp_path):
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    from rscc import RsccConfig
+
+    config = RsccConfig()
+    config.change_features = "none"
+    config.visual_tokens = "change"
+    with pytest.raises(StrictDataclassClassValidationError, match="set change_features='difference_integration'"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
