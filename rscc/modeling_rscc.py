@@ -28,7 +28,13 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 )
 from transformers.utils.generic import can_return_tuple
 
-from .change_features_rscc import RsccBitemporalFilter, RsccChangeProjector, RsccKeyChangePerceiver
+from .change_features_rscc import (
+    RsccBitemporalFilter,
+    RsccChangeProjector,
+    RsccKeyChangePerceiver,
+    bitemporal_filters_in,
+    project_segments,
+)
 from .change_head_rscc import RsccChangeHead, change_detection_loss, full_resolution_logits
 from .compat_rscc import given_cache
 from .configuration_rscc import IGNORE_INDEX, RsccConfig
@@ -125,15 +131,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         self.change_projector = RsccChangeProjector(config) if "change" in config.visual_segments else None
         head = RsccVideoChangeHead if self.video_encoder is not None else RsccChangeHead
         self.change_head = head(config) if config.use_change_head else None
-        self.bitemporal_filter = None
-        if config.bitemporal_filter_layers:
-            self.bitemporal_filter = nn.ModuleList(
-                [RsccBitemporalFilter(config) for _ in config.bitemporal_filter_layers]
-            )
-            encoder_layers = self.vision_tower.encoder.layers
-            for index, bitemporal_filter in zip(config.bitemporal_filter_encoder_layers, self.bitemporal_filter):
-                # First among the layer's hooks: transformers' hidden-state recorder then sees the filtered output.
-                encoder_layers[index].register_forward_hook(bitemporal_filter.after_layer, prepend=True)
+        self.bitemporal_filter = bitemporal_filters_in(self.vision_tower, config)
         self.post_init()
 
     @can_return_tuple
@@ -249,7 +247,13 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         if config.visual_tokens == "pair":
             projected, grid_sizes, grids_per_sample = self.multi_modal_projector(features), image_sizes, num_dates
         else:
-            projected, grid_sizes = self._project_segments(features[first], features[last], change, image_sizes)
+            projected, grid_sizes = project_segments(
+                config.visual_segments,
+                self.multi_modal_projector,
+                self.change_projector,
+                (features[first], features[last], change),
+                image_sizes,
+            )
             grids_per_sample = torch.full_like(num_dates, len(config.visual_segments))
         if config.pair_encoding == "llava_video":
             projected = self.apply_pooling(projected)
@@ -331,23 +335,6 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             entries_per_sample=[1] * num_samples,
         )
 
-    def _project_segments(
-        self, before: torch.Tensor, after: torch.Tensor, change: torch.Tensor | None, image_sizes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The grid tokens of `config.visual_segments` in language-model width, `(num_segments, grid**2, text_hidden)`,
-        pair after pair, and each segment's image size (the change segment takes the after image's)."""
-        segments = self.config.visual_segments
-        projected, sizes = {}, {"before": image_sizes[0::2], "after": image_sizes[1::2], "change": image_sizes[1::2]}
-        if "before" in segments:
-            images = self.multi_modal_projector(torch.stack([before, after], dim=1).flatten(0, 1))
-            projected["before"], projected["after"] = images[0::2], images[1::2]
-        if "change" in segments:
-            projected["change"] = self.change_projector(change)
-        return (
-            torch.stack([projected[name] for name in segments], dim=1).flatten(0, 1),
-            torch.stack([sizes[name] for name in segments], dim=1).flatten(0, 1),
-        )
-
     def prepare_language_model_inputs(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -365,11 +352,9 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
     ) -> dict:
         r"""
         Encode the images (unless `mm_encoder_outputs` holds them) and, under `change_filter="drop"`, shorten the
-        sequence to the tokens the filter keeps: the one place where rscc's inputs become an ordinary LLaVA-OneVision
-        input. The placeholders of dropped vision tokens leave `input_ids`, `attention_mask` and `labels`, and each
-        sample is re-packed on the side the batch was padded on, so every image has as many placeholders as it
-        keeps tokens. Embeddings, positions (contiguous: the language model's default) and the cache of `generate`
-        all follow from that shorter sequence, as for any prompt.
+        sequence to the tokens the filter keeps ([`RsccTokenFilter.pack`]): the one place where rscc's inputs become an
+        ordinary LLaVA-OneVision input. Embeddings, positions (contiguous: the language model's default) and the cache
+        of `generate` all follow from that shorter sequence, as for any prompt.
 
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, seq_len)`): with one placeholder per vision token.
@@ -381,9 +366,8 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             position_ids: refused under `"drop"` with features to shorten (they would describe the longer sequence).
 
         Returns:
-            `dict` with `input_ids`, `attention_mask`, `labels` and `mm_encoder_outputs` (image features of the kept
-            tokens only), plus `kept_positions` (`torch.LongTensor` of shape `(batch_size, new_len)`, the input
-            position of each kept position, -1 for padding; `None` when nothing was shortened).
+            `dict` with `input_ids`, `attention_mask`, `labels`, `mm_encoder_outputs` (image features of the kept tokens
+            only) and `kept_positions` (see [`RsccTokenFilter.pack`]; `None` when nothing was shortened).
         """
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
         if pixel_values is not None and mm_encoder_outputs.get("image") is not None:
