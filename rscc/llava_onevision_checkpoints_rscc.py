@@ -41,7 +41,8 @@ def rscc_config_from_llava_onevision(
     pretrained_model_name_or_path: str, video_encoder, hub_kwargs: dict, config_overrides: dict
 ) -> RsccConfig:
     """The [`RsccConfig`] of a LLaVA-OneVision checkpoint's config with `config_overrides` (and, under
-    `pair_encoding="video_encoder"`, `video_encoder`'s config; see [`RsccForConditionalGeneration.from_llava_onevision`])."""
+    `pair_encoding="video_encoder"`, `video_encoder`'s config; see
+    [`RsccForConditionalGeneration.from_llava_onevision`])."""
     base_config = LlavaOnevisionConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
     if base_config.model_type != LlavaOnevisionConfig.model_type:
         raise ValueError(

@@ -229,10 +229,12 @@ class RsccTokenFilter:
         left_padding = attention_mask is None or bool(attention_mask[:, -1].all())
         kept_positions = pack_kept_positions(kept, left_padding)
         pad_token_id = self.config.get_text_config().pad_token_id
+        if labels is not None:
+            labels = gather_positions(labels, kept_positions.to(labels.device), IGNORE_INDEX)
         return {
             "input_ids": gather_positions(input_ids, kept_positions, pad_token_id or 0),
             "attention_mask": (kept_positions >= 0).long(),
-            "labels": None if labels is None else gather_positions(labels, kept_positions.to(labels.device), IGNORE_INDEX),
+            "labels": labels,
             "kept_positions": kept_positions,
         }
 

@@ -158,8 +158,9 @@ def test_no_module_assigns_another_modules_globals():
 
     for path, tree in _module_trees():
         # Names bound to modules: `import x`, `import x as y`, `from . import x`.
-        modules = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree) for alias in getattr(node, "names", [])
-                   if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.module is None)}
+        module_imports = [node for node in ast.walk(tree)
+                          if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.module is None)]
+        modules = {alias.asname or alias.name.split(".")[0] for node in module_imports for alias in node.names}
         for node in ast.walk(tree):
             for target in node.targets if isinstance(node, ast.Assign) else []:
                 if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):

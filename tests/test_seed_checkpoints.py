@@ -33,7 +33,7 @@ def test_saved_seed_checkpoint_gives_its_saved_logits(name):
     "name, change_features",
     [("ccexpert", "difference_integration"), ("kcfi", "key_change"), ("mvcc_video", "none")],
 )
-def test_configs_saved_with_use_difference_integration_load_as_one_change_features_option(name, change_features, tmp_path):
+def test_configs_saved_with_use_difference_integration_load_as_change_features(name, change_features, tmp_path):
     from rscc import RsccConfig
 
     saved = json.loads((SEED_CHECKPOINTS / name / "config.json").read_text())
@@ -56,3 +56,32 @@ def test_an_option_edited_after_construction_is_refused_at_save(tmp_path):
     with pytest.raises(StrictDataclassClassValidationError, match="set change_features='difference_integration'"):
         config.save_pretrained(tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+# What the card of each seed configuration must say, and what it must not (a module the model does not have).
+CARD_FACTS = {
+    "ccexpert": (["Vision tower: SigLIP", "Difference integration (CCExpert)", "1 change-aware blocks"],
+                 ["Key change", "token filter", "Change-detection head", "Video encoder"]),
+    "mvcc_multiply": (["Difference integration (CCExpert)", "token filter (MV-CC): multiply, masks from the input"],
+                      ["Key change", "Change-detection head", "Video encoder"]),
+    "mvcc_drop": (["token filter (MV-CC): drop"], ["Key change", "Change-detection head", "Video encoder"]),
+    "kcfi": (["Key change features (KCFI)", "Visual tokens: change segments",
+              "Change-detection head: 2 classes, dwa"],
+             ["Difference integration", "change-aware blocks", "Video encoder"]),
+    "semantic_cc": (["Bi-temporal change semantic filter (Semantic-CC) after SigLIP layers [2, 4]",
+                     "Change-detection head"], ["Key change", "token filter", "Video encoder"]),
+    "mvcc_video": (["Video encoder (MV-CC): videomae, 2 layers, width 32", "token filter (MV-CC): multiply"],
+                   ["Vision tower: SigLIP", "Difference integration", "change-aware blocks", "Key change"]),
+}
+
+
+@pytest.mark.parametrize("name", SEED_NAMES)
+def test_model_card_describes_the_modules_the_configuration_builds(name):
+    from rscc import RsccConfig
+    from rscc.hub import describe_architecture
+
+    card = describe_architecture(RsccConfig.from_pretrained(SEED_CHECKPOINTS / name))
+    said, unsaid = CARD_FACTS[name]
+    assert all(fact in card for fact in said), card
+    assert not any(fact in card for fact in unsaid), card
+    assert "Language model: Qwen2, 2 layers, width 32" in card
