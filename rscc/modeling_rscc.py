@@ -19,6 +19,7 @@ from transformers import (
     LlavaOnevisionModel,
     PreTrainedConfig,
 )
+from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import slice_logits_to_keep
@@ -455,7 +456,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         )
 
 
-class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditionalGeneration):
+class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditionalGeneration, GenerationMixin):
     """LLaVA-OneVision for change captioning: [`RsccModel`] plus the language-model head.
 
     Example:
