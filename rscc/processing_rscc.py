@@ -59,10 +59,12 @@ SERIES_PROMPT_TEMPLATE = (
     "These are images of the same place at {num_dates} dates, oldest first: {images}.\n"
     "What changed across the series from Image1 to Image{num_dates}?"
 )
-# Qwen ChatML with the default system message; `{prompt}` is the user turn.
-DEFAULT_CONVERSATION_TEMPLATE = (
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
-    "<|im_start|>assistant\n"
+# Qwen ChatML with the default system message (the text LLaVA-OneVision's Qwen2 was tuned on): the processor's chat
+# template, through which every prompt becomes the model's input text.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -101,13 +103,14 @@ class RsccProcessor(ProcessorMixin):
         prompt (`str`, *optional*): default user prompt of a pair, with one `image_token` placeholder per segment of
             `visual_tokens` (two by default: before, after); defaults to `DEFAULT_PROMPTS[visual_tokens]`. A series
             of N > 2 dates gets [`default_prompt`] (N placeholders) by default.
-        conversation_template (`str`, *optional*): the text around the user prompt, with one `{prompt}` field,
-            ending where the assistant's answer starts.
         turn_end (`str`, *optional*, defaults to `"<|im_end|>"`): appended to caption targets; supervised.
         image_token (`str`, *optional*, defaults to `"<image>"`).
         num_change_classes (`int`, *optional*): the image processor's `num_change_classes`, as processor folders
             saved before rscc had its own image processor hold it.
-        chat_template (`str`, *optional*): kept for `apply_chat_template` users.
+        chat_template (`str`, *optional*, defaults to `DEFAULT_CHAT_TEMPLATE`): the Jinja chat template that turns
+            each prompt (one user turn, text content) into the model's input text, generation prompt included.
+            Processor folders saved with the former `conversation_template` (text with one `{prompt}` field) load with
+            the same text.
         visual_tokens (`str`, *optional*, defaults to `"pair"`): the model's `visual_tokens`: which segments (before,
             after, change) each pair shows the language model, each `num_image_tokens + 1` placeholders in place of
             one `image_token` of the prompt.
@@ -124,7 +127,6 @@ class RsccProcessor(ProcessorMixin):
         num_image_tokens: int = 729,
         vision_feature_select_strategy: str = "full",
         prompt: str | None = None,
-        conversation_template: str = DEFAULT_CONVERSATION_TEMPLATE,
         turn_end: str = "<|im_end|>",
         image_token: str = "<image>",
         num_change_classes: int | None = None,
@@ -143,7 +145,6 @@ class RsccProcessor(ProcessorMixin):
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.visual_tokens = visual_tokens
         self.prompt = DEFAULT_PROMPTS[visual_tokens] if prompt is None else prompt
-        self.conversation_template = conversation_template
         self.turn_end = turn_end
         self.image_token = image_token
         self.pair_encoding = pair_encoding
@@ -165,13 +166,23 @@ class RsccProcessor(ProcessorMixin):
                 f"video_tubelet_size={video_tubelet_size}: expected 1, or the encoder's tubelet size under "
                 "pair_encoding='video_encoder'"
             )
-        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        legacy_template = kwargs.pop("conversation_template", None)
+        if chat_template is None and legacy_template is not None:
+            chat_template = legacy_template.replace("{prompt}", "{{ messages[-1]['content'] }}")
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or tokenizer.convert_ids_to_tokens(self.image_token_id) != image_token:
             raise ValueError(f"the tokenizer has no single token for image_token {image_token!r}")
-        if conversation_template.count("{prompt}") != 1:
-            raise ValueError("conversation_template must contain exactly one '{prompt}' field")
+        if self.conversation_text("\x00").count("\x00") != 1:
+            raise ValueError("chat_template must place the user's prompt exactly once")
         self._check_prompt(self.prompt, "prompt", 2)
+
+    def conversation_text(self, prompt: str) -> str:
+        """The model's input text for a user `prompt`: the chat template applied to one user turn, up to where the
+        assistant's answer starts."""
+        return self.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
 
     def set_visual_tokens(self, visual_tokens: str) -> None:
         """Switch to a model's `visual_tokens`: the default prompt of the old setting becomes the new setting's; any
@@ -228,7 +239,7 @@ class RsccProcessor(ProcessorMixin):
             pretrained_model_name_or_path (`str`): Hub id or folder of a `llava_onevision` checkpoint.
             image_processor_options (`dict`, *optional*): settings that replace the checkpoint image processor's
                 (`size`, `image_mean`, ...), e.g. a video encoder's frame size (`rscc.video_rscc.processor_options`).
-            **kwargs: [`RsccProcessor`] options (`prompt`, `conversation_template`, `pair_encoding`, ...).
+            **kwargs: [`RsccProcessor`] options (`prompt`, `chat_template`, `pair_encoding`, ...).
         """
         config = LlavaOnevisionConfig.from_pretrained(pretrained_model_name_or_path)
         grid = config.vision_config.image_size // config.vision_config.patch_size
@@ -351,7 +362,7 @@ class RsccProcessor(ProcessorMixin):
         sequences, label_sequences = [], []
         for index, prompt in enumerate(prompts):
             prompt_ids, counts = [], iter(self.placeholder_token_counts(num_dates[index]))
-            for token_id in self._encode(self.conversation_template.format(prompt=prompt)):
+            for token_id in self._encode(self.conversation_text(prompt)):
                 prompt_ids.extend([token_id] * (next(counts) if token_id == self.image_token_id else 1))
             target_ids = [] if targets is None else self._encode(targets[index] + self.turn_end)
             if self.image_token_id in target_ids:

@@ -286,3 +286,29 @@ def test_loader_decodes_masks_into_the_change_head_classes_and_saves_it(tmp_path
     assert processor.num_change_classes == 3
     processor.save_pretrained(tmp_path / "saved")
     assert RsccProcessor.from_pretrained(tmp_path / "saved").num_change_classes == 3
+
+
+# The conversation text rscc models were trained on (Qwen ChatML with the default system message).
+CHATML_CONVERSATION = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+def test_the_prompt_goes_through_the_chat_template_into_the_same_text(tiny_processor, example_pairs, tmp_path):
+    import json
+
+    from rscc.processing_rscc import RsccProcessor
+
+    assert tiny_processor.conversation_text("Compare <image> <image>.") == CHATML_CONVERSATION.format(
+        prompt="Compare <image> <image>."
+    )
+    # A processor folder saved with the former `conversation_template` loads with the same token ids.
+    tiny_processor.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink()
+    config = json.loads((tmp_path / "processor_config.json").read_text())
+    config.pop("chat_template", None)
+    config["conversation_template"] = CHATML_CONVERSATION
+    (tmp_path / "processor_config.json").write_text(json.dumps(config))
+    legacy = RsccProcessor.from_pretrained(tmp_path)
+    assert torch.equal(legacy(images=example_pairs)["input_ids"], tiny_processor(images=example_pairs)["input_ids"])

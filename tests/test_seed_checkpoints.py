@@ -85,3 +85,19 @@ def test_model_card_describes_the_modules_the_configuration_builds(name):
     assert all(fact in card for fact in said), card
     assert not any(fact in card for fact in unsaid), card
     assert "Language model: Qwen2, 2 layers, width 32" in card
+
+
+@pytest.mark.parametrize("name", ["ccexpert", "kcfi", "mvcc_video"])
+def test_the_processor_gives_the_inputs_the_seed_checkpoints_were_saved_with(name):
+    import importlib.util
+
+    from rscc import RsccConfig
+
+    spec = importlib.util.spec_from_file_location("make_seed_checkpoints", SEED_CHECKPOINTS / "make_seed_checkpoints.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    inputs = generator.fixed_inputs(RsccConfig.from_pretrained(SEED_CHECKPOINTS / name))
+    saved = torch.load(SEED_CHECKPOINTS / name / "inputs_and_outputs.pt", weights_only=True)["inputs"]
+    assert set(inputs) == set(saved)
+    for key, value in saved.items():
+        assert torch.equal(inputs[key], value), key
