@@ -162,7 +162,7 @@ def _load_by_model_type(
     model_type = AutoConfig.from_pretrained(model_id_or_path).model_type
     if model_type == LlavaOnevisionConfig.model_type:
         if for_captioning:
-            config_overrides = {"use_difference_integration": False, **config_overrides}
+            config_overrides = {"change_features": "none", **config_overrides}
         model = RsccForConditionalGeneration.from_llava_onevision(
             model_id_or_path, from_pretrained_kwargs={"dtype": dtype}, **config_overrides
         )

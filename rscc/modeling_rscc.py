@@ -9,155 +9,48 @@ model the two images (`visual_tokens="pair"`) computes exactly what the stock mo
 those scales or a mask filters the tokens.
 """
 
-import os
-from dataclasses import dataclass
+import math
 
 import torch
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoModel,
-    LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionModel,
     PreTrainedConfig,
 )
+from transformers import GenerationMixin
 from transformers import initialization as init
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llava_onevision.modeling_llava_onevision import (
-    LlavaOnevisionCausalLMOutputWithPast,
-    LlavaOnevisionModelOutputWithPast,
+    LlavaOnevisionMultiModalProjector,
     LlavaOnevisionPreTrainedModel,
 )
-from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
-from .change_features_rscc import RsccBitemporalFilter, RsccChangeProjector, RsccKeyChangePerceiver
+from .change_features_rscc import (
+    RsccBitemporalFilter,
+    RsccChangeProjector,
+    RsccKeyChangePerceiver,
+    bitemporal_filters_in,
+    project_segments,
+)
 from .change_head_rscc import RsccChangeHead, change_detection_loss, full_resolution_logits
 from .compat_rscc import given_cache
-from .configuration_rscc import IGNORE_INDEX, VIDEO_ENCODER_FAMILIES, RsccConfig
+from .configuration_rscc import IGNORE_INDEX, RsccConfig
 from .difference_integration_rscc import RsccDifferenceIntegration
+from .llava_onevision_checkpoints_rscc import (
+    HUB_OPTIONS,
+    load_pretrained_video_encoder,
+    new_parameters_report,
+    rscc_config_from_llava_onevision,
+)
+from .outputs_rscc import RsccCausalLMOutputWithPast, RsccImageFeaturesOutput, RsccModelOutputWithPast
+from .series_inputs_rscc import check_pairs_only_options, checked_series_inputs
 from .token_filter_rscc import RsccTokenFilter
 from .video_rscc import RsccVideoChangeHead, RsccVideoEncoder
 
-logger = logging.get_logger(__name__)
-
-# Hub checkpoints of LLaVA-OneVision use the legacy key layout (`language_model.model.*`); rscc checkpoints are
-# read and written through the same renaming as stock's, by model type (the captioning model) and by class (the
-# model without the language-model head), so both load into, and save as, the stock parameter names.
-for rscc_name, stock_name in (
-    (RsccConfig.model_type, LlavaOnevisionConfig.model_type),
-    ("RsccModel", LlavaOnevisionModel.__name__),
-):
-    if get_checkpoint_conversion_mapping(rscc_name) is None and get_checkpoint_conversion_mapping(stock_name):
-        register_checkpoint_conversion_mapping(rscc_name, get_checkpoint_conversion_mapping(stock_name))
-
-# Submodules that a LLaVA-OneVision checkpoint does not have.
-NEW_MODULE_PREFIXES = (
-    "model.difference_module.",
-    "model.change_head.",
-    "model.key_change_perceiver.",
-    "model.change_projector.",
-    "model.bitemporal_filter.",
-    "model.video_encoder.",
-)
-# Submodules of a LLaVA-OneVision checkpoint that `pair_encoding="video_encoder"` replaces.
-REPLACED_BY_VIDEO_ENCODER = ("model.vision_tower.", "model.multi_modal_projector.")
-
-
-@dataclass
-class RsccImageFeaturesOutput(BaseModelOutputWithPooling):
-    r"""
-    Output of [`RsccModel.get_image_features`].
-
-    pooler_output (`list[torch.Tensor]`):
-        One `(tokens, text_hidden_size)` tensor per entry: under `pair_encoding="images"`, one per image of each
-        sample (before then after for a pair), or for `visual_tokens` other than `"pair"` one per segment of
-        `config.visual_segments` of each pair, each the projected grid tokens then the newline token; under a video
-        encoding, one per sample: the tokens of every frame (or tubelet) then one newline token. Under
-        `change_filter="multiply"` the unchanged grid tokens are zero.
-    change_logits (`torch.FloatTensor` of shape `(num_pairs, change_head_num_classes, height, width)`, *optional*):
-        The change head's logits at the resolution of `pixel_values`; class 0 is "no change".
-    kept_tokens (`torch.BoolTensor` of shape `(len(pooler_output), tokens per entry)`, *optional*):
-        Under `change_filter="drop"`, which tokens of each `pooler_output` entry the language model sees (changed
-        tokens, the context sub-grid and the newline token). `None` when no token is dropped.
-    entries_per_sample (`list[int]`, *optional*):
-        `pooler_output` entries per sample: its number of images (dates), its number of segments, or 1 under a
-        video encoding. `None`: 2 (pairs, as LLaVA-OneVision's own output for them).
-    """
-
-    change_logits: torch.FloatTensor | None = None
-    kept_tokens: torch.BoolTensor | list[torch.BoolTensor] | None = None
-    entries_per_sample: list[int] | None = None
-
-    def select_pairs(self, pair_indices: list[int]) -> "RsccImageFeaturesOutput":
-        """The features `generate` reads (`pooler_output`, `change_logits`, `kept_tokens`) of some samples (pairs or
-        series) only, e.g. to pass as `mm_encoder_outputs={"image": ...}` with the matching rows of `input_ids`."""
-        per_sample = self.entries_per_sample or [2] * (len(self.pooler_output) // 2)
-        starts = [sum(per_sample[:index]) for index in range(len(per_sample))]
-        entries = [starts[sample] + offset for sample in pair_indices for offset in range(per_sample[sample])]
-        kept_tokens = self.kept_tokens
-        if kept_tokens is not None:
-            kept_tokens = [kept_tokens[index] for index in entries]
-            kept_tokens = torch.stack(kept_tokens) if isinstance(self.kept_tokens, torch.Tensor) else kept_tokens
-        return RsccImageFeaturesOutput(
-            pooler_output=[self.pooler_output[index] for index in entries],
-            change_logits=None if self.change_logits is None else self.change_logits[pair_indices],
-            kept_tokens=kept_tokens,
-            entries_per_sample=[per_sample[sample] for sample in pair_indices],
-        )
-
-    def kept_only(self) -> "RsccImageFeaturesOutput":
-        """The features of the kept tokens alone (`kept_tokens` `None`): what the language model receives under
-        `change_filter="drop"`, one tensor per image with as many rows as the image keeps placeholders."""
-        if self.kept_tokens is None:
-            return self
-        return RsccImageFeaturesOutput(
-            pooler_output=[
-                features[kept.to(features.device)] for features, kept in zip(self.pooler_output, self.kept_tokens)
-            ],
-            change_logits=self.change_logits,
-            entries_per_sample=self.entries_per_sample,
-        )
-
-
-@dataclass
-class RsccModelOutputWithPast(LlavaOnevisionModelOutputWithPast):
-    r"""
-    [`LlavaOnevisionModelOutputWithPast`] plus:
-
-    change_logits (`torch.FloatTensor` of shape `(num_pairs, change_head_num_classes, height, width)`, *optional*):
-        The change head's logits at the resolution of `pixel_values`.
-    kept_positions (`torch.LongTensor` of shape `(batch_size, language_model_length)`, *optional*):
-        Under `change_filter="drop"`, the input position each language-model position comes from, `-1` for padding:
-        `last_hidden_state[b, j]` belongs to `input_ids[b, kept_positions[b, j]]`. `None` when nothing was dropped.
-    """
-
-    change_logits: torch.FloatTensor | None = None
-    kept_positions: torch.LongTensor | None = None
-
-
-@dataclass
-class RsccCausalLMOutputWithPast(LlavaOnevisionCausalLMOutputWithPast):
-    r"""
-    [`LlavaOnevisionCausalLMOutputWithPast`] plus:
-
-    change_logits (`torch.FloatTensor` of shape `(num_pairs, change_head_num_classes, height, width)`, *optional*):
-        The change head's logits at the resolution of `pixel_values`.
-    caption_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is provided):
-        Caption cross-entropy.
-    change_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when the model has a change head and a pair
-        of the batch has a `change_masks` label): change-detection cross-entropy (plus the weighted Dice term).
-        `loss` combines both as `config.change_loss_weighting` says.
-    kept_positions (`torch.LongTensor` of shape `(batch_size, language_model_length)`, *optional*):
-        Under `change_filter="drop"`, the input position of each position of `logits`, `-1` for padding.
-    """
-
-    change_logits: torch.FloatTensor | None = None
-    caption_loss: torch.FloatTensor | None = None
-    change_loss: torch.FloatTensor | None = None
-    kept_positions: torch.LongTensor | None = None
 
 
 def first_predicting_position(labels: torch.Tensor) -> int:
@@ -216,15 +109,22 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
     """
 
     def __init__(self, config: RsccConfig):
-        super().__init__(config)
-        self.video_encoder = None
-        self.token_filter = RsccTokenFilter(config)
+        # LlavaOnevisionModel's constructor always builds SigLIP and its projector: its modules are built here instead
+        # (same names and initialisation), SigLIP only where it runs.
+        super(LlavaOnevisionModel, self).__init__(config)
+        self.vision_tower = self.multi_modal_projector = self.video_encoder = None
         if config.pair_encoding == "video_encoder":
             # MV-CC: the video encoder and its own projector replace SigLIP and LLaVA-OneVision's projector.
-            self.vision_tower = None
-            self.multi_modal_projector = None
             self.video_encoder = RsccVideoEncoder(config)
-        change_features = config.change_features if config.use_difference_integration else None
+        else:
+            self.vision_tower = AutoModel.from_config(config.vision_config)
+            self.multi_modal_projector = LlavaOnevisionMultiModalProjector(config)
+        embed_std = 1 / math.sqrt(config.text_config.hidden_size)
+        self.image_newline = nn.Parameter(torch.randn(config.text_config.hidden_size, dtype=self.dtype) * embed_std)
+        self.vocab_size = config.text_config.vocab_size
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.token_filter = RsccTokenFilter(config)
+        change_features = config.change_features
         self.difference_module = (
             RsccDifferenceIntegration(config) if change_features == "difference_integration" else None
         )
@@ -232,17 +132,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         self.change_projector = RsccChangeProjector(config) if "change" in config.visual_segments else None
         head = RsccVideoChangeHead if self.video_encoder is not None else RsccChangeHead
         self.change_head = head(config) if config.use_change_head else None
-        self.bitemporal_filter = None
-        if config.bitemporal_filter_layers:
-            self.bitemporal_filter = nn.ModuleList(
-                [RsccBitemporalFilter(config) for _ in config.bitemporal_filter_layers]
-            )
-            encoder_layers = self.vision_tower.encoder.layers
-            for index, bitemporal_filter in zip(config.bitemporal_filter_encoder_layers, self.bitemporal_filter):
-                # First among the layer's hooks: transformers' hidden-state recorder then sees the filtered output.
-                encoder_layers[index].register_forward_hook(bitemporal_filter.after_layer, prepend=True)
-        # LlavaOnevisionModel.__init__ already ran post_init; run it again so the new module is initialised too
-        # (modules initialised once are skipped).
+        self.bitemporal_filter = bitemporal_filters_in(self.vision_tower, config)
         self.post_init()
 
     @can_return_tuple
@@ -282,9 +172,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         config = self.config
         if config.pair_encoding == "video_encoder":
             return self._video_encoder_features(pixel_values, batch_num_images, change_masks)
-        rscc_modules = (self.difference_module, self.key_change_perceiver, self.change_head, self.bitemporal_filter)
-        unchanged = all(module is None for module in rscc_modules) and config.change_filter == "none"
-        if unchanged and config.pair_encoding == "images":
+        if self._computes_stock_features():
             return super().get_image_features(
                 pixel_values,
                 image_sizes,
@@ -295,31 +183,52 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 return_dict=True,
                 **kwargs,
             )
-        vision_feature_layer = config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
-        vision_feature_select_strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
-        vision_aspect_ratio = vision_aspect_ratio or config.vision_aspect_ratio
-        pixel_values, change_masks, num_dates = self._checked_series_inputs(
-            pixel_values, batch_num_images, change_masks
+        return self._siglip_pair_features(
+            pixel_values,
+            image_sizes,
+            config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer,
+            vision_feature_select_strategy or config.vision_feature_select_strategy,
+            vision_aspect_ratio or config.vision_aspect_ratio,
+            batch_num_images,
+            change_masks,
+            **kwargs,
         )
-        self._check_pairs_only_options(num_dates)
 
-        has_change_features = self.difference_module is not None or self.key_change_perceiver is not None
-        levels = config.difference_feature_layers if has_change_features else []
-        wanted_layers = sorted({vision_feature_layer, *levels})
-        kwargs["output_hidden_states"] = kwargs.get("output_hidden_states") or wanted_layers
-        vision_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
-        first_token = 1 if vision_feature_select_strategy == "default" else 0
+    def _computes_stock_features(self) -> bool:
+        """Whether the image features are LLaVA-OneVision's own: SigLIP per image and none of rscc's modules."""
+        rscc_modules = (self.difference_module, self.key_change_perceiver, self.change_head, self.bitemporal_filter)
+        return (
+            self.config.pair_encoding == "images"
+            and self.config.change_filter == "none"
+            and all(module is None for module in rscc_modules)
+        )
 
-        def select(layer):
-            return vision_outputs.hidden_states[layer][:, first_token:]
-
-        features = select(vision_feature_layer)
+    def _siglip_pair_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor,
+        vision_feature_layer: int | list[int],
+        vision_feature_select_strategy: str,
+        vision_aspect_ratio: str,
+        batch_num_images: torch.LongTensor | None,
+        change_masks: torch.Tensor | None,
+        **kwargs,
+    ) -> RsccImageFeaturesOutput:
+        """`get_image_features` through SigLIP with rscc's modules: the change features, head and filter on the dates
+        of each sample, then the projected segments with their newline tokens."""
+        config = self.config
+        pixel_values, change_masks, num_dates = checked_series_inputs(pixel_values, batch_num_images, change_masks)
+        check_pairs_only_options(config, num_dates)
+        levels = config.difference_feature_layers if config.change_features != "none" else []
+        vision_outputs, features, level_features = self._vision_features(
+            pixel_values, vision_feature_layer, levels, vision_feature_select_strategy, **kwargs
+        )
         last = num_dates.cumsum(0) - 1
         first = last - num_dates + 1
         change = None
         if self.key_change_perceiver is not None:
             change = self.key_change_perceiver(
-                [select(layer)[first] for layer in levels], [select(layer)[last] for layer in levels]
+                [level[first] for level in level_features], [level[last] for level in level_features]
             )
         grid_logits = (
             self.change_head(features[first], features[last], change) if self.change_head is not None else None
@@ -329,7 +238,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         if self.difference_module is not None:
             # Under "llava_video" the filter's grid is the pooled one, so the module refines every token.
             features, change = self.difference_module.integrate_series(
-                [select(layer) for layer in levels],
+                level_features,
                 features,
                 num_dates,
                 changed_tokens,
@@ -339,7 +248,13 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         if config.visual_tokens == "pair":
             projected, grid_sizes, grids_per_sample = self.multi_modal_projector(features), image_sizes, num_dates
         else:
-            projected, grid_sizes = self._project_segments(features[first], features[last], change, image_sizes)
+            projected, grid_sizes = project_segments(
+                config.visual_segments,
+                self.multi_modal_projector,
+                self.change_projector,
+                (features[first], features[last], change),
+                image_sizes,
+            )
             grids_per_sample = torch.full_like(num_dates, len(config.visual_segments))
         if config.pair_encoding == "llava_video":
             projected = self.apply_pooling(projected)
@@ -354,15 +269,28 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             entries_per_sample=grids_per_sample.tolist() if config.pair_encoding == "images" else [1] * len(num_dates),
         )
 
-    def _check_pairs_only_options(self, num_dates: torch.LongTensor) -> None:
-        """Refuse samples of other than two dates when an option that compares a before and an after image is set."""
-        options = self.config.pairs_only_options
-        if options and bool((num_dates != 2).any()):
-            raise ValueError(
-                f"batch_num_images={num_dates.tolist()}: {', '.join(options)} take (before, after) pairs only; "
-                "caption series of dates with visual_tokens='pair', change_features='difference_integration' and no "
-                "bitemporal filter"
-            )
+    def _vision_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int],
+        levels: list[int],
+        vision_feature_select_strategy: str,
+        **kwargs,
+    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor, list[torch.Tensor]]:
+        """SigLIP's outputs, the features the projector reads (the layers of `vision_feature_layer` concatenated when
+        it lists several, as in LLaVA-OneVision), and the hidden states of the change-feature `levels`."""
+        feature_layers = [vision_feature_layer] if isinstance(vision_feature_layer, int) else list(vision_feature_layer)
+        kwargs["output_hidden_states"] = kwargs.get("output_hidden_states") or sorted({*feature_layers, *levels})
+        vision_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
+        first_token = 1 if vision_feature_select_strategy == "default" else 0
+
+        def select(layer):  # only the requested layers are recorded
+            return vision_outputs.hidden_states[layer][:, first_token:]
+
+        features = torch.cat([select(layer) for layer in feature_layers], dim=-1) if len(feature_layers) > 1 else (
+            select(feature_layers[0])
+        )
+        return vision_outputs, features, [select(layer) for layer in levels]
 
     def _with_newline_tokens(
         self, projected: torch.Tensor, num_dates: torch.LongTensor, grid_sizes: torch.Tensor, vision_aspect_ratio: str
@@ -385,19 +313,11 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
     ) -> RsccImageFeaturesOutput:
         """`get_image_features` under `pair_encoding="video_encoder"`: every sample's frames through the video encoder
         at once; per sample, the projected tokens of every temporal step, then one newline token."""
-        pixel_values, change_masks, num_dates = self._checked_series_inputs(
+        pixel_values, change_masks, num_dates = checked_series_inputs(
             pixel_values, batch_num_images, change_masks
         )
-        num_frames = self.config.video_num_frames
-        if bool((num_dates != num_frames).any()):
-            frames_field = self.config.video_encoder_family.num_frames_field
-            raise ValueError(
-                f"batch_num_images={num_dates.tolist()}: this model's video encoder takes {frames_field}={num_frames} "
-                "dates per sample (its tubelets and positions are built for that many frames); caption longer "
-                "series with pair_encoding='images' or 'llava_video'"
-            )
         num_samples = len(num_dates)
-        tokens = self.video_encoder(pixel_values.view(num_samples, num_frames, *pixel_values.shape[1:]))
+        tokens = self.video_encoder.encode_samples(pixel_values, num_dates)
         grid_logits = self.change_head(tokens) if self.change_head is not None else None
         changed_tokens = self.token_filter.changed_tokens(change_masks, grid_logits)
         kept_grid_tokens = self.token_filter.kept_grid_tokens(changed_tokens)
@@ -416,56 +336,6 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             entries_per_sample=[1] * num_samples,
         )
 
-    def _project_segments(
-        self, before: torch.Tensor, after: torch.Tensor, change: torch.Tensor | None, image_sizes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The grid tokens of `config.visual_segments` in language-model width, `(num_segments, grid**2, text_hidden)`,
-        pair after pair, and each segment's image size (the change segment takes the after image's)."""
-        segments = self.config.visual_segments
-        projected, sizes = {}, {"before": image_sizes[0::2], "after": image_sizes[1::2], "change": image_sizes[1::2]}
-        if "before" in segments:
-            images = self.multi_modal_projector(torch.stack([before, after], dim=1).flatten(0, 1))
-            projected["before"], projected["after"] = images[0::2], images[1::2]
-        if "change" in segments:
-            projected["change"] = self.change_projector(change)
-        return (
-            torch.stack([projected[name] for name in segments], dim=1).flatten(0, 1),
-            torch.stack([sizes[name] for name in segments], dim=1).flatten(0, 1),
-        )
-
-    @staticmethod
-    def _checked_series_inputs(
-        pixel_values: torch.Tensor, batch_num_images: torch.LongTensor | None, change_masks: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.LongTensor]:
-        """The base view of each image, `(num_images, channels, height, width)`, the masks on its device and the
-        dates per sample (`batch_num_images` on that device), after checking that every sample holds at least two
-        images (a pair or a series) and at most one mask."""
-        if batch_num_images is None or any(int(n) < 2 for n in batch_num_images):
-            found = None if batch_num_images is None else [int(n) for n in batch_num_images]
-            raise ValueError(
-                "rscc models need at least two images (a before, after pair or a series of dates) per sample; got "
-                f"batch_num_images={found}. Build inputs with RsccProcessor(images=[[before, after], ...])."
-            )
-        if pixel_values.dim() == 5:
-            pixel_values = pixel_values[:, 0]
-        elif pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
-        num_dates = torch.as_tensor(batch_num_images, device=pixel_values.device).long()
-        if int(num_dates.sum()) != pixel_values.shape[0]:
-            raise ValueError(
-                f"batch_num_images={num_dates.tolist()} count {int(num_dates.sum())} images, but pixel_values holds "
-                f"{pixel_values.shape[0]}"
-            )
-        num_samples = len(num_dates)
-        if change_masks is not None:
-            if change_masks.dim() != 3 or change_masks.shape[0] != num_samples:
-                raise ValueError(
-                    f"change_masks of shape {tuple(change_masks.shape)}: expected (batch_size={num_samples}, height, "
-                    "width), one mask per sample (first to last date); build them with RsccProcessor(change_masks=...)"
-                )
-            change_masks = change_masks.to(pixel_values.device)
-        return pixel_values, change_masks, num_dates
-
     def prepare_language_model_inputs(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -483,11 +353,9 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
     ) -> dict:
         r"""
         Encode the images (unless `mm_encoder_outputs` holds them) and, under `change_filter="drop"`, shorten the
-        sequence to the tokens the filter keeps: the one place where rscc's inputs become an ordinary LLaVA-OneVision
-        input. The placeholders of dropped vision tokens leave `input_ids`, `attention_mask` and `labels`, and each
-        sample is re-packed on the side the batch was padded on, so every image has as many placeholders as it
-        keeps tokens. Embeddings, positions (contiguous: the language model's default) and the cache of `generate`
-        all follow from that shorter sequence, as for any prompt.
+        sequence to the tokens the filter keeps ([`RsccTokenFilter.pack`]): the one place where rscc's inputs become an
+        ordinary LLaVA-OneVision input. Embeddings, positions (contiguous: the language model's default) and the cache
+        of `generate` all follow from that shorter sequence, as for any prompt.
 
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, seq_len)`): with one placeholder per vision token.
@@ -499,9 +367,8 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
             position_ids: refused under `"drop"` with features to shorten (they would describe the longer sequence).
 
         Returns:
-            `dict` with `input_ids`, `attention_mask`, `labels` and `mm_encoder_outputs` (image features of the kept
-            tokens only), plus `kept_positions` (`torch.LongTensor` of shape `(batch_size, new_len)`, the input
-            position of each kept position, -1 for padding; `None` when nothing was shortened).
+            `dict` with `input_ids`, `attention_mask`, `labels`, `mm_encoder_outputs` (image features of the kept tokens
+            only) and `kept_positions` (see [`RsccTokenFilter.pack`]; `None` when nothing was shortened).
         """
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
         if pixel_values is not None and mm_encoder_outputs.get("image") is not None:
@@ -528,17 +395,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         kept_tokens = getattr(image_outputs, "kept_tokens", None)
         if kept_tokens is None:
             return prepared
-        if input_ids is None:
-            raise ValueError(
-                "change_filter='drop' needs input_ids (it removes the image placeholders of dropped tokens); "
-                "inputs_embeds alone cannot be shortened"
-            )
-        if position_ids is not None:
-            raise ValueError(
-                "change_filter='drop' shortens the sequence, so position_ids of the full sequence do not apply; "
-                "leave position_ids unset (the shortened sequence gets contiguous positions)"
-            )
-        prepared.update(self.token_filter.pack(input_ids, attention_mask, labels, kept_tokens))
+        prepared.update(self.token_filter.pack(input_ids, attention_mask, labels, kept_tokens, position_ids))
         prepared["mm_encoder_outputs"] = {**mm_encoder_outputs, "image": image_outputs.kept_only()}
         return prepared
 
@@ -599,7 +456,7 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         )
 
 
-class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditionalGeneration):
+class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditionalGeneration, GenerationMixin):
     """LLaVA-OneVision for change captioning: [`RsccModel`] plus the language-model head.
 
     Example:
@@ -614,11 +471,9 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
     ```"""
 
     def __init__(self, config: RsccConfig):
-        # LLaVA-OneVision's constructor builds a stock model, which rscc's replaces (same parameter names): built on
-        # the meta device, it costs no memory and no random initialisation (a minute at 0.5B on a CPU).
-        with torch.device("meta"):
-            super().__init__(config)
-        # The stock model consumed the deprecated `config.gradient_checkpointing` flag; its replacement keeps it.
+        # LLaVA-OneVision's constructor would build a stock model: rscc's is built in its place (same parameter names).
+        super(LlavaOnevisionForConditionalGeneration, self).__init__(config)
+        # `PreTrainedModel.__init__` consumed the deprecated `config.gradient_checkpointing` flag; the model keeps it.
         checkpointing = self.is_activation_checkpointing
         self.model = RsccModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
@@ -697,8 +552,7 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         if labels is not None and labelled_logits_only:
             labels = labels[:, first_predicting_position(labels) :]
             logits_to_keep = labels.shape[1]
-        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(outputs.last_hidden_state[:, kept, :])
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
 
         caption_loss = change_loss = None
         if labels is not None:
@@ -741,7 +595,9 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
         cache = given_cache(kwargs)
         cached_length = cache.get_seq_length() if cache is not None else 0
         placeholders = input_ids is not None and bool((input_ids == self.config.image_token_id).any())
-        if placeholders and not has_images and (cached_length == 0 or self.config.change_filter == "drop"):
+        # Embeddings given by the caller already hold the images (as in stock generation).
+        needs_images = placeholders and not has_images and kwargs.get("inputs_embeds") is None
+        if needs_images and (cached_length == 0 or self.config.change_filter == "drop"):
             raise ValueError(
                 "input_ids hold image placeholders but no pixel_values (or mm_encoder_outputs) were given: the caption "
                 "would come from the prompt alone. Pass the processor's whole output"
@@ -802,7 +658,7 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
                 video encoder (VideoMAE or V-JEPA 2): a Hub id or folder (its config and pretrained weights, its frames
                 per clip set to 2 for pairs) or a config (random weights; its frames per clip, `num_frames` or
                 V-JEPA 2's `frames_per_clip`, are the dates per sample). The checkpoint's SigLIP and projector are then
-                not loaded (the encoder replaces them), and `use_difference_integration` defaults to `False`.
+                not loaded (the encoder replaces them), and `change_features` defaults to `"none"`.
             **config_overrides: [`RsccConfig`] options, e.g. `difference_num_blocks=2`.
 
         Returns:
@@ -810,86 +666,15 @@ class RsccForConditionalGeneration(RsccPreTrainedModel, LlavaOnevisionForConditi
             and `num_loaded_parameters`.
         """
         from_pretrained_kwargs = dict(from_pretrained_kwargs or {})
-        hub_kwargs = {
-            key: from_pretrained_kwargs[key]
-            for key in ("revision", "cache_dir", "token", "local_files_only")
-            if key in from_pretrained_kwargs
-        }
-        base_config = LlavaOnevisionConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        if base_config.model_type != LlavaOnevisionConfig.model_type:
-            raise ValueError(
-                f"{pretrained_model_name_or_path} holds a '{base_config.model_type}' model, not 'llava_onevision'; "
-                "load rscc checkpoints with RsccForConditionalGeneration.from_pretrained"
-            )
-        unknown = sorted(set(config_overrides) - set(RsccConfig.__dataclass_fields__))
-        if unknown:
-            raise TypeError(f"unknown RsccConfig option(s) {unknown}")
-        video_mode = config_overrides.get("pair_encoding") == "video_encoder"
-        if video_encoder is not None:
-            if not video_mode:
-                raise ValueError("video_encoder is only read with pair_encoding='video_encoder'")
-            config_overrides["video_encoder_config"] = (
-                dict(video_encoder)
-                if isinstance(video_encoder, dict)
-                else (
-                    video_encoder
-                    if isinstance(video_encoder, PreTrainedConfig)
-                    else AutoConfig.from_pretrained(video_encoder, **hub_kwargs)
-                ).to_dict()
-            )
-            if isinstance(video_encoder, (str, os.PathLike)):
-                # A pair is two frames. Neither family keeps positions in its weights (VideoMAE's table is sinusoidal
-                # and recomputed, V-JEPA 2's rotary positions follow the token index), so an encoder pretrained on
-                # 16- or 64-frame clips takes 2-frame ones.
-                encoder_options = config_overrides["video_encoder_config"]
-                family = VIDEO_ENCODER_FAMILIES.get(encoder_options.get("model_type"))
-                if family is not None:  # RsccConfig refuses other model types with the supported ones named
-                    encoder_options[family.num_frames_field] = 2
-        if video_mode:
-            config_overrides.setdefault("use_difference_integration", False)
-        base_options = base_config.to_dict()
-        for key in ("model_type", "architectures", "transformers_version", "auto_map"):
-            base_options.pop(key, None)
-        config = RsccConfig(**{**base_options, **config_overrides})
+        hub_kwargs = {key: from_pretrained_kwargs[key] for key in HUB_OPTIONS if key in from_pretrained_kwargs}
+        config = rscc_config_from_llava_onevision(
+            pretrained_model_name_or_path, video_encoder, hub_kwargs, config_overrides
+        )
         model, loading_info = cls.from_pretrained(
             pretrained_model_name_or_path, config=config, output_loading_info=True, **from_pretrained_kwargs
         )
-        if isinstance(video_encoder, (str, os.PathLike)):
-            pretrained = AutoModel.from_pretrained(video_encoder, **hub_kwargs)
-            loaded = {
-                f"model.video_encoder.backbone.{name}"
-                for name in model.model.video_encoder.load_pretrained_backbone(pretrained)
-            }
-            loading_info["missing_keys"] = set(loading_info["missing_keys"]) - loaded
-        new_names = sorted(loading_info["missing_keys"])
-        stray = [name for name in new_names if not name.startswith(NEW_MODULE_PREFIXES)]
-        replaced = REPLACED_BY_VIDEO_ENCODER if video_mode else ()
-        problems = {
-            "missing base weights": stray,
-            "unexpected weights": sorted(
-                name for name in loading_info["unexpected_keys"] if not replaced or not name.startswith(replaced)
-            ),
-            "weights of another shape": [str(entry) for entry in loading_info["mismatched_keys"]],
-        }
-        problems = {kind: names for kind, names in problems.items() if names}
-        if problems:
-            raise ValueError(f"{pretrained_model_name_or_path} does not match the rscc architecture: {problems}")
-        parameters = dict(model.named_parameters())
-        num_new = sum(parameters[name].numel() for name in new_names if name in parameters)
-        report = {
-            "new_parameters": new_names,
-            "num_new_parameters": num_new,
-            "num_loaded_parameters": sum(p.numel() for p in parameters.values()) - num_new,
-        }
-        logger.warning(
-            f"Loaded LLaVA-OneVision weights from {pretrained_model_name_or_path} "
-            f"({report['num_loaded_parameters'] / 1e6:.1f}M parameters). Newly initialised: {len(new_names)} tensors, "
-            f"{num_new / 1e6:.1f}M parameters, all under {', '.join(p.rstrip('.') for p in NEW_MODULE_PREFIXES)} "
-            "(the difference module's and the bi-temporal filters' output scales are zero-initialised and the change "
-            "head acts only through the mask filter: outputs equal the base model's until trained or filtered"
-            + (f", except that visual_tokens={config.visual_tokens!r} shows the language model change tokens)."
-               if "change" in config.visual_segments else ").")
-        )
+        load_pretrained_video_encoder(model, video_encoder, hub_kwargs, loading_info)
+        report = new_parameters_report(model, pretrained_model_name_or_path, loading_info)
         return (model, report) if output_loading_info else model
 
 

@@ -188,6 +188,7 @@ class RsccTokenFilter:
         attention_mask: torch.Tensor | None,
         labels: torch.LongTensor | None,
         kept_tokens: torch.BoolTensor | list[torch.BoolTensor],
+        position_ids: torch.LongTensor | None = None,
     ) -> dict:
         """The sequence without the placeholders of dropped tokens, each sample re-packed on the side the batch was
         padded on, so every image has as many placeholders as it keeps tokens.
@@ -197,12 +198,23 @@ class RsccTokenFilter:
             attention_mask (`torch.Tensor` of shape `(batch_size, seq_len)`, *optional*).
             labels (`torch.LongTensor` of shape `(batch_size, seq_len)`, *optional*): shortened alike.
             kept_tokens: [`RsccImageFeaturesOutput.kept_tokens`] of the images.
+            position_ids: refused (they would describe the longer sequence).
 
         Returns:
             `dict` with the shortened `input_ids`, `attention_mask` and `labels`, and `kept_positions`
             (`torch.LongTensor` of shape `(batch_size, new_len)`: the input position of each kept position, -1 for
             padding).
         """
+        if input_ids is None:
+            raise ValueError(
+                "change_filter='drop' needs input_ids (it removes the image placeholders of dropped tokens); "
+                "inputs_embeds alone cannot be shortened"
+            )
+        if position_ids is not None:
+            raise ValueError(
+                "change_filter='drop' shortens the sequence, so position_ids of the full sequence do not apply; "
+                "leave position_ids unset (the shortened sequence gets contiguous positions)"
+            )
         image_positions = input_ids == self.config.image_token_id
         kept_flat = torch.cat([row.flatten() for row in kept_tokens])
         if int(image_positions.sum()) != kept_flat.numel():
@@ -217,10 +229,12 @@ class RsccTokenFilter:
         left_padding = attention_mask is None or bool(attention_mask[:, -1].all())
         kept_positions = pack_kept_positions(kept, left_padding)
         pad_token_id = self.config.get_text_config().pad_token_id
+        if labels is not None:
+            labels = gather_positions(labels, kept_positions.to(labels.device), IGNORE_INDEX)
         return {
             "input_ids": gather_positions(input_ids, kept_positions, pad_token_id or 0),
             "attention_mask": (kept_positions >= 0).long(),
-            "labels": None if labels is None else gather_positions(labels, kept_positions.to(labels.device), IGNORE_INDEX),
+            "labels": labels,
             "kept_positions": kept_positions,
         }
 

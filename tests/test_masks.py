@@ -306,7 +306,7 @@ def test_batched_generate_with_mixed_kept_counts(tiny_processor, changed_and_unc
 def test_pairs_without_change_skip_difference_integration(tiny_processor, changed_and_unchanged):
     pairs, masks = changed_and_unchanged
     model = build(tiny_processor, change_filter="drop")
-    plain = twin(model, tiny_processor, change_filter="drop", use_difference_integration=False)
+    plain = twin(model, tiny_processor, change_filter="drop", change_features="none")
     inputs = tiny_processor(images=pairs, change_masks=masks)
     arguments = (inputs["pixel_values"], inputs["image_sizes"])
     options = dict(batch_num_images=inputs["batch_num_images"], change_masks=inputs["change_masks"])

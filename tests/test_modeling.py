@@ -11,7 +11,7 @@ from rscc.tiny_checkpoints import TINY_DIFFERENCE_OPTIONS, build_tiny_tokenizer,
 def stock_folder(tmp_path_factory):
     """A saved stock LLaVA-OneVision model with tiny random weights, as a base checkpoint would be."""
     config = tiny_config(build_tiny_tokenizer()).to_dict()
-    for key in [key for key in config if key.startswith("difference_") or key == "use_difference_integration"]:
+    for key in [key for key in config if key.startswith("difference_") or key == "change_features"]:
         del config[key]
     del config["model_type"]
     torch.manual_seed(1)

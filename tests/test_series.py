@@ -86,7 +86,7 @@ def test_a_pair_through_the_n_date_path_is_exactly_the_pair_computation(example_
 @pytest.mark.parametrize(
     "options",
     [{}, {"change_filter": "drop", "change_filter_min_tokens": 4}, {"pair_encoding": "llava_video"},
-     {"pair_encoding": "llava_video", "use_difference_integration": False, "change_filter": "drop",
+     {"pair_encoding": "llava_video", "change_features": "none", "change_filter": "drop",
       "change_filter_min_tokens": 1}],
     ids=["images", "images-drop", "llava_video", "llava_video-drop"],
 )
@@ -132,7 +132,7 @@ def test_video_encoder_takes_series_of_its_num_frames_and_refuses_others(series,
     encoder = tiny_video_encoder_config(model_type, **{frames_field: 4})
     torch.manual_seed(0)
     model = RsccForConditionalGeneration(tiny_config(
-        processor.tokenizer, pair_encoding="video_encoder", use_difference_integration=False,
+        processor.tokenizer, pair_encoding="video_encoder", change_features="none",
         video_encoder_config=encoder.to_dict(), use_change_head=True, change_filter="multiply",
         change_mask_source="predicted")).eval()
     options = processor_options(model.config)
