@@ -79,6 +79,35 @@ VIDEO_ENCODER_FAMILIES = {
 }
 
 
+def check_video_encoder_config(encoder) -> None:
+    """Refuse a `video_encoder_config` (of `pair_encoding="video_encoder"`) that is not a dict of a supported family
+    describing its geometry, with a tubelet size that divides its frames per clip (at least 2)."""
+    if not isinstance(encoder, dict):
+        raise ValueError(
+            "pair_encoding='video_encoder' needs video_encoder_config (the config of a video encoder of model "
+            f"type {list(VIDEO_ENCODER_FAMILIES)}, or its dict); got {type(encoder).__name__}"
+        )
+    family = VIDEO_ENCODER_FAMILIES.get(encoder.get("model_type"))
+    if family is None:
+        raise ValueError(
+            f"video_encoder_config has model_type {encoder.get('model_type')!r}: supported video encoders are "
+            f"{list(VIDEO_ENCODER_FAMILIES)}"
+        )
+    missing = [name for name in family.required_fields if name not in encoder]
+    if missing:
+        raise ValueError(
+            f"video_encoder_config of model_type {encoder['model_type']!r} lacks {missing}: expected "
+            f"{list(family.required_fields)}"
+        )
+    frames_field = family.num_frames_field
+    num_frames = encoder[frames_field]
+    if num_frames < 2 or num_frames % encoder["tubelet_size"]:
+        raise ValueError(
+            f"video_encoder_config: {frames_field}={num_frames}, tubelet_size={encoder['tubelet_size']}: "
+            f"expected {frames_field} >= 2 (the dates of a sample) and a tubelet_size dividing it"
+        )
+
+
 @strict
 class RsccConfig(LlavaOnevisionConfig):
     r"""
@@ -342,30 +371,7 @@ class RsccConfig(LlavaOnevisionConfig):
                     "pair_encoding='video_encoder'"
                 )
             return
-        encoder = self.video_encoder_config
-        if not isinstance(encoder, dict):
-            raise ValueError(
-                "pair_encoding='video_encoder' needs video_encoder_config (the config of a video encoder of model "
-                f"type {list(VIDEO_ENCODER_FAMILIES)}, or its dict); got {type(encoder).__name__}"
-            )
-        if encoder.get("model_type") not in VIDEO_ENCODER_FAMILIES:
-            raise ValueError(
-                f"video_encoder_config has model_type {encoder.get('model_type')!r}: supported video encoders are "
-                f"{list(VIDEO_ENCODER_FAMILIES)}"
-            )
-        required = self.video_encoder_family.required_fields
-        missing = [name for name in required if name not in encoder]
-        if missing:
-            raise ValueError(
-                f"video_encoder_config of model_type {encoder['model_type']!r} lacks {missing}: expected "
-                f"{list(required)}"
-            )
-        frames_field, num_frames = self.video_encoder_family.num_frames_field, self.video_num_frames
-        if num_frames < 2 or num_frames % encoder["tubelet_size"]:
-            raise ValueError(
-                f"video_encoder_config: {frames_field}={num_frames}, tubelet_size={encoder['tubelet_size']}: "
-                f"expected {frames_field} >= 2 (the dates of a sample) and a tubelet_size dividing it"
-            )
+        check_video_encoder_config(self.video_encoder_config)
         if self.change_features != "none":
             raise ValueError(
                 f"change_features={self.change_features!r} with pair_encoding='video_encoder': the video encoder "

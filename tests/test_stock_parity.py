@@ -54,9 +54,14 @@ def test_image_placeholders_without_images_or_embeddings_are_still_refused(proce
 
 
 @pytest.mark.parametrize("pair_encoding", ["images", "llava_video"])
-def test_vision_feature_layer_list_concatenates_layers_as_stock(processor, example_pairs, pair_encoding):
-    """Stock's `test_vision_feature_layers`: a list of layers, their features concatenated before the projector."""
-    model = build(processor, change_features="none", pair_encoding=pair_encoding, vision_feature_layer=[-1, -2])
+@pytest.mark.parametrize("vision_feature_layer", [-1, [-1], [-1, -2]])
+def test_vision_feature_layer_list_concatenates_layers_as_stock(processor, example_pairs, pair_encoding,
+                                                                vision_feature_layer):
+    """Stock's `test_vision_feature_layers`: one layer or a list of layers, their features concatenated before the
+    projector."""
+    model = build(processor, change_features="none", pair_encoding=pair_encoding,
+                  vision_feature_layer=vision_feature_layer)
+    num_layers = 1 if isinstance(vision_feature_layer, int) else len(vision_feature_layer)
     processor.pair_encoding = pair_encoding
     try:
         inputs = processor(images=example_pairs)
@@ -67,7 +72,7 @@ def test_vision_feature_layer_list_concatenates_layers_as_stock(processor, examp
             inputs["pixel_values"], inputs["image_sizes"], batch_num_images=inputs["batch_num_images"]
         )
         logits = model(**inputs).logits
-    assert model.model.multi_modal_projector.linear_1.in_features == 2 * model.config.vision_config.hidden_size
+    assert model.model.multi_modal_projector.linear_1.in_features == num_layers * model.config.vision_config.hidden_size
     assert features.pooler_output[0].shape[-1] == model.config.text_config.hidden_size
     assert torch.isfinite(logits).all()
 
