@@ -6,9 +6,12 @@ high bytes (a black image) and cannot open band-interleaved or GDAL-written mult
 processor's one stretch of deep imagery to 8 bits. Importing this module installs that reader.
 """
 
+import contextlib
+import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import rasterio
@@ -73,6 +76,41 @@ def rgb_bands(dataset, name: str, bands: list[int] | None = None) -> list[int]:
     return not_alpha[:3] if len(not_alpha) >= 3 else not_alpha[:1]
 
 
+def alpha_band(dataset) -> int | None:
+    """The 1-based alpha band of a raster (RGBA, or any band whose colour interpretation is alpha), else None."""
+    interpretation = list(dataset.colorinterp)
+    return interpretation.index(ColorInterp.alpha) + 1 if ColorInterp.alpha in interpretation else None
+
+
+def warp_validity(dataset) -> dict:
+    """The `WarpedVRT` options that carry a raster's validity through a warp into the VRT's alpha band: its own alpha
+    band (GDAL adds no second one), else an added alpha band of the pixels the warp covers."""
+    own = alpha_band(dataset)
+    return {"src_alpha": own} if own else {"add_alpha": True}
+
+
+def check_assumed_alignment(names: list[str], datasets: list) -> None:
+    """Refuse `--assume-aligned` (rasters read pixel for pixel) where the georeferenced rasters among them contradict
+    it: two CRSs, or one CRS with different pixel grids (transforms). Names both rasters.
+
+    Args:
+        names (`list[str]`): how errors refer to the rasters (BEFORE, DATE2, ...).
+        datasets (`list`): the open rasterio datasets, in the same order.
+    """
+    georeferenced = [(name, data) for name, data in zip(names, datasets) if data.crs]
+    for name, data in georeferenced[1:]:
+        first_name, first = georeferenced[0]
+        if data.crs != first.crs or data.transform != first.transform:
+            differ = (f"is in {first.crs} and {name} ({data.name}) in {data.crs}" if data.crs != first.crs else
+                      f"and {name} ({data.name}) are on different pixel grids of {data.crs} ({tuple(first.transform)[:6]}"
+                      f" and {tuple(data.transform)[:6]})")
+            raise SceneInputError(
+                f"--assume-aligned reads the rasters pixel for pixel, but {first_name} ({first.name}) {differ}; "
+                "georeferenced rasters are placed by their georeferencing. Georeference every raster and leave "
+                "--assume-aligned out, or give rasters of one pixel grid"
+            )
+
+
 def read_full_depth(path: str | os.PathLike, name: str) -> np.ndarray:
     """A whole image file as GDAL reads it: its RGB bands (or grey band) at full depth, `(H, W, 3)` or `(H, W)`.
 
@@ -89,13 +127,53 @@ def read_full_depth(path: str | os.PathLike, name: str) -> np.ndarray:
                 f"{name}: image file {path} of {dataset.width} x {dataset.height} pixels is too large to read whole; "
                 "caption large rasters tile by tile with `rscc scene`"
             )
-        try:
+        with gdal_complaints_as_errors(path, name):
             values = dataset.read(rgb_bands(dataset, name))
-        except RasterioIOError as error:
-            raise SceneInputError(f"{name}: cannot read the pixels of {path} ({error})") from None
     return values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
+
+
+class _Complaints(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING or "GDAL signalled" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def gdal_complaints_as_errors(path: str | os.PathLike, name: str) -> Iterator[None]:
+    """Make every GDAL error or warning about a file during the block a [`SceneInputError`] naming it: rasterio logs
+    some (a damaged block GDAL fills in) and carries on with pixels that are not the file's."""
+    complaints = _Complaints()
+    loggers = [logging.getLogger(logger_name) for logger_name in ("rasterio._err", "rasterio._env")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(complaints)
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    except RasterioIOError as error:
+        raise SceneInputError(f"{name}: cannot read the pixels of {path}: "
+                              f"{'; '.join(complaints.messages) or error}") from None
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(complaints)
+            logger.setLevel(level)
+    if complaints.messages:
+        raise SceneInputError(f"{name}: GDAL reports problems with {path}: {'; '.join(complaints.messages)}")
 
 
 processing_rscc.full_depth_reader = read_full_depth
 
-__all__ = ["SceneInputError", "open_raster", "read_full_depth", "rgb_bands"]
+__all__ = [
+    "SceneInputError",
+    "alpha_band",
+    "check_assumed_alignment",
+    "gdal_complaints_as_errors",
+    "open_raster",
+    "read_full_depth",
+    "rgb_bands",
+    "warp_validity",
+]

@@ -39,6 +39,8 @@ from .configuration_rscc import RsccConfig
 from .imagery import date_names
 from .masks import MASK_GREY_LEVELS
 from .modeling_rscc import RsccForConditionalGeneration
+from .output_lock import locking_output
+from .processor_match import check_processor_matches
 from .parallel import current_share, part_path, process_device
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
 from .video_rscc import processor_options
@@ -313,6 +315,7 @@ def describe_changes(
             f"{getattr(model.config, 'change_filter', 'none')!r}); they would be ignored"
         )
     generate_kwargs.setdefault("do_sample", False)
+    check_processor_matches(model.config, processor)
     config = model.config
     has_change_head = getattr(config, "use_change_head", False)
     descriptions = []
@@ -648,4 +651,4 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--out", help="batch: JSON-lines output file (resumable); default stdout")
     parser.add_argument("--overwrite", action="store_true", help="batch: discard earlier results in --out")
     add_progress_arguments(parser)
-    parser.set_defaults(run=_run_caption)
+    parser.set_defaults(run=locking_output(_run_caption))

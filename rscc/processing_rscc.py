@@ -164,9 +164,10 @@ def pillow_truncates(image: Image.Image) -> bool:
 
 
 def _read_image_file(path: Path, name: str, percentiles: tuple[float, float]) -> Image.Image:
-    pillow_problem = "Pillow reads only the high byte of each 16-bit band"
+    pillow_problem, image_format = "Pillow reads only the high byte of each 16-bit band", None
     try:
         with Image.open(path) as opened:
+            image_format = opened.format
             if not pillow_truncates(opened):
                 opened.load()
                 return load_image(opened, name=f"{name} ({path})", percentiles=percentiles)
@@ -175,6 +176,9 @@ def _read_image_file(path: Path, name: str, percentiles: tuple[float, float]) ->
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
         if isinstance(error, RsccInputError):
             raise
+        if image_format not in (None, "TIFF"):  # the format's own decoder found the file truncated or corrupt
+            raise RsccInputError(f"{name}: image file {path} is truncated or corrupt: Pillow's {image_format} "
+                                 f"decoder stopped ({error}); nothing of it is used") from None
         pillow_problem = f"Pillow cannot read it ({error})"
     if full_depth_reader is None:
         raise RsccInputError(
