@@ -224,12 +224,12 @@ def _write_batches(
     progress_bar,
     made_by: dict | None,
     others: PartsProgress | None = None,
-    resumable: bool = False,
+    record_inputs: bool = False,
 ) -> None:
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
         # What the files were when read, so that a resumed run notices changed ones (rscc.input_fingerprint).
-        inputs = [{FINGERPRINTS_FIELD: fingerprints(record_paths([record]))} if resumable else {} for record in batch]
+        inputs = [{FINGERPRINTS_FIELD: fingerprints(record_paths([record]))} if record_inputs else {} for record in batch]
         captions = caption_batch(batch)
         sink.write("".join(json.dumps({**record.result_line(caption, made_by), **files}) + "\n"
                            for record, caption, files in zip(batch, captions, inputs)))
@@ -269,6 +269,7 @@ def caption_records(
     overwrite: bool = False,
     made_by: dict | None = None,
     share: ProcessShare = ProcessShare(),
+    record_inputs: bool = False,
 ) -> BatchSummary:
     """Caption samples (pairs or series) batch by batch into JSON lines, resuming an earlier run into the same `out`.
 
@@ -286,6 +287,8 @@ def caption_records(
         share ([`ProcessShare`]): this process's share of a data-parallel run (see `rscc.parallel`): it captions
             every `share.count`-th pending sample into its own `OUT.partial.RANK`, and the main process merges the
             parts in input order into `out` once every process is done. Every process must call this function.
+        record_inputs (`bool`): write each sample's input fingerprints on its line (`input_fingerprints`, see
+            `rscc.input_fingerprint`), so that a rerun captions again the samples whose files changed since.
 
     Returns:
         [`BatchSummary`] of the whole run (every process's samples).
@@ -318,7 +321,8 @@ def caption_records(
     others = PartsProgress(out, share)  # where the others' parts end before any process appends
     wait_for_everyone(share)  # every process has read the parts before any appends to its own
     with appending_to_part(own, share, others, progress, len(records), len(finished), "sample") as (sink, bar):
-        _write_batches(list(share.take(pending)), caption_batch, sink, batch_size, bar, made_by, others, True)
+        _write_batches(list(share.take(pending)), caption_batch, sink, batch_size, bar, made_by, others,
+                       record_inputs)
     if share.is_main:
         parts = existing_parts(out)
         if parts == [own] and share.count == 1 and not recaptioned:  # else put the samples back in input order

@@ -576,7 +576,7 @@ def _caption_batch(args) -> int:
     try:
         summary = caption_records(
             records, caption_batch, out=out, batch_size=batch_size_of(args), progress=show_progress(args),
-            overwrite=args.overwrite, made_by=made_by(args.model, model, args), share=share,
+            overwrite=args.overwrite, made_by=made_by(args.model, model, args), share=share, record_inputs=True,
         )
     except BatchInputError:
         raise

@@ -18,8 +18,12 @@ HASHED_BYTES = 64 * 1024**2
 
 
 def fingerprint(path: str | os.PathLike) -> dict:
-    """`{"size", "mtime_ns"[, "sha256"]}` of a file (the hash for files up to `HASHED_BYTES`)."""
-    status = os.stat(path)
+    """`{"size", "mtime_ns"[, "sha256"]}` of a file (the hash for files up to `HASHED_BYTES`); `{"missing": true}`
+    for a file that does not exist (a manifest's mask column, copied to the output but not read)."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return {"missing": True}
     result = {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
     if status.st_size <= HASHED_BYTES:
         with open(path, "rb") as file:
@@ -34,15 +38,16 @@ def fingerprints(paths: Iterable[str | os.PathLike]) -> dict:
 
 def changed_files(recorded: dict) -> list[str]:
     """The files of `recorded` (`fingerprints()` of an earlier run) that are no longer what they were: missing, or of
-    another content (hash), or, without a hash, of another size or modification time."""
+    another content (hash), or, without a hash, of another size or modification time; or created since."""
     changed = []
     for path, before in recorded.items():
         try:
             now = os.stat(path)
         except OSError:
-            changed.append(path)
+            if not before.get("missing"):
+                changed.append(path)
             continue
-        if now.st_size != before.get("size"):
+        if before.get("missing") or now.st_size != before.get("size"):
             changed.append(path)
         elif "sha256" in before and now.st_size <= HASHED_BYTES:
             if now.st_mtime_ns != before.get("mtime_ns") and fingerprint(path).get("sha256") != before["sha256"]:

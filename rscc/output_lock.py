@@ -54,6 +54,14 @@ def _describe(holder: dict) -> str:
             f"{holder.get('command')}")
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders made for the lock (deepest first) that the command left empty: a refused command leaves
+    nothing behind."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def _acquire(path: Path, holder: dict, attempts: int = 3) -> FileLock | None:
     """The lock of `path`, held, with `holder` written into it; None when another process holds it. A lock won on a
     file its holder removed meanwhile (the holder's last moment) is given up and taken again on the new file."""
@@ -95,12 +103,14 @@ def output_lock(out: str | os.PathLike | None, command: str, is_main: bool = Tru
         yield
         return
     path = lock_path(out)
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     left_behind = _holder(path) if path.is_file() else None
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
           "command": " ".join(sys.argv)}
     lock = _acquire(path, me)
     if lock is None:
+        _remove_empty(made)
         raise OutputLockedError(
             f"{out} is being written by another run ({_describe(_holder(path))}); wait for it to finish, stop it, or "
             f"choose another output. A run that was killed leaves {path}, which the next run takes over"
@@ -113,6 +123,7 @@ def output_lock(out: str | os.PathLike | None, command: str, is_main: bool = Tru
     finally:
         path.unlink(missing_ok=True)  # while still held, so no other run locks the file being removed
         lock.release()
+        _remove_empty(made)
 
 
 def locking_output(run: Callable[[argparse.Namespace], int], option: str = "out"

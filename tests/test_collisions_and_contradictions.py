@@ -218,12 +218,12 @@ def test_resume_captions_again_the_samples_whose_files_changed(example_pairs, tm
         return [f"caption {len(calls)}" for _ in batch]
 
     out = tmp_path / "o.jsonl"
-    assert caption_records(records, caption_batch, out=out).captioned == 2
+    assert caption_records(records, caption_batch, out=out, record_inputs=True).captioned == 2
     future = time.time() + 60
     os.utime(dates[1], (future, future))  # touched: same content, not captioned again
-    assert caption_records(records, caption_batch, out=out).captioned == 0
+    assert caption_records(records, caption_batch, out=out, record_inputs=True).captioned == 0
     shutil.copy(example_pairs[1][0], dates[2])  # replaced in place
-    summary = caption_records(records, caption_batch, out=out)
+    summary = caption_records(records, caption_batch, out=out, record_inputs=True)
     assert (summary.captioned, summary.resumed) == (1, 1) and calls == ["s", "t", "t"]
     assert f"'t' is captioned again: {dates[2]} changed since it was captioned" in capsys.readouterr().err
     lines = [json.loads(line) for line in out.read_text().splitlines()]
