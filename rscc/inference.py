@@ -40,9 +40,9 @@ from .imagery import date_names
 from .masks import MASK_GREY_LEVELS
 from .modeling_rscc import RsccForConditionalGeneration
 from .output_lock import locking_output
-from .processor_match import check_processor_matches
 from .parallel import current_share, part_path, process_device
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
+from .processor_match import check_processor_matches
 from .video_rscc import processor_options
 
 logger = logging.get_logger(__name__)

@@ -31,6 +31,13 @@ def fingerprint(path: str | os.PathLike) -> dict:
     return result
 
 
+def content_fingerprint(path: str | os.PathLike) -> dict:
+    """What a file holds, for settings compared as a whole: size and hash where hashed (a file only touched is the
+    same), else size and modification time."""
+    whole = fingerprint(path)
+    return {key: value for key, value in whole.items() if key != "mtime_ns" or "sha256" not in whole}
+
+
 def fingerprints(paths: Iterable[str | os.PathLike]) -> dict:
     """`{path: fingerprint}` of the files a result is made from."""
     return {str(path): fingerprint(path) for path in paths}
@@ -92,4 +99,11 @@ def drop_results_of_changed_inputs(parts: Iterable[Path], command: str) -> list[
     return dropped
 
 
-__all__ = ["FINGERPRINTS_FIELD", "changed_files", "drop_results_of_changed_inputs", "fingerprint", "fingerprints"]
+__all__ = [
+    "FINGERPRINTS_FIELD",
+    "changed_files",
+    "content_fingerprint",
+    "drop_results_of_changed_inputs",
+    "fingerprint",
+    "fingerprints",
+]

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from .cli import EXIT_BAD_INPUT
+from .cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS
 from .errors import RsccInputError
 
 LOCK_SUFFIX = ".lock"
@@ -54,9 +54,13 @@ def _describe(holder: dict) -> str:
             f"{holder.get('command')}")
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first."""
+    return [folder for folder in path.parents if not folder.exists()]
+
+
 def _remove_empty(folders: list[Path]) -> None:
-    """Remove the folders made for the lock (deepest first) that the command left empty: a refused command leaves
-    nothing behind."""
+    """Remove the folders made for the lock (deepest first) that are empty: a refused command leaves nothing."""
     for folder in folders:
         with contextlib.suppress(OSError):
             folder.rmdir()
@@ -103,7 +107,7 @@ def output_lock(out: str | os.PathLike | None, command: str, is_main: bool = Tru
         yield
         return
     path = lock_path(out)
-    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    made = _missing_folders(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     left_behind = _holder(path) if path.is_file() else None
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -123,7 +127,6 @@ def output_lock(out: str | os.PathLike | None, command: str, is_main: bool = Tru
     finally:
         path.unlink(missing_ok=True)  # while still held, so no other run locks the file being removed
         lock.release()
-        _remove_empty(made)
 
 
 def locking_output(run: Callable[[argparse.Namespace], int], option: str = "out"
@@ -138,12 +141,17 @@ def locking_output(run: Callable[[argparse.Namespace], int], option: str = "out"
     @functools.wraps(run)
     def locked(args: argparse.Namespace) -> int:
         command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        out = getattr(args, option)
+        made = _missing_folders(lock_path(out)) if out is not None and str(out).strip() else []
         try:
-            with output_lock(getattr(args, option), command, is_main=int(os.environ.get("RANK", "0")) == 0):
-                return run(args)
+            with output_lock(out, command, is_main=int(os.environ.get("RANK", "0")) == 0):
+                code = run(args)
         except OutputLockedError as error:
             print(f"rscc {command}: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        if code in (EXIT_INVALID_RECORDS, EXIT_BAD_INPUT):
+            _remove_empty(made)  # refused input: no folder made for the lock is left behind
+        return code
 
     return locked
 

@@ -83,6 +83,7 @@ from .parallel import (
     wait_for_everyone,
 )
 from .processing_rscc import HIGH_BIT_DEPTH_PERCENTILES, stretch_to_uint8
+from .input_fingerprint import content_fingerprint
 from .output_lock import locking_output
 
 # GDAL's default block cache is 5% of the machine's memory: on a large scene it would fill up and make the process
@@ -588,6 +589,7 @@ def describe_scene(
         if in_parts:
             settings = {
                 **options, "rasters": [Path(raster).resolve() for raster in rasters], "tile_size": tile_size,
+                "raster_contents": [content_fingerprint(raster) for raster in rasters],  # a raster replaced since
                 "overlap": overlap, "bands": bands, "resampling": resampling, "stretch": stretch,
                 "model": getattr(model.config, "_name_or_path", None),
                 "revision": getattr(model.config, "_commit_hash", None),
