@@ -305,3 +305,16 @@ def test_binary_masks_of_0_and_1_are_stored_as_0_and_255(shared_data, tmp_path, 
 
     for example in load_change_dataset(str(tmp_path / "out"), split="train"):
         assert set(np.unique(np.asarray(example["change_mask"])).tolist()) <= {0, 255}
+
+
+def test_the_demo_shows_the_processors_warnings_about_the_inputs(example_pairs, tmp_path):
+    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.demo import Captioner
+    from rscc.inference import load_captioner
+
+    folder = make_tiny_checkpoint(tmp_path / "filter", change_filter="drop")
+    model, processor = load_captioner(str(folder))
+    mask = tmp_path / "m.png"
+    Image.fromarray(np.tile(np.array([0, 255], np.uint8), (60, 50))).save(mask)
+    caption, _, _, message = Captioner(model, processor, "filter", max_new_tokens=2).describe(*example_pairs[0], mask)
+    assert caption and message.startswith("**Note:**") and "mask of 60x100" in message and "resized" in message
