@@ -39,9 +39,11 @@ def report_process_mismatch(world_size: int) -> None:
               file=sys.stderr)
 
 
-def _exit_code(failure_codes: list[int]) -> int:
-    """The exit code of a launch whose processes failed: the first failure's, signals as the shell gives them."""
-    code = failure_codes[0] if failure_codes else 1
+def _exit_code(failures: list[tuple[int, float]]) -> int:
+    """The exit code of a launch whose processes failed, from `(exit code, time)` of each failed process: the first
+    process that exited by itself (the launcher then stops the others with SIGTERM), signals as the shell gives them.
+    """
+    code = min(failures, key=lambda failure: (failure[0] < 0, failure[1]))[0] if failures else 1
     return 128 - code if code < 0 else code
 
 
@@ -61,9 +63,9 @@ def _run_launch(args: argparse.Namespace) -> int:
         print(f"rscc launch: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ChildFailedError as error:
-        return _exit_code([failure.exitcode for _, failure in sorted(error.failures.items())])
+        return _exit_code([(failure.exitcode, failure.timestamp) for failure in error.failures.values()])
     except subprocess.CalledProcessError as error:
-        return _exit_code([error.returncode])
+        return _exit_code([(error.returncode, 0.0)])
     return EXIT_OK
 
 

@@ -318,3 +318,11 @@ def test_the_demo_shows_the_processors_warnings_about_the_inputs(example_pairs, 
     Image.fromarray(np.tile(np.array([0, 255], np.uint8), (60, 50))).save(mask)
     caption, _, _, message = Captioner(model, processor, "filter", max_new_tokens=2).describe(*example_pairs[0], mask)
     assert caption and message.startswith("**Note:**") and "mask of 60x100" in message and "resized" in message
+
+
+def test_rscc_launch_exits_with_the_code_of_the_process_that_failed_first():
+    from rscc.launch import _exit_code
+
+    # rank 1 refused its input at t=5; the launcher then stopped rank 0 with SIGTERM at t=6
+    assert _exit_code([(-15, 6.0), (2, 5.0)]) == EXIT_BAD_INPUT
+    assert _exit_code([(-15, 6.0)]) == 143 and _exit_code([(3, 2.0), (2, 1.0)]) == 2
