@@ -14,8 +14,8 @@ Each case sets up files (real imagery from ../shared/data, a tiny random checkpo
 The same script runs on any commit of the package (set RSCC_ROOT to a checkout, e.g. one made with
 `git archive 0e9c600 | tar -x -C /tmp/rscc_base`), so the counts before and after a change are comparable:
 
-    python benchmarks/bad_input_campaign.py [--only FAMILY] [--verbose]
-    RSCC_ROOT=/tmp/rscc_base python benchmarks/bad_input_campaign.py
+    python benchmarks/bad_input_campaign.py [--only FAMILY[,FAMILY...]] [--verbose]
+    RSCC_ROOT=/tmp/rscc_base PYTHONPATH=/tmp/rscc_base python benchmarks/bad_input_campaign.py
 
 It needs a transformers under which the tiny model captions (the tested window; 0e9c600 captions under 5.23 only).
 
@@ -23,6 +23,24 @@ Counts on two CPU cores, 83 cases (clear error / handled / unclear error / silen
 
     before issue 14 (0e9c600, transformers 5.23):  13 / 4 / 24 / 41 / 1
     after (issue 14 and the 5.24 port, 5.24):      72 / 11 / 0 / 0 / 0
+
+Issue 26 added 36 cases in eight families, several in child processes: concurrency (two runs into one output at
+once, a second run mid-run, kill -9 then rerun), series (corrupt dates, ids, inputs changed between runs, a processor
+of other settings), scenes of N rasters (CRS contradictions, alpha bands, a truncated GeoTIFF), launcher (`rscc
+launch`, or `accelerate launch` where the package has no `rscc launch`), converters, from-masks, streaming (broken
+shards) and demo (the page served by `rscc demo`, driven through gradio_client). An error case may also check that
+nothing was lost (the run that got the output wrote all of it). Counts (transformers 5.25, two shared CPU cores):
+
+    family       before (4d018d8)           after (issue 26)
+    concurrency   0 / 1 / 0 / 4 / 0          4 / 1 / 0 / 0 / 0
+    series        0 / 1 / 1 / 5 / 0          4 / 3 / 0 / 0 / 0
+    scenes        0 / 0 / 3 / 1 / 0          2 / 2 / 0 / 0 / 0
+    launcher      0 / 1 / 2 / 1 / 0          2 / 2 / 0 / 0 / 0
+    converters    2 / 0 / 3 / 2 / 0          5 / 2 / 0 / 0 / 0
+    from-masks    0 / 0 / 1 / 3 / 0          3 / 1 / 0 / 0 / 0
+    streaming     0 / 0 / 2 / 0 / 0          2 / 0 / 0 / 0 / 0
+    demo          0 / 1 / 0 / 2 / 0          1 / 2 / 0 / 0 / 0
+    all 36        2 / 4 / 12 / 18 / 0       23 / 13 / 0 / 0 / 0
 """
 
 import argparse
