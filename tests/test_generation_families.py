@@ -48,7 +48,7 @@ def make_inputs(processor, variant, pairs, prompts):
 @pytest.fixture(params=list(VARIANTS))
 def case(request, models, processor, example_pairs, single_torch_thread):
     """A variant's model and a left-padded batch of two samples (the second prompt is longer)."""
-    prompts = [processor.prompt, "Compare <image> with <image> and describe every change you see in detail, one by one."]
+    prompts = [processor.prompt, "Compare <image> with <image> and describe every change you see in detail."]
     return request.param, models[request.param], make_inputs(processor, request.param, example_pairs, prompts), prompts
 
 

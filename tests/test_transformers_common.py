@@ -332,8 +332,8 @@ class CommonTests(ModelTesterMixin):
                 out_embeds = model(inputs_embeds=inputs_embeds, **inputs)[0]
             torch.testing.assert_close(out_embeds, out_ids)
 
-    # transformers' LLaVA-OneVision test: with initializer ranges zeroed, every trainable weight outside the vision tower
-    # (SigLIP initialises its own way) and the image newline is initialised to a constant 0 or 1.
+    # transformers' LLaVA-OneVision test: with initializer ranges zeroed, every trainable weight outside the vision
+    # tower (SigLIP initialises its own way) and the image newline is initialised to a constant 0 or 1.
     def test_initialization(self):
         config, _ = self.model_tester.prepare_config_and_inputs_for_common()
         configs_no_init = common._config_zero_init(config)
@@ -342,7 +342,8 @@ class CommonTests(ModelTesterMixin):
             for name, param in model.named_parameters():
                 if "image_newline" in name or "vision_tower" in name or not param.requires_grad:
                     continue
-                self.assertIn(((param.data.mean() * 1e9).round() / 1e9).item(), [0.0, 1.0], msg=f"{name} of {model_class}")
+                mean = ((param.data.mean() * 1e9).round() / 1e9).item()
+                self.assertIn(mean, [0.0, 1.0], msg=f"{name} of {model_class.__name__}")
 
     # Skips of transformers' own LLaVA-OneVision test, with its reasons.
     @unittest.skip("stock skips it: SigLIP does not compute gradients properly with gradient checkpointing")
