@@ -7,7 +7,7 @@ downloaded from PyPI with `pip download` (once per machine and version, cached u
 `tests/exporters/` (the export mixin), `tests/utils/` and `tests/models/` are not in it. `test_modeling_common.py`
 imports `ExportTesterMixin` and `GenerationTesterMixin` from the first two, so they are replaced by empty
 classes: the export tests do not run, and what the generation tests cover is covered by our own
-`tests/test_generation_parity.py`.
+`tests/test_generation_parity.py` and `tests/test_generation_families.py` (docs/stock_parity.md lists which).
 
 Variants, each run for the base model and the captioning model:
 
@@ -371,8 +371,9 @@ class CommonTests(ModelTesterMixin):
         pass
 
     @unittest.skip(
-        "the GenerationTesterMixin lives in tests/generation/, outside the sdist; tests/test_generation_parity.py "
-        "covers generation for stock and rscc"
+        "the GenerationTesterMixin lives in tests/generation/, outside the sdist; tests/test_stock_parity.py checks "
+        "that GenerationMixin is a direct base, tests/test_generation_parity.py and test_generation_families.py "
+        "cover generation"
     )
     def test_generation_tester_mixin_inheritance(self):
         pass
