@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .caption_files import date_fields, line_dates
 from .data import manifest_captions, manifest_dates, read_manifest
 from .errors import RsccInputError
+from .input_fingerprint import FINGERPRINTS_FIELD, drop_results_of_changed_inputs, fingerprints
 from .output_files import atomic_output
 from .parallel import PartFiles, ProcessShare, batched, wait_for_everyone
 
@@ -134,7 +135,7 @@ def samples_from_manifest(manifest: str | os.PathLike) -> list[SampleRecord]:
             raise BatchInputError(f"manifest {path}, {where}: needs both a 'before' and an 'after' image path, or a "
                                   "series of 2 or more (images, or image_1, image_2, ...)")
         record = SampleRecord(
-            id=str(row.get("id") or Path(dates[0]).stem),
+            id=str(row["id"]) if row.get("id") not in (None, "") else Path(dates[0]).stem,
             images=tuple(str(path.parent / date) for date in dates),
             references=manifest_captions(row),
             mask=str(path.parent / row["mask"]) if row.get("mask") else None,
@@ -207,9 +208,13 @@ class BatchSummary:
     resumed: int
 
 
-def _result_lines(batch: list[SampleRecord], caption_batch: CaptionBatchFunction, made_by: dict | None) -> str:
+def _result_lines(batch: list[SampleRecord], caption_batch: CaptionBatchFunction, made_by: dict | None,
+                  record_inputs: bool = False) -> str:
+    # What the files were when read, so that a resumed run notices changed ones (rscc.input_fingerprint).
+    inputs = [{FINGERPRINTS_FIELD: fingerprints(record_paths([record]))} if record_inputs else {} for record in batch]
     captions = caption_batch(batch)
-    return "".join(json.dumps(record.result_line(caption, made_by)) + "\n" for record, caption in zip(batch, captions))
+    return "".join(json.dumps({**record.result_line(caption, made_by), **files}) + "\n"
+                   for record, caption, files in zip(batch, captions, inputs))
 
 
 def check_out_given(out: str | os.PathLike | None, share: ProcessShare) -> None:
@@ -227,6 +232,7 @@ def caption_records(
     overwrite: bool = False,
     made_by: dict | None = None,
     share: ProcessShare = ProcessShare(),
+    record_inputs: bool = False,
 ) -> BatchSummary:
     """Caption samples (pairs or series) batch by batch into JSON lines, resuming an earlier run into the same `out`.
 
@@ -244,6 +250,8 @@ def caption_records(
         share ([`ProcessShare`]): this process's share of a data-parallel run (see `rscc.parallel`): it captions
             every `share.count`-th pending sample into its own `OUT.partial.RANK`, and the main process merges the
             parts in input order into `out` once every process is done. Every process must call this function.
+        record_inputs (`bool`): write each sample's input fingerprints on its line (`input_fingerprints`, see
+            `rscc.input_fingerprint`), so that a rerun captions again the samples whose files changed since.
 
     Returns:
         [`BatchSummary`] of the whole run (every process's samples).
@@ -261,18 +269,21 @@ def caption_records(
 
     out = Path(out)
     parts = PartFiles(out, share)
+    recaptioned = []
     if share.is_main:
         if overwrite:
             parts.remove()
         elif not parts.existing() and out.is_file():
             shutil.copyfile(out, parts.own)  # continue from a finished run whose input has grown
     parts.repair()
+    if share.is_main:
+        recaptioned = drop_results_of_changed_inputs(parts.existing(), "caption")
     finished = parts.finished(_resumable_id(records, made_by))
     pending = [record for record in records if record.id not in finished]
-    parts.append(pending, batch_size, lambda batch: _result_lines(batch, caption_batch, made_by), progress,
-                 len(records), len(finished), "sample")
+    parts.append(pending, batch_size, lambda batch: _result_lines(batch, caption_batch, made_by, record_inputs),
+                 progress, len(records), len(finished), "sample")
     if share.is_main:
-        if parts.existing() == [parts.own] and share.count == 1:
+        if parts.existing() == [parts.own] and share.count == 1 and not recaptioned:  # else back in input order
             os.replace(parts.own, out)
         else:
             with atomic_output(out, ".jsonl") as temporary, open(temporary, "wb") as merged:

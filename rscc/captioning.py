@@ -9,6 +9,7 @@ import torch
 from .captioning_rscc import DEFAULT_MAX_NEW_TOKENS, describe_batch
 from .errors import RsccInputError
 from .processing_rscc import RsccProcessor
+from .processor_match import check_processor_matches
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -69,6 +70,7 @@ def describe_changes(
             "change_masks: this model's token filter does not take input masks (change_filter="
             f"{getattr(model.config, 'change_filter', 'none')!r}); they would be ignored"
         )
+    check_processor_matches(model.config, processor)
     descriptions = []
     for start in range(0, len(samples), batch_size):
         batch_masks = None if change_masks is None else change_masks[start : start + batch_size]

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = {
     "publish": "rscc.commands.hub",
     "demo": "rscc.commands.demo",
     "space": "rscc.commands.demo",
+    "launch": "rscc.launch",
 }
 
 

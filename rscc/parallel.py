@@ -22,6 +22,7 @@ from typing import Callable, Hashable, Iterable, Iterator, TextIO, TypeVar
 from tqdm.auto import tqdm
 
 from .errors import RsccInputError
+from .launch import report_process_mismatch
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -60,6 +61,7 @@ def current_share(device: str = "cpu") -> ProcessShare:
         device (`str`): the torch device the run captions on (`--device`).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        report_process_mismatch(1)
         return ProcessShare()
     from accelerate import PartialState
 

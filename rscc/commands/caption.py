@@ -23,6 +23,7 @@ from ..imagery import date_names
 from ..loading import DEFAULT_MODEL, DTYPES, load_captioner
 from ..masks import write_mask_png
 from ..output_files import check_output_file
+from ..output_lock import locking_output
 from ..parallel import current_share, existing_parts, part_path, process_device
 from ..processing_rscc import load_change_mask, load_image
 from .options import add_device_arguments, add_progress_arguments, batch_size_of, show_progress
@@ -131,7 +132,7 @@ def _caption_batch(args) -> None:
 
     summary = caption_records(
         records, caption_batch, out=out, batch_size=batch_size_of(args), progress=show_progress(args),
-        overwrite=args.overwrite, made_by=made_by(args.model, model, args), share=share,
+        overwrite=args.overwrite, made_by=made_by(args.model, model, args), share=share, record_inputs=True,
     )
     if out is not None and share.is_main:
         print(
@@ -198,5 +199,5 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", help="batch: JSON-lines output file (resumable); default stdout")
     parser.add_argument("--overwrite", action="store_true", help="batch: discard earlier results in --out")
     add_progress_arguments(parser)
-    parser.set_defaults(run=main, stopped_note=stopped_note)
+    parser.set_defaults(run=locking_output(main), stopped_note=stopped_note)
     return parser

@@ -8,6 +8,7 @@ from ..cli import EXIT_OK
 from ..imagery import SceneInputError
 from ..loading import DTYPES, load_captioner
 from ..output_files import check_output_file
+from ..output_lock import locking_output
 from ..parallel import PARTIAL_SUFFIX, current_share, existing_parts, process_device
 from ..processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
 from ..scene import SceneOptions, SceneSeries, describe_scene
@@ -117,6 +118,6 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
                         help="also write change polygons (needs a model with a change-detection head)")
     parser.add_argument("--mask-out", help="also write the change-mask mosaic GeoTIFF (needs a change-detection head)")
     add_progress_arguments(parser)
-    parser.set_defaults(run=main, stopped_note=stopped_note)
+    parser.set_defaults(run=locking_output(main), stopped_note=stopped_note)
     return parser
 

@@ -16,7 +16,16 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_coordinates
 from rasterio.windows import Window
 
-from ..imagery import SceneInputError, date_names, open_raster, rgb_bands
+from ..imagery import (
+    SceneInputError,
+    alpha_band,
+    check_assumed_alignment,
+    date_names,
+    gdal_complaints_as_errors,
+    open_raster,
+    rgb_bands,
+    warp_validity,
+)
 from ..processing_rscc import HIGH_BIT_DEPTH_PERCENTILES, stretch_to_uint8
 
 # Longest side of the decimated read that measures a high-bit-depth image's stretch percentiles.
@@ -79,6 +88,10 @@ class _DateSource:
 
     def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(bands, H, W) values and the (H, W) validity of `window` on the first date's grid."""
+        with gdal_complaints_as_errors(getattr(self.dataset, "src_dataset", self.dataset).name, "raster"):
+            return self._read(window, out_shape)
+
+    def _read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         window = Window(window.col_off - self.col_shift, window.row_off - self.row_shift, window.width, window.height)
         shape = None if out_shape is None else (len(self.bands), *out_shape)
         decimation = Resampling.nearest
@@ -159,6 +172,7 @@ class SceneSeries:
                 "top-left corner"
             )
         if missing_crs:
+            check_assumed_alignment(self.names, datasets)
             # Pixel (r, c) of one is pixel (r, c) of the others; the first raster with a CRS places the result.
             georeferenced = next((data for data in datasets if data.crs), first)
             self.crs, self.transform = georeferenced.crs, georeferenced.transform
@@ -197,10 +211,11 @@ class SceneSeries:
         vrt = self._stack.enter_context(
             WarpedVRT(
                 data, crs=first.crs, transform=first.transform, width=first.width, height=first.height,
-                resampling=resampling_method, add_alpha=True,
+                resampling=resampling_method, **warp_validity(data),
             )
         )
-        return _DateSource(vrt, bands, alpha_band=vrt.count), f"resampled onto {self.names[0]}'s grid ({resampling})"
+        return (_DateSource(vrt, bands, alpha_band=alpha_band(vrt)),
+                f"resampled onto {self.names[0]}'s grid ({resampling})")
 
     def __enter__(self) -> "SceneSeries":
         return self

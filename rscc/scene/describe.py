@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..captioning import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, describe_changes
 from ..imagery import SceneInputError
+from ..input_fingerprint import content_fingerprint
 from ..output_files import check_output_file
 from ..parallel import PARTIAL_SUFFIX, PartFiles, ProcessShare, batched, wait_for_everyone
 from ..processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
@@ -227,6 +228,7 @@ def _run_id(model, rasters, tile_size: int, stretch, options: SceneOptions) -> s
         "min_valid_fraction": options.min_valid_fraction, "max_new_tokens": options.max_new_tokens,
         "polygons": options.polygons, "mosaic": options.mask_out is not None,
         "rasters": [Path(raster).resolve() for raster in rasters], "tile_size": tile_size,
+        "raster_contents": [content_fingerprint(raster) for raster in rasters],  # a raster replaced since
         "overlap": options.overlap, "bands": options.bands, "resampling": options.resampling, "stretch": stretch,
         "model": getattr(model.config, "_name_or_path", None),
         "revision": getattr(model.config, "_commit_hash", None),
