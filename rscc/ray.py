@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from .batch import (
     BatchInputError,
+    BatchSummary,
     SampleRecord,
     _finished_ids,
     atomic_output,
@@ -243,21 +244,18 @@ def decode_images(batch: pa.Table) -> dict:
     from .processing_rscc import load_image
 
     rows = batch.to_pylist()
-    pixels, shapes, errors = [], [], []
     with tempfile.TemporaryDirectory(prefix="rscc-ray-") as folder:
         for row in rows:
-            stored = row.get("image_bytes") or [None] * len(row["images"])
+            stored = row.pop("image_bytes", None) or [None] * len(row["images"])
+            row.update(pixels=None, shapes=None, error=None)
             try:
                 arrays = [np.asarray(load_image(_fetched_image(source, data, folder, number), name=source))
                           for number, (source, data) in enumerate(zip(row["images"], stored))]
             except (RsccInputError, ValueError, OSError) as error:
-                pixels.append(None), shapes.append(None), errors.append(f"{type(error).__name__}: {error}")
+                row["error"] = f"{type(error).__name__}: {error}"
                 continue
-            pixels.append([array.tobytes() for array in arrays])
-            shapes.append([list(array.shape) for array in arrays])
-            errors.append(None)
-    return {**_columns(rows, ("id", "images", "references", "mask")), "pixels": pixels, "shapes": shapes,
-            "error": errors}
+            row.update(pixels=[array.tobytes() for array in arrays], shapes=[list(array.shape) for array in arrays])
+    return _columns(rows, ("id", "images", "references", "mask", "pixels", "shapes", "error"))
 
 
 class Captioner:
@@ -311,21 +309,6 @@ def _columns(rows: list[dict], names: Iterable[str]) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Shards and the output.
-
-
-@dataclass(frozen=True)
-class RaySummary:
-    """What a Ray run did.
-
-    Args:
-        total (`int`): samples in the input.
-        captioned (`int`): samples captioned by this run.
-        resumed (`int`): samples already done by an earlier run.
-    """
-
-    total: int
-    captioned: int
-    resumed: int
 
 
 def _shard_rows(shards: Location) -> Iterator[tuple[str, dict]]:
@@ -447,7 +430,7 @@ def caption_records(
     dtype: str = "float32",
     overwrite: bool = False,
     filesystem: pafs.FileSystem | None = None,
-) -> RaySummary:
+) -> BatchSummary:
     """Caption samples on Ray Data into one output in the records' order, resuming an earlier run into `out`.
 
     Args:
@@ -468,7 +451,7 @@ def caption_records(
             URI cannot configure.
 
     Returns:
-        [`RaySummary`].
+        [`BatchSummary`].
 
     Raises:
         RayEngineError: samples that could not be read or captioned, each named once; the others are kept in the
@@ -506,7 +489,7 @@ def caption_records(
                                  "); rerun the same command to caption them")
     _write_output(out, [lines[record.id] for record in records])
     _remove(shards)
-    return RaySummary(total=len(records), captioned=len(pending), resumed=resumed)
+    return BatchSummary(total=len(records), captioned=len(pending), resumed=resumed)
 
 
 def _run_pipeline(ray, pending, dataset, shards: Location, model, made_by, num_workers, gpus_per_worker, batch_size,
@@ -516,10 +499,13 @@ def _run_pipeline(ray, pending, dataset, shards: Location, model, made_by, num_w
         samples = ray.data.from_items([_sample_row(record) for record in pending], override_num_blocks=blocks)
     else:
         wanted = {record.id for record in pending}
-        samples = dataset.filter(lambda row: str(row["id"]) in wanted).map(_built_row)
-    # CPU actors hold a core each; decoding and writing then reserve none, else they would wait on the actors.
+        samples = dataset.flat_map(lambda row: [_built_row(row)] if str(row["id"]) in wanted else [])
+    # CPU actors hold a core each: decoding and writing then reserve none (else they would wait on the actors), and
+    # run in as many tasks at a time as there are actors (else Ray starts a worker process per block).
     cpus = {"num_cpus": 1 if gpus_per_worker else 0}
-    decoded = samples.map_batches(decode_images, batch_size=batch_size, batch_format="pyarrow", **cpus)
+    tasks_at_a_time = None if gpus_per_worker else num_workers
+    decoded = samples.map_batches(decode_images, batch_size=batch_size, batch_format="pyarrow", **cpus,
+                                  compute=ray.data.TaskPoolStrategy(size=tasks_at_a_time))
     captioned = decoded.map_batches(
         Captioner, batch_format="pyarrow",
         fn_constructor_kwargs=dict(model=model, made_by=made_by, max_new_tokens=max_new_tokens, dtype=dtype,
@@ -530,10 +516,8 @@ def _run_pipeline(ray, pending, dataset, shards: Location, model, made_by, num_w
         # arguments that differ from the decoding stage's also keep that stage in its own CPU tasks (not fused).
         max_restarts=-1, max_task_retries=-1,
     )
-    if parquet_shards:
-        captioned.write_parquet(shards.path, filesystem=shards.filesystem, ray_remote_args=cpus)
-    else:
-        captioned.write_json(shards.path, filesystem=shards.filesystem, ray_remote_args=cpus)
+    write = captioned.write_parquet if parquet_shards else captioned.write_json
+    write(shards.path, filesystem=shards.filesystem, ray_remote_args=cpus, concurrency=tasks_at_a_time)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -548,7 +532,7 @@ def caption_dataset(
     max_new_tokens: int | None = None,
     dtype: str = "float32",
     **options,
-) -> RaySummary:
+) -> BatchSummary:
     """Caption a Ray Dataset of samples into one output in the dataset's order.
 
     Rows are either sample rows (`id`, `images`: paths or URIs oldest first, optional `references`, `mask`) or rows
@@ -564,7 +548,7 @@ def caption_dataset(
         options: `num_workers`, `gpus_per_worker`, `batch_size`, `overwrite`, `filesystem` (see `caption_records`).
 
     Returns:
-        [`RaySummary`].
+        [`BatchSummary`].
     """
     from .inference import DEFAULT_MAX_NEW_TOKENS
 
@@ -656,7 +640,6 @@ __all__ = [
     "ENGINES",
     "Location",
     "RayEngineError",
-    "RaySummary",
     "add_engine_arguments",
     "caption_command",
     "caption_dataset",

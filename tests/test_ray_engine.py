@@ -126,7 +126,7 @@ def test_caption_dataset_to_a_file_uri_with_parquet_output(local_ray, pair_folde
     rows = [{"id": record.id, "images": list(record.images)} for record in _records(pair_folders)]
     out = tmp_path / "run" / "captions.parquet"
     summary = caption_dataset(ray.data.from_items(rows), model=str(tiny_checkpoint), out=f"file://{out}",
-                              num_workers=2, batch_size=2)
+                              batch_size=2)
     assert (summary.total, summary.captioned) == (6, 6)
     import pyarrow.parquet as pq
 
@@ -215,8 +215,7 @@ def test_images_and_output_in_s3(local_ray, s3_server, pair_folders, tiny_checkp
         rows.append({"id": name, "images": [f"s3://test:test@archive/{date}/{name}?{options}"
                                             for date in ("before", "after")]})
     out = f"s3://test:test@archive/runs/captions.jsonl?{options}"
-    summary = caption_dataset(ray.data.from_items(rows), model=str(tiny_checkpoint), out=out, num_workers=2,
-                              batch_size=2)
+    summary = caption_dataset(ray.data.from_items(rows), model=str(tiny_checkpoint), out=out, batch_size=2)
     assert summary.captioned == 6
     with filesystem.open_input_stream("archive/runs/captions.jsonl") as stream:
         written = [json.loads(line) for line in stream.read().decode().splitlines()]
@@ -224,3 +223,26 @@ def test_images_and_output_in_s3(local_ray, s3_server, pair_folders, tiny_checkp
     assert [(line["id"], line["caption"]) for line in written] == [(line["id"], line["caption"]) for line in expected]
     assert written[0]["before"] == rows[0]["images"][0]
     assert filesystem.get_file_info("archive/runs/captions.jsonl.shards").type == pafs.FileType.NotFound
+
+
+def test_built_parquet_dataset_on_the_command_line(local_ray, pair_folders, tiny_checkpoint, single_process_lines,
+                                                    tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def stored(path: Path) -> dict:
+        return {"bytes": path.read_bytes(), "path": path.name}
+
+    rows = [{"id": name, "before": stored(pair_folders[0] / name), "after": stored(pair_folders[1] / name),
+             "captions": ["a reference"], "change_flag": 1, "source": "levir_cd", "images": []}
+            for name in PAIR_NAMES]
+    dataset = tmp_path / "built"
+    (dataset / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), dataset / "data" / "test-00000-of-00001.parquet")
+    out = tmp_path / "captions.jsonl"
+    assert main(["caption", str(dataset), "--model", str(tiny_checkpoint), "--out", str(out), "--batch-size", "2",
+                 "--engine", "ray"]) == EXIT_OK
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = [json.loads(line) for line in single_process_lines]
+    assert [(line["id"], line["caption"]) for line in written] == [(line["id"], line["caption"]) for line in expected]
+    assert written[0]["before"] == PAIR_NAMES[0] and written[0]["references"] == ["a reference"]
