@@ -11,12 +11,14 @@ The real LEVIR-CC pairs are repeated up to `--pairs` (as in bench_data_parallel.
 Every output must be byte for byte the accelerate engine's. The overhead row runs Ray Data pipelines of one no-op
 actor (the stages and settings of `rscc.ray` with one CPU worker: from_items -> CPU map_batches -> actor map_batches
 -> write_json) over 1 and `--pairs`
-batches of one row; the difference of their wall times over the extra batches is the cost Ray adds per batch.
+batches of one row (medians of 3, after a warm-up run); the difference of their wall times over the extra batches is
+the cost Ray adds per batch.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,25 +49,29 @@ def _pass_through(batch):
     return batch
 
 
-def scheduling_overhead(batches: int, scratch: Path) -> dict:
-    """Seconds Ray Data adds per batch: no-op pipelines over 1 and `batches` one-row batches."""
+def scheduling_overhead(batches: int, scratch: Path, repeats: int = 3) -> dict:
+    """Seconds Ray Data adds per batch: no-op pipelines over 1 and `batches` one-row batches, after a warm-up run
+    (which starts Ray's worker processes), `repeats` times each; medians."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    walls = {}
+    walls = {1: [], batches: []}
     try:
-        for count in (1, batches):
+        for run_number, count in enumerate([1] + [1, batches] * repeats):
             dataset = ray.data.from_items([{"id": str(index)} for index in range(count)], override_num_blocks=count)
             started = time.perf_counter()
             (dataset.map_batches(_pass_through, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
              .map_batches(_Identity, compute=ray.data.ActorPoolStrategy(size=1), batch_size=1, num_cpus=1)
-             .write_json(str(scratch / f"noop-{count}"), ray_remote_args={"num_cpus": 0}, concurrency=1))
-            walls[count] = time.perf_counter() - started
+             .write_json(str(scratch / f"noop-{run_number}"), ray_remote_args={"num_cpus": 0}, concurrency=1))
+            if run_number > 0:
+                walls[count].append(time.perf_counter() - started)
     finally:
         ray.shutdown()
-    return {"batches": batches, "wall_1_batch_s": round(walls[1], 2), f"wall_{batches}_batches_s": round(walls[batches], 2),
-            "overhead_per_batch_ms": round(1000 * (walls[batches] - walls[1]) / (batches - 1), 1)}
+    one, many = statistics.median(walls[1]), statistics.median(walls[batches])
+    return {"batches": batches, "repeats": repeats, "median_wall_1_batch_s": round(one, 2),
+            f"median_wall_{batches}_batches_s": round(many, 2),
+            "overhead_per_batch_ms": round(1000 * (many - one) / (batches - 1), 1)}
 
 
 def main() -> None:
