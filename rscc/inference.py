@@ -41,7 +41,7 @@ from .masks import MASK_GREY_LEVELS
 from .modeling_rscc import RsccForConditionalGeneration
 from .parallel import current_share, part_path, process_device
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
-from .ray import add_engine_arguments, check_engine_arguments
+from .ray import add_engine_arguments, caption_command, check_engine_arguments
 from .video_rscc import processor_options
 
 logger = logging.get_logger(__name__)
@@ -549,8 +549,6 @@ def _caption_batch(args) -> int:
             raise BatchInputError(f"{option} is for one pair; in batch mode give masks in a manifest's mask column "
                                   "and read the JSON lines of --out")
     if args.engine == "ray":
-        from .ray import caption_command
-
         return caption_command(args, _batch_records)
     records = _batch_records(args.inputs)
     check_images_exist(records)

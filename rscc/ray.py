@@ -65,7 +65,8 @@ def add_engine_arguments(parser) -> None:
     group.add_argument(
         "--engine", choices=ENGINES, default="accelerate",
         help="accelerate (default): this process, or one process per GPU under `accelerate launch`; ray: Ray Data, "
-        "on a local Ray instance or the cluster of --address (needs rscc[ray])",
+        "on a local Ray instance or the cluster of --address (needs rscc[ray]); its input may also be a built rscc "
+        "dataset (a .parquet file or an `rscc data build` folder) and its --out a .parquet file or a URI (s3://...)",
     )
     group.add_argument("--address", help="ray: address of a running Ray cluster (default: RAY_ADDRESS, else a "
                        "local Ray instance started for the run)")
