@@ -26,7 +26,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data_parallel import REPO_ROOT, add_run_arguments, build_pairs, model_or_tiny, run  # noqa: E402
+from bench_data_parallel import (  # noqa: E402
+    REPO_ROOT,
+    add_run_arguments,
+    build_pairs,
+    caption_arguments,
+    model_or_tiny,
+    run,
+)
 
 
 def run_ray(workers: int, arguments: list[str]) -> float:
@@ -76,9 +83,8 @@ def scheduling_overhead(batches: int, scratch: Path, repeats: int = 3) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    add_run_arguments(parser)
+    add_run_arguments(parser, pairs=48)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rscc-bench-ray-") as scratch:
         scratch = Path(scratch)
@@ -88,8 +94,7 @@ def main() -> None:
         for engine in ("accelerate", "ray"):
             for count in args.workers:
                 out = scratch / f"{engine}-{count}" / "captions.jsonl"
-                arguments = ["caption", str(before), str(after), "--model", model, "--out", str(out),
-                             "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens)]
+                arguments = caption_arguments(before, after, model, out, args)
                 row = {"engine": engine, "workers": count, "pairs": args.pairs}
                 if engine == "accelerate":
                     rate, wall, _ = run(count, arguments)
