@@ -502,7 +502,10 @@ def _run_pipeline(ray, pending, dataset, shards: Location, model, made_by, num_w
         wanted = {record.id for record in pending}
         samples = dataset.flat_map(lambda row: [_built_row(row)] if str(row["id"]) in wanted else [])
     # CPU actors hold a core each: decoding and writing then reserve none (else they would wait on the actors), and
-    # run in as many tasks at a time as there are actors (else Ray starts a worker process per block).
+    # run in as many tasks at a time as there are actors (else Ray starts a worker process per block). Resources
+    # that differ from the actors' keep decoding in its own tasks (Ray Data fuses stages of equal resources). A
+    # killed actor is restarted and its batch run again: Ray Data's defaults for actor pools (max_restarts=-1,
+    # max_task_retries=-1).
     cpus = {"num_cpus": 1 if gpus_per_worker else 0}
     tasks_at_a_time = None if gpus_per_worker else num_workers
     decoded = samples.map_batches(decode_images, batch_size=batch_size, batch_format="pyarrow", **cpus,
@@ -513,9 +516,6 @@ def _run_pipeline(ray, pending, dataset, shards: Location, model, made_by, num_w
                                    device="cuda" if gpus_per_worker else "cpu"),
         compute=ray.data.ActorPoolStrategy(size=num_workers), batch_size=batch_size, num_gpus=gpus_per_worker or None,
         num_cpus=None if gpus_per_worker else 1,
-        # Ray Data's defaults for actors, explicit: a killed actor is restarted and its batch run again. Remote
-        # arguments that differ from the decoding stage's also keep that stage in its own CPU tasks (not fused).
-        max_restarts=-1, max_task_retries=-1,
     )
     write = captioned.write_parquet if parquet_shards else captioned.write_json
     write(shards.path, filesystem=shards.filesystem, ray_remote_args=cpus, concurrency=tasks_at_a_time)
