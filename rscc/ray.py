@@ -423,7 +423,6 @@ def caption_records(
     out: str | os.PathLike,
     *,
     dataset=None,
-    made_by: dict,
     num_workers: int = 1,
     gpus_per_worker: float = 0.0,
     batch_size: int = 8,
@@ -441,7 +440,6 @@ def caption_records(
             Shards go to `OUT.shards/` beside it and are removed once `out` is written.
         dataset (`ray.data.Dataset`, *optional*): the samples as rows of a built rscc dataset (images as stored
             bytes); by default the records are the rows.
-        made_by (`dict`): what makes the captions (see `rscc.inference.made_by`).
         num_workers (`int`): captioning actors, one model each.
         gpus_per_worker (`float`): GPUs per actor (0: CPU).
         batch_size (`int`): samples per `generate` call.
@@ -464,6 +462,7 @@ def caption_records(
         raise BatchInputError(f"batch_size and num_workers must be at least 1 and gpus_per_worker 0 or more, got "
                               f"{batch_size}, {num_workers}, {gpus_per_worker}")
     max_new_tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+    made_by = captioner_made_by(model, max_new_tokens, dtype)
     out = Location.parse(out, filesystem)
     shards = out.sibling(SHARDS_SUFFIX)
     if overwrite:
@@ -525,49 +524,40 @@ def _run_pipeline(ray, pending, dataset, shards: Location, model, made_by, num_w
 # The Python API and `rscc caption --engine ray`.
 
 
-def caption_dataset(
-    dataset,
-    model: str,
-    out: str | os.PathLike,
-    *,
-    max_new_tokens: int | None = None,
-    dtype: str = "float32",
-    **options,
-) -> BatchSummary:
+def caption_dataset(dataset, model: str, out: str | os.PathLike, **options) -> BatchSummary:
     """Caption a Ray Dataset of samples into one output in the dataset's order.
 
     Rows are either sample rows (`id`, `images`: paths or URIs oldest first, optional `references`, `mask`) or rows
     of a built rscc dataset (`ray.data.read_parquet` of `rscc data build`'s `data/*.parquet`: `id`, `before`,
-    `after`, `images`, `captions`, images as stored bytes). Every row's id and image names are gathered on the
-    driver (not the images): they order the output and are what a rerun checks.
+    `after`, `images`, `captions`, images as stored bytes). The dataset is read twice: once, in order, for every
+    row's id and image names (not the images), gathered on the driver to order the output and check a rerun; then
+    by the pipeline.
 
     Args:
         dataset (`ray.data.Dataset`): the samples.
         model (`str`): rscc or LLaVA-OneVision checkpoint (Hub id, or a folder every node can read).
         out (`str` or `os.PathLike`): `.jsonl` or `.parquet` output, local or a pyarrow URI.
-        max_new_tokens (`int`, *optional*), dtype (`str`): as for `rscc caption`.
-        options: `num_workers`, `gpus_per_worker`, `batch_size`, `overwrite`, `filesystem` (see `caption_records`).
+        options: `num_workers`, `gpus_per_worker`, `batch_size`, `max_new_tokens`, `dtype`, `overwrite`,
+            `filesystem` (see [`caption_records`]).
 
     Returns:
         [`BatchSummary`].
     """
-    from .inference import DEFAULT_MAX_NEW_TOKENS
-
-    dataset = dataset.materialize()  # read once: the driver's records and the pipeline see the same rows
     built = "before" in dataset.columns()
-    ids = dataset.select_columns(["id", "before", "after", "images", "captions"] if built else
-                                 [name for name in ("id", "images", "references", "mask") if name in dataset.columns()])
-    records = [_record_of(_built_row(row) if built else row) for row in ids.iter_rows()]
+    names = ("id", "before", "after", "images", "captions") if built else ("id", "images", "references", "mask")
+    execution = dataset.context.execution_options  # the dataset's own, which it was created with
+    in_order, execution.preserve_order = execution.preserve_order, True
+    try:
+        rows = dataset.select_columns([name for name in names if name in dataset.columns()]).iter_rows()
+        records = [_record_of(_built_row(row) if built else row) for row in rows]
+    finally:
+        execution.preserve_order = in_order
     seen = set()
     for record in records:
         if record.id in seen:
             raise BatchInputError(f"dataset: id {record.id!r} is used by more than one row; ids must be unique")
         seen.add(record.id)
-    max_new_tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
-    return caption_records(
-        records, model, out, dataset=dataset if built else None, max_new_tokens=max_new_tokens, dtype=dtype,
-        made_by=captioner_made_by(model, max_new_tokens, dtype), **options,
-    )
+    return caption_records(records, model, out, dataset=dataset if built else None, **options)
 
 
 def captioner_made_by(model: str, max_new_tokens: int, dtype: str) -> dict:
@@ -618,12 +608,12 @@ def caption_command(args, batch_records) -> int:
     if "://" not in args.out:
         check_output_file(args.out, "--out", "a .jsonl or .parquet file path",
                           inputs=[*args.inputs, *(path for path in record_paths(records) if "://" not in path)])
-    made_by = captioner_made_by(args.model, args.max_new_tokens, args.dtype)
+    captioner_made_by(args.model, args.max_new_tokens, args.dtype)  # a missing model fails before Ray starts
     ray, connected = ray_initialized(args.address)
     quiet_ray_data(show_progress(args))
     try:
         summary = caption_records(
-            records, args.model, args.out, made_by=made_by, num_workers=args.num_workers or 1,
+            records, args.model, args.out, num_workers=args.num_workers or 1,
             dataset=ray.data.read_parquet(files, filesystem=filesystem) if parquet else None,
             gpus_per_worker=args.gpus_per_worker or 0.0, batch_size=batch_size_of(args),
             max_new_tokens=args.max_new_tokens, dtype=args.dtype, overwrite=args.overwrite,

@@ -19,7 +19,7 @@ import pytest
 import ray
 
 from rscc.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from rscc.ray import RayEngineError, caption_dataset, caption_records, captioner_made_by
+from rscc.ray import RayEngineError, caption_dataset, caption_records
 
 PAIR_NAMES = [
     "test_102_0512_0000.png", "test_121_0768_0256.png", "test_2_0000_0000.png", "test_2_0000_0512.png",
@@ -106,16 +106,15 @@ def test_failing_input_is_reported_once_and_a_rerun_resumes(local_ray, pair_fold
     good = broken.read_bytes()
     broken.write_bytes(b"not an image")
     records = _records((before, after))
-    made_by = captioner_made_by(str(tiny_checkpoint), 64, "float32")
     out = tmp_path / "captions.jsonl"
     with pytest.raises(RayEngineError) as failure:
-        caption_records(records, str(tiny_checkpoint), out, made_by=made_by, batch_size=2)
+        caption_records(records, str(tiny_checkpoint), out, batch_size=2)
     message = str(failure.value)
     assert message.startswith("1 sample(s) could not be captioned") and message.count(PAIR_NAMES[2]) >= 1
     assert not out.exists() and (tmp_path / "captions.jsonl.shards").is_dir()
 
     broken.write_bytes(good)
-    summary = caption_records(records, str(tiny_checkpoint), out, made_by=made_by, batch_size=2)
+    summary = caption_records(records, str(tiny_checkpoint), out, batch_size=2)
     assert (summary.captioned, summary.resumed) == (1, 5)
     expected = [json.loads(line)["caption"] for line in single_process_lines]
     assert [json.loads(line)["caption"] for line in out.read_text().splitlines()] == expected
@@ -149,14 +148,13 @@ def _captioner_processes() -> list[psutil.Process]:
 def test_killed_worker_is_replaced_and_the_output_is_complete(local_ray, pair_folders, tiny_checkpoint,
                                                               single_process_lines, tmp_path):
     records = _records(pair_folders)
-    made_by = captioner_made_by(str(tiny_checkpoint), 64, "float32")
     out = tmp_path / "captions.jsonl"
     shards = tmp_path / "captions.jsonl.shards"
     outcome = {}
 
     def run():
         try:
-            outcome["summary"] = caption_records(records, str(tiny_checkpoint), out, made_by=made_by, batch_size=1)
+            outcome["summary"] = caption_records(records, str(tiny_checkpoint), out, batch_size=1)
         except BaseException as error:  # reported by the assertion below
             outcome["error"] = error
 
