@@ -44,6 +44,7 @@ from .output_lock import locking_output
 from .parallel import current_share, part_path, process_device
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
 from .processor_match import check_processor_matches
+from .ray import add_engine_arguments, caption_command, check_engine_arguments
 from .video_rscc import processor_options
 
 logger = logging.get_logger(__name__)
@@ -514,6 +515,8 @@ def _caption_batch(args) -> int:
         if value is not None:
             raise BatchInputError(f"{option} is for one pair; in batch mode give masks in a manifest's mask column "
                                   "and read the JSON lines of --out")
+    if args.engine == "ray":
+        return caption_command(args, _batch_records)
     records = _batch_records(args.inputs)
     check_images_exist(records)
     share = current_share(args.device)
@@ -565,6 +568,7 @@ def _run_caption(args) -> int:
             )
         if len(args.inputs) == 2 and any(Path(path).is_dir() for path in args.inputs) and not is_batch:
             raise BatchInputError("BEFORE and AFTER must both be image files or both be folders")
+        check_engine_arguments(args, batch=is_batch)
         return _caption_batch(args) if is_batch else _caption_one_sample(args)
     except (RsccInputError, FileNotFoundError) as error:
         print(f"rscc caption: error: {error}", file=sys.stderr)
@@ -615,4 +619,5 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--out", help="batch: JSON-lines output file (resumable); default stdout")
     parser.add_argument("--overwrite", action="store_true", help="batch: discard earlier results in --out")
     add_progress_arguments(parser)
+    add_engine_arguments(parser)
     parser.set_defaults(run=locking_output(_run_caption))
