@@ -36,6 +36,32 @@ def build_pairs(count: int, folder: Path) -> tuple[Path, Path]:
     return folder / "A", folder / "B"
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, pairs: int) -> None:
+    """--pairs, --model, --batch-size, --max-new-tokens, --json: the options every captioning throughput benchmark
+    takes (`pairs`: the default of --pairs)."""
+    parser.add_argument("--pairs", type=int, default=pairs)
+    parser.add_argument("--model", help="checkpoint folder (default: a tiny random one)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--json", help="also write the results here")
+
+
+def model_or_tiny(model: str | None, scratch: Path) -> str:
+    """`model`, or a tiny random checkpoint made in `scratch` (`rscc tiny-checkpoint`)."""
+    if model is not None:
+        return model
+    tiny = str(scratch / "tiny")
+    subprocess.run([sys.executable, "-m", "rscc", "tiny-checkpoint", tiny], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    return tiny
+
+
+def caption_arguments(before: Path, after: Path, model: str, out: Path, args) -> list[str]:
+    """`rscc caption BEFORE AFTER` into `out` with the benchmark's options."""
+    return ["caption", str(before), str(after), "--model", model, "--out", str(out), "--batch-size",
+            str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens)]
+
+
 def run(processes: int, arguments: list[str]) -> tuple[float, float, str]:
     """(captioning pairs/s, end-to-end wall seconds, stderr) of one command."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -55,27 +81,17 @@ def run(processes: int, arguments: list[str]) -> tuple[float, float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--model", help="checkpoint folder (default: a tiny random one)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=12)
-    parser.add_argument("--json", help="also write the results here")
+    add_run_arguments(parser, pairs=64)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rscc-bench-dp-") as scratch:
         scratch = Path(scratch)
-        model = args.model
-        if model is None:
-            model = str(scratch / "tiny")
-            subprocess.run([sys.executable, "-m", "rscc", "tiny-checkpoint", model], check=True, capture_output=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        model = model_or_tiny(args.model, scratch)
         before, after = build_pairs(args.pairs, scratch / "pairs")
         results, outputs = [], {}
         for processes in args.processes:
             out = scratch / f"run-{processes}" / "captions.jsonl"
-            rate, wall, _ = run(processes, ["caption", str(before), str(after), "--model", model, "--out", str(out),
-                                            "--batch-size", str(args.batch_size),
-                                            "--max-new-tokens", str(args.max_new_tokens)])
+            rate, wall, _ = run(processes, caption_arguments(before, after, model, out, args))
             outputs[processes] = out.read_bytes()
             results.append({"processes": processes, "pairs": args.pairs, "captioning_pairs_per_s": rate,
                             "end_to_end_pairs_per_s": round(args.pairs / wall, 2), "wall_s": round(wall, 1)})

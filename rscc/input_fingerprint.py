@@ -26,8 +26,11 @@ def fingerprint(path: str | os.PathLike) -> dict:
         return {"missing": True}
     result = {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
     if status.st_size <= HASHED_BYTES:
+        digest = hashlib.sha256()
         with open(path, "rb") as file:
-            result["sha256"] = hashlib.file_digest(file, "sha256").hexdigest()
+            for chunk in iter(lambda: file.read(1024**2), b""):
+                digest.update(chunk)
+        result["sha256"] = digest.hexdigest()
     return result
 
 

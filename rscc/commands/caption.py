@@ -26,6 +26,7 @@ from ..output_files import check_output_file
 from ..output_lock import locking_output
 from ..parallel import current_share, existing_parts, part_path, process_device
 from ..processing_rscc import load_change_mask, load_image
+from ..ray import add_engine_arguments, caption_command, check_engine_arguments
 from .options import add_device_arguments, add_progress_arguments, batch_size_of, show_progress
 
 MAX_CHANGE_CLASSES = 3  # LEVIR-MCI's: the most classes a change mask given on the command line may encode
@@ -107,6 +108,9 @@ def _caption_batch(args) -> None:
         if value is not None:
             raise BatchInputError(f"{option} is for one pair; in batch mode give masks in a manifest's mask column "
                                   "and read the JSON lines of --out")
+    if args.engine == "ray":
+        caption_command(args, _batch_records)
+        return
     records = _batch_records(args.inputs)
     check_images_exist(records)
     share = current_share(args.device)
@@ -151,6 +155,7 @@ def main(args: argparse.Namespace) -> int:
         )
     if len(args.inputs) == 2 and any(Path(path).is_dir() for path in args.inputs) and not is_batch:
         raise BatchInputError("BEFORE and AFTER must both be image files or both be folders")
+    check_engine_arguments(args, batch=is_batch)
     if is_batch:
         _caption_batch(args)
     else:
@@ -199,5 +204,6 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", help="batch: JSON-lines output file (resumable); default stdout")
     parser.add_argument("--overwrite", action="store_true", help="batch: discard earlier results in --out")
     add_progress_arguments(parser)
+    add_engine_arguments(parser)
     parser.set_defaults(run=locking_output(main), stopped_note=stopped_note)
     return parser
