@@ -46,6 +46,8 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from .captions import is_no_change_caption
+from .cog import cloud_optimized_geotiff
+from .geoparquet import geoparquet_output, is_geoparquet
 from .imagery import SceneInputError, date_names, open_raster, rgb_bands
 from .batch import atomic_output, check_output_file
 from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK, EXIT_OUT_OF_MEMORY, interrupted_exit_code
@@ -74,6 +76,7 @@ from .parallel import (
     wait_for_everyone,
 )
 from .processing_rscc import HIGH_BIT_DEPTH_PERCENTILES, stretch_to_uint8
+from .stac import add_stac_arguments, check_stac_item_output, resolve_scene_inputs, write_run_item
 
 # GDAL's default block cache is 5% of the machine's memory: on a large scene it would fill up and make the process
 # grow with the scene. A few tile rows of blocks are all that the row-by-row tile order reuses. (rasterio hands an
@@ -90,6 +93,7 @@ OUTLINE_POINTS_PER_EDGE = 33
 GRID_TOLERANCE_PX = 1e-3
 # Smallest tile side: LEVIR-CC's pairs are 256 px; a tile of a few pixels says nothing and a scene has millions.
 MIN_TILE_SIZE = 32
+OUT_EXPECTED = "a .geojson or .parquet file path"
 
 # Per-pixel change masks of a batch of tiles: (first-date tiles, last-date tiles) as uint8 (H, W, 3) or (H, W) arrays,
 # in; one boolean (H, W) array per tile (the change from the first date to the last), out.
@@ -543,7 +547,7 @@ def describe_scene(
         [`SceneSummary`] on the main process; `None` on the others.
     """
     _check_raster_list(rasters)
-    out = check_output_file(out, "--out", "a .geojson file path", inputs=rasters)
+    out = check_output_file(out, "--out", OUT_EXPECTED, inputs=rasters)
     mask_out = None if mask_out is None else check_output_file(
         mask_out, "--mask-out", "a .tif file path", inputs=[*rasters, out])
     has_masks = change_masks is not None or getattr(model.config, "use_change_head", False)
@@ -583,8 +587,12 @@ def describe_scene(
                 wait_for_everyone(share)
                 return None
         mosaic = None if mask_out is None else _open_mask_mosaic(stack, mask_out, scene)
-        temporary_geojson = stack.enter_context(atomic_output(out, ".geojson"))
-        writer = _SceneWriter(stack.enter_context(open(temporary_geojson, "w", encoding="utf-8")), mosaic)
+        if is_geoparquet(out):
+            features = stack.enter_context(geoparquet_output(out, scene.crs is not None, model))
+        else:
+            temporary_geojson = stack.enter_context(atomic_output(out, ".geojson"))
+            features = _GeoJsonWriter(stack.enter_context(open(temporary_geojson, "w", encoding="utf-8")))
+        writer = _SceneWriter(features, mosaic)
         if in_parts:
             merged = _merge_parts(out, grid, writer)
         else:
@@ -628,11 +636,8 @@ def _open_mask_mosaic(stack: contextlib.ExitStack, mask_out: Path, scene: SceneS
     cleanly."""
     temporary_mask = stack.enter_context(atomic_output(mask_out, ".tif"))
     return stack.enter_context(
-        rasterio.open(
-            temporary_mask, "w", driver="GTiff", width=scene.width, height=scene.height, count=1,
-            dtype="uint8", nodata=MASK_NODATA, crs=scene.crs, transform=scene.transform, tiled=True,
-            blockxsize=256, blockysize=256, compress="deflate",
-        )
+        cloud_optimized_geotiff(temporary_mask, width=scene.width, height=scene.height, count=1, dtype="uint8",
+                                nodata=MASK_NODATA, crs=scene.crs, transform=scene.transform)
     )
 
 
@@ -745,8 +750,8 @@ def _tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.nd
 class _SceneWriter:
     """Writes tile results, in tile order, to the GeoJSON file and the mask mosaic."""
 
-    def __init__(self, file, mosaic):
-        self._geojson = _GeoJsonWriter(file)
+    def __init__(self, features, mosaic):
+        self._geojson = features  # a _GeoJsonWriter or a GeoParquetWriter
         self._mosaic = mosaic
         self.captioned = 0
         self.changed = 0
@@ -873,7 +878,10 @@ def _kept(out: str) -> str:
 def _run_scene(args) -> int:
     try:
         # Check the rasters and the outputs before the model loads, so bad input fails in a second.
-        check_output_file(args.out, "--out", "a .geojson file path", inputs=args.rasters)
+        inputs = resolve_scene_inputs(args.rasters, args.asset, args.order)  # STAC items -> their rasters, dated
+        args.rasters = [scene_input.raster for scene_input in inputs]
+        check_output_file(args.out, "--out", OUT_EXPECTED, inputs=args.rasters)
+        check_stac_item_output(args.stac_item, inputs, [args.out, args.mask_out])
         if args.tile_size is not None:
             _check_tile_size(args.tile_size)
         with SceneSeries(args.rasters, args.bands, args.assume_aligned, args.resampling) as scene:
@@ -890,6 +898,8 @@ def _run_scene(args) -> int:
             min_valid_fraction=args.min_valid_fraction,
             polygons=args.polygons, mask_out=args.mask_out, progress=show_progress(args), share=share,
         )
+        if summary is not None and args.stac_item:
+            write_run_item(args.stac_item, inputs, args.out, args.mask_out, model, summary)
     except (ValueError, OSError) as error:  # OSError: unreadable raster blocks
         print(f"rscc scene: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -934,10 +944,14 @@ def add_cli(subparsers) -> None:
         "interrupted (Ctrl-C), 143 terminated (SIGTERM). Outputs are written to temporary files and renamed at the "
         "end: a failed, interrupted or terminated run leaves nothing.",
     )
-    parser.add_argument("rasters", nargs="+", type=Path, metavar="RASTER",
-                        help="BEFORE AFTER, or DATE1 ... DATEN oldest first: GeoTIFFs (any GDAL raster); the first "
-                        "one's grid is the output grid")
-    parser.add_argument("--out", required=True, help="GeoJSON output file")
+    parser.add_argument("rasters", nargs="+", metavar="RASTER",
+                        help="BEFORE AFTER, or DATE1 ... DATEN oldest first: GeoTIFFs (any GDAL raster; files or "
+                        "HTTP(S) URLs, read by range requests) or STAC Items (.json files or URLs, with --asset); the "
+                        "first one's grid is the output grid")
+    parser.add_argument("--out", required=True,
+                        help="output file: GeoJSON (.geojson), or GeoParquet (.parquet: streamed, with the model and "
+                        "revision in every row)")
+    add_stac_arguments(parser)
     add_device_arguments(parser)
     parser.add_argument("--tile-size", type=int,
                         help=f"tile side in the first raster's pixels, at least {MIN_TILE_SIZE} "
@@ -956,7 +970,8 @@ def add_cli(subparsers) -> None:
                         help="skip tiles with a smaller fraction of valid pixels (default 0.5)")
     parser.add_argument("--polygons", action="store_true",
                         help="also write change polygons (needs a model with a change-detection head)")
-    parser.add_argument("--mask-out", help="also write the change-mask mosaic GeoTIFF (needs a change-detection head)")
+    parser.add_argument("--mask-out", help="also write the change-mask mosaic as a Cloud-Optimized GeoTIFF (needs a "
+                        "change-detection head)")
     add_progress_arguments(parser)
     parser.set_defaults(run=_run_scene)
 
