@@ -2,11 +2,11 @@
 
     rscc scene BEFORE.json AFTER.json --asset visual --model MODEL --out changes.parquet --stac-item run.json
 
-In: each scene input is a raster (a file or an HTTP(S) URL) or a STAC Item (a `.json` file or URL) whose asset
-`--asset KEY` is read where it lies (remote rasters by GDAL range requests, see `rscc.remote`). A date comes from an
-item's `datetime` (or `start_datetime`), or from a raster's TIFF date tag; the dates must run oldest first, unless
-`--order time` sorts them or `--order given` keeps them as given. Items whose footprints do not overlap are refused
-before any raster is opened.
+In: each scene input is a raster (a file or an HTTP(S) URL) or a STAC Item (a `.json` file or URL, or an item URL
+of a STAC API) whose asset `--asset KEY` is read where it lies (remote rasters by GDAL range requests, see
+`rscc.remote`). A date comes from an item's `datetime` (or `start_datetime`), or from a raster's TIFF date tag; the
+dates must run oldest first, unless `--order time` sorts them or `--order given` keeps them as given. Items whose
+footprints do not overlap are refused before any raster is opened.
 
 Out: a STAC Item whose assets are the run's outputs (the GeoJSON or GeoParquet tiles, the mask COG), whose geometry
 is the captioned overlap, and whose properties name the model, its revision, the inputs and their dates; it links
@@ -62,9 +62,12 @@ class SceneInput:
 
 
 def is_item_source(source: str | os.PathLike) -> bool:
-    """Whether a scene input names a STAC Item (a `.json` file or URL) rather than a raster."""
-    path = urllib.parse.urlparse(source).path if is_remote(source) else str(source)
-    return path.lower().endswith(ITEM_SUFFIXES)
+    """Whether a scene input names a STAC Item rather than a raster: a `.json` file or URL, or a URL whose last part
+    has no file suffix (STAC APIs serve items at `.../collections/C/items/ID`)."""
+    if not is_remote(source):
+        return str(source).lower().endswith(ITEM_SUFFIXES)
+    last = urllib.parse.urlparse(source).path.rstrip("/").rsplit("/", 1)[-1].lower()
+    return last.endswith(ITEM_SUFFIXES) or "." not in last
 
 
 def _geo_package(module: str):
@@ -236,7 +239,8 @@ def resolve_scene_inputs(sources: list[str], asset: str | None = None, order: st
     sources = [str(source) for source in sources]
     names = date_names(len(sources))
     if asset is not None and not any(is_item_source(source) for source in sources):
-        raise SceneInputError(f"--asset {asset} reads an asset of STAC items, and no input is one (a .json file or URL)")
+        raise SceneInputError(f"--asset {asset} reads an asset of STAC items, and no input is one (a .json file or URL, "
+                              "or a STAC API's item URL)")
     inputs = []
     for source, name in zip(sources, names):
         if is_item_source(source):

@@ -172,6 +172,14 @@ def test_scene_from_stac_items_over_http_to_geoparquet_cog_and_stac_item(served,
     assert table.total_bounds == pytest.approx([west, south, east, north], abs=1e-6)
 
 
+def test_a_stac_api_item_url_without_suffix_is_read_as_an_item(served):
+    folder, base, _ = served
+    (folder / "items").mkdir(exist_ok=True)
+    write_item(folder / "items" / "pre", folder / "pre.tif", f"{base}/pre.tif", PRE_DATE)
+    (before,) = resolve_scene_inputs([f"{base}/items/pre"], "visual")
+    assert (before.raster, before.date, before.item.id) == (f"{base}/pre.tif", PRE_DATE, "pre")
+
+
 def test_geoparquet_is_written_in_row_groups_as_features_come(tmp_path):
     square = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
     writer = GeoParquetWriter(tmp_path / "tiles.parquet", georeferenced=True, model="m", row_group_rows=4)
