@@ -15,6 +15,9 @@ change flag and the changed fraction. With a per-pixel change mask (a function f
 dates to boolean masks: a model's change-detection head) the flag and fraction come from the mask, and change
 polygons and a GeoTIFF mosaic of the mask on the first date's grid can be written; without one the flag comes from
 the caption (`rscc.captions.is_no_change_caption`) and the fraction is null.
+
+STAC Items as inputs and a STAC Item of the run (`rscc.stac`), rasters over HTTP (`rscc.remote`), GeoParquet instead
+of GeoJSON (`rscc.geoparquet`) and the mask mosaic as a Cloud-Optimized GeoTIFF (`rscc.cog`) live in their modules.
 """
 
 import argparse
@@ -748,24 +751,25 @@ def _tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.nd
 
 
 class _SceneWriter:
-    """Writes tile results, in tile order, to the GeoJSON file and the mask mosaic."""
+    """Writes tile results, in tile order, to the features file (a `_GeoJsonWriter` or a `GeoParquetWriter`) and the
+    mask mosaic."""
 
     def __init__(self, features, mosaic):
-        self._geojson = features  # a _GeoJsonWriter or a GeoParquetWriter
+        self._features = features
         self._mosaic = mosaic
         self.captioned = 0
         self.changed = 0
 
     def add(self, result: _TileResult) -> None:
         for feature in result.features:
-            self._geojson.add(feature)
+            self._features.add(feature)
         self.captioned += bool(result.features)
         self.changed += result.changed
         if self._mosaic is not None and result.owned_mask is not None:
             self._mosaic.write(result.owned_mask, 1, window=result.owned)
 
     def close(self, metadata: dict) -> None:
-        self._geojson.close(metadata)
+        self._features.close(metadata)
 
 
 def _tile_batches(tiles: Iterable[Tile], batch_size: int) -> Iterator[list[Tile]]:
