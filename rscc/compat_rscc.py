@@ -6,19 +6,22 @@ clear ImportError, above the ceiling one warning. Every difference between
 the releases in the window lives in this file; nothing else in rscc branches on the transformers version.
 """
 
+import os
 import re
+import sys
 import warnings
 
 import torch
 import transformers
 
 # The window the test suite ran on: its floor and its ceiling (the newest release checked), both by `.ci/run`.
-# Widening it is `bash .ci/test_transformers_version.sh X.Y.Z`, then this line and setup.cfg's `transformers` range.
-# Releases are named by minor version: every patch release of a tested minor counts as tested.
-TESTED_TRANSFORMERS = ("5.23", "5.24")
+# Widening it is `bash .ci/test_transformers_version.sh X.Y.Z`, then this line. Releases are named by minor version:
+# every patch release of a tested minor counts as tested. The install itself admits every release up to the next
+# major (setup.cfg, TRANSFORMERS_REQUIREMENT): a newer minor release gets a warning at import, not a refusal.
+TESTED_TRANSFORMERS = ("5.23", "5.25")
+TRANSFORMERS_REQUIREMENT = f"transformers>={TESTED_TRANSFORMERS[0]},<{int(TESTED_TRANSFORMERS[1].split('.')[0]) + 1}"
 _CEILING_MAJOR, _CEILING_MINOR = TESTED_TRANSFORMERS[1].split(".")
-TRANSFORMERS_REQUIREMENT = f"transformers>={TESTED_TRANSFORMERS[0]},<{_CEILING_MAJOR}.{int(_CEILING_MINOR) + 1}"
-INSTALL_COMMAND = f'pip install "{TRANSFORMERS_REQUIREMENT}"'
+INSTALL_COMMAND = f'pip install "transformers>={TESTED_TRANSFORMERS[0]},<{_CEILING_MAJOR}.{int(_CEILING_MINOR) + 1}"'
 
 
 def release_numbers(version: str) -> tuple[int, ...]:
@@ -26,8 +29,29 @@ def release_numbers(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version.split("rc")[0].split(".dev")[0])[:3])
 
 
+def _is_import_machinery(filename: str) -> bool:
+    # The frames `warnings.warn` itself leaves out when it counts `stacklevel`.
+    return "importlib" in filename and "_bootstrap" in filename
+
+
+def _stacklevel_of_first_outside_caller() -> int:
+    """The `stacklevel` that makes a warning raised by this module's caller name the first frame outside rscc's
+    files and transformers (which runs rscc's remote code): the user's `import rscc` or `from_pretrained` line."""
+    inside = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(transformers.__file__)))
+    frame, level = sys._getframe(2), 2
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not _is_import_machinery(filename):
+            if not os.path.abspath(filename).startswith(inside):
+                return level
+            level += 1
+        frame = frame.f_back
+    return level
+
+
 def check_transformers_version(installed: str = transformers.__version__) -> None:
-    """Refuse a transformers older than the tested floor; warn once on one newer than the tested ceiling.
+    """Refuse a transformers older than the tested floor; warn on one newer than the tested ceiling, at the line of
+    the user's code that imported rscc.
 
     Raises:
         ImportError: naming the installed version, the tested window and the pip command that installs it.
@@ -36,14 +60,14 @@ def check_transformers_version(installed: str = transformers.__version__) -> Non
     version = release_numbers(installed)
     if version[:2] < floor:
         raise ImportError(
-            f"rscc needs transformers {TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[1]} (the tested window); "
-            f"transformers {installed} is installed. Run: {INSTALL_COMMAND}"
+            f"rscc needs transformers {TESTED_TRANSFORMERS[0]} or newer (tested on {TESTED_TRANSFORMERS[0]} to "
+            f"{TESTED_TRANSFORMERS[1]}); transformers {installed} is installed. Run: {INSTALL_COMMAND}"
         )
     if version[:2] > ceiling[:2]:
         warnings.warn(
             f"rscc was tested with transformers {TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[1]}; transformers "
             f"{installed} is installed and may behave differently. If rscc fails, run: {INSTALL_COMMAND}",
-            stacklevel=2,
+            stacklevel=_stacklevel_of_first_outside_caller(),
         )
 
 
@@ -64,11 +88,3 @@ def image_features_seen(output) -> torch.Tensor | None:
             return None
         return torch.cat(list(image_outputs.pooler_output), dim=0)
     return output.image_hidden_states
-
-
-# The demo's window (`rscc demo`, the Spaces `rscc space` writes, the browser tests): the gradio release they ran on.
-# gradio 6.31 declares pillow<13 and rscc pins pillow 13.0, so no pip resolution holds both: gradio is installed first
-# and rscc after it (pip warns about gradio's declared bound), the order a Space follows too (the SDK's gradio, then
-# requirements.txt); the browser tests are what show that gradio works on pillow 13.
-TESTED_GRADIO = "6.31.0"
-GRADIO_REQUIREMENT = "gradio>=6.31,<6.32"

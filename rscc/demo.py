@@ -19,11 +19,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from packaging.requirements import Requirement
+from packaging.version import Version
 from PIL import Image
 
 from .batch import IMAGE_SUFFIXES
 from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK, positive_int
-from .compat_rscc import GRADIO_REQUIREMENT, TESTED_GRADIO
 from .errors import RsccInputError
 from .inference import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -60,8 +61,7 @@ def _import_gradio():
         import gradio
     except ImportError:
         raise DemoInputError(
-            f'the demo needs gradio, which is not installed: pip install "{GRADIO_REQUIREMENT}", then reinstall rscc '
-            "(see README, Demo)"
+            'the demo needs gradio, which is not installed: pip install "rscc[demo]" (see README, Demo)'
         ) from None
     return gradio
 
@@ -310,11 +310,25 @@ package that wrote it.
 """
 
 
+def _release(name: str) -> str:
+    # A local build's label (torch's `+cpu`) names no release a Space can install.
+    return Version(importlib.metadata.version(name)).public
+
+
+def space_gradio_version() -> str:
+    """The gradio release a Space's SDK runs: the installed one (where the demo was tried), else `rscc[demo]`'s floor."""
+    try:
+        return _release("gradio")
+    except importlib.metadata.PackageNotFoundError:
+        demo_extra = [Requirement(line) for line in importlib.metadata.requires("rscc") or [] if 'extra == "demo"' in line]
+        return next(spec.version for spec in demo_extra[0].specifier if spec.operator == ">=")
+
+
 def space_requirements() -> list[str]:
-    """The Space's pip requirements: the installed rscc's own (its tested window, torch pinned). gradio is not among
-    them: the Space's SDK installs it at the README's `sdk_version`, the release the demo was tested on."""
-    requirements = importlib.metadata.requires("rscc") or []
-    return [requirement for requirement in requirements if "extra ==" not in requirement]
+    """The Space's pip requirements: rscc's own, each pinned to the release installed here, so the Space runs what
+    was tried here. gradio is not among them: the Space's SDK installs it at the README's `sdk_version`."""
+    names = [Requirement(line).name for line in importlib.metadata.requires("rscc") or [] if "extra ==" not in line]
+    return [f"{name}=={_release(name)}" for name in names]
 
 
 def write_space(model: str, out: str | os.PathLike, examples: str | os.PathLike | None = None,
@@ -322,8 +336,8 @@ def write_space(model: str, out: str | os.PathLike, examples: str | os.PathLike 
     """Write a Hub Space folder that serves the demo of a published model.
 
     The folder holds `app.py` (calls [`launch_demo`] on `model`), `README.md` (the Space's metadata: the gradio SDK at
-    the tested release, the model), `requirements.txt` (rscc's pinned requirements), the `rscc` package itself (no
-    released wheel to install) and `examples/` (the example pairs). Written to a temporary folder, then renamed.
+    the installed release, the model), `requirements.txt` (rscc's requirements at the installed releases), the
+    `rscc` package itself (no released wheel to install) and `examples/` (the example pairs). Written to a temporary folder, then renamed.
 
     Args:
         model (`str`): the model's Hub id, `USER/NAME`.
@@ -339,7 +353,7 @@ def write_space(model: str, out: str | os.PathLike, examples: str | os.PathLike 
     with staged_folder(out) as temporary:
         (temporary / "app.py").write_text(SPACE_APP.format(model=model), encoding="utf-8")
         (temporary / "README.md").write_text(SPACE_README.format(
-            title=title or f"{model.split('/')[-1]} change captioning", model=model, gradio=TESTED_GRADIO,
+            title=title or f"{model.split('/')[-1]} change captioning", model=model, gradio=space_gradio_version(),
             rscc=importlib.metadata.version("rscc")), encoding="utf-8")
         (temporary / "requirements.txt").write_text("\n".join(space_requirements()) + "\n", encoding="utf-8")
         shutil.copytree(Path(__file__).resolve().parent, temporary / "rscc",
@@ -401,9 +415,9 @@ def add_cli(subparsers) -> None:
         "space",
         help="write (and upload) a Hub Space that serves the demo of a published model",
         description="Write a Gradio Space folder in --out for the published model MODEL (USER/NAME): app.py, "
-        f"README.md with the Space metadata (gradio {TESTED_GRADIO}), requirements.txt with rscc's pinned "
-        "requirements, the rscc package and the example pairs. With --repo-id, upload it as that Space (log in "
-        "first). Exit codes: 0 done; 2 bad input; 4 the Hub refused or could not be reached (the folder is kept).",
+        "README.md with the Space metadata (the installed gradio), requirements.txt with rscc's requirements "
+        "pinned to the installed releases, the rscc package and the example pairs. With --repo-id, upload it as that "
+        "Space (log in first). Exit codes: 0 done; 2 bad input; 4 the Hub refused or could not be reached (the folder is kept).",
     )
     space.add_argument("model", metavar="MODEL", help="the published model's Hub id, USER/NAME")
     space.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")

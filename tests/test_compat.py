@@ -6,6 +6,9 @@ port starts from the message rather than from a traceback deep in a forward pass
 
 import configparser
 import inspect
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -51,32 +54,91 @@ def test_setup_cfg_declares_the_tested_window():
     assert TRANSFORMERS_REQUIREMENT in requirements, f"setup.cfg and rscc/compat_rscc.py disagree: {requirements}"
 
 
-def test_every_dependency_has_a_tested_window():
-    """A release the tests never ran on must not reach users: every requirement has a ceiling (or is pinned)."""
+def _declared_requirements():
+    sys.path.insert(0, str(REPO_ROOT / ".ci"))
+    try:
+        from floor_constraints import declared_requirements
+    finally:
+        sys.path.remove(str(REPO_ROOT / ".ci"))
+    return declared_requirements(REPO_ROOT / "setup.cfg")
+
+
+def _is_a_major_release_above(ceiling, floor) -> bool:
+    return len(ceiling.release) == 1 and ceiling.major > floor.major
+
+
+def test_every_requirement_has_a_floor_and_a_ceiling_only_at_a_major_release():
+    """A library is installed beside what users already have: each requirement admits every release from the floor
+    CI tests up to a major release (`<N`: 0.x up to 1.0; pillow <14 as 13 was tested too). A tighter ceiling needs a named break: a comment line in
+    setup.cfg right above it that names the release and what broke."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import Version
+
+    setup_lines = (REPO_ROOT / "setup.cfg").read_text().splitlines()
+    declared = {str(requirement) for requirement in _declared_requirements()}
+    too_tight, checked = [], set()
+    for number, line in enumerate(setup_lines):
+        try:
+            requirement = Requirement(line.strip())
+        except InvalidRequirement:
+            continue
+        if str(requirement) not in declared:
+            continue
+        checked.add(str(requirement))
+        floor = next(Version(spec.version) for spec in requirement.specifier if spec.operator == ">=")
+        for spec in requirement.specifier:
+            named_break = setup_lines[number - 1].strip().startswith("#")
+            if spec.operator in ("==", "<=", "~=", "===") or (
+                spec.operator == "<" and not _is_a_major_release_above(Version(spec.version), floor) and not named_break
+            ):
+                too_tight.append(line.strip())
+    assert checked == declared, f"requirements not found line by line in setup.cfg: {declared - checked}"
+    assert not too_tight, f"setup.cfg ceilings below the next major release, with no comment naming the break: {too_tight}"
+
+
+def test_the_floor_constraints_pin_every_requirement_at_its_lower_bound():
+    sys.path.insert(0, str(REPO_ROOT / ".ci"))
+    try:
+        from floor_constraints import floor_pins
+    finally:
+        sys.path.remove(str(REPO_ROOT / ".ci"))
+    requirements = _declared_requirements()
+    pins = dict(pin.split("==") for pin in floor_pins(requirements))
+    assert pins["transformers"] == TESTED_TRANSFORMERS[0] and pins["torch"].startswith("2.13")
+    for requirement in requirements:
+        assert requirement.specifier.contains(pins[requirement.name.lower()]), (requirement, pins)
+
+
+def test_the_demo_and_test_extras_hold_gradio_and_the_test_extra_holds_every_other_extra():
+    """`pip install -e ".[test]"` is one resolution with the demo and training stacks (README, Set up)."""
+    import configparser
+
     setup = configparser.ConfigParser()
     setup.read(REPO_ROOT / "setup.cfg")
-    sections = [setup["options"]["install_requires"], *setup["options.extras_require"].values()]
-    requirements = [line.strip() for section in sections for line in section.splitlines() if line.strip()]
-    unbounded = [requirement for requirement in requirements if "<" not in requirement and "==" not in requirement]
-    assert not unbounded, f"setup.cfg requirements without a tested ceiling: {unbounded}"
+    extras = {name: {line.strip() for line in value.splitlines() if line.strip()}
+              for name, value in setup["options.extras_require"].items()}
+    assert any(line.startswith("gradio") for line in extras["demo"])
+    assert any(line.startswith("deepspeed") for line in extras["train"])
+    missing = {name: lines - extras["test"] for name, lines in extras.items() if name != "test" and lines - extras["test"]}
+    assert not missing, f"setup.cfg: the test extra lacks {missing}"
 
 
-def test_the_demo_window_holds_the_tested_gradio_and_is_bounded():
-    """gradio cannot be a setup.cfg requirement (it declares pillow<13, rscc pins 13.0): its window lives in
-    compat_rscc, which `.ci/run` installs from and `rscc space` writes into a Space's metadata."""
-    from packaging.requirements import Requirement
-
-    from rscc.compat_rscc import GRADIO_REQUIREMENT, TESTED_GRADIO
-
-    requirement = Requirement(GRADIO_REQUIREMENT)
-    assert requirement.name == "gradio" and "<" in str(requirement.specifier)
-    assert requirement.specifier.contains(TESTED_GRADIO)
-    assert "GRADIO_REQUIREMENT" in (REPO_ROOT / ".ci" / "run").read_text(), ".ci/run installs another gradio"
-    try:
-        import gradio
-    except ImportError:
-        return
-    assert requirement.specifier.contains(gradio.__version__), f"gradio {gradio.__version__} outside the window"
+def test_the_warning_about_a_newer_transformers_points_at_the_users_import(tmp_path):
+    """The warning names the line of the user's code that imported rscc, not a line inside rscc."""
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import warnings\n"
+        "import transformers\n"
+        "import transformers.image_processing_utils, transformers.models, transformers.processing_utils\n"
+        "transformers.__version__ = '5.999.0'\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import rscc\n"
+        "print([(w.filename, w.lineno) for w in caught if 'tested with' in str(w.message)])\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                            env={**os.environ, "RSCC_LAZY_IMPORT": "0"})
+    assert result.stdout.strip() == str([(str(script), 7)]), result.stdout + result.stderr
 
 
 # --- transformers names that are not documented public API --------------------------------------------------------

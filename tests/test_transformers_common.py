@@ -1,8 +1,8 @@
 """transformers' own model tests (`ModelTesterMixin`) for rscc, next to stock LLaVA-OneVision.
 
 The mixin is not copied into this repository: the source distribution of the *installed* transformers version is
-downloaded from PyPI with `pip download` (once per machine and version, cached under `~/.cache/rscc-tests/`, or
-`$RSCC_TEST_CACHE`), and its top-level `tests/*.py` files are imported from there as the package
+downloaded from PyPI with `pip download` (once per machine and version, cached under `$XDG_CACHE_HOME/rscc-tests/`,
+`~/.cache/rscc-tests/` without it, or `$RSCC_TEST_CACHE`), and its top-level `tests/*.py` files are imported from there as the package
 `transformers_common_tests`. The sdist ships only those top-level files: `tests/generation/` (the generation mixin),
 `tests/exporters/` (the export mixin), `tests/utils/` and `tests/models/` are not in it. `test_modeling_common.py`
 imports `ExportTesterMixin` and `GenerationTesterMixin` from the first two, so they are replaced by empty
@@ -66,7 +66,8 @@ STUBS = {
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RSCC_TEST_CACHE", Path.home() / ".cache" / "rscc-tests"))
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rscc-tests"
+    return Path(os.environ.get("RSCC_TEST_CACHE", default))
 
 
 def obtain_common_tests(version: str = transformers.__version__) -> Path:
