@@ -74,9 +74,11 @@ def build_mosaic(chip_paths: list[Path], size: int, destination: Path, shift: tu
                                 min(CHIP_SIZE, size - row * CHIP_SIZE))
                 chip = chips[(row * per_side + col) % len(chips)]
                 mosaic.write(chip[:, : window.height, : window.width], window=window)
-    rasterio.shutil.copy(staging, destination, driver="COG", COMPRESS="DEFLATE", BIGTIFF="IF_SAFER",
+    copying = destination.with_suffix(".copying.tif")  # a stopped build leaves no file that looks finished
+    rasterio.shutil.copy(staging, copying, driver="COG", COMPRESS="DEFLATE", BIGTIFF="IF_SAFER",
                          NUM_THREADS="ALL_CPUS")
     staging.unlink()
+    copying.rename(destination)
     return destination
 
 
@@ -170,6 +172,9 @@ def main() -> None:
                         help="a folder holding the package before GeoParquet/COG outputs: its geojson+mask is run too")
     parser.add_argument("--http-window", action="store_true",
                         help="also measure the bytes read over HTTP for one window of the BEFORE mosaic")
+    parser.add_argument("--mosaic-dir", type=Path,
+                        help="keep the mosaics in this folder and reuse the ones already there (default: a temporary "
+                        "folder, removed at the end)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--run-one", nargs=2, metavar=("BEFORE", "AFTER"), help=argparse.SUPPRESS)
     parser.add_argument("--output", choices=list(OUTPUTS), default="geojson", help=argparse.SUPPRESS)
@@ -194,10 +199,15 @@ def main() -> None:
                "load_average_at_start": os.getloadavg(), "post_shift_m": [round(value, 3) for value in shift],
                "sizes": {}}
     with tempfile.TemporaryDirectory() as scratch:
+        folder = args.mosaic_dir or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
         for size in args.sizes:
             start = time.perf_counter()
-            before = build_mosaic(pre_chips, size, Path(scratch) / f"pre_{size}.tif", dtype=args.dtype)
-            after = build_mosaic(post_chips, size, Path(scratch) / f"post_{size}.tif", shift, dtype=args.dtype)
+            before, after = (folder / f"{name}_{size}_{args.dtype}.tif" for name in ("pre", "post"))
+            if not before.exists():
+                build_mosaic(pre_chips, size, before, dtype=args.dtype)
+            if not after.exists():
+                build_mosaic(post_chips, size, after, shift, dtype=args.dtype)
             figures["sizes"][f"{size}x{size}"] = by_output = {
                 "mosaic_build_seconds": round(time.perf_counter() - start, 1),
                 "mosaic_mb_on_disk": round(sum(p.stat().st_size for p in (before, after)) / 2**20, 1),
@@ -219,8 +229,9 @@ def main() -> None:
                 name = f"today: {output}" if code else output
                 by_output[name] = measured
                 print(f"{size}x{size} {name}: {json.dumps(measured)}", flush=True)
-            for path in (before, after):
-                path.unlink()
+            if args.mosaic_dir is None:
+                for path in (before, after):
+                    path.unlink()
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
