@@ -7,8 +7,10 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
+import geopandas as gpd  # pystac, shapely (the `geo` extra) and geopandas come with the `test` extra
 import numpy as np
 import pyarrow.parquet as pq
+import pystac
 import pytest
 import rasterio
 import rasterio.shutil
@@ -21,9 +23,6 @@ from rscc.geoparquet import GeoParquetWriter
 from rscc.imagery import SceneInputError, open_raster
 from rscc.scene import SceneSeries
 from rscc.stac import resolve_scene_inputs
-
-pystac = pytest.importorskip("pystac")  # the `geo` extra; CI installs it with the `test` extra
-gpd = pytest.importorskip("geopandas")
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
