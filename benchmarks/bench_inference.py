@@ -61,7 +61,7 @@ NEW_TOKENS = 12
 # Model name -> rscc options (None: stock LLaVA-OneVision) and whether the workload's masks are passed.
 MODELS = {
     "stock": (None, False),
-    "rscc, options off": ({"use_difference_integration": False}, False),
+    "rscc, options off": ({"change_features": "none"}, False),
     "difference module": ({}, False),
     "difference + drop (input masks)": ({"change_filter": "drop"}, True),
     "full (difference + head + drop, predicted)": (
@@ -77,15 +77,15 @@ MODELS = {
         False,
     ),
     "Semantic-CC filters (4 BCSF in the tower)": (
-        {"use_difference_integration": False, "bitemporal_filters": 4},
+        {"change_features": "none", "bitemporal_filters": 4},
         False,
     ),
 }
 # `video_encoder_config` names a family of VIDEO_ENCODERS here; each preset gives it its size.
-VIDEO_ENCODING = {"pair_encoding": "video_encoder", "use_difference_integration": False}
+VIDEO_ENCODING = {"pair_encoding": "video_encoder", "change_features": "none"}
 ENCODING_MODELS = {
     "stock": (None, False),
-    "llava_video": ({"pair_encoding": "llava_video", "use_difference_integration": False}, False),
+    "llava_video": ({"pair_encoding": "llava_video", "change_features": "none"}, False),
     "video_encoder": ({**VIDEO_ENCODING, "video_encoder_config": "videomae"}, False),
     "video_encoder + multiply (input masks, MV-CC)": (
         {**VIDEO_ENCODING, "video_encoder_config": "videomae", "change_filter": "multiply"},

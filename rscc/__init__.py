@@ -27,7 +27,6 @@ def register_auto_classes() -> None:
     """Register the rscc classes with the transformers Auto classes (again: a no-op)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-    from . import imagery  # noqa: F401  (installs the processor's reader of 16-bit colour imagery)
     from .configuration_rscc import RsccConfig
     from .modeling_rscc import RsccForConditionalGeneration
     from .processing_rscc import RsccImageProcessor, RsccProcessor

@@ -113,6 +113,40 @@ class RsccChangeProjector(nn.Module):
         return self.linear(self.norm(change))
 
 
+def project_segments(
+    segments: tuple[str, ...],
+    image_projector: nn.Module,
+    change_projector: nn.Module | None,
+    pair_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    image_sizes: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid tokens of `segments` (`config.visual_segments`) in language-model width, pair after pair.
+
+    Args:
+        segments (`tuple[str, ...]`): of `"before"`, `"after"`, `"change"`, in the order the language model sees them.
+        image_projector (`nn.Module`): LLaVA-OneVision's projector, for the images.
+        change_projector ([`RsccChangeProjector`], *optional*): for the change tokens.
+        pair_features: `(before, after, change)` of shape `(num_pairs, grid**2, vision_hidden)` each (`change` is
+            `None` without a change segment).
+        image_sizes (`torch.Tensor` of shape `(2 * num_pairs, 2)`): before then after of each pair.
+
+    Returns:
+        `(tokens, sizes)`: `(num_pairs * len(segments), grid**2, text_hidden)` and each segment's image size (the change
+        segment takes the after image's).
+    """
+    before, after, change = pair_features
+    projected, sizes = {}, {"before": image_sizes[0::2], "after": image_sizes[1::2], "change": image_sizes[1::2]}
+    if "before" in segments:
+        images = image_projector(torch.stack([before, after], dim=1).flatten(0, 1))
+        projected["before"], projected["after"] = images[0::2], images[1::2]
+    if "change" in segments:
+        projected["change"] = change_projector(change)
+    return (
+        torch.stack([projected[name] for name in segments], dim=1).flatten(0, 1),
+        torch.stack([sizes[name] for name in segments], dim=1).flatten(0, 1),
+    )
+
+
 class RsccFeedForward(nn.Module):
     """Linear, GELU, linear."""
 
@@ -179,4 +213,28 @@ class RsccBitemporalFilter(nn.Module):
         return self(output)
 
 
-__all__ = ["RsccKeyChangePerceiver", "RsccChangeProjector", "RsccBitemporalFilter", "warp"]
+
+def bitemporal_filters_in(vision_tower: nn.Module, config: RsccConfig) -> nn.ModuleList | None:
+    """Semantic-CC's filters, one after each encoder layer of `config.bitemporal_filter_layers` of `vision_tower`
+    (forward hooks, first among the layer's hooks: transformers' hidden-state recorder then sees the filtered output).
+
+    Returns:
+        The filters, in the order listed, or `None` when none is configured.
+    """
+    if not config.bitemporal_filter_layers:
+        return None
+    filters = nn.ModuleList([RsccBitemporalFilter(config) for _ in config.bitemporal_filter_layers])
+    encoder_layers = vision_tower.encoder.layers
+    for index, bitemporal_filter in zip(config.bitemporal_filter_encoder_layers, filters):
+        encoder_layers[index].register_forward_hook(bitemporal_filter.after_layer, prepend=True)
+    return filters
+
+
+__all__ = [
+    "project_segments",
+    "bitemporal_filters_in",
+    "RsccKeyChangePerceiver",
+    "RsccChangeProjector",
+    "RsccBitemporalFilter",
+    "warp",
+]

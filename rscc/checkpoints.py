@@ -20,7 +20,7 @@ from .captions import NO_CHANGE_SENTENCES
 from .cli import EXIT_BAD_INPUT, EXIT_OK
 from .configuration_rscc import RsccConfig
 from .modeling_rscc import RsccForConditionalGeneration
-from .processing_rscc import DEFAULT_CONVERSATION_TEMPLATE, DEFAULT_PROMPT, RsccImageProcessor, RsccProcessor
+from .processing_rscc import DEFAULT_PROMPT, RsccImageProcessor, RsccProcessor
 
 # The same special tokens as LLaVA-OneVision's Qwen2 tokenizer (which has them at ids 151643..151647).
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
@@ -151,7 +151,6 @@ def make_processor(image_size: int = TINY_IMAGE_SIZE, patch_size: int = TINY_PAT
         tokenizer=build_tiny_tokenizer(),
         num_image_tokens=grid * grid,
         prompt=DEFAULT_PROMPT,
-        conversation_template=DEFAULT_CONVERSATION_TEMPLATE,
     )
 
 

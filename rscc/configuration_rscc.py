@@ -25,7 +25,7 @@ VISUAL_TOKEN_SEGMENTS = {
     "change": ("change",),
     "pair+change": ("before", "after", "change"),
 }
-CHANGE_FEATURES = ("difference_integration", "key_change")
+CHANGE_FEATURES = ("none", "difference_integration", "key_change")
 PAIR_ENCODINGS = ("images", "llava_video", "video_encoder")
 
 
@@ -79,6 +79,35 @@ VIDEO_ENCODER_FAMILIES = {
 }
 
 
+def check_video_encoder_config(encoder) -> None:
+    """Refuse a `video_encoder_config` (of `pair_encoding="video_encoder"`) that is not a dict of a supported family
+    describing its geometry, with a tubelet size that divides its frames per clip (at least 2)."""
+    if not isinstance(encoder, dict):
+        raise ValueError(
+            "pair_encoding='video_encoder' needs video_encoder_config (the config of a video encoder of model "
+            f"type {list(VIDEO_ENCODER_FAMILIES)}, or its dict); got {type(encoder).__name__}"
+        )
+    family = VIDEO_ENCODER_FAMILIES.get(encoder.get("model_type"))
+    if family is None:
+        raise ValueError(
+            f"video_encoder_config has model_type {encoder.get('model_type')!r}: supported video encoders are "
+            f"{list(VIDEO_ENCODER_FAMILIES)}"
+        )
+    missing = [name for name in family.required_fields if name not in encoder]
+    if missing:
+        raise ValueError(
+            f"video_encoder_config of model_type {encoder['model_type']!r} lacks {missing}: expected "
+            f"{list(family.required_fields)}"
+        )
+    frames_field = family.num_frames_field
+    num_frames = encoder[frames_field]
+    if num_frames < 2 or num_frames % encoder["tubelet_size"]:
+        raise ValueError(
+            f"video_encoder_config: {frames_field}={num_frames}, tubelet_size={encoder['tubelet_size']}: "
+            f"expected {frames_field} >= 2 (the dates of a sample) and a tubelet_size dividing it"
+        )
+
+
 @strict
 class RsccConfig(LlavaOnevisionConfig):
     r"""
@@ -87,11 +116,19 @@ class RsccConfig(LlavaOnevisionConfig):
     filter and the change-detection head.
 
     Args:
-        use_difference_integration (`bool`, *optional*, defaults to `True`):
-            Whether the model has the change-feature module that `change_features` names. With CCExpert's
-            difference integration, the image features of each (before, after) pair pass through it before the
-            projector. When `False` (and every other option at its default) the model computes exactly what
-            LLaVA-OneVision computes.
+        change_features (`str`, *optional*):
+            The change-feature module, which compares the SigLIP features of the dates of each sample.
+            `"difference_integration"` (the default for SigLIP encodings): CCExpert's; its refined images enter the
+            image features through a zero-initialised residual, its change tokens are the level-gated mean of its
+            change tokens. `"key_change"`: KCFI's key change feature perceiver; at each level of
+            `difference_feature_layers` a flow field estimated from both dates warps each date's features, the
+            residuals (warped minus original) give `|residual_before - residual_after|`, and a linear layer fuses the
+            levels. The image features stay stock; the key change features feed the change tokens and, in place of
+            `|A - B|`, the change head. It needs a consumer: `visual_tokens` with change tokens or `use_change_head`.
+            `"none"` (the default, and the only setting, under `pair_encoding="video_encoder"`, whose encoder fuses
+            the dates itself): no module; with every other option at its default the model then computes exactly what
+            LLaVA-OneVision computes. Configs saved with the former `use_difference_integration=False` load as
+            `"none"`.
         difference_feature_layers (`list[int]`, *optional*, defaults to `[-10, -7, -4, -1]`):
             Vision hidden-state indices (as in `hidden_states[i]`, negative from the end) of the levels the
             change-feature module reads. The default is CCExpert's four levels on the 26-layer SigLIP tower of
@@ -155,15 +192,7 @@ class RsccConfig(LlavaOnevisionConfig):
             placeholders). `"change"`: only the pair's change tokens, the change features projected to the language
             model (1 placeholder: 730 tokens a pair instead of 1,460; KCFI's best setting). `"pair+change"`: both
             images then the change tokens (3 placeholders). The change filter applies to every segment alike. Needs
-            the change-feature module (`use_difference_integration`) unless `"pair"`.
-        change_features (`str`, *optional*, defaults to `"difference_integration"`):
-            The change-feature module. `"difference_integration"`: CCExpert's; its refined images enter the image
-            features through a zero-initialised residual, its change tokens are the level-gated mean of its change
-            tokens. `"key_change"`: KCFI's key change feature perceiver; at each level of `difference_feature_layers`
-            a flow field estimated from both dates warps each date's features, the residuals (warped minus
-            original) give `|residual_before - residual_after|`, and a linear layer fuses the levels. The image
-            features stay stock; the key change features feed the change tokens and, in place of `|A - B|`, the
-            change head. It needs a consumer: `visual_tokens` with change tokens or `use_change_head`.
+            a change-feature module (`change_features` other than `"none"`) unless `"pair"`.
         key_change_hidden_size (`int`, *optional*, defaults to 256):
             Width of the hidden layer of the key change perceiver's flow estimator (two 3x3 convolutions per level).
         bitemporal_filter_layers (`list[int]`, *optional*, defaults to `[]`):
@@ -201,7 +230,7 @@ class RsccConfig(LlavaOnevisionConfig):
 
     model_type = "rscc"
 
-    use_difference_integration: bool = True
+    change_features: str | None = None
     difference_feature_layers: list[int] | None = None
     difference_num_blocks: int = 2
     difference_num_heads: int = 9
@@ -220,7 +249,6 @@ class RsccConfig(LlavaOnevisionConfig):
     no_change_shortcut: bool = False
     no_change_caption: str = "The scene is the same as before."
     visual_tokens: str = "pair"
-    change_features: str = "difference_integration"
     key_change_hidden_size: int = 256
     bitemporal_filter_layers: list[int] | None = None
     bitemporal_filter_mlp_ratio: float = 0.25
@@ -228,15 +256,45 @@ class RsccConfig(LlavaOnevisionConfig):
     video_encoder_config: dict | PreTrainedConfig | None = None
 
     def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self._check_pair_encoding()
+        # Configs saved before `change_features` took "none" said so with `use_difference_integration=False`.
+        if kwargs.pop("use_difference_integration", True) is False:
+            self.change_features = "none"
+        if self.change_features is None:
+            self.change_features = "none" if self.pair_encoding == "video_encoder" else "difference_integration"
+        if isinstance(self.video_encoder_config, PreTrainedConfig):
+            self.video_encoder_config = self.video_encoder_config.to_dict()
         if self.difference_feature_layers is None:
             self.difference_feature_layers = list(CCEXPERT_FEATURE_LAYERS)
         self.difference_feature_layers = list(self.difference_feature_layers)
         self.bitemporal_filter_layers = list(self.bitemporal_filter_layers or [])
+        super().__post_init__(**kwargs)
+
+        self.validate_rscc_options()
+
+    def validate_rscc_options(self) -> None:
+        """Refuse every invalid option and combination of options, each in one place, in order: option values, the
+        pair encoding, the change filter and head, the change-feature modules.
+
+        A strict-dataclass validator: besides `__post_init__` (which raises the `ValueError` itself), `validate()` runs
+        it, which `save_pretrained` calls, so a config edited after construction is checked before it is saved.
+        """
+        for name, allowed in (
+            ("pair_encoding", PAIR_ENCODINGS),
+            ("change_features", CHANGE_FEATURES),
+            ("visual_tokens", VISUAL_TOKEN_SEGMENTS),
+            ("change_filter", CHANGE_FILTERS),
+            ("change_mask_source", CHANGE_MASK_SOURCES),
+            ("change_loss_weighting", CHANGE_LOSS_WEIGHTINGS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {list(allowed)}")
+        self._check_pair_encoding()
         self._check_change_options()
         self._check_change_feature_options()
-        if not self.use_difference_integration:
+        self._check_difference_integration()
+
+    def _check_difference_integration(self) -> None:
+        if self.change_features == "none":
             return
         num_hidden_states = self.vision_config.num_hidden_layers + 1
         for index in self.difference_feature_layers:
@@ -261,13 +319,6 @@ class RsccConfig(LlavaOnevisionConfig):
             )
 
     def _check_change_options(self) -> None:
-        for name, allowed in (
-            ("change_filter", CHANGE_FILTERS),
-            ("change_mask_source", CHANGE_MASK_SOURCES),
-            ("change_loss_weighting", CHANGE_LOSS_WEIGHTINGS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {list(allowed)}")
         uses_predicted_mask = {
             "change_mask_source": self.change_mask_source == "predicted",
             "no_change_shortcut": self.no_change_shortcut,
@@ -308,10 +359,6 @@ class RsccConfig(LlavaOnevisionConfig):
             )
 
     def _check_pair_encoding(self) -> None:
-        if self.pair_encoding not in PAIR_ENCODINGS:
-            raise ValueError(f"pair_encoding={self.pair_encoding!r}: expected one of {list(PAIR_ENCODINGS)}")
-        if isinstance(self.video_encoder_config, PreTrainedConfig):
-            self.video_encoder_config = self.video_encoder_config.to_dict()
         if self.pair_encoding == "llava_video" and self.vision_feature_select_strategy != "full":
             raise ValueError(
                 f"vision_feature_select_strategy={self.vision_feature_select_strategy!r}: pair_encoding='llava_video' "
@@ -324,46 +371,20 @@ class RsccConfig(LlavaOnevisionConfig):
                     "pair_encoding='video_encoder'"
                 )
             return
-        encoder = self.video_encoder_config
-        if not isinstance(encoder, dict):
+        check_video_encoder_config(self.video_encoder_config)
+        if self.change_features != "none":
             raise ValueError(
-                "pair_encoding='video_encoder' needs video_encoder_config (the config of a video encoder of model "
-                f"type {list(VIDEO_ENCODER_FAMILIES)}, or its dict); got {type(encoder).__name__}"
-            )
-        if encoder.get("model_type") not in VIDEO_ENCODER_FAMILIES:
-            raise ValueError(
-                f"video_encoder_config has model_type {encoder.get('model_type')!r}: supported video encoders are "
-                f"{list(VIDEO_ENCODER_FAMILIES)}"
-            )
-        required = self.video_encoder_family.required_fields
-        missing = [name for name in required if name not in encoder]
-        if missing:
-            raise ValueError(
-                f"video_encoder_config of model_type {encoder['model_type']!r} lacks {missing}: expected "
-                f"{list(required)}"
-            )
-        frames_field, num_frames = self.video_encoder_family.num_frames_field, self.video_num_frames
-        if num_frames < 2 or num_frames % encoder["tubelet_size"]:
-            raise ValueError(
-                f"video_encoder_config: {frames_field}={num_frames}, tubelet_size={encoder['tubelet_size']}: "
-                f"expected {frames_field} >= 2 (the dates of a sample) and a tubelet_size dividing it"
-            )
-        if self.use_difference_integration:
-            raise ValueError(
-                "use_difference_integration=True with pair_encoding='video_encoder': the video encoder fuses the "
-                "dates itself and has no per-date SigLIP features; set use_difference_integration=False"
+                f"change_features={self.change_features!r} with pair_encoding='video_encoder': the video encoder "
+                "fuses the dates itself and has no per-date SigLIP features; set change_features='none'"
             )
 
     def _check_change_feature_options(self) -> None:
-        for name, allowed in (("visual_tokens", VISUAL_TOKEN_SEGMENTS), ("change_features", CHANGE_FEATURES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {list(allowed)}")
-        if self.visual_tokens != "pair" and not self.use_difference_integration:
+        if self.visual_tokens != "pair" and self.change_features == "none":
             raise ValueError(
                 f"visual_tokens={self.visual_tokens!r} shows the language model change tokens, which come from the "
-                "change-feature module: set use_difference_integration=True"
+                "change-feature module: set change_features='difference_integration' or 'key_change'"
             )
-        if self.change_features == "key_change" and self.use_difference_integration:
+        if self.change_features == "key_change":
             if self.visual_tokens == "pair" and not self.use_change_head:
                 raise ValueError(
                     "change_features='key_change' feeds the change tokens and the change head, and this model has "
@@ -430,7 +451,7 @@ class RsccConfig(LlavaOnevisionConfig):
         `pair_encoding="images"` and samples of exactly two dates."""
         options = {
             f"visual_tokens={self.visual_tokens!r}": self.visual_tokens != "pair",
-            "change_features='key_change'": self.change_features == "key_change" and self.use_difference_integration,
+            "change_features='key_change'": self.change_features == "key_change",
             f"bitemporal_filter_layers={self.bitemporal_filter_layers}": bool(self.bitemporal_filter_layers),
         }
         return [option for option, used in options.items() if used]

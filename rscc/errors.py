@@ -1,16 +1,12 @@
 """Bad user input: the error type every rscc reader and command raises for it, and the reader of users' text files
-(standard library only, so that `rscc eval` and the remote-code processor use them without torch)."""
+(standard library only, so that `rscc eval` uses them without torch). The error types live in the remote-code
+`errors_rscc.py`, which the saved processor uses without rscc installed."""
 
 from pathlib import Path
 
+from .errors_rscc import InputFileNotFoundError, RsccInputError
 
-class RsccInputError(ValueError):
-    """A user's input (a file, an array, an option) is not what rscc expects; the message names it and what was
-    expected. Every reader of user input raises this type (or a subclass) for bad input."""
-
-
-class InputFileNotFoundError(RsccInputError, FileNotFoundError):
-    """A named input file does not exist."""
+__all__ = ["RsccInputError", "InputFileNotFoundError", "read_text_file"]
 
 
 def read_text_file(path: Path, encoding: str = "utf-8") -> str:

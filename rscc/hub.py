@@ -23,12 +23,14 @@ import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoConfig
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .compat_rscc import TESTED_TRANSFORMERS, TRANSFORMERS_REQUIREMENT
 from .configuration_rscc import RsccConfig
 from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK
 from .inference import DEFAULT_MODEL, check_model_folder, load_model_and_processor
 from . import pipeline_rscc
+from .card_architecture import describe_architecture
 from .processing_rscc import RsccInputError
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "template.md"
@@ -142,30 +144,6 @@ def eval_results_from_evaluation(evaluation: dict, dataset_id: str | None = None
             )
         )
     return results
-
-
-def describe_architecture(config: RsccConfig | None) -> str:
-    """A few lines on the model's dimensions for the card.
-
-    Args:
-        config ([`RsccConfig`], *optional*): the model's configuration.
-    """
-    if config is None:
-        return "Architecture details were not given to the card generator (pass `--model FOLDER`)."
-    vision, text = config.vision_config, config.text_config
-    difference = (
-        f"difference integration on SigLIP layers {config.difference_feature_layers} "
-        f"({config.difference_num_blocks} change-aware blocks, {config.difference_num_heads} heads)"
-        if config.use_difference_integration
-        else "difference integration off (the stock LLaVA-OneVision computation)"
-    )
-    return (
-        f"- Vision tower: SigLIP, {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
-        f"{vision.image_size} px input, {vision.patch_size} px patches\n"
-        f"- Language model: Qwen2, {text.num_hidden_layers} layers, width {text.hidden_size}, "
-        f"vocabulary {text.vocab_size}\n"
-        f"- {difference}"
-    )
 
 
 def build_model_card(
@@ -289,7 +267,8 @@ def assemble_hub_folder(folder: str | os.PathLike, out: str | os.PathLike, card:
 
     The model is loaded with rscc's classes and saved again, so weights become safetensors whatever the source
     format, and the remote-code files are those of the installed rscc. The change-captioning pipeline
-    (`pipeline_rscc.py`) is added and registered in `config.json`'s `custom_pipelines`, so that
+    (`pipeline_rscc.py`, with the files it imports) is added and registered in `config.json`'s `custom_pipelines`, so
+    that
     `transformers.pipeline(model=REPO, trust_remote_code=True)` captions pairs. Written to a temporary folder
     next to `out`, renamed at the end.
 
@@ -306,7 +285,8 @@ def assemble_hub_folder(folder: str | os.PathLike, out: str | os.PathLike, card:
     with staged_folder(out) as temporary:
         model.save_pretrained(temporary)
         processor.save_pretrained(temporary)
-        shutil.copyfile(pipeline_rscc.__file__, temporary / "pipeline_rscc.py")
+        for code_file in [pipeline_rscc.__file__, *get_relative_import_files(pipeline_rscc.__file__)]:
+            shutil.copyfile(code_file, temporary / Path(code_file).name)
         card.save(temporary / "README.md")
     return out
 

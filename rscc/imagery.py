@@ -1,23 +1,19 @@
 """Reading image and raster files: the one reader behind `rscc caption`, `rscc data` and `rscc scene`.
 
-`rscc.processing_rscc.load_image` reads image files with Pillow, which decodes 16-bit colour PNG and TIFF into their
-high bytes (a black image) and cannot open band-interleaved or GDAL-written multi-band TIFFs. It hands those files to
-`read_full_depth`, which reads them with GDAL (rasterio), as `rscc scene` reads its rasters; the values then take the
-processor's one stretch of deep imagery to 8 bits. Importing this module installs that reader.
+`rscc.image_processing_rscc.load_image` reads image files with Pillow, which decodes 16-bit colour PNG and TIFF into
+their high bytes (a black image) and cannot open band-interleaved or GDAL-written multi-band TIFFs; it reads those files
+with GDAL (rasterio, `read_full_depth` there), choosing bands as `rscc scene` does by default (`default_rgb_bands`).
 """
 
 import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import rasterio
-from PIL import Image
-from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from . import processing_rscc
-from .processing_rscc import RsccInputError
+from .errors_rscc import RsccInputError
+from .image_processing_rscc import default_rgb_bands
 
 
 class SceneInputError(RsccInputError):
@@ -70,37 +66,7 @@ def rgb_bands(dataset, name: str, bands: list[int] | None = None) -> list[int]:
                 f"expected three band numbers (red, green, blue) or one (grey) between 1 and {dataset.count}"
             )
         return list(bands)
-    interpretation = list(dataset.colorinterp)
-    rgb = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-    if all(colour in interpretation for colour in rgb):
-        return [interpretation.index(colour) + 1 for colour in rgb]
-    not_alpha = [index + 1 for index, colour in enumerate(interpretation) if colour != ColorInterp.alpha]
-    return not_alpha[:3] if len(not_alpha) >= 3 else not_alpha[:1]
+    return default_rgb_bands(dataset)
 
 
-def read_full_depth(path: str | os.PathLike, name: str) -> np.ndarray:
-    """A whole image file as GDAL reads it: its RGB bands (or grey band) at full depth, `(H, W, 3)` or `(H, W)`.
-
-    Args:
-        path (`str` or `os.PathLike`): the image file.
-        name (`str`): how errors refer to it.
-
-    Raises:
-        SceneInputError: GDAL cannot read it either, or it is larger than Pillow's decompression-bomb limit.
-    """
-    with open_raster(path, name) as dataset:
-        if dataset.width * dataset.height > 2 * (Image.MAX_IMAGE_PIXELS or float("inf")):
-            raise SceneInputError(
-                f"{name}: image file {path} of {dataset.width} x {dataset.height} pixels is too large to read whole; "
-                "caption large rasters tile by tile with `rscc scene`"
-            )
-        try:
-            values = dataset.read(rgb_bands(dataset, name))
-        except RasterioIOError as error:
-            raise SceneInputError(f"{name}: cannot read the pixels of {path} ({error})") from None
-    return values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
-
-
-processing_rscc.full_depth_reader = read_full_depth
-
-__all__ = ["SceneInputError", "open_raster", "read_full_depth", "rgb_bands"]
+__all__ = ["SceneInputError", "open_raster", "rgb_bands"]

@@ -27,6 +27,7 @@ from .batch import (
     samples_from_manifest,
 )
 from .caption_files import date_fields
+from .captioning_rscc import DEFAULT_MAX_NEW_TOKENS, describe_batch
 from .cli import (
     EXIT_BAD_INPUT,
     EXIT_HUB,
@@ -47,7 +48,6 @@ logger = logging.get_logger(__name__)
 
 # Zero-shot default until a fine-tuned rscc checkpoint is published: LLaVA-OneVision-0.5B with the rscc prompt.
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
-DEFAULT_MAX_NEW_TOKENS = 64  # LEVIR-CC's longest caption has 39 words
 DEFAULT_BATCH_SIZE = 8
 MAX_CHANGE_CLASSES = 3  # LEVIR-MCI's: the most classes a change mask given on the command line may encode
 # The one model option that is not an RsccConfig field: the encoder `from_llava_onevision` builds a video model with.
@@ -193,7 +193,7 @@ def _load_by_model_type(
     model_type = AutoConfig.from_pretrained(model_id_or_path).model_type
     if model_type == LlavaOnevisionConfig.model_type:
         if for_captioning:
-            config_overrides = {"use_difference_integration": False, **config_overrides}
+            config_overrides = {"change_features": "none", **config_overrides}
         model = RsccForConditionalGeneration.from_llava_onevision(
             model_id_or_path, from_pretrained_kwargs={"dtype": dtype}, **config_overrides
         )
@@ -312,48 +312,12 @@ def describe_changes(
             "change_masks: this model's token filter does not take input masks (change_filter="
             f"{getattr(model.config, 'change_filter', 'none')!r}); they would be ignored"
         )
-    generate_kwargs.setdefault("do_sample", False)
-    config = model.config
-    has_change_head = getattr(config, "use_change_head", False)
     descriptions = []
     for start in range(0, len(pairs), batch_size):
         batch_masks = None if change_masks is None else change_masks[start : start + batch_size]
         inputs = processor(images=pairs[start : start + batch_size], change_masks=batch_masks).to(model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        num_pairs = inputs["input_ids"].shape[0]
-        masks = [{}] * num_pairs
-        to_generate = list(range(num_pairs))
-        model_inputs = dict(inputs)
-        if has_change_head:
-            image_features = model.model.get_image_features(
-                inputs["pixel_values"],
-                inputs["image_sizes"],
-                batch_num_images=inputs["batch_num_images"],
-                change_masks=inputs.get("change_masks"),
-            )
-            # The head describes first to last date: its masks take the first date's size.
-            first_dates = inputs["batch_num_images"].cumsum(0) - inputs["batch_num_images"]
-            masks = processor.post_process_change_masks(
-                image_features.change_logits, target_sizes=inputs["image_sizes"][first_dates].tolist()
-            )
-            if config.no_change_shortcut:
-                to_generate = [index for index, mask in enumerate(masks) if mask["changed"]]
-            model_inputs = {
-                "input_ids": inputs["input_ids"][to_generate],
-                "attention_mask": inputs["attention_mask"][to_generate],
-                "mm_encoder_outputs": {"image": image_features.select_pairs(to_generate)},
-            }
-        captions = [getattr(config, "no_change_caption", None)] * num_pairs
-        if to_generate:
-            generated = model.generate(
-                **model_inputs,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=processor.tokenizer.pad_token_id,
-                **generate_kwargs,
-            )
-            for index, caption in zip(to_generate, processor.post_process_captions(generated, model_inputs)):
-                captions[index] = caption
-        descriptions.extend(ChangeDescription(caption, **mask) for caption, mask in zip(captions, masks))
+        batch = describe_batch(model, processor, inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+        descriptions.extend(ChangeDescription(**description) for description in batch)
     return descriptions
 
 

@@ -11,6 +11,8 @@ Like the other remote-code files it imports only the standard library, torch and
 
 from transformers import Pipeline
 
+from .captioning_rscc import DEFAULT_MAX_NEW_TOKENS, describe_batch
+
 PIPELINE_TASK = "remote-sensing-change-captioning"
 # The `custom_pipelines` entry of a published folder's config.json: the task, its class, and the Auto class that
 # loads the model for it.
@@ -38,6 +40,9 @@ class ChangeCaptioningPipeline(Pipeline):
         """Args:
         inputs: one sample (`{"before", "after"}` dict, `{"images"}` dict or a tuple of dates) or a list of them.
         max_new_tokens (`int`, *optional*): caption length limit (default 64).
+
+        Returns: `{"caption": str}` per sample; with a change head also `change_mask`, `changed_fraction` and `changed`
+        (the step of `captioning_rscc.describe_batch`, the no-change shortcut included).
         """
         # A bare tuple of dates is one sample, not a batch of inputs.
         if isinstance(inputs, tuple):
@@ -60,15 +65,13 @@ class ChangeCaptioningPipeline(Pipeline):
             raise ValueError(f"expected two or more dates (oldest first), got {len(dates)}: {sample!r}")
         return self.processor(images=[dates])
 
-    def _forward(self, model_inputs, max_new_tokens=64, **generate_kwargs):
-        model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.model.dtype)
-        generate_kwargs.setdefault("do_sample", False)
-        generated = self.model.generate(
-            **model_inputs, max_new_tokens=max_new_tokens, pad_token_id=self.processor.tokenizer.pad_token_id,
-            **generate_kwargs,
+    def _forward(self, model_inputs, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, **generate_kwargs):
+        (description,) = describe_batch(
+            self.model, self.processor, model_inputs, max_new_tokens=max_new_tokens, **generate_kwargs
         )
-        return {"new_tokens": generated[:, model_inputs["input_ids"].shape[1] :]}
+        return description
 
-    def postprocess(self, model_outputs):
-        (caption,) = self.processor.post_process_captions(model_outputs["new_tokens"])
-        return {"caption": caption}
+    def postprocess(self, description):
+        if description["change_mask"] is None:
+            return {"caption": description["caption"]}
+        return description

@@ -8,9 +8,9 @@ token; 730 for SigLIP at 384 px); the video encodings lay their tokens out as
 [`RsccProcessor.placeholder_token_counts`] says. Optional change masks (one per sample, first to last date) come out
 as class ids at the vision input size, for rscc models only.
 
-[`RsccImageProcessor`] owns everything about pixels: decoding image inputs (16-bit stretch), decoding change masks
-into the change head's classes, and reading the head's logits back as masks; [`RsccProcessor`] pairs it with the
-tokenizer and the prompt.
+[`RsccImageProcessor`] (`image_processing_rscc.py`) owns everything about pixels: decoding image inputs (16-bit
+stretch), decoding change masks into the change head's classes, and reading the head's logits back as masks;
+[`RsccProcessor`] pairs it with the tokenizer and the prompt.
 """
 
 import math
@@ -30,16 +30,15 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
 from .configuration_rscc import IGNORE_INDEX, PAIR_ENCODINGS, VISUAL_TOKEN_SEGMENTS
-
-try:  # rscc's one input-error type; this file also runs as remote code where rscc is not installed
-    from rscc.errors import InputFileNotFoundError, RsccInputError
-except ImportError:
-
-    class RsccInputError(ValueError):
-        """A user's input is not what rscc expects; the message names it and what was expected."""
-
-    class InputFileNotFoundError(RsccInputError, FileNotFoundError):
-        """A named input file does not exist."""
+from .errors_rscc import InputFileNotFoundError, RsccInputError
+from .image_processing_rscc import (
+    HIGH_BIT_DEPTH_PERCENTILES,
+    RsccImageProcessor,
+    load_change_mask,
+    load_image,
+    pillow_truncates,
+    stretch_to_uint8,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -60,21 +59,13 @@ SERIES_PROMPT_TEMPLATE = (
     "These are images of the same place at {num_dates} dates, oldest first: {images}.\n"
     "What changed across the series from Image1 to Image{num_dates}?"
 )
-# Qwen ChatML with the default system message; `{prompt}` is the user turn.
-DEFAULT_CONVERSATION_TEMPLATE = (
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
-    "<|im_start|>assistant\n"
+# Qwen ChatML with the default system message (the text LLaVA-OneVision's Qwen2 was tuned on): the processor's chat
+# template, through which every prompt becomes the model's input text.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-HIGH_BIT_DEPTH_PERCENTILES = (2.0, 98.0)
-# LEVIR-CD (0/255) and LEVIR-MCI (0/128/255, channel 0 of its RGB labels) grey levels; None: the last class.
-GREY_LEVEL_CLASSES = {0: 0, 128: 1, 255: None}
-# Pillow modes of 8 bits per band: a file decoded into one of them through a 16-bit raw mode keeps only high bytes.
-_EIGHT_BIT_BAND_MODES = ("RGB", "RGBA", "LA", "CMYK")
-
-# Reads an image file that Pillow cannot read at full depth (16-bit colour PNG or TIFF, band-interleaved or
-# GDAL-written TIFF) into an (H, W) or (H, W, C) array; `name` is how errors refer to it. The rscc package sets a GDAL
-# one (`rscc.imagery`); where none is set (remote code without rscc) such files are refused, never truncated.
-full_depth_reader = None
 
 
 def default_prompt(num_dates: int, image_token: str = "<image>") -> str:
@@ -97,369 +88,6 @@ def to_sentence_case(caption: str) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def stretch_to_uint8(
-    array: np.ndarray,
-    value_range: tuple[float, float] | None = None,
-    percentiles: tuple[float, float] = HIGH_BIT_DEPTH_PERCENTILES,
-) -> np.ndarray:
-    """Map high-bit-depth imagery (16-bit, float radiance) to 0..255 by a linear 2nd-98th percentile stretch.
-
-    The percentiles are taken over all bands together so colour balance is kept; a flat image maps to 0.
-    This is the usual display stretch for remote-sensing imagery whose values fill a small part of 16 bits.
-
-    Args:
-        array (`np.ndarray`): the image, any numeric dtype.
-        value_range (`tuple[float, float]`, *optional*): the values mapped to 0 and 255. Defaults to the
-            `percentiles` of `array`; pass a range measured once over a whole scene so that its tiles share one
-            stretch.
-        percentiles (`tuple[float, float]`, *optional*, defaults to `(2.0, 98.0)`): the percentiles mapped to 0 and
-            255 when no `value_range` is given.
-    """
-    values = array.astype(np.float64)
-    low, high = np.percentile(values, percentiles) if value_range is None else value_range
-    if high <= low:
-        return np.zeros(array.shape, dtype=np.uint8)
-    return (np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-
-
-def _array_to_rgb(array: np.ndarray, name: str, percentiles: tuple[float, float]) -> Image.Image:
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise RsccInputError(
-            f"{name}: array of shape {array.shape} is not an image; expected (H, W), (H, W, 1|3|4) or (1|3|4, H, W)"
-        )
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise RsccInputError(f"{name}: image of shape {array.shape} has no pixels")
-    if array.ndim == 3:
-        array = array[..., :3]  # alpha is dropped: co-registered imagery has no meaningful transparency
-    if array.dtype == np.uint8:
-        pass
-    elif array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
-        finite = np.isfinite(array)
-        if not finite.all():
-            raise RsccInputError(
-                f"{name}: float image holds {int((~finite).sum())} of {finite.size} values NaN or infinite; "
-                "replace them (e.g. nodata) before captioning"
-            )
-        if array.min() < 0.0 or array.max() > 1.0:
-            raise RsccInputError(
-                f"{name}: float image values must lie in [0, 1], found {array.min()}..{array.max()}"
-            )
-        array = (array * 255.0).round().astype(np.uint8)
-    elif np.issubdtype(array.dtype, np.integer):
-        array = stretch_to_uint8(array, percentiles=percentiles)
-    else:
-        raise RsccInputError(f"{name}: unsupported image dtype {array.dtype}")
-    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
-
-
-def pillow_truncates(image: Image.Image) -> bool:
-    """Whether Pillow decodes this opened file into 8 bits per band from 16 (it keeps only the high bytes)."""
-    return image.mode in _EIGHT_BIT_BAND_MODES and any(";16" in str(tile.args) for tile in image.tile)
-
-
-def _read_image_file(path: Path, name: str, percentiles: tuple[float, float]) -> Image.Image:
-    pillow_problem = "Pillow reads only the high byte of each 16-bit band"
-    try:
-        with Image.open(path) as opened:
-            if not pillow_truncates(opened):
-                opened.load()
-                return load_image(opened, name=f"{name} ({path})", percentiles=percentiles)
-    except Image.DecompressionBombError as error:
-        raise RsccInputError(f"{name}: image file {path} is too large to decode safely ({error})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
-        if isinstance(error, RsccInputError):
-            raise
-        pillow_problem = f"Pillow cannot read it ({error})"
-    if full_depth_reader is None:
-        raise RsccInputError(
-            f"{name}: cannot read image file {path}: {pillow_problem}; with rscc installed it is read with GDAL, or "
-            "pass the image as a numpy array"
-        )
-    try:
-        array = full_depth_reader(path, name)
-    except RsccInputError as error:
-        raise RsccInputError(f"{name}: cannot read image file {path}: {pillow_problem}, nor GDAL ({error})") from None
-    return _array_to_rgb(array, f"{name} ({path})", percentiles)
-
-
-def load_image(
-    image, name: str = "image", percentiles: tuple[float, float] = HIGH_BIT_DEPTH_PERCENTILES
-) -> Image.Image:
-    """Turn one image input into an RGB PIL image.
-
-    Args:
-        image: a file path (`str` or `os.PathLike`), a PIL image, a numpy array or a torch tensor
-            ((H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4).
-        name (`str`): how errors refer to this input.
-        percentiles (`tuple[float, float]`, *optional*, defaults to `(2.0, 98.0)`): the stretch of other integer
-            depths (see [`stretch_to_uint8`]).
-
-    RGBA loses its alpha channel, grayscale and palette images become RGB, 8-bit stays as it is, other integer
-    depths (16-bit imagery) go through `stretch_to_uint8`, and float arrays must lie in [0, 1].
-    """
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputFileNotFoundError(f"{name}: image file not found: {path}")
-        return _read_image_file(path, name, percentiles)
-    if isinstance(image, Image.Image):
-        if image.width == 0 or image.height == 0:
-            raise RsccInputError(f"{name}: image of {image.width} x {image.height} pixels has no pixels")
-        if image.mode in ("RGB",):
-            return image
-        if image.mode in ("L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr", "1"):
-            return image.convert("RGB")
-        return _array_to_rgb(np.asarray(image), name, percentiles)
-    if isinstance(image, torch.Tensor):
-        return _array_to_rgb(image.detach().cpu().numpy(), name, percentiles)
-    if isinstance(image, np.ndarray):
-        return _array_to_rgb(image, name, percentiles)
-    raise RsccInputError(
-        f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(image).__name__}"
-    )
-
-
-def _mask_array(mask, name: str) -> np.ndarray:
-    if isinstance(mask, (str, os.PathLike)):
-        path = Path(mask)
-        if not path.is_file():
-            raise InputFileNotFoundError(f"{name}: mask file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                return _mask_array(opened, f"{name} ({path})")
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError) as error:
-            raise RsccInputError(f"{name}: cannot read mask file {path}: {error}") from error
-    if isinstance(mask, Image.Image):
-        # A palette image shows its classes through its palette, so read it as the colours it displays.
-        return np.asarray(mask.convert("RGBA") if mask.mode in ("P", "PA") else mask)
-    if isinstance(mask, torch.Tensor):
-        return mask.detach().cpu().numpy()
-    if isinstance(mask, np.ndarray):
-        return mask
-    raise RsccInputError(
-        f"{name}: expected a file path, PIL image, numpy array or torch tensor, got {type(mask).__name__}"
-    )
-
-
-def load_change_mask(mask, name: str = "change mask", num_classes: int = 2) -> np.ndarray:
-    """Decode one change mask into class ids (0 = no change).
-
-    Args:
-        mask: a file path, PIL image, numpy array or torch tensor: `(H, W)`, `(H, W, C)` or `(C, H, W)`, C in 1, 3, 4.
-        name (`str`): how errors refer to this input.
-        num_classes (`int`): classes of the model's change head (2: change / no change; 3: LEVIR-MCI).
-
-    The documented encodings, read from a single-channel mask, a grey RGB one, or the red channel of a coloured one:
-
-    - class ids: every value below `num_classes` (0/1 binary masks, boolean arrays, decoded LEVIR-MCI labels 0/1/2);
-    - grey levels 0/255 (LEVIR-CD) and 0/128/255 (LEVIR-MCI): 0 no change, 128 road (class 1), 255 the last class
-      (building with 3 classes, LEVIR-CD's changes being buildings; change with 2, where roads are change too);
-    - RGB-coded labels: alpha is dropped; a coloured label carries its class in the red channel (LEVIR-MCI's
-      convention), so a colour other than black whose red channel is 0 is not explained.
-
-    Returns:
-        `np.ndarray` of shape `(H, W)`, dtype int64.
-
-    Raises:
-        ValueError: for values no encoding explains, naming `name` and the values found.
-    """
-    array = _mask_array(mask, name)
-    if isinstance(mask, (str, os.PathLike)) and str(mask) not in name:
-        name = f"{name} ({mask})"  # errors about its values name the file too
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)
-    if array.ndim == 3 and array.shape[-1] in (1, 2):
-        array = array[..., 0]  # grey, or grey plus alpha
-    elif array.ndim == 3 and array.shape[-1] in (3, 4):
-        colours = array[..., :3]
-        stray = (colours[..., 0] == 0) & (colours[..., 1:] != 0).any(-1)
-        if stray.any():
-            found = np.unique(colours[stray].reshape(-1, 3), axis=0)[:8].tolist()
-            raise RsccInputError(
-                f"{name}: RGB mask colours {found} have no class: a coloured mask carries its class in the red channel "
-                "(LEVIR-MCI: 0 background, 128 road, 255 building)"
-            )
-        array = colours[..., 0]
-    if array.ndim != 2:
-        raise RsccInputError(
-            f"{name}: array of shape {array.shape} is not a mask; expected (H, W), (H, W, C) or (C, H, W)"
-        )
-    if array.size == 0:
-        raise RsccInputError(f"{name}: mask of shape {array.shape} has no pixels")
-    if array.dtype == np.bool_:
-        array = array.astype(np.int64)
-    elif np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise RsccInputError(f"{name}: float mask values must be whole class codes; found {np.unique(array)[:8]}")
-    elif not np.issubdtype(array.dtype, np.integer):
-        raise RsccInputError(f"{name}: unsupported mask dtype {array.dtype}")
-    array = array.astype(np.int64)
-    values = np.unique(array)
-    if values.min() >= 0 and values.max() < num_classes:
-        return array
-    if set(values.tolist()) <= set(GREY_LEVEL_CLASSES):
-        classes = np.zeros_like(array)
-        for level, class_id in GREY_LEVEL_CLASSES.items():
-            classes[array == level] = num_classes - 1 if class_id is None else class_id
-        return classes
-    raise RsccInputError(
-        f"{name}: mask values {values[:12].tolist()} match no documented encoding: class ids 0..{num_classes - 1}, "
-        "grey levels 0/255 (binary) or 0/128/255 (LEVIR-MCI), or RGB with the class in the red channel"
-    )
-
-
-class RsccImageProcessorKwargs(LlavaOnevisionImageProcessorKwargs, total=False):
-    r"""
-    num_change_classes (`int`, *optional*, defaults to 2):
-        Classes of the model's change head (`config.change_head_num_classes`); decides how change masks are decoded
-        (see [`load_change_mask`]).
-    high_bit_depth_percentiles (`list[float]`, *optional*, defaults to `[2.0, 98.0]`):
-        The percentiles that integer images deeper than 8 bits are stretched between (see [`stretch_to_uint8`]).
-    """
-
-    num_change_classes: int
-    high_bit_depth_percentiles: list[float]
-
-
-class RsccImageProcessor(LlavaOnevisionImageProcessorPil):
-    r"""
-    Image processor for change captioning: LLaVA-OneVision's resizing and normalisation, after decoding remote-sensing
-    inputs, plus the change masks of the model's change head, in and out.
-
-    Images may be file paths, PIL images, arrays or tensors of any depth (see [`load_image`]); change masks are
-    decoded into `num_change_classes` classes (see [`load_change_mask`]) and resized like their images. Both
-    settings are saved with the processor, so a folder decodes masks as its model's head expects.
-
-    Args:
-        num_change_classes (`int`, *optional*, defaults to 2): classes of the model's change head.
-        high_bit_depth_percentiles (`list[float]`, *optional*, defaults to `[2.0, 98.0]`): the stretch of images
-            deeper than 8 bits.
-        **kwargs: [`LlavaOnevisionImageProcessorPil`] options (`size`, `image_mean`, ...).
-    """
-
-    valid_kwargs = RsccImageProcessorKwargs
-    num_change_classes = 2
-    high_bit_depth_percentiles = list(HIGH_BIT_DEPTH_PERCENTILES)
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        if self.num_change_classes < 2:
-            raise ValueError(f"num_change_classes={self.num_change_classes}: expected at least 2")
-
-    @classmethod
-    def from_image_processor(cls, image_processor, **kwargs) -> "RsccImageProcessor":
-        """The same resizing and normalisation as another LLaVA-OneVision image processor, with rscc's settings.
-
-        Processor folders saved before rscc had its own image processor hold LLaVA-OneVision's; this is how they load.
-
-        Args:
-            image_processor: a LLaVA-OneVision image processor.
-            **kwargs: [`RsccImageProcessor`] settings (`num_change_classes`, ...).
-        """
-        names = cls.valid_kwargs.__annotations__
-        settings = {key: value for key, value in image_processor.to_dict().items() if key in names}
-        return cls(**{**settings, **kwargs})
-
-    def decode_image(self, image, name: str = "image") -> Image.Image:
-        """One image input as an RGB PIL image, stretched between `high_bit_depth_percentiles` (see [`load_image`])."""
-        return load_image(image, name=name, percentiles=tuple(self.high_bit_depth_percentiles))
-
-    def decode_change_mask(self, mask, name: str = "change mask") -> np.ndarray:
-        """One change mask as `(H, W)` int64 ids of the `num_change_classes` classes (see [`load_change_mask`])."""
-        return load_change_mask(mask, name=name, num_classes=self.num_change_classes)
-
-    def preprocess(self, images, change_masks=None, **kwargs) -> BatchFeature:
-        """Decode, resize and normalise (before, after) pairs, and their change masks.
-
-        Args:
-            images (`list` of `[before, after]` pairs): each image anything [`load_image`] accepts (a single image or
-                a flat list of them is processed as LLaVA-OneVision's image processor does).
-            change_masks (`list`, *optional*): one change mask per pair, or `None` for a pair without one (anything
-                [`load_change_mask`] accepts). A mask whose size differs from its images' is resized with a warning.
-            **kwargs: [`LlavaOnevisionImageProcessorPil`] options.
-
-        Returns:
-            [`BatchFeature`] with `pixel_values` `(2 * batch, 1, 3, H, W)`, `image_sizes` `(2 * batch, 2)` (the
-            original sizes), `batch_num_images` `(batch,)`, and with change masks `change_masks` `(batch, H, W)` (class
-            ids at the vision input size, -100 for every pixel of a pair given `None`).
-        """
-        decoded = self._decode_images(images, "images")
-        outputs = super().preprocess(decoded, **kwargs)
-        if change_masks is not None:
-            outputs["change_masks"] = self._change_mask_tensor(
-                change_masks, decoded, tuple(outputs["pixel_values"].shape[-2:])
-            )
-        return outputs
-
-    def _decode_images(self, images, name: str):
-        # Lists keep their nesting (pairs, or LLaVA-OneVision's single images); errors name the place, images[0][1].
-        if isinstance(images, (list, tuple)):
-            return [self._decode_images(image, f"{name}[{index}]") for index, image in enumerate(images)]
-        return self.decode_image(images, name=name)
-
-    def _change_mask_tensor(self, masks: list, images: list, size: tuple[int, int]) -> torch.Tensor:
-        tensors = []
-        for index, (mask, pair) in enumerate(zip(masks, images)):
-            if mask is None:
-                tensors.append(torch.full(size, IGNORE_INDEX, dtype=torch.long))
-                continue
-            name = f"change_masks[{index}]" + (f" ({mask})" if isinstance(mask, (str, os.PathLike)) else "")
-            classes = self.decode_change_mask(mask, name=name)
-            image_sizes = {image.size[::-1] for image in pair}
-            if {classes.shape} != image_sizes:
-                logger.warning(
-                    f"{name}: mask of {classes.shape[0]}x{classes.shape[1]} (height x width) differs from its images "
-                    f"({', '.join(f'{h}x{w}' for h, w in sorted(image_sizes))}); resized with nearest neighbour"
-                )
-            # nearest-exact samples each output pixel's centre, as the model samples masks at token centres.
-            resized = torch.nn.functional.interpolate(
-                torch.from_numpy(classes)[None, None].float(), size=size, mode="nearest-exact"
-            )
-            tensors.append(resized[0, 0].long())
-        return torch.stack(tensors)
-
-    def post_process_change_masks(self, change_logits: torch.Tensor, target_sizes=None) -> list[dict]:
-        """Per pair, the change head's mask, the fraction of its area that changed and a change / no-change flag.
-
-        Args:
-            change_logits (`torch.Tensor` of shape `(num_pairs, num_classes, height, width)`): the model's
-                `change_logits`.
-            target_sizes (*optional*): `(height, width)` of each returned mask, e.g. `inputs["image_sizes"][0::2]`
-                (the before images' original sizes); defaults to the logits' size. Logits are resized bilinearly
-                before the argmax, so boundaries stay smooth at any size.
-
-        Returns:
-            `list[dict]`, one per pair: `change_mask` (`np.ndarray` of shape `(height, width)`, int64 class ids, 0 no
-            change), `changed_fraction` (`float`, share of pixels of a non-zero class) and `changed` (`bool`).
-        """
-        if target_sizes is None:
-            target_sizes = [tuple(change_logits.shape[-2:])] * change_logits.shape[0]
-        if len(target_sizes) != change_logits.shape[0]:
-            raise RsccInputError(
-                f"target_sizes: expected one (height, width) per pair ({change_logits.shape[0]}), "
-                f"got {len(target_sizes)}"
-            )
-        results = []
-        for logits, size in zip(change_logits.detach(), target_sizes):
-            size = tuple(int(side) for side in size)
-            resized = torch.nn.functional.interpolate(
-                logits[None].float(), size=size, mode="bilinear", align_corners=False
-            )
-            classes = resized[0].argmax(0).cpu().numpy()
-            changed_fraction = float((classes != 0).mean())
-            results.append(
-                {"change_mask": classes, "changed_fraction": changed_fraction, "changed": changed_fraction > 0}
-            )
-        return results
-
-
 class RsccProcessor(ProcessorMixin):
     r"""
     Processor for change captioning: an [`RsccImageProcessor`] and a Qwen2 tokenizer.
@@ -475,13 +103,14 @@ class RsccProcessor(ProcessorMixin):
         prompt (`str`, *optional*): default user prompt of a pair, with one `image_token` placeholder per segment of
             `visual_tokens` (two by default: before, after); defaults to `DEFAULT_PROMPTS[visual_tokens]`. A series
             of N > 2 dates gets [`default_prompt`] (N placeholders) by default.
-        conversation_template (`str`, *optional*): the text around the user prompt, with one `{prompt}` field,
-            ending where the assistant's answer starts.
         turn_end (`str`, *optional*, defaults to `"<|im_end|>"`): appended to caption targets; supervised.
         image_token (`str`, *optional*, defaults to `"<image>"`).
         num_change_classes (`int`, *optional*): the image processor's `num_change_classes`, as processor folders
             saved before rscc had its own image processor hold it.
-        chat_template (`str`, *optional*): kept for `apply_chat_template` users.
+        chat_template (`str`, *optional*, defaults to `DEFAULT_CHAT_TEMPLATE`): the Jinja chat template that turns
+            each prompt (one user turn, text content) into the model's input text, generation prompt included.
+            Processor folders saved with the former `conversation_template` (text with one `{prompt}` field) load with
+            the same text.
         visual_tokens (`str`, *optional*, defaults to `"pair"`): the model's `visual_tokens`: which segments (before,
             after, change) each pair shows the language model, each `num_image_tokens + 1` placeholders in place of
             one `image_token` of the prompt.
@@ -498,7 +127,6 @@ class RsccProcessor(ProcessorMixin):
         num_image_tokens: int = 729,
         vision_feature_select_strategy: str = "full",
         prompt: str | None = None,
-        conversation_template: str = DEFAULT_CONVERSATION_TEMPLATE,
         turn_end: str = "<|im_end|>",
         image_token: str = "<image>",
         num_change_classes: int | None = None,
@@ -517,7 +145,6 @@ class RsccProcessor(ProcessorMixin):
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.visual_tokens = visual_tokens
         self.prompt = DEFAULT_PROMPTS[visual_tokens] if prompt is None else prompt
-        self.conversation_template = conversation_template
         self.turn_end = turn_end
         self.image_token = image_token
         self.pair_encoding = pair_encoding
@@ -539,13 +166,23 @@ class RsccProcessor(ProcessorMixin):
                 f"video_tubelet_size={video_tubelet_size}: expected 1, or the encoder's tubelet size under "
                 "pair_encoding='video_encoder'"
             )
-        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        legacy_template = kwargs.pop("conversation_template", None)
+        if chat_template is None and legacy_template is not None:
+            chat_template = legacy_template.replace("{prompt}", "{{ messages[-1]['content'] }}")
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or tokenizer.convert_ids_to_tokens(self.image_token_id) != image_token:
             raise ValueError(f"the tokenizer has no single token for image_token {image_token!r}")
-        if conversation_template.count("{prompt}") != 1:
-            raise ValueError("conversation_template must contain exactly one '{prompt}' field")
+        if self.conversation_text("\x00").count("\x00") != 1:
+            raise ValueError("chat_template must place the user's prompt exactly once")
         self._check_prompt(self.prompt, "prompt", 2)
+
+    def conversation_text(self, prompt: str) -> str:
+        """The model's input text for a user `prompt`: the chat template applied to one user turn, up to where the
+        assistant's answer starts."""
+        return self.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
 
     def set_visual_tokens(self, visual_tokens: str) -> None:
         """Switch to a model's `visual_tokens`: the default prompt of the old setting becomes the new setting's; any
@@ -602,7 +239,7 @@ class RsccProcessor(ProcessorMixin):
             pretrained_model_name_or_path (`str`): Hub id or folder of a `llava_onevision` checkpoint.
             image_processor_options (`dict`, *optional*): settings that replace the checkpoint image processor's
                 (`size`, `image_mean`, ...), e.g. a video encoder's frame size (`rscc.video_rscc.processor_options`).
-            **kwargs: [`RsccProcessor`] options (`prompt`, `conversation_template`, `pair_encoding`, ...).
+            **kwargs: [`RsccProcessor`] options (`prompt`, `chat_template`, `pair_encoding`, ...).
         """
         config = LlavaOnevisionConfig.from_pretrained(pretrained_model_name_or_path)
         grid = config.vision_config.image_size // config.vision_config.patch_size
@@ -725,7 +362,7 @@ class RsccProcessor(ProcessorMixin):
         sequences, label_sequences = [], []
         for index, prompt in enumerate(prompts):
             prompt_ids, counts = [], iter(self.placeholder_token_counts(num_dates[index]))
-            for token_id in self._encode(self.conversation_template.format(prompt=prompt)):
+            for token_id in self._encode(self.conversation_text(prompt)):
                 prompt_ids.extend([token_id] * (next(counts) if token_id == self.image_token_id else 1))
             target_ids = [] if targets is None else self._encode(targets[index] + self.turn_end)
             if self.image_token_id in target_ids:
@@ -785,7 +422,6 @@ class RsccProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "image_sizes", "batch_num_images", "change_masks"]
 
 
-RsccImageProcessor.register_for_auto_class()
 RsccProcessor.register_for_auto_class()
 
 __all__ = [

@@ -42,6 +42,7 @@ class RsccVideoEncoder(nn.Module):
         for name in self.family.unused_submodules:
             setattr(self.backbone, name, None)
         width, text_width = encoder_options["hidden_size"], config.text_config.hidden_size
+        self.num_frames = config.video_num_frames
         self.num_steps = config.video_num_frames // encoder_options["tubelet_size"]
         self.grid_size = config.token_grid_size
         self.projector = nn.Sequential(
@@ -61,6 +62,19 @@ class RsccVideoEncoder(nn.Module):
         inputs = {self.family.input_name: frames, **self.family.forward_options}
         hidden = self.backbone(**inputs, return_dict=True).last_hidden_state
         return hidden.view(hidden.shape[0], self.num_steps, self.grid_size**2, hidden.shape[-1])
+
+    def encode_samples(self, pixel_values: torch.Tensor, num_dates: torch.LongTensor) -> torch.Tensor:
+        """[`forward`] on a batch's images, `(num_images, channels, height, width)`, `num_dates[i]` for sample i, each
+        exactly the encoder's frames per clip (refused otherwise)."""
+        num_frames = self.num_frames
+        if bool((num_dates != num_frames).any()):
+            frames_field = self.family.num_frames_field
+            raise ValueError(
+                f"batch_num_images={num_dates.tolist()}: this model's video encoder takes {frames_field}={num_frames} "
+                "dates per sample (its tubelets and positions are built for that many frames); caption longer "
+                "series with pair_encoding='images' or 'llava_video'"
+            )
+        return self(pixel_values.view(len(num_dates), num_frames, *pixel_values.shape[1:]))
 
     def load_pretrained_backbone(self, pretrained: nn.Module) -> list[str]:
         """Copy a pretrained encoder's weights into the backbone, less those of the submodules rscc does not build.

@@ -61,7 +61,7 @@ def build(visual_tokens="pair", seed=0, **options):
     [
         ({"visual_tokens": "both"}, r"visual_tokens='both': expected one of \['pair', 'change', 'pair\+change'\]"),
         ({"change_features": "flow"}, "change_features='flow': expected one of"),
-        ({"visual_tokens": "change", "use_difference_integration": False}, "set use_difference_integration=True"),
+        ({"visual_tokens": "change", "change_features": "none"}, "set change_features='difference_integration'"),
         ({"change_features": "key_change"}, "feeds the change tokens and the change head"),
         ({"bitemporal_filter_layers": [0]}, r"bitemporal_filter_layers=\[0\]: expected .* 1..26 or -26..-1"),
         ({"bitemporal_filter_layers": [27]}, "1..26"),

@@ -15,7 +15,7 @@ from rscc import RsccConfig, RsccForConditionalGeneration
 from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_tiny_tokenizer, llava_onevision_0_5b_config, tiny_config
 from rscc.compat_rscc import image_features_seen
 from rscc.inference import describe_changes
-from rscc.modeling_rscc import change_masks_to_tokens, context_token_mask, pack_kept_positions
+from rscc.token_filter_rscc import change_masks_to_tokens, context_token_mask, pack_kept_positions
 from rscc.processing_rscc import load_change_mask
 from rscc.training import TaskLossWeighting
 
@@ -306,7 +306,7 @@ def test_batched_generate_with_mixed_kept_counts(tiny_processor, changed_and_unc
 def test_pairs_without_change_skip_difference_integration(tiny_processor, changed_and_unchanged):
     pairs, masks = changed_and_unchanged
     model = build(tiny_processor, change_filter="drop")
-    plain = twin(model, tiny_processor, change_filter="drop", use_difference_integration=False)
+    plain = twin(model, tiny_processor, change_filter="drop", change_features="none")
     inputs = tiny_processor(images=pairs, change_masks=masks)
     arguments = (inputs["pixel_values"], inputs["image_sizes"])
     options = dict(batch_num_images=inputs["batch_num_images"], change_masks=inputs["change_masks"])
@@ -340,14 +340,14 @@ def test_mask_sparse_difference_module_packs_pairs_and_leaves_other_tokens_raw(t
     token_mask = torch.rand(3, grid, generator=generator) < torch.tensor([[0.2], [0.6], [0.9]])
     assert len(set(token_mask.sum(1).tolist())) == 3, "different kept counts in one batch"
     with torch.no_grad():
-        packed = module(before_levels, after_levels, before, after, token_mask=token_mask)
+        packed = module(before_levels, after_levels, before, after, kept_tokens=token_mask)
         for pair in range(3):
             alone = module(
                 [level[pair : pair + 1] for level in before_levels],
                 [level[pair : pair + 1] for level in after_levels],
                 before[pair : pair + 1],
                 after[pair : pair + 1],
-                token_mask=token_mask[pair : pair + 1],
+                kept_tokens=token_mask[pair : pair + 1],
             )
             for packed_side, alone_side, raw in zip(packed, alone, (before, after)):
                 torch.testing.assert_close(packed_side[pair], alone_side[0], rtol=1e-5, atol=1e-5)
@@ -355,7 +355,7 @@ def test_mask_sparse_difference_module_packs_pairs_and_leaves_other_tokens_raw(t
                 assert torch.equal(packed_side[pair, ~kept], raw[pair, ~kept]), "unkept tokens stay raw"
                 assert not torch.allclose(packed_side[pair, kept], raw[pair, kept]), "kept tokens are refined"
         dense = module(before_levels, after_levels, before, after)
-        all_kept = module(before_levels, after_levels, before, after, token_mask=torch.ones(3, grid, dtype=torch.bool))
+        all_kept = module(before_levels, after_levels, before, after, kept_tokens=torch.ones(3, grid, dtype=torch.bool))
     assert all(torch.equal(a, b) for a, b in zip(dense, all_kept)), "all tokens kept: exactly the dense module"
     assert not torch.allclose(packed[0], dense[0]), "the sparse module attends to the kept tokens only"
 
@@ -370,7 +370,7 @@ def test_mask_sparse_difference_module_follows_the_kept_tokens(tiny_processor, c
     options = dict(batch_num_images=inputs["batch_num_images"], change_masks=inputs["change_masks"])
     calls = []
     model.model.difference_module.register_forward_hook(
-        lambda module, args, kwargs, output: calls.append(kwargs["token_mask"].sum(1).tolist()), with_kwargs=True
+        lambda module, args, kwargs, output: calls.append(kwargs["kept_tokens"].sum(1).tolist()), with_kwargs=True
     )
     with torch.no_grad():
         features = model.model.get_image_features(*arguments, **options)

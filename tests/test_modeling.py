@@ -11,7 +11,7 @@ from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_tiny_tokenizer, llav
 def stock_folder(tmp_path_factory):
     """A saved stock LLaVA-OneVision model with tiny random weights, as a base checkpoint would be."""
     config = tiny_config(build_tiny_tokenizer()).to_dict()
-    for key in [key for key in config if key.startswith("difference_") or key == "use_difference_integration"]:
+    for key in [key for key in config if key.startswith("difference_") or key == "change_features"]:
         del config[key]
     del config["model_type"]
     torch.manual_seed(1)
@@ -204,7 +204,7 @@ def test_capability_flags(tiny_model):
 
 
 def test_set_attn_implementation_reaches_the_difference_module(tiny_model, tiny_processor, example_pairs, monkeypatch):
-    import rscc.modeling_rscc as modeling
+    import rscc.difference_integration_rscc as modeling
 
     inputs = tiny_processor(images=example_pairs[:1])
     eager_calls = []

@@ -176,11 +176,11 @@ def test_16_bit_colour_imagery_is_stretched_like_16_bit_grey(tmp_path, file_name
     assert image.max() == 255 and image.min() == 0
 
 
-def test_16_bit_colour_png_is_refused_not_truncated_without_a_full_depth_reader(tmp_path, monkeypatch):
-    from rscc import processing_rscc
+def test_16_bit_colour_png_is_refused_not_truncated_without_rasterio(tmp_path, monkeypatch):
+    from rscc import image_processing_rscc
     from rscc.processing_rscc import RsccInputError
 
-    monkeypatch.setattr(processing_rscc, "full_depth_reader", None)  # the remote-code copy on a machine without rscc
+    monkeypatch.setattr(image_processing_rscc, "rasterio", None)  # the remote-code copy on a machine without rasterio
     path = _write_16_bit(tmp_path / "rgb16.png", np.full((3, 8, 8), 5000, np.uint16), driver="PNG")
     with pytest.raises(RsccInputError, match="rgb16.png: Pillow reads only the high byte"):
         load_image(path)
@@ -235,7 +235,7 @@ def test_image_processor_settings_are_saved_with_the_processor(tiny_processor, t
     custom.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "processor_config.json").read_text())
     assert saved["image_processor"]["num_change_classes"] == 3 and "num_change_classes" not in saved
-    assert saved["image_processor"]["auto_map"]["AutoImageProcessor"] == "processing_rscc.RsccImageProcessor"
+    assert saved["image_processor"]["auto_map"]["AutoImageProcessor"] == "image_processing_rscc.RsccImageProcessor"
     reloaded = RsccProcessor.from_pretrained(tmp_path)
     assert isinstance(reloaded.image_processor, RsccImageProcessor) and reloaded.num_change_classes == 3
     assert reloaded.image_processor.high_bit_depth_percentiles == [1.0, 99.0]
@@ -286,3 +286,29 @@ def test_loader_decodes_masks_into_the_change_head_classes_and_saves_it(tmp_path
     assert processor.num_change_classes == 3
     processor.save_pretrained(tmp_path / "saved")
     assert RsccProcessor.from_pretrained(tmp_path / "saved").num_change_classes == 3
+
+
+# The conversation text rscc models were trained on (Qwen ChatML with the default system message).
+CHATML_CONVERSATION = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+def test_the_prompt_goes_through_the_chat_template_into_the_same_text(tiny_processor, example_pairs, tmp_path):
+    import json
+
+    from rscc.processing_rscc import RsccProcessor
+
+    assert tiny_processor.conversation_text("Compare <image> <image>.") == CHATML_CONVERSATION.format(
+        prompt="Compare <image> <image>."
+    )
+    # A processor folder saved with the former `conversation_template` loads with the same token ids.
+    tiny_processor.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink()
+    config = json.loads((tmp_path / "processor_config.json").read_text())
+    config.pop("chat_template", None)
+    config["conversation_template"] = CHATML_CONVERSATION
+    (tmp_path / "processor_config.json").write_text(json.dumps(config))
+    legacy = RsccProcessor.from_pretrained(tmp_path)
+    assert torch.equal(legacy(images=example_pairs)["input_ids"], tiny_processor(images=example_pairs)["input_ids"])

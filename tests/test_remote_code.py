@@ -114,10 +114,54 @@ print(json.dumps({"image_processor": type(image_processor).__module__ + "." + ty
 
 def test_image_processor_is_saved_as_remote_code_and_loads_without_rscc(tiny_checkpoint, tmp_path):
     image_processor_map = json.loads((tiny_checkpoint / "processor_config.json").read_text())["image_processor"]
-    assert image_processor_map["auto_map"]["AutoImageProcessor"] == "processing_rscc.RsccImageProcessor"
+    assert image_processor_map["auto_map"]["AutoImageProcessor"] == "image_processing_rscc.RsccImageProcessor"
     result = run_without_rscc(HIDE_RSCC_AND_LOAD_IMAGE_PROCESSOR, [str(tiny_checkpoint)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["image_processor"].startswith("transformers_modules.")
     assert report["image_processor"].endswith("processing_rscc.RsccImageProcessor")
     assert report["processor_holds"] == "RsccImageProcessor" and report["num_change_classes"] == 2
+
+
+# What a remote-code file may import: the standard library, torch, transformers and what transformers itself needs,
+# rasterio (optional, guarded), and its siblings (relative imports).
+REMOTE_CODE_IMPORTS = {"torch", "transformers", "huggingface_hub", "numpy", "PIL", "rasterio"}
+
+
+def _module_trees():
+    import ast
+    from pathlib import Path
+
+    package = Path(rscc.__file__).parent
+    return [(path, ast.parse(path.read_text())) for path in sorted(package.rglob("*.py"))]
+
+
+def test_remote_code_files_import_only_the_standard_library_torch_transformers_and_siblings():
+    import ast
+
+    for path, tree in _module_trees():
+        if not path.name.endswith("_rscc.py"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            third_party = roots - set(sys.stdlib_module_names)
+            assert third_party <= REMOTE_CODE_IMPORTS, f"{path.name} imports {third_party - REMOTE_CODE_IMPORTS}"
+
+
+def test_no_module_assigns_another_modules_globals():
+    import ast
+
+    for path, tree in _module_trees():
+        # Names bound to modules: `import x`, `import x as y`, `from . import x`.
+        module_imports = [node for node in ast.walk(tree)
+                          if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.module is None)]
+        modules = {alias.asname or alias.name.split(".")[0] for node in module_imports for alias in node.names}
+        for node in ast.walk(tree):
+            for target in node.targets if isinstance(node, ast.Assign) else []:
+                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+                    assert target.value.id not in modules, f"{path.name} assigns {target.value.id}.{target.attr}"

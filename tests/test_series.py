@@ -19,7 +19,7 @@ from rscc.data.schema import sample_images
 from rscc.evaluation import generate_predictions
 from rscc.inference import load_model_and_processor
 from rscc.training import ChangeCaptionCollator, EpochCaptionDataset, parse_arguments, run_stage
-from rscc.modeling_rscc import date_pairs
+from rscc.difference_integration_rscc import date_pairs
 from rscc.processing_rscc import default_prompt
 from rscc.video_rscc import processor_options
 
@@ -76,7 +76,7 @@ def test_a_pair_through_the_n_date_path_is_exactly_the_pair_computation(example_
         # The filter's changed tokens are the ones the module refines (mask-sparse difference integration).
         before, after, _ = model.model.difference_module([level[0::2] for level in levels],
                                                       [level[1::2] for level in levels], last[0::2], last[1::2],
-                                                      token_mask=changed)
+                                                      kept_tokens=changed)
         projected = model.model.multi_modal_projector(torch.stack([before, after], 1).flatten(0, 1))
         expected = projected * changed.repeat_interleave(2, dim=0)[..., None]
     assert 0 < int(changed.sum()) < changed.numel()  # the filter and the sparse module are both at work
@@ -86,7 +86,7 @@ def test_a_pair_through_the_n_date_path_is_exactly_the_pair_computation(example_
 @pytest.mark.parametrize(
     "options",
     [{}, {"change_filter": "drop", "change_filter_min_tokens": 4}, {"pair_encoding": "llava_video"},
-     {"pair_encoding": "llava_video", "use_difference_integration": False, "change_filter": "drop",
+     {"pair_encoding": "llava_video", "change_features": "none", "change_filter": "drop",
       "change_filter_min_tokens": 1}],
     ids=["images", "images-drop", "llava_video", "llava_video-drop"],
 )
@@ -132,7 +132,7 @@ def test_video_encoder_takes_series_of_its_num_frames_and_refuses_others(series,
     encoder = tiny_video_encoder_config(model_type, **{frames_field: 4})
     torch.manual_seed(0)
     model = RsccForConditionalGeneration(tiny_config(
-        processor.tokenizer, pair_encoding="video_encoder", use_difference_integration=False,
+        processor.tokenizer, pair_encoding="video_encoder", change_features="none",
         video_encoder_config=encoder.to_dict(), use_change_head=True, change_filter="multiply",
         change_mask_source="predicted")).eval()
     options = processor_options(model.config)

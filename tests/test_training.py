@@ -171,7 +171,7 @@ def test_stage_table_follows_ccexpert_and_every_parameter_has_a_part(tiny_model)
 
 def test_configure_trainable_rejects_a_missing_part_and_skips_optional_ones():
     processor = make_processor()
-    model = RsccForConditionalGeneration(tiny_config(processor.tokenizer, use_difference_integration=False))
+    model = RsccForConditionalGeneration(tiny_config(processor.tokenizer, change_features="none"))
     with pytest.raises(ValueError, match="difference_module"):
         configure_trainable(model, STAGES["stage1"])
     report = configure_trainable(model, STAGES["stage2"])

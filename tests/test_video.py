@@ -40,7 +40,7 @@ def test_llava_video_token_count_is_stock_two_frame_video_count():
 
 def test_llava_video_features_and_logits_equal_stock_two_frame_video(stock_folder, example_pairs):
     stock = LlavaOnevisionForConditionalGeneration.from_pretrained(stock_folder).eval()
-    model, processor = build(stock_folder, pair_encoding="llava_video", use_difference_integration=False)
+    model, processor = build(stock_folder, pair_encoding="llava_video", change_features="none")
     inputs = processor(images=example_pairs, text=[processor.prompt, "Before: <image> after: <image>. Changes?"])
     frames = inputs["pixel_values"][:, 0].view(len(example_pairs), 2, *inputs["pixel_values"].shape[-3:])
     with torch.no_grad():
@@ -60,7 +60,7 @@ def test_llava_video_features_and_logits_equal_stock_two_frame_video(stock_folde
 
 @pytest.mark.parametrize("change_filter", ["multiply", "drop"])
 def test_llava_video_filters_on_the_pooled_grid(stock_folder, example_pairs, change_filter):
-    model, processor = build(stock_folder, pair_encoding="llava_video", use_difference_integration=False,
+    model, processor = build(stock_folder, pair_encoding="llava_video", change_features="none",
                              change_filter=change_filter, change_filter_min_tokens=0)
     assert model.config.token_grid_size == 4  # the tiny 7x7 grid pooled to ceil(7 / 2)
     mask = torch.zeros(28, 28, dtype=torch.long)
@@ -94,7 +94,7 @@ def test_video_encoder_replaces_siglip_and_loads_the_encoders_weights(stock_fold
         output_loading_info=True
     )
     assert model.model.vision_tower is None and model.model.multi_modal_projector is None
-    assert not model.config.use_difference_integration and model.config.video_encoder_config["tubelet_size"] == 2
+    assert model.config.change_features == "none" and model.config.video_encoder_config["tubelet_size"] == 2
     saved = AutoModel.from_pretrained(video_encoder_folders[model_type]).state_dict()
     backbone = model.model.video_encoder.backbone.state_dict()
     for name, value in backbone.items():
@@ -141,7 +141,7 @@ def test_video_encoder_tokens_layout_and_processor_frames(stock_folder, video_en
 
 def test_processor_options_read_the_frame_size_and_an_image_or_video_preprocessor_config(tmp_path):
     # VideoMAE folders keep `preprocessor_config.json`, V-JEPA 2 folders `video_preprocessor_config.json`.
-    config = RsccConfig(pair_encoding="video_encoder", use_difference_integration=False,
+    config = RsccConfig(pair_encoding="video_encoder", change_features="none",
                         video_encoder_config=tiny_video_encoder_config("vjepa2", crop_size=32))
     for file_name in ("preprocessor_config.json", "video_preprocessor_config.json"):
         (tmp_path / file_name).mkdir()
@@ -259,22 +259,22 @@ def test_lora_targets_only_the_video_encoders_last_block(stock_folder, video_enc
     "options, message",
     [
         ({"pair_encoding": "video"}, "expected one of"),
-        ({"pair_encoding": "video_encoder", "use_difference_integration": False}, "needs video_encoder_config"),
-        ({"pair_encoding": "video_encoder", "use_difference_integration": False,
+        ({"pair_encoding": "video_encoder", "change_features": "none"}, "needs video_encoder_config"),
+        ({"pair_encoding": "video_encoder", "change_features": "none",
           "video_encoder_config": {"model_type": "videomae"}}, "lacks"),
-        ({"pair_encoding": "video_encoder", "use_difference_integration": False,
+        ({"pair_encoding": "video_encoder", "change_features": "none",
           "video_encoder_config": {"model_type": "vjepa2", "hidden_size": 32, "image_size": 28, "num_frames": 2}},
          r"lacks \['crop_size', 'patch_size', 'frames_per_clip', 'tubelet_size'\]"),
-        ({"pair_encoding": "video_encoder", "use_difference_integration": False,
+        ({"pair_encoding": "video_encoder", "change_features": "none",
           "video_encoder_config": tiny_video_encoder_config(num_frames=3)}, "tubelet_size dividing it"),
-        ({"pair_encoding": "video_encoder", "use_difference_integration": False,
+        ({"pair_encoding": "video_encoder", "change_features": "none",
           "video_encoder_config": tiny_video_encoder_config("vjepa2", frames_per_clip=3)},
          r"frames_per_clip=3, tubelet_size=2: expected frames_per_clip >= 2"),
-        ({"pair_encoding": "video_encoder", "use_difference_integration": False,
+        ({"pair_encoding": "video_encoder", "change_features": "none",
           "video_encoder_config": TimesformerConfig(image_size=28, patch_size=4, num_frames=2)},
          r"model_type 'timesformer': supported video encoders are \['videomae', 'vjepa2'\]"),
-        ({"pair_encoding": "video_encoder", "video_encoder_config": tiny_video_encoder_config()},
-         "use_difference_integration=False"),
+        ({"pair_encoding": "video_encoder", "change_features": "difference_integration",
+          "video_encoder_config": tiny_video_encoder_config()}, "set change_features='none'"),
         ({"pair_encoding": "images", "video_encoder_config": tiny_video_encoder_config()}, "only read by"),
         ({"pair_encoding": "llava_video", "vision_feature_select_strategy": "default"}, "use 'full'"),
     ],

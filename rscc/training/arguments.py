@@ -76,7 +76,11 @@ class DataArguments:
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "use only the first N training pairs"})
     max_validation_samples: Optional[int] = field(default=None, metadata={"help": "validate on the first N pairs"})
     no_change_caption: Optional[str] = field(
-        default=None, metadata={"help": "target of every no-change pair (Change-Agent trains with one such sentence)"}
+        default=None,
+        metadata={
+            "help": "target of every no-change pair (Change-Agent trains with one such sentence); also saved as the "
+            "model's no_change_caption, the caption of its no-change shortcut"
+        },
     )
     dataset_cache_dir: Optional[str] = field(default=None, metadata={"help": "`datasets` cache folder"})
     streaming: bool = field(

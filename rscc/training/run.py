@@ -104,6 +104,21 @@ def _resume_path(value: Optional[str], output_dir: str) -> Optional[str]:
     return value
 
 
+def _with_no_change_caption(config_overrides: dict | None, no_change_caption: str | None) -> dict:
+    """The model options, with the sentence the unchanged pairs are trained to give as the model's
+    `no_change_caption`: the one its no-change shortcut answers with, so training and inference agree."""
+    config_overrides = dict(config_overrides or {})
+    if no_change_caption is None:
+        return config_overrides
+    configured = config_overrides.setdefault("no_change_caption", no_change_caption)
+    if configured != no_change_caption:
+        raise ValueError(
+            f"--no_change_caption {no_change_caption!r} differs from model_config_overrides' no_change_caption "
+            f"{configured!r}: give the sentence once (--no_change_caption sets both)"
+        )
+    return config_overrides
+
+
 def _check_stage_options(arguments: StageRunArguments, stage, training_kwargs: dict) -> None:
     """Refuse option combinations that cannot train as asked, before anything loads."""
     stage_args = arguments.stage
@@ -206,7 +221,9 @@ def run_stage(
     # modules a LLaVA-OneVision checkpoint lacks start the same in every run (the Trainer seeds only later).
     set_seed(training_kwargs.get("seed", TrainingArguments.seed))
     model, processor = load_model_and_processor(
-        arguments.model.model_name_or_path, arguments.model.model_config_overrides, weights_dtype(training_kwargs)
+        arguments.model.model_name_or_path,
+        _with_no_change_caption(arguments.model.model_config_overrides, data_args.no_change_caption),
+        weights_dtype(training_kwargs),
     )
     if stage_args.lora_r > 0:
         model, stage = _with_lora_adapters(model, stage, stage_args)
