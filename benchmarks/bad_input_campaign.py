@@ -14,8 +14,8 @@ Each case sets up files (real imagery from ../shared/data, a tiny random checkpo
 The same script runs on any commit of the package (set RSCC_ROOT to a checkout, e.g. one made with
 `git archive 0e9c600 | tar -x -C /tmp/rscc_base`), so the counts before and after a change are comparable:
 
-    python benchmarks/bad_input_campaign.py [--only FAMILY] [--verbose]
-    RSCC_ROOT=/tmp/rscc_base python benchmarks/bad_input_campaign.py
+    python benchmarks/bad_input_campaign.py [--only FAMILY[,FAMILY...]] [--verbose]
+    RSCC_ROOT=/tmp/rscc_base PYTHONPATH=/tmp/rscc_base python benchmarks/bad_input_campaign.py
 
 It needs a transformers under which the tiny model captions (the tested window; 0e9c600 captions under 5.23 only).
 
@@ -23,6 +23,24 @@ Counts on two CPU cores, 83 cases (clear error / handled / unclear error / silen
 
     before issue 14 (0e9c600, transformers 5.23):  13 / 4 / 24 / 41 / 1
     after (issue 14 and the 5.24 port, 5.24):      72 / 11 / 0 / 0 / 0
+
+Issue 26 added 36 cases in eight families, several in child processes: concurrency (two runs into one output at
+once, a second run mid-run, kill -9 then rerun), series (corrupt dates, ids, inputs changed between runs, a processor
+of other settings), scenes of N rasters (CRS contradictions, alpha bands, a truncated GeoTIFF), launcher (`rscc
+launch`, or `accelerate launch` where the package has no `rscc launch`), converters, from-masks, streaming (broken
+shards) and demo (the page served by `rscc demo`, driven through gradio_client). An error case may also check that
+nothing was lost (the run that got the output wrote all of it). Counts (transformers 5.25, two shared CPU cores):
+
+    family       before (4d018d8)           after (issue 26)
+    concurrency   0 / 1 / 0 / 4 / 0          4 / 1 / 0 / 0 / 0
+    series        0 / 1 / 1 / 5 / 0          4 / 3 / 0 / 0 / 0
+    scenes        0 / 0 / 3 / 1 / 0          2 / 2 / 0 / 0 / 0
+    launcher      0 / 1 / 2 / 1 / 0          2 / 2 / 0 / 0 / 0
+    converters    2 / 0 / 3 / 2 / 0          5 / 2 / 0 / 0 / 0
+    from-masks    0 / 0 / 1 / 3 / 0          3 / 1 / 0 / 0 / 0
+    streaming     0 / 0 / 2 / 0 / 0          2 / 0 / 0 / 0 / 0
+    demo          0 / 1 / 0 / 2 / 0          1 / 2 / 0 / 0 / 0
+    all 36        2 / 4 / 12 / 18 / 0       23 / 13 / 0 / 0 / 0
 """
 
 import argparse
@@ -136,7 +154,7 @@ def classify(case: Case, work: Path, result: Result, snapshot: dict) -> str:
         return "silent"
     fragments = (case.fragment,) if isinstance(case.fragment, str) else case.fragment
     if case.expect == "error":
-        if result.code == 0:
+        if result.code == 0 or (case.verify is not None and not case.verify(work, result)):
             return "silent"
         if result.exception is not None:
             typed = isinstance(result.exception, (ValueError, FileNotFoundError)) and result.from_api
@@ -269,7 +287,7 @@ def double_mlp(folder: Path) -> None:
 # Cases
 # --------------------------------------------------------------------------------------------------------------------
 
-TINY = HEAD = None
+TINY = HEAD = FILTER = CHANGE_TOKENS = None
 MODEL = []
 
 
@@ -588,7 +606,420 @@ def cases() -> list:
         lambda w: lambda: cli("data", "manifest", "--manifest", manifest_csv(
             w / "p.csv", [f"{b},{a},houses appear" for b, a in cd_rows()]), "--out", w / "out"),
         expect="ok", verify=lambda w, r: built_pairs(w / "out") == 5)
+    return c + issue_26_cases()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Issue 26: series, scenes of N rasters, the launcher, converters, from-masks, streaming, the demo, and concurrency
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def truncated_png(path: Path, source: str = PAIR[1], keep: float = 0.6) -> Path:
+    """A real PNG cut short: Pillow reports it truncated, GDAL decodes rows of it anyway."""
+    data = Path(source).read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def pair_folders(work: Path, count: int, prefix: str = "") -> list:
+    """BEFORE and AFTER folders of `count` real LEVIR-CD pairs (the sample's pairs again, renamed, beyond its 7)."""
+    folders = [work / f"{prefix}A", work / f"{prefix}B"]
+    for folder, side in zip(folders, "AB"):
+        folder.mkdir()
+        for index in range(count):
+            name = CD_NAMES[index % len(CD_NAMES)]
+            shutil.copy(LEVIR_CD / side / name, folder / (name if index < len(CD_NAMES) else f"{index}_{name}"))
+    return folders
+
+
+def rscc_child(*argv, **popen) -> subprocess.Popen:
+    """`python -m rscc ARGV` of the package under test, in its own process."""
+    return subprocess.Popen([sys.executable, "-m", "rscc", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, **popen)
+
+
+def both_finished(children: list) -> Result:
+    """One result of several runs: exit 0 when every one succeeded, else the failing one's code and stderr."""
+    finished = [(child.wait(timeout=600), child.communicate()[1]) for child in children]
+    failed = [(code, err) for code, err in finished if code != 0]
+    code, err = failed[0] if failed else (0, "".join(err for _, err in finished))
+    return Result(code=code, err=err)
+
+
+def complete_jsonl(path: Path, count: int) -> bool:
+    """The output holds every sample exactly once."""
+    ids = [line.get("id") for line in jsonl_lines(path)]
+    return len(ids) == count and len(set(ids)) == count
+
+
+def wait_for_lines(path: Path, count: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.is_file() and path.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.2)
+
+
+def two_at_once(work: Path, argv: list, delay: float = 0.0):
+    def run():
+        first = rscc_child(*argv)
+        time.sleep(delay)
+        return both_finished([first, rscc_child(*argv)])
+    return run
+
+
+def second_run_midway(work: Path, argv: list, partial: Path):
+    def run():
+        first = rscc_child(*argv)
+        wait_for_lines(partial, 1)
+        second = rscc_child(*argv)
+        return both_finished([first, second])
+    return run
+
+
+def killed_then_rerun(work: Path, argv: list, partial: Path):
+    def run():
+        first = rscc_child(*argv)
+        wait_for_lines(partial, 1)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        return both_finished([rscc_child(*argv)])
+    return run
+
+
+def reprojected(source: Path, path: Path, crs: str = "EPSG:3857", alpha: bool = False, crs_free: bool = False) -> Path:
+    """`source` warped into another CRS (or written without one), optionally with an alpha band (0 in a corner)."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(source) as src:
+        values = src.read()
+        if crs_free:
+            transform, width, height, target_crs = None, src.width, src.height, None
+            out = values
+        else:
+            transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+            target_crs = crs
+            out = np.zeros((src.count, height, width), values.dtype)
+            reproject(values, out, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
+                      dst_crs=crs, resampling=Resampling.bilinear)
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": out.shape[0] + alpha,
+               "dtype": out.dtype}
+    if target_crs:
+        profile.update(crs=target_crs, transform=transform)
+    if alpha:
+        profile["photometric"] = "RGB"
+        profile["alpha"] = "YES"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path, "w", **profile) as raster:
+            raster.write(out, list(range(1, out.shape[0] + 1)))
+            if alpha:
+                mask = np.full(out.shape[1:], 255, np.uint8)
+                mask[: height // 4, : width // 4] = 0
+                raster.write(mask, out.shape[0] + 1)
+    return path
+
+
+def series_manifest(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def parquet_column(folder: Path, column: str) -> list:
+    import pyarrow.parquet as pq
+
+    return [value for shard in sorted((folder / "data").glob("*.parquet"))
+            for value in pq.read_table(shard, columns=[column]).column(column).to_pylist()]
+
+
+def launcher() -> list:
+    """The launch command the README documents for data-parallel runs: `rscc launch` where the package has it (it
+    takes `accelerate launch`'s arguments), else `accelerate launch` itself."""
+    if (ROOT / "rscc" / "launch.py").is_file():
+        return [sys.executable, "-m", "rscc", "launch"]
+    return [str(Path(sys.executable).with_name("accelerate")), "launch"]
+
+
+def launched(*argv, processes: int = 2, multi: bool = True) -> Result:
+    command = [*launcher(), "--multi_gpu" if multi else "--cpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "rscc", *map(str, argv)]
+    child = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    return Result(code=child.returncode, err=child.stderr, out=child.stdout)
+
+
+DEMO = {}
+
+
+def demo_client(model: Path):
+    """A gradio_client on `rscc demo --model MODEL` served from a child process (one per model, kept for the
+    family's cases)."""
+    if model not in DEMO:
+        import socket
+
+        from gradio_client import Client
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        child = rscc_child("demo", "--model", model, "--port", port)
+        deadline = time.time() + 240
+        while True:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    DEMO[model] = (child, Client(f"http://127.0.0.1:{port}/", verbose=False))
+                break
+            except Exception:
+                if child.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"rscc demo did not start: {child.stderr.read()[-400:]}")
+                time.sleep(2)
+    return DEMO[model][1]
+
+
+def stop_demos() -> None:
+    for child, _ in DEMO.values():
+        child.terminate()
+        child.communicate(timeout=60)
+    DEMO.clear()
+
+
+def through_demo(model: Path, before, after, mask=None) -> Result:
+    """Describe through the page's API; the page's message is its error (a non-empty message without a caption)."""
+    from gradio_client import handle_file
+
+    client = demo_client(model)
+    caption, _, _, message = client.predict(*(handle_file(str(path)) if path else None for path in (before, after,
+                                                                                                    mask)),
+                                            api_name="/describe")
+    return Result(code=0 if caption else 2, err=message or "", out=caption)
+
+
+def issue_26_cases() -> list:
+    c = []
+    tokens = ["--max-new-tokens", "2"]
+
+    def add(family, name, setup, **kwargs):
+        c.append(Case(family, name, setup, **kwargs))
+
+    # Concurrency: an output belongs to one run at a time; a killed run's output is taken over.
+    def caption_argv(w, count=160):
+        return ["caption", *pair_folders(w, count), "--model", TINY, "--max-new-tokens", "48", "--batch-size", "1",
+                "--out", w / "o.jsonl"]
+
+    add("concurrency", "two caption runs into one --out at once",
+        lambda w: two_at_once(w, caption_argv(w)), fragment=("o.jsonl", "pid"),
+        verify=lambda w, r: complete_jsonl(w / "o.jsonl", 160), limit_s=600)
+    add("concurrency", "a second caption run while the first captions",
+        lambda w: second_run_midway(w, caption_argv(w), w / "o.jsonl.partial"), fragment=("o.jsonl", "pid"),
+        verify=lambda w, r: complete_jsonl(w / "o.jsonl", 160), limit_s=600)
+    add("concurrency", "kill -9 mid-run, then rerun",
+        lambda w: killed_then_rerun(w, caption_argv(w), w / "o.jsonl.partial"), expect="ok",
+        verify=lambda w, r: complete_jsonl(w / "o.jsonl", 160) and not (w / "o.jsonl.partial").exists(), limit_s=600)
+    add("concurrency", "two scene runs into one --out at once",
+        lambda w: two_at_once(w, ["scene", CHIPS / "pre" / "0_pre.tif", CHIPS / "post" / "0_post.tif", "--model",
+                                  TINY, "--tile-size", "256", "--max-new-tokens", "12", "--batch-size", "1",
+                                  "--out", w / "s.geojson"]),
+        fragment=("s.geojson", "pid"),
+        verify=lambda w, r: len(json.loads((w / "s.geojson").read_text())["features"]) == 16, limit_s=600)
+    add("concurrency", "two data builds into one --out at once",
+        lambda w: two_at_once(w, ["data", "manifest", "--manifest", manifest_csv(
+            w / "p.csv", [f"{index}_{k},{b},{a},houses appear" for index in range(400) for k, (b, a) in enumerate(cd_rows())],
+            header="id,before,after,caption"), "--out", w / "out"]),
+        fragment=("out", "pid"), verify=lambda w, r: built_pairs(w / "out") == 2000, limit_s=600)
+
+    # Series of dates: corrupt dates, ids, inputs changed between runs, processors of other settings.
+    three = [str(LEVIR_CD / side / CD_NAMES[0]) for side in "AB"] + [PAIR[1]]
+    add("series", "caption a series with a truncated PNG date",
+        lambda w: (lambda t=truncated_png(w / "cut.png"): lambda: cli(
+            "caption", three[0], t, three[2], *MODEL, *tokens))(), fragment="cut.png")
+    add("series", "manifest series with a truncated PNG date",
+        lambda w: (lambda m=series_manifest(w / "m.jsonl", [{"images": [three[0], str(truncated_png(
+            w / "cut.png")), three[2]]}]): lambda: cli("caption", m, *MODEL, *tokens, "--out", w / "o.jsonl"))(),
+        fragment="cut.png")
+    add("series", "describe_changes with a truncated PNG",
+        lambda w: (lambda t=truncated_png(w / "cut.png"): lambda: api(lambda: describe_with_tiny([[PAIR[0], t]])))(),
+        fragment="cut.png")
+    add("series", "manifest ids 0 and 1",
+        lambda w: (lambda m=series_manifest(w / "m.jsonl", [{"id": 0, "images": three}, {"id": 1, "images": three}]):
+                   lambda: cli("caption", m, *MODEL, *tokens, "--out", w / "o.jsonl"))(), expect="ok",
+        verify=lambda w, r: [line["id"] for line in jsonl_lines(w / "o.jsonl")] == ["0", "1"])
+
+    def rerun_after(w, change):
+        dates = []
+        for index, source in enumerate(three):
+            dates.append(w / f"d{index}.png")
+            shutil.copy(source, dates[-1])
+        manifest = series_manifest(w / "m.jsonl", [{"id": "s", "images": [str(d) for d in dates]},
+                                                   {"id": "t", "images": [str(d) for d in dates[:2]]}])
+        cli("caption", manifest, *MODEL, *tokens, "--out", w / "o.jsonl")
+        change(dates)
+        return lambda: cli("caption", manifest, *MODEL, *tokens, "--out", w / "o.jsonl")
+
+    add("series", "rerun after a date file is replaced in place",
+        lambda w: rerun_after(w, lambda d: shutil.copy(PAIR[0], d[2])), expect="ok",
+        verify=lambda w, r: "d2.png" in r.err and "1 sample(s) captioned" in r.err and complete_jsonl(w / "o.jsonl", 2))
+    add("series", "rerun after a date file is touched (same content)",
+        lambda w: rerun_after(w, lambda d: os.utime(d[2], (time.time() + 60, time.time() + 60))), expect="ok",
+        verify=lambda w, r: "0 sample(s) captioned" in r.err and complete_jsonl(w / "o.jsonl", 2))
+    add("series", "describe_changes: visual_tokens='change' model, default processor",
+        lambda w: lambda: api(lambda: describe_with_tiny([PAIR], model=CHANGE_TOKENS)),
+        fragment=("visual_tokens", "change"))
+
+    # Scenes of N rasters: CRS contradictions, alpha bands, corrupt rasters.
+    pre, post = CHIPS / "pre" / "0_pre.tif", CHIPS / "post" / "0_post.tif"
+    scene_tail = ["--model", TINY, *tokens, "--tile-size", "512"]
+    add("scenes", "--assume-aligned on rasters of two CRSs and one without",
+        lambda w: (lambda o=reprojected(post, w / "other_crs.tif"), n=reprojected(post, w / "no_crs.tif",
+                                                                                  crs_free=True):
+                   lambda: cli("scene", pre, o, n, "--out", w / "s.geojson", *scene_tail, "--assume-aligned"))(),
+        fragment=("--assume-aligned", "EPSG:32615", "EPSG:3857"))
+    add("scenes", "RGBA GeoTIFF date that needs resampling",
+        lambda w: (lambda o=reprojected(post, w / "rgba.tif", alpha=True): lambda: cli(
+            "scene", pre, o, "--out", w / "s.geojson", *scene_tail))(), expect="ok",
+        verify=lambda w, r: (w / "s.geojson").is_file())
+    add("scenes", "3 rasters, one RGBA on the same grid",
+        lambda w: (lambda o=reprojected(post, w / "rgba.tif", crs="EPSG:32615", alpha=True): lambda: cli(
+            "scene", pre, o, post, "--out", w / "s.geojson", *scene_tail))(), expect="ok",
+        verify=lambda w, r: (w / "s.geojson").is_file())
+    add("scenes", "truncated GeoTIFF date",
+        lambda w: (lambda t=truncated_png(w / "cut.tif", str(post), keep=0.5): lambda: cli(
+            "scene", pre, t, "--out", w / "s.geojson", *scene_tail))(), fragment="cut.tif")
+
+    # The launcher: the same exit codes and one-line messages as without it; process counts as asked.
+    add("launcher", "2 processes: a missing image",
+        lambda w: (lambda m=series_manifest(w / "m.jsonl", [{"before": PAIR[0], "after": str(w / "gone.png")}]):
+                   lambda: launched("caption", m, "--model", TINY, "--out", w / "o.jsonl"))(),
+        fragment="gone.png", limit_s=300)
+    add("launcher", "2 processes: --out is held by another run",
+        lambda w: (lambda folders=pair_folders(w, 4): lambda: held_by_another_run(
+            w / "o.jsonl", lambda: launched("caption", *folders, "--model", TINY, *tokens, "--out", w / "o.jsonl")))(),
+        fragment=("o.jsonl", "pid"), limit_s=300)
+    add("launcher", "--num_processes 2 without --multi_gpu",
+        lambda w: (lambda folders=pair_folders(w, 2): lambda: launched(
+            "caption", *folders, "--model", TINY, *tokens, "--out", w / "o.jsonl", multi=False))(),
+        expect="ok", verify=lambda w, r: "started one" in r.err and complete_jsonl(w / "o.jsonl", 2), limit_s=300)
+    add("launcher", "2 processes caption 4 pairs",
+        lambda w: (lambda folders=pair_folders(w, 4): lambda: launched(
+            "caption", *folders, "--model", TINY, *tokens, "--out", w / "o.jsonl"))(),
+        expect="ok", verify=lambda w, r: complete_jsonl(w / "o.jsonl", 4), limit_s=300)
+
+    # Converters: one input given twice, ids that are falsy but present, paths leaving a declared root.
+    def good_manifest(w):
+        return manifest_csv(w / "p.csv", [f"{b},{a},houses appear" for b, a in cd_rows(2)])
+
+    add("converters", "data manifest: the same --manifest twice",
+        lambda w: (lambda m=good_manifest(w): lambda: cli("data", "manifest", "--manifest", m, "--manifest",
+                                                           f"train={m}", "--out", w / "out"))(),
+        fragment=("p.csv", "--manifest"))
+
+    def ccexpert_file(w, before, name="r.json"):
+        (w / name).write_text(json.dumps([{"uid": 1, "change_flag": 1, "img1_path": before, "img2_path": PAIR[1],
+                                           "change_caption": ["a road is built"]}]))
+        return w / name
+
+    add("converters", "data ccexpert: the same --records twice",
+        lambda w: (lambda r=ccexpert_file(w, PAIR[0]): lambda: cli("data", "ccexpert", "--records", r,
+                                                                    "--records", r, "--out", w / "out"))(),
+        fragment=("r.json", "--records"))
+
+    def outside_root(w, *extra):
+        (w / "root").mkdir()
+        shutil.copy(PAIR[0], w / "secret.png")
+        shutil.copy(PAIR[1], w / "root" / "after.png")
+        (w / "r.json").write_text(json.dumps([{"uid": 1, "change_flag": 1, "img1_path": "../secret.png",
+                                               "img2_path": "after.png", "change_caption": ["a road is built"]}]))
+        return lambda: cli("data", "ccexpert", "--records", w / "r.json", "--image-root", w / "root", "--out",
+                           w / "out", *extra)
+
+    add("converters", "data ccexpert: image path leaving --image-root", outside_root,
+        fragment=("../secret.png", "--image-root"))
+    add("converters", "data ccexpert: image path leaving --image-root, allowed",
+        lambda w: outside_root(w, "--allow-outside-root"), expect="ok", verify=lambda w, r: built_pairs(w / "out") == 1)
+    add("converters", "data manifest jsonl id 0",
+        lambda w: (lambda m=series_manifest(w / "p.jsonl", [
+            {"id": 0, "before": b, "after": a, "caption": "houses appear"} for b, a in cd_rows(1)]): lambda: cli(
+            "data", "manifest", "--manifest", m, "--out", w / "out"))(), expect="ok",
+        verify=lambda w, r: parquet_column(w / "out", "id") == ["0"])
+    add("converters", "data from-masks: the same --root twice",
+        lambda w: lambda: cli("data", "from-masks", "--root", LEVIR_CD, "--root", f"train={LEVIR_CD}",
+                              "--out", w / "out"), fragment=("levir_cd_samples", "--root"))
+    add("converters", "data mix: the same source twice",
+        lambda w: (cli("data", "manifest", "--manifest", good_manifest(w), "--out", w / "built"),
+                   lambda: cli("data", "mix", "--source", f"{w / 'built'}:train:2", "--source",
+                               f"{w / 'built'}:train:1", "--out", w / "out"))[1], fragment=("built", "--source"))
+
+    # from-masks: classes named twice, binary masks of 0/1.
+    def from_masks(w, classes, masks=None):
+        root = w / "cd"
+        for side in ("A", "B", "label"):
+            (root / side).mkdir(parents=True)
+        for name in CD_NAMES[:2]:
+            shutil.copy(LEVIR_CD / "A" / name, root / "A" / name)
+            shutil.copy(LEVIR_CD / "B" / name, root / "B" / name)
+            grey = np.asarray(Image.open(LEVIR_CD / "label" / name).convert("L"))
+            Image.fromarray(masks(grey) if masks else grey).save(root / "label" / name)
+        return lambda: cli("data", "from-masks", "--root", root, "--out", w / "out",
+                           *(["--classes", classes] if classes else []))
+
+    add("from-masks", "--classes: one grey level named twice",
+        lambda w: from_masks(w, "255=building,255=road"), fragment=("255=building", "255=road"))
+    add("from-masks", "--classes: one name at two levels",
+        lambda w: from_masks(w, "128=road,255=road"), fragment=("128=road", "255=road"))
+    add("from-masks", "--classes: one colour named twice",
+        lambda w: from_masks(w, "0/0/255=water,0/0/255=sea,255/255/255=unchanged"),
+        fragment=("0/0/255=water", "0/0/255=sea"))
+    add("from-masks", "binary masks of 0/1 are stored 0/255",
+        lambda w: from_masks(w, None, masks=lambda g: (g > 0).astype(np.uint8)), expect="ok",
+        verify=lambda w, r: stored_mask_levels(w / "out") <= {0, 255})
+
+    # Streaming mixtures: a broken shard is named, with the command that rebuilds it.
+    def broken_shard(w, damage):
+        cli("data", "manifest", "--manifest", good_manifest(w), "--out", w / "built")
+        shard = sorted((w / "built" / "data").glob("*.parquet"))[0]
+        damage(shard)
+        return lambda: cli("data", "mix", "--source", f"{w / 'built'}:train:2", "--out", w / "out")
+
+    add("streaming", "data mix with a truncated Parquet shard",
+        lambda w: broken_shard(w, lambda s: s.write_bytes(s.read_bytes()[: s.stat().st_size // 2])),
+        fragment=(".parquet", "rscc data"))
+    add("streaming", "data mix with a shard that is not Parquet",
+        lambda w: broken_shard(w, lambda s: s.write_bytes(b"not parquet" * 100)), fragment=(".parquet", "rscc data"))
+
+    # The demo, through its API (gradio_client), as a browser reaches it.
+    add("demo", "a truncated PNG", lambda w: (lambda t=truncated_png(w / "cut.png"): lambda: through_demo(
+        TINY, PAIR[0], t))(), fragment="truncated", limit_s=300)
+    add("demo", "a mask of another size than the pair",
+        lambda w: (lambda m=(Image.open(LEVIR_CD / "label" / CD_NAMES[0]).convert("L").resize((100, 60), Image.Resampling.NEAREST).save(
+            w / "m.png"), w / "m.png")[1]: lambda: through_demo(FILTER, *cd_rows(1)[0], m))(), expect="ok",
+        verify=lambda w, r: "resized" in r.err, limit_s=300)
+    add("demo", "a good pair", lambda w: lambda: through_demo(TINY, *PAIR), expect="ok", limit_s=300)
     return c
+
+
+def held_by_another_run(out: Path, run) -> Result:
+    """`run()` while another rscc run holds `out`: a one-process `rscc caption` of 400 pairs started just before."""
+    other = rscc_child("caption", *pair_folders(out.parent, 400, "long_"), "--model", TINY, "--max-new-tokens", "48",
+                       "--batch-size", "1", "--out", out)
+    wait_for_lines(out.with_name(out.name + ".partial"), 1)
+    result = run()
+    other.wait(timeout=600)
+    return result
+
+
+def stored_mask_levels(folder: Path) -> set:
+    masks = parquet_column(folder, "change_mask")
+    return set(np.unique(np.concatenate([np.unique(np.asarray(Image.open(io.BytesIO(mask["bytes"]))))
+                                         for mask in masks])).tolist())
+
+
+def describe_with_tiny(pairs, model=None):
+    from rscc import RsccForConditionalGeneration, RsccProcessor
+    from rscc.inference import describe_changes
+
+    model = RsccForConditionalGeneration.from_pretrained(model or TINY).eval()
+    return describe_changes(model, RsccProcessor.from_pretrained(TINY), pairs, max_new_tokens=2)
 
 
 def sigterm_scene(work: Path):
@@ -613,9 +1044,9 @@ def stopped_cleanly(work: Path, result: Result) -> bool:
 
 
 def main_campaign() -> None:
-    global TINY, HEAD, MODEL
+    global TINY, HEAD, FILTER, CHANGE_TOKENS, MODEL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="run one family")
+    parser.add_argument("--only", help="run these families (comma-separated)")
     parser.add_argument("--verbose", action="store_true", help="print every case's outcome")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -624,14 +1055,17 @@ def main_campaign() -> None:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             TINY = make_tiny_checkpoint(scratch / "tiny")
             HEAD = make_tiny_checkpoint(scratch / "head", use_change_head=True)
+            FILTER = make_tiny_checkpoint(scratch / "filter", change_filter="drop")
+            CHANGE_TOKENS = make_tiny_checkpoint(scratch / "change", visual_tokens="change", use_change_head=True)
         MODEL = ["--model", TINY]
         counts, by_family = Counter(), {}
         for case in cases():
-            if args.only and case.family != args.only:
+            if args.only and case.family not in args.only.split(","):
                 continue
             outcome = run_case(case, scratch, args.verbose)
             counts[outcome] += 1
             by_family.setdefault(case.family, Counter())[outcome] += 1
+        stop_demos()
     print(f"rscc at {ROOT}: {sum(counts.values())} cases")
     print(f"{'family':10} " + " ".join(f"{name:>13}" for name in OUTCOMES))
     for family, family_counts in [*by_family.items(), ("all", counts)]:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .caption_files import date_fields, line_dates
 from .data import manifest_captions, manifest_dates, read_manifest
 from .errors import RsccInputError
+from .input_fingerprint import FINGERPRINTS_FIELD, drop_results_of_changed_inputs, fingerprints
 from .parallel import (
     PartsProgress,
     ProcessShare,
@@ -144,7 +145,7 @@ def samples_from_manifest(manifest: str | os.PathLike) -> list[SampleRecord]:
             raise BatchInputError(f"manifest {path}, {where}: needs both a 'before' and an 'after' image path, or a "
                                   "series of 2 or more (images, or image_1, image_2, ...)")
         record = SampleRecord(
-            id=str(row.get("id") or Path(dates[0]).stem),
+            id=str(row["id"]) if row.get("id") not in (None, "") else Path(dates[0]).stem,
             images=tuple(str(path.parent / date) for date in dates),
             references=manifest_captions(row),
             mask=str(path.parent / row["mask"]) if row.get("mask") else None,
@@ -223,13 +224,15 @@ def _write_batches(
     progress_bar,
     made_by: dict | None,
     others: PartsProgress | None = None,
+    record_inputs: bool = False,
 ) -> None:
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
+        # What the files were when read, so that a resumed run notices changed ones (rscc.input_fingerprint).
+        inputs = [{FINGERPRINTS_FIELD: fingerprints(record_paths([record]))} if record_inputs else {} for record in batch]
         captions = caption_batch(batch)
-        sink.write(
-            "".join(json.dumps(record.result_line(caption, made_by)) + "\n" for record, caption in zip(batch, captions))
-        )
+        sink.write("".join(json.dumps({**record.result_line(caption, made_by), **files}) + "\n"
+                           for record, caption, files in zip(batch, captions, inputs)))
         sink.flush()
         progress_bar.update(len(batch) + (others.new_lines() if others else 0))
 
@@ -266,6 +269,7 @@ def caption_records(
     overwrite: bool = False,
     made_by: dict | None = None,
     share: ProcessShare = ProcessShare(),
+    record_inputs: bool = False,
 ) -> BatchSummary:
     """Caption samples (pairs or series) batch by batch into JSON lines, resuming an earlier run into the same `out`.
 
@@ -283,6 +287,8 @@ def caption_records(
         share ([`ProcessShare`]): this process's share of a data-parallel run (see `rscc.parallel`): it captions
             every `share.count`-th pending sample into its own `OUT.partial.RANK`, and the main process merges the
             parts in input order into `out` once every process is done. Every process must call this function.
+        record_inputs (`bool`): write each sample's input fingerprints on its line (`input_fingerprints`, see
+            `rscc.input_fingerprint`), so that a rerun captions again the samples whose files changed since.
 
     Returns:
         [`BatchSummary`] of the whole run (every process's samples).
@@ -297,6 +303,7 @@ def caption_records(
 
     out = Path(out)
     own = part_path(out, share)
+    recaptioned = []
     if share.is_main:
         if overwrite:
             for part in existing_parts(out):
@@ -305,6 +312,7 @@ def caption_records(
             shutil.copyfile(out, own)  # continue from a finished run whose input has grown
         for part in existing_parts(out):
             repair_part(part)
+        recaptioned = drop_results_of_changed_inputs(existing_parts(out), "caption")
     wait_for_everyone(share)
     finished = set()
     for part in existing_parts(out):
@@ -313,10 +321,11 @@ def caption_records(
     others = PartsProgress(out, share)  # where the others' parts end before any process appends
     wait_for_everyone(share)  # every process has read the parts before any appends to its own
     with appending_to_part(own, share, others, progress, len(records), len(finished), "sample") as (sink, bar):
-        _write_batches(list(share.take(pending)), caption_batch, sink, batch_size, bar, made_by, others)
+        _write_batches(list(share.take(pending)), caption_batch, sink, batch_size, bar, made_by, others,
+                       record_inputs)
     if share.is_main:
         parts = existing_parts(out)
-        if parts == [own] and share.count == 1:
+        if parts == [own] and share.count == 1 and not recaptioned:  # else put the samples back in input order
             os.replace(own, out)
         else:
             _merge_parts(parts, records, out)

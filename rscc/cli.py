@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = {
     "publish": "rscc.hub",
     "demo": "rscc.demo",
     "space": "rscc.demo",
+    "launch": "rscc.launch",
 }
 
 

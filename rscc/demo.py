@@ -10,6 +10,7 @@ message in the page naming the input, never a traceback. The page loads nothing 
 web fonts), so it works on a closed network. A Space's `app.py` calls `launch_demo`, the function `rscc demo` runs.
 """
 
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -17,6 +18,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from packaging.requirements import Requirement
@@ -36,6 +38,7 @@ from .inference import (
     torch_device,
     uses_input_masks,
 )
+from . import image_processing_rscc, processing_rscc
 from .processing_rscc import load_image
 
 logger = logging.getLogger(__name__)
@@ -100,6 +103,31 @@ def overlay_mask(image: Image.Image, change_mask: np.ndarray) -> np.ndarray:
     return pixels.round().astype(np.uint8)
 
 
+class _Collected(logging.Handler):
+    def __init__(self, messages: list):
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _warnings_of_the_processor() -> Iterator[list]:
+    """The processor's warnings about the inputs during the block (e.g. a mask resized to its images), for the page:
+    a terminal shows them, a browser would not."""
+    messages = []
+    handler = _Collected(messages)
+    loggers = [logging.getLogger(module.logger.name) for module in (processing_rscc, image_processing_rscc)]
+    for processor_logger in loggers:
+        processor_logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        for processor_logger in loggers:
+            processor_logger.removeHandler(handler)
+
+
 class Captioner:
     """A loaded model and what the page does with it.
 
@@ -120,11 +148,15 @@ class Captioner:
 
         Returns:
             `(caption, overlay, changed, message)`: the caption, the after image with the predicted mask drawn over it
-            (None without a change head), the changed fraction in words, and an error message for the page (empty
-            when all went well; the other values are then empty).
+            (None without a change head), the changed fraction in words, and a message for the page: an error (the
+            other values are then empty), the processor's warnings about the inputs (a mask resized to its images),
+            or empty.
         """
         try:
-            return (*self._describe(before, after, mask), "")
+            with _warnings_of_the_processor() as warned:
+                caption, overlay, changed = self._describe(before, after, mask)
+            notes = "\n\n".join(f"**Note:** {_without_upload_folders(text, before, after, mask)}" for text in warned)
+            return caption, overlay, changed, notes
         except RsccInputError as error:
             return "", None, "", f"**Error:** {_without_upload_folders(str(error), before, after, mask)}"
         except Exception as error:  # the page shows a sentence, the server's log the traceback

@@ -7,9 +7,12 @@ files it imports only the standard library, torch, transformers (with numpy and 
 siblings; rasterio is optional.
 """
 
+import contextlib
+import logging as python_logging
 import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -108,9 +111,10 @@ def pillow_truncates(image: Image.Image) -> bool:
 
 
 def _read_image_file(path: Path, name: str, percentiles: tuple[float, float]) -> Image.Image:
-    pillow_problem = "Pillow reads only the high byte of each 16-bit band"
+    pillow_problem, image_format = "Pillow reads only the high byte of each 16-bit band", None
     try:
         with Image.open(path) as opened:
+            image_format = opened.format
             if not pillow_truncates(opened):
                 opened.load()
                 return load_image(opened, name=f"{name} ({path})", percentiles=percentiles)
@@ -119,6 +123,9 @@ def _read_image_file(path: Path, name: str, percentiles: tuple[float, float]) ->
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
         if isinstance(error, RsccInputError):
             raise
+        if image_format not in (None, "TIFF"):  # the format's own decoder found the file truncated or corrupt
+            raise RsccInputError(f"{name}: image file {path} is truncated or corrupt: Pillow's {image_format} "
+                                 f"decoder stopped ({error}); nothing of it is used") from None
         pillow_problem = f"Pillow cannot read it ({error})"
     if rasterio is None:
         raise RsccInputError(
@@ -142,6 +149,39 @@ def default_rgb_bands(dataset) -> list[int]:
     return not_alpha[:3] if len(not_alpha) >= 3 else not_alpha[:1]
 
 
+class _Complaints(python_logging.Handler):
+    def __init__(self):
+        super().__init__(python_logging.INFO)
+        self.messages = []
+
+    def emit(self, record: python_logging.LogRecord) -> None:
+        if record.levelno >= python_logging.WARNING or "GDAL signalled" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def gdal_complaints_as_errors(path: str | os.PathLike, name: str) -> Iterator[None]:
+    """Make every GDAL error or warning about a file during the block an [`RsccInputError`] naming it: rasterio logs
+    some (a damaged block GDAL fills in) and carries on with pixels that are not the file's."""
+    complaints = _Complaints()
+    loggers = [python_logging.getLogger(logger_name) for logger_name in ("rasterio._err", "rasterio._env")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(complaints)
+        logger.setLevel(python_logging.INFO)
+    try:
+        yield
+    except rasterio.errors.RasterioIOError as error:
+        raise RsccInputError(f"{name}: cannot read the pixels of {path}: "
+                             f"{'; '.join(complaints.messages) or error}") from None
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(complaints)
+            logger.setLevel(level)
+    if complaints.messages:
+        raise RsccInputError(f"{name}: GDAL reports problems with {path}: {'; '.join(complaints.messages)}")
+
+
 def read_full_depth(path: str | os.PathLike, name: str) -> np.ndarray:
     """A whole image file as GDAL reads it (rasterio must be installed): its RGB bands (or grey band) at full depth,
     `(H, W, 3)` or `(H, W)`.
@@ -161,10 +201,8 @@ def read_full_depth(path: str | os.PathLike, name: str) -> np.ndarray:
                 f"{name}: image file {path} of {dataset.width} x {dataset.height} pixels is too large to read whole; "
                 "caption large rasters tile by tile with `rscc scene`"
             )
-        try:
+        with gdal_complaints_as_errors(path, name):
             values = dataset.read(default_rgb_bands(dataset))
-        except rasterio.errors.RasterioIOError as error:
-            raise RsccInputError(f"{name}: cannot read the pixels of {path} ({error})") from None
     return values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
 
 

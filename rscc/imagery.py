@@ -10,10 +10,11 @@ import warnings
 from pathlib import Path
 
 import rasterio
+from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from .errors_rscc import RsccInputError
-from .image_processing_rscc import default_rgb_bands
+from .image_processing_rscc import default_rgb_bands, gdal_complaints_as_errors
 
 
 class SceneInputError(RsccInputError):
@@ -69,4 +70,47 @@ def rgb_bands(dataset, name: str, bands: list[int] | None = None) -> list[int]:
     return default_rgb_bands(dataset)
 
 
-__all__ = ["SceneInputError", "open_raster", "rgb_bands"]
+def alpha_band(dataset) -> int | None:
+    """The 1-based alpha band of a raster (RGBA, or any band whose colour interpretation is alpha), else None."""
+    interpretation = list(dataset.colorinterp)
+    return interpretation.index(ColorInterp.alpha) + 1 if ColorInterp.alpha in interpretation else None
+
+
+def warp_validity(dataset) -> dict:
+    """The `WarpedVRT` options that carry a raster's validity through a warp into the VRT's alpha band: its own alpha
+    band (GDAL adds no second one), else an added alpha band of the pixels the warp covers."""
+    own = alpha_band(dataset)
+    return {"src_alpha": own} if own else {"add_alpha": True}
+
+
+def check_assumed_alignment(names: list[str], datasets: list) -> None:
+    """Refuse `--assume-aligned` (rasters read pixel for pixel) where the georeferenced rasters among them contradict
+    it: two CRSs, or one CRS with different pixel grids (transforms). Names both rasters.
+
+    Args:
+        names (`list[str]`): how errors refer to the rasters (BEFORE, DATE2, ...).
+        datasets (`list`): the open rasterio datasets, in the same order.
+    """
+    georeferenced = [(name, data) for name, data in zip(names, datasets) if data.crs]
+    for name, data in georeferenced[1:]:
+        first_name, first = georeferenced[0]
+        if data.crs != first.crs or data.transform != first.transform:
+            differ = (f"is in {first.crs} and {name} ({data.name}) in {data.crs}" if data.crs != first.crs else
+                      f"and {name} ({data.name}) are on different pixel grids of {data.crs} ({tuple(first.transform)[:6]}"
+                      f" and {tuple(data.transform)[:6]})")
+            raise SceneInputError(
+                f"--assume-aligned reads the rasters pixel for pixel, but {first_name} ({first.name}) {differ}; "
+                "georeferenced rasters are placed by their georeferencing. Georeference every raster and leave "
+                "--assume-aligned out, or give rasters of one pixel grid"
+            )
+
+
+__all__ = [
+    "SceneInputError",
+    "alpha_band",
+    "check_assumed_alignment",
+    "gdal_complaints_as_errors",
+    "open_raster",
+    "rgb_bands",
+    "warp_validity",
+]

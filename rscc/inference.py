@@ -40,8 +40,10 @@ from .configuration_rscc import RsccConfig
 from .imagery import date_names
 from .masks import MASK_GREY_LEVELS
 from .modeling_rscc import RsccForConditionalGeneration
+from .output_lock import locking_output
 from .parallel import current_share, part_path, process_device
 from .processing_rscc import RsccInputError, RsccProcessor, load_change_mask, load_image
+from .processor_match import check_processor_matches
 from .video_rscc import processor_options
 
 logger = logging.get_logger(__name__)
@@ -312,6 +314,7 @@ def describe_changes(
             "change_masks: this model's token filter does not take input masks (change_filter="
             f"{getattr(model.config, 'change_filter', 'none')!r}); they would be ignored"
         )
+    check_processor_matches(model.config, processor)
     descriptions = []
     for start in range(0, len(pairs), batch_size):
         batch_masks = None if change_masks is None else change_masks[start : start + batch_size]
@@ -537,7 +540,7 @@ def _caption_batch(args) -> int:
     try:
         summary = caption_records(
             records, caption_batch, out=out, batch_size=batch_size_of(args), progress=show_progress(args),
-            overwrite=args.overwrite, made_by=made_by(args.model, model, args), share=share,
+            overwrite=args.overwrite, made_by=made_by(args.model, model, args), share=share, record_inputs=True,
         )
     except BatchInputError:
         raise
@@ -612,4 +615,4 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--out", help="batch: JSON-lines output file (resumable); default stdout")
     parser.add_argument("--overwrite", action="store_true", help="batch: discard earlier results in --out")
     add_progress_arguments(parser)
-    parser.set_defaults(run=_run_caption)
+    parser.set_defaults(run=locking_output(_run_caption))

@@ -40,6 +40,7 @@ from .change_head_rscc import RsccChangeHead, change_detection_loss, full_resolu
 from .compat_rscc import given_cache
 from .configuration_rscc import IGNORE_INDEX, RsccConfig
 from .difference_integration_rscc import RsccDifferenceIntegration
+from .errors_rscc import RsccInputError
 from .llava_onevision_checkpoints_rscc import (
     HUB_OPTIONS,
     load_pretrained_video_encoder,
@@ -422,7 +423,15 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
         Args:
             change_masks (`torch.Tensor` of shape `(num_pairs, height, width)`, *optional*):
                 Class ids per pair (see [`RsccModel.get_image_features`]).
+
+        Raises:
+            RsccInputError: given `labels`: no language-model head, no loss (stock's base model ignores them unread).
         """
+        if kwargs.get("labels") is not None:
+            raise RsccInputError(
+                "RsccModel.forward got labels, but the base model has no language-model head and computes no loss: "
+                "train RsccForConditionalGeneration (AutoModel.from_pretrained gives it) with the labels instead"
+            )
         prepared = self.prepare_language_model_inputs(
             input_ids,
             attention_mask,

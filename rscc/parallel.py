@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, TextIO, TypeVar
 from tqdm.auto import tqdm
 
 from .errors import RsccInputError
+from .launch import report_process_mismatch
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -59,6 +60,7 @@ def current_share(device: str = "cpu") -> ProcessShare:
         device (`str`): the torch device the run captions on (`--device`).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        report_process_mismatch(1)
         return ProcessShare()
     from accelerate import PartialState
 

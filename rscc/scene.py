@@ -51,7 +51,16 @@ from tqdm.auto import tqdm
 from .captions import is_no_change_caption
 from .cog import cloud_optimized_geotiff
 from .geoparquet import geoparquet_output, is_geoparquet
-from .imagery import SceneInputError, date_names, open_raster, rgb_bands
+from .imagery import (
+    SceneInputError,
+    alpha_band,
+    check_assumed_alignment,
+    date_names,
+    gdal_complaints_as_errors,
+    open_raster,
+    rgb_bands,
+    warp_validity,
+)
 from .batch import atomic_output, check_output_file
 from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK, EXIT_OUT_OF_MEMORY, interrupted_exit_code
 from .inference import (
@@ -79,6 +88,8 @@ from .parallel import (
     wait_for_everyone,
 )
 from .processing_rscc import HIGH_BIT_DEPTH_PERCENTILES, stretch_to_uint8
+from .input_fingerprint import content_fingerprint
+from .output_lock import locking_output
 from .stac import add_stac_arguments, check_stac_item_output, resolve_scene_inputs, write_run_item
 
 # GDAL's default block cache is 5% of the machine's memory: on a large scene it would fill up and make the process
@@ -155,6 +166,10 @@ class _DateSource:
 
     def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(bands, H, W) values and the (H, W) validity of `window` on the first date's grid."""
+        with gdal_complaints_as_errors(getattr(self.dataset, "src_dataset", self.dataset).name, "raster"):
+            return self._read(window, out_shape)
+
+    def _read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         window = Window(window.col_off - self.col_shift, window.row_off - self.row_shift, window.width, window.height)
         shape = None if out_shape is None else (len(self.bands), *out_shape)
         decimation = Resampling.nearest
@@ -234,6 +249,7 @@ class SceneSeries:
                 "top-left corner"
             )
         if missing_crs:
+            check_assumed_alignment(self.names, datasets)
             # Pixel (r, c) of one is pixel (r, c) of the others; the first raster with a CRS places the result.
             georeferenced = next((data for data in datasets if data.crs), first)
             self.crs, self.transform = georeferenced.crs, georeferenced.transform
@@ -272,10 +288,11 @@ class SceneSeries:
         vrt = self._stack.enter_context(
             WarpedVRT(
                 data, crs=first.crs, transform=first.transform, width=first.width, height=first.height,
-                resampling=resampling_method, add_alpha=True,
+                resampling=resampling_method, **warp_validity(data),
             )
         )
-        return _DateSource(vrt, bands, alpha_band=vrt.count), f"resampled onto {self.names[0]}'s grid ({resampling})"
+        return (_DateSource(vrt, bands, alpha_band=alpha_band(vrt)),
+                f"resampled onto {self.names[0]}'s grid ({resampling})")
 
     def __enter__(self) -> "SceneSeries":
         return self
@@ -579,6 +596,7 @@ def describe_scene(
         if in_parts:
             settings = {
                 **options, "rasters": [Path(raster).resolve() for raster in rasters], "tile_size": tile_size,
+                "raster_contents": [content_fingerprint(raster) for raster in rasters],  # a raster replaced since
                 "overlap": overlap, "bands": bands, "resampling": resampling, "stretch": stretch,
                 "model": getattr(model.config, "_name_or_path", None),
                 "revision": getattr(model.config, "_commit_hash", None),
@@ -977,7 +995,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--mask-out", help="also write the change-mask mosaic as a Cloud-Optimized GeoTIFF (needs a "
                         "change-detection head)")
     add_progress_arguments(parser)
-    parser.set_defaults(run=_run_scene)
+    parser.set_defaults(run=locking_output(_run_scene))
 
 
 __all__ = [

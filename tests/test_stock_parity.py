@@ -85,3 +85,18 @@ def test_vision_feature_layer_list_concatenates_layers_as_stock(processor, examp
 def test_vision_feature_layer_list_is_refused_where_a_module_reads_one_layer(processor, options):
     with pytest.raises(ValueError, match="single index"):
         tiny_config(processor.tokenizer, vision_feature_layer=[-1, -2], **options)
+
+
+def test_base_model_refuses_labels_and_names_the_captioning_model(processor, example_pairs):
+    """Stock's base model is in transformers' base-model table, so generic training code (the common `test_training`)
+    never trains it; rscc's is not, so it refuses `labels` instead of returning an output without a loss."""
+    from rscc.errors import RsccInputError
+
+    captioner = build(processor)
+    inputs = processor(images=example_pairs[:1])
+    labels = inputs["input_ids"].clone()
+    with pytest.raises(RsccInputError, match="no language-model head.*RsccForConditionalGeneration"):
+        captioner.model(**inputs, labels=labels)
+    with torch.no_grad():
+        assert captioner.model(**inputs, labels=None).last_hidden_state.shape[1] == labels.shape[1]
+        assert torch.isfinite(captioner(**inputs, labels=labels).loss)

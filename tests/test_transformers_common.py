@@ -7,7 +7,7 @@ downloaded from PyPI with `pip download` (once per machine and version, cached u
 `tests/exporters/` (the export mixin), `tests/utils/` and `tests/models/` are not in it. `test_modeling_common.py`
 imports `ExportTesterMixin` and `GenerationTesterMixin` from the first two, so they are replaced by empty
 classes: the export tests do not run, and what the generation tests cover is covered by our own
-`tests/test_generation_parity.py`.
+`tests/test_generation_parity.py` and `tests/test_generation_families.py` (docs/stock_parity.md lists which).
 
 Variants, each run for the base model and the captioning model:
 
@@ -332,6 +332,19 @@ class CommonTests(ModelTesterMixin):
                 out_embeds = model(inputs_embeds=inputs_embeds, **inputs)[0]
             torch.testing.assert_close(out_embeds, out_ids)
 
+    # transformers' LLaVA-OneVision test: with initializer ranges zeroed, every trainable weight outside the vision
+    # tower (SigLIP initialises its own way) and the image newline is initialised to a constant 0 or 1.
+    def test_initialization(self):
+        config, _ = self.model_tester.prepare_config_and_inputs_for_common()
+        configs_no_init = common._config_zero_init(config)
+        for model_class in self.all_model_classes:
+            model = model_class(config=configs_no_init)
+            for name, param in model.named_parameters():
+                if "image_newline" in name or "vision_tower" in name or not param.requires_grad:
+                    continue
+                mean = ((param.data.mean() * 1e9).round() / 1e9).item()
+                self.assertIn(mean, [0.0, 1.0], msg=f"{name} of {model_class.__name__}")
+
     # Skips of transformers' own LLaVA-OneVision test, with its reasons.
     @unittest.skip("stock skips it: SigLIP does not compute gradients properly with gradient checkpointing")
     def test_training_gradient_checkpointing(self):
@@ -358,8 +371,9 @@ class CommonTests(ModelTesterMixin):
         pass
 
     @unittest.skip(
-        "the GenerationTesterMixin lives in tests/generation/, outside the sdist; tests/test_generation_parity.py "
-        "covers generation for stock and rscc"
+        "the GenerationTesterMixin lives in tests/generation/, outside the sdist; tests/test_stock_parity.py checks "
+        "that GenerationMixin is a direct base, tests/test_generation_parity.py and test_generation_families.py "
+        "cover generation"
     )
     def test_generation_tester_mixin_inheritance(self):
         pass

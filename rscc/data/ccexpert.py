@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional, Union
 
-from .source_files import read_json_records
+from .source_files import path_under_root, read_json_records
 from .schema import ChangeRecord, DataInputError
 
 
 def ccexpert_records(records_file: Union[str, os.PathLike], split: str = "train", source: Optional[str] = None,
-                     image_root: Union[str, os.PathLike, None] = None) -> Iterator[ChangeRecord]:
+                     image_root: Union[str, os.PathLike, None] = None, allow_outside_root: bool = False
+                     ) -> Iterator[ChangeRecord]:
     """Records in CCExpert's format: a JSON list (or JSON Lines) of
     `{"uid", "change_flag", "img1_path", "img2_path", "change_caption": [...]}`.
 
@@ -22,9 +23,12 @@ def ccexpert_records(records_file: Union[str, os.PathLike], split: str = "train"
         records_file: The JSON or JSONL file.
         split: Split of all its records (the format has none).
         source: Source name; defaults to the file name without extension.
-        image_root: Folder that relative image paths start from; defaults to the file's folder.
+        image_root: Folder that relative image paths start from; defaults to the file's folder. Paths leading
+            outside a given `image_root` are refused unless `allow_outside_root`.
+        allow_outside_root: Accept image paths outside `image_root`.
     """
     path = Path(records_file)
+    declared_root = image_root is not None
     image_root = Path(image_root) if image_root else path.parent
     for where, item in read_json_records(path):
         missing = [key for key in ("uid", "img1_path", "img2_path", "change_caption") if key not in item]
@@ -38,8 +42,10 @@ def ccexpert_records(records_file: Union[str, os.PathLike], split: str = "train"
         yield ChangeRecord(
             id=str(item["uid"]),
             split=split,
-            before=image_root / str(item["img1_path"]),
-            after=image_root / str(item["img2_path"]),
+            before=path_under_root(image_root, item["img1_path"], f"{path} ({where})",
+                                   allow_outside_root or not declared_root),
+            after=path_under_root(image_root, item["img2_path"], f"{path} ({where})",
+                                  allow_outside_root or not declared_root),
             captions=[captions] if isinstance(captions, str) else captions,
             change_flag=None if change_flag in (None, -1) else change_flag,
             source=source or path.stem,

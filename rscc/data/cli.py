@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS, EXIT_OK, positive_int
+from ..output_lock import locking_output
 from .build import DEFAULT_MAX_SHARD_SIZE, build_dataset
 from .ccexpert import ccexpert_records
 from .clevr_change import clevr_change_records
@@ -41,6 +42,27 @@ def _split_and_path(spec: str) -> tuple:
 
 def _split_paths(specs: Optional[list[str]]) -> list[tuple]:
     return [_split_and_path(spec) for spec in specs or []]
+
+
+def _component_identity(spec: str) -> tuple:
+    component = MixtureComponent.parse(spec)
+    return Path(component.path).resolve(), component.split
+
+
+# The repeatable input options of the converters and the mix (`[SPLIT=]PATH`, or the mix's `PATH:SPLIT:FACTOR`).
+REPEATABLE_INPUTS = ("records", "manifest", "files", "annotations", "root", "list", "source")
+
+
+def refuse_repeated_inputs(args: argparse.Namespace) -> None:
+    """Refuse one input given twice to a repeatable option (its records would all be there twice), naming both."""
+    for option in REPEATABLE_INPUTS:
+        values, seen = getattr(args, option, None), {}
+        for value in values if isinstance(values, list) else []:
+            key = _component_identity(value) if option == "source" else _split_and_path(str(value))[1].resolve()
+            if key in seen:
+                raise DataInputError(f"--{option} {seen[key]} and --{option} {value} are the same input; give each "
+                                     "once (its records would all be there twice)")
+            seen[key] = value
 
 
 @dataclass(frozen=True)
@@ -80,11 +102,17 @@ def _dubai_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--after-dir", default="500_2010", help="after-image folder in --images (%(default)s)")
 
 
+def _allow_outside_root_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept image paths that lead outside --image-root (../, links); refused by default")
+
+
 def _ccexpert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--records", required=True, action="append", metavar="[SPLIT=]FILE",
                         help="JSON or JSONL records file, optionally with its split (default train); repeatable")
     parser.add_argument("--image-root", type=Path, help="folder relative image paths start from "
                                                         "(default: the records file's folder)")
+    _allow_outside_root_argument(parser)
     parser.add_argument("--source-name", help="source column value (default: the records file name)")
 
 
@@ -123,6 +151,7 @@ def _vismin_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", required=True, type=Path, help="the training JSON or JSONL file")
     parser.add_argument("--image-root", required=True, type=Path,
                         help="folder the file's (absolute) image paths start from")
+    _allow_outside_root_argument(parser)
     parser.add_argument("--split", default="train", help="split of every pair (%(default)s)")
 
 
@@ -197,7 +226,8 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
     ),
     SourceCommand(
         "ccexpert", "CCExpert records (uid, change_flag, img1_path, img2_path, change_caption)", _ccexpert_arguments,
-        records=_chained(lambda args, split, path: ccexpert_records(path, split, args.source_name, args.image_root),
+        records=_chained(lambda args, split, path: ccexpert_records(path, split, args.source_name, args.image_root,
+                                                                  args.allow_outside_root),
                          "records"),
         inputs=lambda args: [
             item for _, path in _split_paths(args.records) for item in (path, args.image_root or path.parent)
@@ -240,7 +270,8 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
     ),
     SourceCommand(
         "vismin", "VisMin's training JSON (image_path, caption, negatives) + images", _vismin_arguments,
-        records=lambda args: vismin_records(args.annotations, args.image_root, args.split),
+        records=lambda args: vismin_records(args.annotations, args.image_root, args.split,
+                                            args.allow_outside_root),
         inputs=lambda args: [args.annotations, args.image_root],
         notes=lambda args: {"vismin": VISMIN_CAPTION_NOTE},
     ),
@@ -313,6 +344,7 @@ def _mixture_of(args: argparse.Namespace) -> tuple:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        refuse_repeated_inputs(args)
         if args.data_command == MIX_COMMAND:
             mixture, recipe_section = _mixture_of(args)
             records = mixture_records(mixture, args.split)
@@ -356,4 +388,4 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     _mix_arguments(mix)
     for command in commands.choices.values():
         _add_build_arguments(command)
-        command.set_defaults(run=_run)
+        command.set_defaults(run=locking_output(_run))

@@ -221,13 +221,20 @@ def _parse_level(text: str) -> object:
 def parse_classes(spec: str) -> tuple:
     """`LEVEL=NAME,...` as (level -> class id, class id -> name). LEVEL is a grey level (`128=road,255=building`;
     0 is no change) or an RGB colour (`0/0/255=water`); the colour of no change is the one named `unchanged`."""
-    levels, names = {}, {}
+    levels, names, items_of_level, items_of_name = {}, {}, {}, {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         level_text, separator, name = item.partition("=")
         level = _parse_level(level_text)
         if not separator or level is None or level == 0 or not name.strip():
             raise DataInputError(f"--classes {spec!r}: {item!r} is not LEVEL=NAME with LEVEL a grey level 1..255 "
                                  "or a colour R/G/B")
+        if level in items_of_level:
+            raise DataInputError(f"--classes {spec!r}: {items_of_level[level]!r} and {item!r} name one "
+                                 f"{'colour' if isinstance(level, tuple) else 'grey level'} twice; give each one name")
+        if name.strip().lower() in items_of_name and name.strip().lower() != "unchanged":
+            raise DataInputError(f"--classes {spec!r}: {items_of_name[name.strip().lower()]!r} and {item!r} give one "
+                                 "class two levels; a class is one level (or colour), each name once")
+        items_of_level[level], items_of_name[name.strip().lower()] = item, item
         if name.strip().lower() == "unchanged":
             levels[level] = 0
         else:
@@ -250,6 +257,12 @@ def _binary_mask_bytes(class_mask: np.ndarray, name: str) -> dict:
     buffer = io.BytesIO()
     Image.fromarray(np.where(class_mask > 0, 255, 0).astype(np.uint8)).save(buffer, format="PNG")
     return {"bytes": buffer.getvalue(), "path": name}
+
+
+def _is_zero_255(path: Path) -> bool:
+    """Whether a mask file holds only 0 and 255 already (stored as it is; 0/1 and other levels are rewritten)."""
+    with Image.open(path) as image:
+        return set(np.unique(np.asarray(image)).tolist()) <= {0, 255}
 
 
 def from_masks_records(
@@ -312,7 +325,7 @@ def from_masks_records(
             continue
         record.captions = captions_for_regions(regions, class_mask.size, random.Random(f"{seed}:{before.stem}"))
         record.change_flag = int(bool(class_mask.any()))
-        if class_values is not None:
+        if class_values is not None or not _is_zero_255(mask_path):
             record.change_mask = _binary_mask_bytes(class_mask, mask_path.name)
         yield record
 

@@ -169,7 +169,7 @@ def manifest_records(manifest: Union[str, os.PathLike], split: str = "train", so
         if isinstance(change_flag, str):
             change_flag = int(change_flag) if change_flag.strip() in ("0", "1") else (change_flag.strip() or None)
         yield ChangeRecord(
-            id=str(row.get("id") or Path(before).stem),
+            id=str(row["id"]) if row.get("id") not in (None, "") else Path(before).stem,
             split=row.get("split") or split,
             before=path.parent / before if before else "",
             after=path.parent / after if after else "",

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .schema import REQUIRED_COLUMNS, ChangeRecord, DataInputError
 from .views import load_built_dataset
@@ -34,6 +37,19 @@ class MixtureComponent:
         return cls(parts[0], parts[1], int(parts[2]))
 
 
+def check_shards(component: MixtureComponent) -> None:
+    """Refuse a local component whose Parquet shards of its split cannot be read (cut short, overwritten), naming the
+    shard and how to rebuild it; streaming would otherwise fail part-way naming no file."""
+    for shard in sorted((Path(component.path) / "data").glob(f"{component.split}-*.parquet")):
+        try:
+            pq.read_metadata(shard)
+        except (pa.ArrowException, OSError) as error:
+            raise DataInputError(
+                f"{shard}: a shard of {component.path} that is not a readable Parquet file ({error}); rebuild "
+                f"{component.path} with the `rscc data` command that built it, adding --overwrite"
+            ) from None
+
+
 def mixture_records(components: Iterable[MixtureComponent], split: str = "train") -> Iterator[ChangeRecord]:
     """Records of several built datasets, each pair repeated `factor` times.
 
@@ -46,6 +62,7 @@ def mixture_records(components: Iterable[MixtureComponent], split: str = "train"
     for component in components:
         if component.factor < 1:
             raise ValueError(f"{component.path}: mixture factor must be at least 1, got {component.factor}")
+        check_shards(component)
         # Streaming reads the Parquet shards directly instead of converting each source into the Arrow cache first.
         rows = load_built_dataset(component.path, split=component.split, streaming=True)
         missing = [name for name in REQUIRED_COLUMNS if rows.features is not None and name not in rows.features]

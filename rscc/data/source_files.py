@@ -63,6 +63,23 @@ def check_fields(path: Path, where: str, item: dict, fields: dict) -> None:
             for name in wrong))
 
 
+def path_under_root(root: Path, relative: str, where: str, allow_outside: bool = False) -> Path:
+    """`root / relative`, refused (naming both) when it leads outside `root` (`../`, an absolute path, a link out of
+    it) unless `allow_outside`: a records file that names files elsewhere is more often wrong than meant.
+
+    Args:
+        root (`Path`): the declared image root (`--image-root`).
+        relative (`str`): the path the records file gives.
+        where (`str`): the file and item, for the message.
+        allow_outside (`bool`): accept such paths (`--allow-outside-root`).
+    """
+    path = root / relative
+    if not allow_outside and not path.resolve().is_relative_to(root.resolve()):
+        raise DataInputError(f"{where}: image path {relative!r} leads outside --image-root {root} (to "
+                             f"{path.resolve()}); pass --allow-outside-root if the records mean it")
+    return path
+
+
 def split_files(folder: Path, file_splits: dict, dataset: str) -> list:
     """(file, split) of the split files present in `folder`, `file_splits` mapping each file name to its split; a
     `DataInputError` when none is."""

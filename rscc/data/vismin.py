@@ -12,7 +12,7 @@ from typing import Union
 
 from ..captions import collapse_whitespace
 from .schema import ChangeRecord, DataInputError
-from .source_files import check_fields, read_json_records
+from .source_files import check_fields, path_under_root, read_json_records
 
 VISMIN_CAPTION_NOTE = ("Captions are derived from VisMin's two image captions as 'X becomes Y' (`rscc data vismin`); "
                        "CCExpert rewrote them with a language model instead.")
@@ -26,8 +26,8 @@ def change_caption(caption: str, edited_caption: str) -> str:
     return f"{clause(caption)} becomes {clause(edited_caption)}"
 
 
-def vismin_records(annotations: Union[str, os.PathLike], image_root: Union[str, os.PathLike], split: str = "train"
-                   ) -> Iterator[ChangeRecord]:
+def vismin_records(annotations: Union[str, os.PathLike], image_root: Union[str, os.PathLike], split: str = "train",
+                   allow_outside_root: bool = False) -> Iterator[ChangeRecord]:
     """One record per edit (`negatives` item): the image to its edited copy, captioned by `change_caption`.
 
     Image paths are absolute in the published file ("/coco/images/train2017/...jpg"); they are taken relative to
@@ -37,6 +37,7 @@ def vismin_records(annotations: Union[str, os.PathLike], image_root: Union[str, 
         annotations: The training JSON (or JSON Lines) file.
         image_root: The folder the files' image paths start from.
         split: Split of all its records.
+        allow_outside_root: Accept image paths that lead outside `image_root` (`../`); refused by default.
     """
     path, image_root = Path(annotations), Path(image_root)
     for where, item in read_json_records(path):
@@ -53,8 +54,9 @@ def vismin_records(annotations: Union[str, os.PathLike], image_root: Union[str, 
             yield ChangeRecord(
                 id=str(edited.with_suffix("")),
                 split=split,
-                before=image_root / item["image_path"].lstrip("/"),
-                after=image_root / edited,
+                before=path_under_root(image_root, item["image_path"].lstrip("/"), f"{path} ({where})",
+                                       allow_outside_root),
+                after=path_under_root(image_root, str(edited), f"{path} ({where})", allow_outside_root),
                 captions=[change_caption(item["caption"], edit["edited_caption"])],
                 change_flag=1,
                 source="vismin",

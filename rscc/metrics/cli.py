@@ -9,6 +9,7 @@ from pathlib import Path
 from ..caption_files import read_prediction_records
 from ..cli import EXIT_BAD_INPUT, EXIT_OK
 from ..errors import RsccInputError
+from ..output_lock import locking_output
 from .conventions import CONVENTIONS, DEFAULT_CONVENTION, load_vocab
 from .inputs import deduplicate_predictions, every_row_as_a_pair, load_references
 from .meteor import JavaNotFoundError
@@ -62,7 +63,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "(default: one prediction per id, the first)",
     )
     parser.add_argument("--output", type=Path, help="write the full report (JSON) here")
-    parser.set_defaults(run=run_eval)
+    parser.set_defaults(run=locking_output(run_eval, "output"))
 
 
 
