@@ -74,7 +74,7 @@ import rasterio  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from rscc.checkpoints import make_tiny_checkpoint  # noqa: E402
+from rscc.tiny_checkpoints import make_tiny_checkpoint  # noqa: E402
 from rscc.cli import main  # noqa: E402
 
 OUTCOMES = ("clear error", "handled", "unclear error", "silent", "ran away")
@@ -500,7 +500,7 @@ def cases() -> list:
 
     def masks_to_a_plain_model(w):
         from rscc import RsccForConditionalGeneration, RsccProcessor
-        from rscc.inference import describe_changes
+        from rscc.captioning import describe_changes
 
         model = RsccForConditionalGeneration.from_pretrained(TINY).eval()
         return lambda: api(lambda: describe_changes(model, RsccProcessor.from_pretrained(TINY), [PAIR],
@@ -1016,7 +1016,7 @@ def stored_mask_levels(folder: Path) -> set:
 
 def describe_with_tiny(pairs, model=None):
     from rscc import RsccForConditionalGeneration, RsccProcessor
-    from rscc.inference import describe_changes
+    from rscc.captioning import describe_changes
 
     model = RsccForConditionalGeneration.from_pretrained(model or TINY).eval()
     return describe_changes(model, RsccProcessor.from_pretrained(TINY), pairs, max_new_tokens=2)

@@ -6,7 +6,7 @@
 
 Workload `levir-cd-mix`: the labelled LEVIR-CD pairs of `../shared/data/levir_cd_samples` with their real masks, then the
 same pairs under empty masks (LEVIR-CC is half no-change); 12 new tokens (LEVIR-CC's mean caption length plus the end
-token), greedy, through the shared inference path (`rscc.inference.caption_pairs`).
+token), greedy, through the shared inference path (`rscc.captioning.caption_samples`).
 
 Presets (random weights): `tiny` (the tiny checkpoint's widths at LLaVA-OneVision's 384 px / 14 px, so token counts are
 the real ones), `real` (LLaVA-OneVision-0.5B dimensions), `7b` (Qwen2-7B language model: memory planning only, built on
@@ -52,8 +52,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccImageProcessor, RsccProcessor
-from rscc.checkpoints import llava_onevision_0_5b_config, make_processor, tiny_config
-from rscc.inference import caption_pairs
+from rscc.tiny_checkpoints import llava_onevision_0_5b_config, make_processor, tiny_config
+from rscc.captioning import caption_samples
 from rscc.video_rscc import RsccVideoEncoder, processor_options
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "levir_cd_samples"
@@ -299,7 +299,7 @@ def measure(models: dict, variants: dict, processors: dict, pairs, masks, batch_
 
     def caption(name, batch, batch_size, **overrides):
         _, with_masks = variants[name]
-        caption_pairs(
+        caption_samples(
             models[name], processors[name], pairs[batch], batch_size=batch_size,
             change_masks=masks[batch] if with_masks else None,
             **{"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, **overrides},

@@ -3,7 +3,7 @@
 The sources are the real data this project has: the 3 real LEVIR-CC pairs with their human captions (`rscc data
 levir-cc`) and the 11 real LEVIR-CD pairs captioned from their masks (`rscc data from-masks`; the pair without a
 mask is skipped), built as the recipe's `levir_cc` and `sysu_cd` (a stand-in: both are upsampled 3x by the recipe).
-A copy of recipes/cc_foundation.yaml with their factors raised makes the mixture exactly --pairs pairs
+A copy of mixtures/cc_foundation.yaml with their factors raised makes the mixture exactly --pairs pairs
 (3 * a + 11 * b); its other sources are missing and listed. Reported: build pairs/s, the process's peak resident
 memory (`ru_maxrss`, which bounds the build's, since nothing else runs) and the size written; then pairs/s reading
 the mixture with `datasets` streaming, images decoded.
@@ -25,7 +25,7 @@ from rscc.cli import main as rscc_main
 from rscc.data import load_change_dataset
 
 LEVIR_CC_PAIRS = ("train_000016.png", "train_000051.png", "train_000054.png")
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "cc_foundation.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "mixtures" / "cc_foundation.yaml"
 
 
 def build_levir_cc(data: Path, temp: Path) -> Path:

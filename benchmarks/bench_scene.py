@@ -126,9 +126,20 @@ def run_one(args) -> None:
     """The measurement itself, in its own process so that the peak belongs to one scene size and output."""
     import torch
 
-    from rscc.checkpoints import make_tiny_checkpoint
-    from rscc.inference import load_captioner
-    from rscc.scene import describe_scene
+    try:
+        from rscc.loading import load_captioner
+        from rscc.scene import SceneOptions, describe_scene
+        from rscc.tiny_checkpoints import make_tiny_checkpoint
+
+        def scene_arguments(**options):
+            return {"options": SceneOptions(**options)}
+    except ImportError:  # --baseline-code from before the package split: options were keyword arguments
+        from rscc.checkpoints import make_tiny_checkpoint
+        from rscc.inference import load_captioner
+        from rscc.scene import describe_scene
+
+        def scene_arguments(**options):
+            return options
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,8 +151,9 @@ def run_one(args) -> None:
         rss_before_scene = peak_rss_mb()
         start = time.perf_counter()
         summary = describe_scene(
-            model, processor, [args.before, args.after], out, tile_size=args.tile_size, batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens, mask_out=mask if with_mask else None,
+            model, processor, [args.before, args.after], out, **scene_arguments(
+                tile_size=args.tile_size, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                mask_out=mask if with_mask else None),
         )
         seconds = time.perf_counter() - start
         out_mb = out.stat().st_size / 2**20

@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import TrainerCallback
 
 from rscc import RsccForConditionalGeneration, RsccProcessor
-from rscc.checkpoints import llava_onevision_0_5b_config, make_processor, make_tiny_checkpoint
+from rscc.tiny_checkpoints import llava_onevision_0_5b_config, make_processor, make_tiny_checkpoint
 from rscc.data import build_dataset, levir_cc_records
 from rscc.training import ChangeCaptionCollator, EpochCaptionDataset, load_split, parse_arguments, run_stage
 

@@ -5,19 +5,17 @@ Results are appended to `OUT.partial` (next to `OUT`) after every batch and the 
 sample is done, so an interrupted run leaves no file that looks complete, and rerunning the same command captions only
 the samples that are not in `OUT.partial` yet. Under `accelerate launch` each process appends to its own
 `OUT.partial.RANK` and the parts are merged in input order (see `rscc.parallel`). Captioning itself is a callable
-given by the caller (the `rscc caption` command passes `rscc.inference.caption_pairs`), which keeps this module free
+given by the caller (the `rscc caption` command passes `rscc.captioning.caption_samples`), which keeps this module free
 of model code.
 """
 
-import contextlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TextIO
+from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
@@ -25,16 +23,8 @@ from .caption_files import date_fields, line_dates
 from .data import manifest_captions, manifest_dates, read_manifest
 from .errors import RsccInputError
 from .input_fingerprint import FINGERPRINTS_FIELD, drop_results_of_changed_inputs, fingerprints
-from .parallel import (
-    PartsProgress,
-    ProcessShare,
-    appending_to_part,
-    existing_parts,
-    part_path,
-    read_part,
-    repair_part,
-    wait_for_everyone,
-)
+from .output_files import atomic_output
+from .parallel import PartFiles, ProcessShare, batched, wait_for_everyone
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -173,10 +163,11 @@ def check_images_exist(records: Iterable[SampleRecord]) -> None:
         raise BatchInputError(f"{len(missing)} image file(s) not found: {_listed(missing)}")
 
 
-def _finished_ids(path: Path, records: list[SampleRecord], made_by: dict | None) -> set[str]:
+def _resumable_id(records: list[SampleRecord], made_by: dict | None) -> Callable[[Path, int, dict], str]:
+    """The id of a part file's result, once checked to be one of these records captioned the way this run would."""
     by_id = {record.id: record for record in records}
-    finished = set()
-    for number, line in read_part(path):
+
+    def checked_id(path: Path, number: int, line: dict) -> str:
         record = by_id.get(line.get("id"))
         images = line_dates(line)
         if record is None:
@@ -197,8 +188,9 @@ def _finished_ids(path: Path, records: list[SampleRecord], made_by: dict | None)
                 f"would caption by {made_by}; captions of different models or options are not mixed. Rerun with "
                 "the earlier options, or pass another --out or --overwrite to start again"
             )
-        finished.add(record.id)
-    return finished
+        return record.id
+
+    return checked_id
 
 
 @dataclass(frozen=True)
@@ -216,42 +208,13 @@ class BatchSummary:
     resumed: int
 
 
-def _write_batches(
-    records: list[SampleRecord],
-    caption_batch: CaptionBatchFunction,
-    sink: TextIO,
-    batch_size: int,
-    progress_bar,
-    made_by: dict | None,
-    others: PartsProgress | None = None,
-    record_inputs: bool = False,
-) -> None:
-    for start in range(0, len(records), batch_size):
-        batch = records[start : start + batch_size]
-        # What the files were when read, so that a resumed run notices changed ones (rscc.input_fingerprint).
-        inputs = [{FINGERPRINTS_FIELD: fingerprints(record_paths([record]))} if record_inputs else {} for record in batch]
-        captions = caption_batch(batch)
-        sink.write("".join(json.dumps({**record.result_line(caption, made_by), **files}) + "\n"
-                           for record, caption, files in zip(batch, captions, inputs)))
-        sink.flush()
-        progress_bar.update(len(batch) + (others.new_lines() if others else 0))
-
-
-def _merge_parts(parts: list[Path], records: list[SampleRecord], out: Path) -> None:
-    """Write the lines of every part to `out` in input order (a temporary file, then renamed) and remove the parts."""
-    lines = {}
-    for part in parts:
-        with open(part, "rb") as file:
-            for raw in file:
-                lines.setdefault(json.loads(raw)["id"], raw)
-    missing = [record.id for record in records if record.id not in lines]
-    if missing:
-        raise BatchInputError(f"the part files {_listed(map(str, parts))} lack {len(missing)} sample(s) at the merge: "
-                              f"{_listed(missing)}; rerun the same command to caption them")
-    with atomic_output(out, ".jsonl") as temporary, open(temporary, "wb") as merged:
-        merged.writelines(lines[record.id] for record in records)
-    for part in parts:
-        part.unlink()
+def _result_lines(batch: list[SampleRecord], caption_batch: CaptionBatchFunction, made_by: dict | None,
+                  record_inputs: bool = False) -> str:
+    # What the files were when read, so that a resumed run notices changed ones (rscc.input_fingerprint).
+    inputs = [{FINGERPRINTS_FIELD: fingerprints(record_paths([record]))} if record_inputs else {} for record in batch]
+    captions = caption_batch(batch)
+    return "".join(json.dumps({**record.result_line(caption, made_by), **files}) + "\n"
+                   for record, caption, files in zip(batch, captions, inputs))
 
 
 def check_out_given(out: str | os.PathLike | None, share: ProcessShare) -> None:
@@ -298,81 +261,36 @@ def caption_records(
     if out is None:
         check_out_given(out, share)
         with tqdm(total=len(records), unit="sample", file=sys.stderr, disable=not progress) as progress_bar:
-            _write_batches(records, caption_batch, sys.stdout, batch_size, progress_bar, made_by)
+            for batch in batched(records, batch_size):
+                sys.stdout.write(_result_lines(batch, caption_batch, made_by))
+                sys.stdout.flush()
+                progress_bar.update(len(batch))
         return BatchSummary(total=len(records), captioned=len(records), resumed=0)
 
     out = Path(out)
-    own = part_path(out, share)
+    parts = PartFiles(out, share)
     recaptioned = []
     if share.is_main:
         if overwrite:
-            for part in existing_parts(out):
-                part.unlink()
-        elif not existing_parts(out) and out.is_file():
-            shutil.copyfile(out, own)  # continue from a finished run whose input has grown
-        for part in existing_parts(out):
-            repair_part(part)
-        recaptioned = drop_results_of_changed_inputs(existing_parts(out), "caption")
-    wait_for_everyone(share)
-    finished = set()
-    for part in existing_parts(out):
-        finished |= _finished_ids(part, records, made_by)
-    pending = [record for record in records if record.id not in finished]
-    others = PartsProgress(out, share)  # where the others' parts end before any process appends
-    wait_for_everyone(share)  # every process has read the parts before any appends to its own
-    with appending_to_part(own, share, others, progress, len(records), len(finished), "sample") as (sink, bar):
-        _write_batches(list(share.take(pending)), caption_batch, sink, batch_size, bar, made_by, others,
-                       record_inputs)
+            parts.remove()
+        elif not parts.existing() and out.is_file():
+            shutil.copyfile(out, parts.own)  # continue from a finished run whose input has grown
+    parts.repair()
     if share.is_main:
-        parts = existing_parts(out)
-        if parts == [own] and share.count == 1 and not recaptioned:  # else put the samples back in input order
-            os.replace(own, out)
+        recaptioned = drop_results_of_changed_inputs(parts.existing(), "caption")
+    finished = parts.finished(_resumable_id(records, made_by))
+    pending = [record for record in records if record.id not in finished]
+    parts.append(pending, batch_size, lambda batch: _result_lines(batch, caption_batch, made_by, record_inputs),
+                 progress, len(records), len(finished), "sample")
+    if share.is_main:
+        if parts.existing() == [parts.own] and share.count == 1 and not recaptioned:  # else back in input order
+            os.replace(parts.own, out)
         else:
-            _merge_parts(parts, records, out)
+            with atomic_output(out, ".jsonl") as temporary, open(temporary, "wb") as merged:
+                merged.writelines(parts.merged((record.id for record in records), lambda line: line["id"]))
+            parts.remove()
     wait_for_everyone(share)  # no process reports success before the output exists
     return BatchSummary(total=len(records), captioned=len(pending), resumed=len(finished))
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path, suffix: str) -> Iterator[Path]:
-    """A temporary path next to `path`, renamed to `path` if the block succeeds and removed if it fails."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(descriptor)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
-def check_output_file(
-    path: str | os.PathLike | None, option: str, expected: str, inputs: Iterable[str | os.PathLike] = ()
-) -> Path:
-    """Validate an output file path before any work, and create its folder.
-
-    Args:
-        path: the option's value.
-        option (`str`): the option, for messages (`--out`).
-        expected (`str`): what the file is, for messages (`a .jsonl file path`).
-        inputs: the files the command reads; an output replacing one of them is refused.
-
-    Raises:
-        BatchInputError: an empty path, a folder, an input file, or a folder that cannot be created.
-    """
-    if path is None or not str(path).strip():
-        raise BatchInputError(f"{option} is an empty path; expected {expected}")
-    path = Path(path)
-    if path.is_dir():
-        raise BatchInputError(f"{option} {path} is a folder; expected {expected}")
-    for source in inputs:
-        if source is not None and path.resolve() == Path(source).resolve():
-            raise BatchInputError(f"{option} {path} is an input of this command; it would be overwritten. "
-                                  f"Expected {expected} of its own")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise BatchInputError(f"{option} {path}: cannot create its folder ({error.strerror or error})") from None
-    return path
 
 
 def record_paths(records: Iterable[SampleRecord]) -> list[str]:
@@ -388,7 +306,6 @@ __all__ = [
     "samples_from_manifest",
     "check_images_exist",
     "check_out_given",
-    "check_output_file",
     "record_paths",
     "caption_records",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Union
 
 from .errors import RsccInputError, read_text_file
+from .output_files import atomic_output
 
 KARPATHY_ENTRY_FORM = '{"filename": text, "split": text, "sentences": [{"raw": text}, ...]}'
 
@@ -134,10 +135,10 @@ def read_prediction_records(path: Union[str, os.PathLike]) -> list:
 
 
 def write_predictions(predictions: dict, output_file: Union[str, os.PathLike]) -> Path:
-    """Write `{id: caption}` as JSON lines `{"id": ..., "caption": ...}` (parent folders created)."""
+    """Write `{id: caption}` as JSON lines `{"id": ..., "caption": ...}` (parent folders created; all or nothing)."""
     path = Path(output_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as file:
+    with atomic_output(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
         for identifier, caption in predictions.items():
             file.write(json.dumps({"id": identifier, "caption": caption}, ensure_ascii=False) + "\n")
     return path

@@ -1,6 +1,6 @@
 """The one captioning step of rscc: a batch of processor inputs in, one description per sample out.
 
-The Hub pipeline (`pipeline_rscc.py`), `rscc.inference.describe_changes` and through it `rscc caption`, `rscc scene`
+The Hub pipeline (`pipeline_rscc.py`), `rscc.captioning.describe_changes` and through it `rscc caption`, `rscc scene`
 and the demo all caption through [`describe_batch`], so one model gives one caption for one input whichever way it is
 called, the no-change shortcut included. Like the other remote-code files it imports only torch and transformers.
 """

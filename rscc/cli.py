@@ -1,8 +1,10 @@
 """The `rscc` console script: one entry point, one subcommand per task.
 
-Each module in `SUBCOMMAND_MODULES` defines `add_cli(subparsers)`, which adds its subcommand parsers and sets
-`run=function(args) -> exit code` as their default. A command line naming a subcommand imports that module alone
-(`rscc eval` needs no torch); help and unknown commands import them all.
+Each module in `SUBCOMMAND_MODULES` defines `make_parser(subparsers)`, which adds its subcommand parsers and sets
+`run=main`, the command's `main(args) -> exit code`, as their default (TRL's pattern: the command apart from the
+library code it calls). A command line naming a subcommand imports that module alone (`rscc eval` needs no torch);
+help and unknown commands import them all. A command reports failure by raising: `main` here turns the exception
+into one line on stderr and its exit code (`EXIT_CODE_OF_ERROR`), the same for every command.
 """
 
 import argparse
@@ -12,15 +14,15 @@ import sys
 
 # Subcommand -> the module that defines it.
 SUBCOMMAND_MODULES = {
-    "caption": "rscc.inference",
-    "tiny-checkpoint": "rscc.checkpoints",
+    "caption": "rscc.commands.caption",
+    "tiny-checkpoint": "rscc.commands.tiny_checkpoint",
     "data": "rscc.data.cli",
     "eval": "rscc.metrics.cli",
-    "scene": "rscc.scene",
-    "card": "rscc.hub",
-    "publish": "rscc.hub",
-    "demo": "rscc.demo",
-    "space": "rscc.demo",
+    "scene": "rscc.commands.scene",
+    "card": "rscc.commands.hub",
+    "publish": "rscc.commands.hub",
+    "demo": "rscc.commands.demo",
+    "space": "rscc.commands.demo",
     "launch": "rscc.launch",
 }
 
@@ -34,6 +36,18 @@ EXIT_HUB = 4  # the Hugging Face Hub refused or could not be reached
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), the shell's 128 + 2
 EXIT_TERMINATED = 143  # SIGTERM, the shell's 128 + 15
 
+# The exit code of a command's exception: the first row naming its class or a base class. Classes go by qualified
+# name so that this table imports nothing (`rscc eval` starts without torch): an exception whose module was never
+# imported was never raised. Any other exception is a defect, shown with its traceback.
+EXIT_CODE_OF_ERROR = (
+    ("rscc.data.schema.InvalidRecordsError", EXIT_INVALID_RECORDS),
+    ("rscc.errors.HubUnreachableError", EXIT_HUB),
+    ("torch.OutOfMemoryError", EXIT_OUT_OF_MEMORY),
+    ("rscc.metrics.meteor.JavaNotFoundError", EXIT_BAD_INPUT),
+    ("builtins.ValueError", EXIT_BAD_INPUT),  # rscc.errors.RsccInputError and every reader's bad-value error
+    ("builtins.OSError", EXIT_BAD_INPUT),  # missing or unreadable files
+)
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that a command cleans up (temporary outputs, resumable files) the same way."""
@@ -46,6 +60,26 @@ def _raise_terminated(signum, frame):
 def interrupted_exit_code(interrupt: KeyboardInterrupt) -> int:
     """The exit code of a command stopped by Ctrl-C or SIGTERM."""
     return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+
+
+def exit_code_of(error: BaseException) -> int | None:
+    """The exit code `EXIT_CODE_OF_ERROR` gives `error`, or None for an exception no command raises on purpose."""
+    classes = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(error).__mro__}
+    return next((code for name, code in EXIT_CODE_OF_ERROR if name in classes), None)
+
+
+def _failure_message(error: BaseException, code: int, args) -> str:
+    """The line a failed command ends with: what went wrong, then what a stopped run left (the command's
+    `stopped_note(args)`, e.g. the part files a rerun resumes from)."""
+    if code == EXIT_OUT_OF_MEMORY:
+        message = f"error: out of memory on {getattr(args, 'device', 'the device')}"
+        message += "; lower --batch-size" if hasattr(args, "batch_size") else ""
+    elif isinstance(error, KeyboardInterrupt):
+        message = "interrupted"
+    else:
+        message = f"error: {error}"
+    note = args.stopped_note(args) if hasattr(args, "stopped_note") else ""
+    return f"rscc {args.command}: {message}" + (f" ({note})" if note else "")
 
 
 def positive_int(text: str) -> int:
@@ -68,7 +102,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     else:
         module_names = list(dict.fromkeys(SUBCOMMAND_MODULES.values()))
     for module_name in module_names:
-        importlib.import_module(module_name).add_cli(subparsers)
+        importlib.import_module(module_name).make_parser(subparsers)
     return parser
 
 
@@ -78,9 +112,15 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.run(args)
-    except KeyboardInterrupt as interrupt:  # commands without their own message; their finally blocks have run
-        print(f"rscc {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # the command's finally blocks have run
+        print(_failure_message(interrupt, EXIT_INTERRUPTED, args), file=sys.stderr)
         return interrupted_exit_code(interrupt)
+    except Exception as error:
+        code = exit_code_of(error)
+        if code is None:
+            raise
+        print(_failure_message(error, code, args), file=sys.stderr)
+        return code
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -180,7 +180,7 @@ class RsccConfig(LlavaOnevisionConfig):
             Weight of a soft Dice term (over the change classes) added to the change head's cross-entropy; helps
             when changed pixels are rare.
         no_change_shortcut (`bool`, *optional*, defaults to `False`):
-            In `rscc.inference`, a pair whose predicted mask has no changed pixel skips the language model and gets
+            In `rscc.captioning.describe_changes`, a pair whose predicted mask has no changed pixel skips the language model and gets
             `no_change_caption`. Saves the whole generation cost of such pairs, at the price of trusting the head:
             a change the head misses can no longer be described, and the caption of unchanged pairs is always the
             same sentence. Needs `use_change_head`.

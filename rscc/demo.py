@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -26,18 +25,10 @@ from packaging.version import Version
 from PIL import Image
 
 from .batch import IMAGE_SUFFIXES
-from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK, positive_int
-from .errors import RsccInputError
-from .inference import (
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_MODEL,
-    DTYPES,
-    HubUnreachableError,
-    describe_changes,
-    load_captioner,
-    torch_device,
-    uses_input_masks,
-)
+from .errors import HubUnreachableError, RsccInputError
+from .captioning import DEFAULT_MAX_NEW_TOKENS, describe_changes, uses_input_masks
+from .loading import DEFAULT_MODEL, DTYPES, load_captioner
+from .output_files import staged_folder
 from . import image_processing_rscc, processing_rscc
 from .processing_rscc import load_image
 
@@ -69,7 +60,7 @@ def _import_gradio():
     return gradio
 
 
-def _or_own_examples(folder: str | os.PathLike | None) -> str | os.PathLike | None:
+def examples_or_own(folder: str | os.PathLike | None) -> str | os.PathLike | None:
     """`folder`, or by default rscc's own examples when it is installed with them."""
     return folder if folder is not None else (EXAMPLES if EXAMPLES.is_dir() else None)
 
@@ -275,7 +266,7 @@ def launch_demo(
         port (`int`, *optional*): the port; by default gradio's (7860, or `GRADIO_SERVER_PORT`).
         share (`bool`): also open a public link through gradio's share server (needs the internet).
         device (`str`): torch device.
-        dtype (`str`): weights dtype, a key of `rscc.inference.DTYPES`.
+        dtype (`str`): weights dtype, a key of `rscc.loading.DTYPES`.
         max_new_tokens (`int`): caption length limit.
     """
     gr = _import_gradio()
@@ -288,19 +279,6 @@ def launch_demo(
     demo.launch(server_name=host, server_port=port, share=share, theme=theme, ssr_mode=False, pwa=False,
                 allowed_paths=[str(Path(examples).resolve())] if pairs else None, show_error=False,
                 mcp_server=False)
-
-
-def _run_demo(args) -> int:
-    try:
-        launch_demo(args.model, _or_own_examples(args.examples), host=args.host, port=args.port, share=args.share,
-                    device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
-    except RsccInputError as error:
-        print(f"rscc demo: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except HubUnreachableError as error:
-        print(f"rscc demo: error: {error}", file=sys.stderr)
-        return EXIT_HUB
-    return EXIT_OK
 
 
 # --- the Space folder ------------------------------------------------------------------------------------------------
@@ -377,11 +355,11 @@ def write_space(model: str, out: str | os.PathLike, examples: str | os.PathLike 
         examples (`str` or `os.PathLike`, *optional*): example pairs (`A/`, `B/`) to copy; by default rscc's own.
         title (`str`, *optional*): the Space's title; by default from the model's name.
     """
-    from .hub import _check_new_folder, _check_repo_id, staged_folder
+    from .hub import check_new_folder, check_repo_id
 
-    _check_repo_id(model)
-    out = _check_new_folder(out)
-    pairs = example_pairs(_or_own_examples(examples))
+    check_repo_id(model)
+    out = check_new_folder(out)
+    pairs = example_pairs(examples_or_own(examples))
     with staged_folder(out) as temporary:
         (temporary / "app.py").write_text(SPACE_APP.format(model=model), encoding="utf-8")
         (temporary / "README.md").write_text(SPACE_README.format(
@@ -395,68 +373,6 @@ def write_space(model: str, out: str | os.PathLike, examples: str | os.PathLike 
                 (temporary / "examples" / side).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, temporary / "examples" / side / Path(path).name)
     return out
-
-
-def _run_space(args) -> int:
-    from .hub import HUB_ERRORS, _check_repo_id
-
-    try:
-        if args.repo_id:
-            _check_repo_id(args.repo_id)
-        folder = write_space(args.model, args.out, args.examples, args.title)
-        if args.repo_id:
-            from huggingface_hub import HfApi
-
-            api = HfApi()
-            api.create_repo(args.repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
-            commit = api.upload_folder(folder_path=folder, repo_id=args.repo_id, repo_type="space",
-                                       commit_message=f"rscc demo of {args.model}")
-            print(commit.commit_url)
-            return EXIT_OK
-    except RsccInputError as error:
-        print(f"rscc space: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except HUB_ERRORS as error:
-        print(f"rscc space: error: the Hub upload failed: {error} (the folder is kept in {args.out})", file=sys.stderr)
-        return EXIT_HUB
-    print(folder)
-    return EXIT_OK
-
-
-def add_cli(subparsers) -> None:
-    demo = subparsers.add_parser(
-        "demo",
-        help="serve the change-captioning demo page (Gradio)",
-        description="Load --model and serve a page at http://HOST:PORT where two uploaded images (PNG, JPEG, TIFF "
-        "including 16-bit and GeoTIFF) get a caption and, for a model with a change-detection head, the predicted "
-        "change drawn over the after image with the changed fraction. Needs gradio (README, Demo). Runs until "
-        "Ctrl-C. Exit codes: 0 stopped; 2 bad input (model folder missing or unloadable, gradio missing); 4 the "
-        "Hugging Face Hub (or, for --share, gradio's share server) could not be reached.",
-    )
-    demo.add_argument("--model", default=DEFAULT_MODEL, help="rscc or LLaVA-OneVision checkpoint (Hub id or folder)")
-    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the local network)")
-    demo.add_argument("--port", type=positive_int, help="port (default 7860, or GRADIO_SERVER_PORT)")
-    demo.add_argument("--share", action="store_true", help="also a public gradio.live link (needs the internet)")
-    demo.add_argument("--examples", help="folder of example pairs, A/ and B/ (default: rscc's examples/levir_cc)")
-    demo.add_argument("--device", default="cpu", type=torch_device, help="torch device, e.g. cpu, cuda")
-    demo.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
-    demo.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
-    demo.set_defaults(run=_run_demo)
-
-    space = subparsers.add_parser(
-        "space",
-        help="write (and upload) a Hub Space that serves the demo of a published model",
-        description="Write a Gradio Space folder in --out for the published model MODEL (USER/NAME): app.py, "
-        "README.md with the Space metadata (the installed gradio), requirements.txt with rscc's requirements "
-        "pinned to the installed releases, the rscc package and the example pairs. With --repo-id, upload it as that "
-        "Space (log in first). Exit codes: 0 done; 2 bad input; 4 the Hub refused or could not be reached (the folder is kept).",
-    )
-    space.add_argument("model", metavar="MODEL", help="the published model's Hub id, USER/NAME")
-    space.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
-    space.add_argument("--repo-id", help="upload the folder as this Space, USER/NAME")
-    space.add_argument("--title", help="the Space's title")
-    space.add_argument("--examples", help="folder of example pairs, A/ and B/ (default: rscc's examples/levir_cc)")
-    space.set_defaults(run=_run_space)
 
 
 __all__ = ["Captioner", "DemoInputError", "build_demo", "example_pairs", "launch_demo", "overlay_mask", "write_space"]

@@ -1,12 +1,17 @@
 """Bad user input: the error type every rscc reader and command raises for it, and the reader of users' text files
-(standard library only, so that `rscc eval` uses them without torch). The error types live in the remote-code
-`errors_rscc.py`, which the saved processor uses without rscc installed."""
+(standard library only, so that `rscc eval` uses them without torch); and the Hub failing. The input error types
+live in the remote-code `errors_rscc.py`, which the saved processor uses without rscc installed."""
 
 from pathlib import Path
 
 from .errors_rscc import InputFileNotFoundError, RsccInputError
 
-__all__ = ["RsccInputError", "InputFileNotFoundError", "read_text_file"]
+__all__ = ["HubUnreachableError", "RsccInputError", "InputFileNotFoundError", "read_text_file"]
+
+
+class HubUnreachableError(RuntimeError):
+    """The Hugging Face Hub could not be reached, refused, or failed, while a model was downloaded or a folder
+    uploaded."""
 
 
 def read_text_file(path: Path, encoding: str = "utf-8") -> str:

@@ -1,6 +1,6 @@
 """Generation-based evaluation: caption every pair of a dataset split and score the captions.
 
-Captions come from `rscc.inference.caption_pairs`, the one generation path of the package, so evaluation, training
+Captions come from `rscc.captioning.caption_samples`, the one generation path of the package, so evaluation, training
 validation and `rscc caption` decode the same way.
 
     from rscc.evaluation import generate_predictions, reference_captions
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .caption_files import read_prediction_records, write_predictions
 from .data.schema import sample_images
-from .inference import DEFAULT_MAX_NEW_TOKENS, caption_pairs
+from .captioning import DEFAULT_MAX_NEW_TOKENS, caption_samples
 
 # A scoring function maps (predictions {id: caption}, references {id: [captions]}) to a report of metric values.
 ScoringFunction = Callable[[dict, dict], dict]
@@ -78,7 +78,7 @@ def generate_predictions(
                 rows = dates_only[start : start + batch_size]
                 pairs = [sample_images(dict(zip(rows, values))) for values in zip(*rows.values())]
                 captions.extend(
-                    caption_pairs(
+                    caption_samples(
                         model, processor, pairs, batch_size=len(pairs), max_new_tokens=max_new_tokens,
                         **generate_kwargs,
                     )

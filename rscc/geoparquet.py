@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rasterio.crs import CRS
 
-from .batch import atomic_output
+from .output_files import atomic_output
 
 GEOPARQUET_SUFFIXES = (".parquet", ".geoparquet")
 GEOPARQUET_VERSION = "1.1.0"

@@ -1,4 +1,5 @@
-"""Hub publishing: model cards filled from an evaluation, and the Hub folder assembled and uploaded.
+"""Hub publishing: model cards filled from an evaluation, and the Hub folder assembled and uploaded (the commands are
+`rscc.commands.hub`).
 
     rscc card EVAL_JSON --repo-id USER/NAME --out README.md [--model FOLDER] [--recipe RECIPE]
     rscc publish FOLDER --repo-id USER/NAME [--eval EVAL_JSON] [--private] [--dry-run] [--out DIR]
@@ -13,13 +14,11 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoConfig
@@ -27,10 +26,11 @@ from transformers.dynamic_module_utils import get_relative_import_files
 
 from .compat_rscc import TESTED_TRANSFORMERS, TRANSFORMERS_REQUIREMENT
 from .configuration_rscc import RsccConfig
-from .cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_OK
-from .inference import DEFAULT_MODEL, check_model_folder, load_model_and_processor
+from .errors import HubUnreachableError
+from .loading import DEFAULT_MODEL, check_model_folder, load_model_and_processor
 from . import pipeline_rscc
 from .card_architecture import describe_architecture
+from .output_files import staged_folder
 from .processing_rscc import RsccInputError
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "template.md"
@@ -171,7 +171,7 @@ def build_model_card(
         revision (`str`, *optional*): the commit the card's loading example pins; a placeholder when unknown (a
             card is written before its commit exists).
     """
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     model_name = repo_id.split("/")[-1]
     eval_results = eval_results_from_evaluation(evaluation, dataset_id) if evaluation else None
     card_data = ModelCardData(
@@ -218,27 +218,23 @@ def validate_model_card(card: ModelCard) -> None:
         raise HubInputError("the model card has no text")
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo_id or "") or ".." in repo_id:
         raise HubInputError(f"--repo-id {repo_id!r}: expected USER/NAME (letters, digits, '-', '_', '.')")
 
 
 @contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """A new folder next to `out` to write into: it replaces `out` (absent or checked empty) when the block
-    succeeds and is removed otherwise, so a failure never leaves a half-written folder."""
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    temporary.chmod(0o755)  # mkdtemp's folder is private; the result is meant to be shared
+def hub_upload_failures(kept: str | os.PathLike | None = None) -> Iterator[None]:
+    """Raise a failed upload (the Hub refused, or could not be reached) as a [`HubUnreachableError`], naming the
+    folder `kept` for another try."""
     try:
-        yield temporary
-        if out.exists():
-            out.rmdir()
-        os.replace(temporary, out)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+        yield
+    except HUB_ERRORS as error:
+        note = f" (the folder is kept in {kept})" if kept else ""
+        raise HubUnreachableError(f"the Hub upload failed: {error}{note}") from error
 
 
-def _check_new_folder(out: str | os.PathLike | None) -> Path:
+def check_new_folder(out: str | os.PathLike | None) -> Path:
     if out is None or not str(out).strip():
         raise HubInputError("--out is an empty path; expected a folder to create")
     out = Path(out)
@@ -248,7 +244,7 @@ def _check_new_folder(out: str | os.PathLike | None) -> Path:
     return out
 
 
-def _check_rscc_folder(folder: str | os.PathLike) -> RsccConfig:
+def check_rscc_folder(folder: str | os.PathLike) -> RsccConfig:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise HubInputError(f"FOLDER {folder}: no config.json; expected a folder saved by rscc (save_pretrained)")
@@ -277,8 +273,8 @@ def assemble_hub_folder(folder: str | os.PathLike, out: str | os.PathLike, card:
         out (`str` or `os.PathLike`): the folder to create (absent or empty).
         card (`ModelCard`): the card, saved as README.md.
     """
-    _check_rscc_folder(folder)
-    out = _check_new_folder(out)
+    check_rscc_folder(folder)
+    out = check_new_folder(out)
     validate_model_card(card)
     model, processor = load_model_and_processor(str(folder), dtype="auto")
     model.config.custom_pipelines = pipeline_rscc.CUSTOM_PIPELINES
@@ -325,17 +321,19 @@ def publish(
         dry_run (`bool`): assemble only.
         api (`HfApi`, *optional*): the client (its token comes from the usual huggingface_hub login).
     """
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     if dry_run and out is None:
         raise HubInputError("--dry-run writes the folder only, so it needs --out DIR")
     if out is not None:
         assembled = assemble_hub_folder(folder, out, card)
         if dry_run:
             return PublishResult(folder=assembled, url=None)
-        return PublishResult(folder=assembled, url=_upload(assembled, repo_id, card, private, api or HfApi()))
+        with hub_upload_failures(kept=out):
+            return PublishResult(folder=assembled, url=_upload(assembled, repo_id, card, private, api or HfApi()))
     with tempfile.TemporaryDirectory(prefix="rscc-publish-") as scratch:
         assembled = assemble_hub_folder(folder, Path(scratch) / repo_id.split("/")[-1], card)
-        return PublishResult(folder=None, url=_upload(assembled, repo_id, card, private, api or HfApi()))
+        with hub_upload_failures():
+            return PublishResult(folder=None, url=_upload(assembled, repo_id, card, private, api or HfApi()))
 
 
 def _upload(folder: Path, repo_id: str, card: ModelCard, private: bool, api: HfApi) -> str:
@@ -347,122 +345,18 @@ def _upload(folder: Path, repo_id: str, card: ModelCard, private: bool, api: HfA
     return commit.commit_url
 
 
-def _read_recipe(path: str | None) -> dict | None:
-    if path is None:
-        return None
-    if not Path(path).is_file():
-        raise HubInputError(f"--recipe: file not found: {path}")
-    try:
-        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # YAML is a superset of JSON
-    except yaml.YAMLError as error:
-        raise HubInputError(f"--recipe {path} is not JSON or YAML: {error}") from None
-    if not isinstance(recipe, dict):
-        raise HubInputError(f"--recipe {path}: expected a mapping of setting -> value")
-    return recipe
-
-
-def _card_from_args(args, config: RsccConfig | None) -> ModelCard:
-    return build_model_card(
-        args.repo_id,
-        evaluation=load_evaluation(args.eval) if args.eval else None,
-        config=config,
-        recipe=_read_recipe(args.recipe),
-        base_model=args.base_model,
-        license=args.license,
-        dataset_id=args.dataset_id,
-    )
-
-
-def _run_card(args) -> int:
-    try:
-        if not args.out or not args.out.strip():
-            raise HubInputError("--out is an empty path; expected a README.md path")
-        config = _check_rscc_folder(args.model) if args.model else None
-        card = _card_from_args(args, config)
-        validate_model_card(card)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(descriptor)
-        try:
-            card.save(temporary)
-            os.replace(temporary, out)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
-    except (RsccInputError, OSError) as error:
-        print(f"rscc card: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(out)
-    return EXIT_OK
-
-
-def _run_publish(args) -> int:
-    try:
-        config = _check_rscc_folder(args.folder)
-        result = publish(
-            args.folder, args.repo_id, _card_from_args(args, config), out=args.out, private=args.private,
-            dry_run=args.dry_run,
-        )
-    except RsccInputError as error:
-        print(f"rscc publish: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except HUB_ERRORS as error:
-        kept = f" (the assembled folder is kept in {args.out})" if args.out else ""
-        print(f"rscc publish: error: the Hub upload failed: {error}{kept}", file=sys.stderr)
-        return EXIT_HUB
-    print(result.url or result.folder)
-    return EXIT_OK
-
-
-def _add_card_arguments(parser) -> None:
-    parser.add_argument("--repo-id", required=True, help="Hub repository, USER/NAME")
-    parser.add_argument("--recipe", help="training settings, a JSON or YAML mapping, shown as a table")
-    parser.add_argument("--base-model", default=DEFAULT_MODEL, help=f"Hub id of the base model ({DEFAULT_MODEL})")
-    parser.add_argument("--license", default=LICENSE, help=f"Hub license id (default {LICENSE})")
-    parser.add_argument("--dataset-id", help="Hub dataset id of the evaluation dataset (default: from its name)")
-
-
-def add_cli(subparsers) -> None:
-    card = subparsers.add_parser(
-        "card",
-        help="write a model card from an evaluation JSON",
-        description="Fill rscc's model-card template (huggingface_hub ModelCard) from an evaluation JSON "
-        "(convention, split, dataset, metrics on 0-100, counts, versions): YAML metadata with model-index results "
-        "(the convention in each metric's config), usage with and without trust_remote_code, training recipe, "
-        "limitations. The card is parsed back and checked before it is written. Exit codes: 0 written; 2 bad input.",
-    )
-    card.add_argument("eval", metavar="EVAL_JSON", nargs="?", help="evaluation JSON (rscc eval --output); optional")
-    card.add_argument("--out", default="README.md", help="card file (default README.md)")
-    card.add_argument("--model", help="rscc checkpoint folder, for the architecture section")
-    _add_card_arguments(card)
-    card.set_defaults(run=_run_card)
-
-    publish_parser = subparsers.add_parser(
-        "publish",
-        help="assemble an rscc checkpoint for the Hub and upload it",
-        description="Assemble FOLDER for the Hub in --out (safetensors weights, remote-code files with auto_map, "
-        "processor files, README.md card, and pipeline_rscc.py so that transformers.pipeline(model=REPO, "
-        "trust_remote_code=True) captions pairs) and upload it with huggingface_hub (log in first: "
-        "`huggingface-cli login` or HF_TOKEN). --dry-run writes the folder only. Exit codes: 0 done; 2 bad input "
-        "(not an rscc folder, bad evaluation JSON or card, --out exists); 4 the Hub refused or could not be "
-        "reached (the folder in --out is kept).",
-    )
-    publish_parser.add_argument("folder", metavar="FOLDER", help="rscc checkpoint folder (save_pretrained)")
-    publish_parser.add_argument("--eval", metavar="EVAL_JSON", help="evaluation JSON for the card's results")
-    publish_parser.add_argument("--out", help="folder to assemble in (must not exist or be empty)")
-    publish_parser.add_argument("--private", action="store_true", help="create the repository private")
-    publish_parser.add_argument("--dry-run", action="store_true", help="assemble in --out, upload nothing")
-    _add_card_arguments(publish_parser)
-    publish_parser.set_defaults(run=_run_publish)
-
-
 __all__ = [
+    "HUB_ERRORS",
     "HubInputError",
     "PublishResult",
     "assemble_hub_folder",
     "build_model_card",
+    "check_new_folder",
+    "check_repo_id",
+    "check_rscc_folder",
     "describe_architecture",
     "eval_results_from_evaluation",
+    "hub_upload_failures",
     "load_evaluation",
     "publish",
     "validate_model_card",

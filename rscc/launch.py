@@ -69,7 +69,7 @@ def _run_launch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_cli(subparsers) -> None:
+def make_parser(subparsers) -> None:
     # No options of its own ("+" prefixes none): every argument, --cpu or --help included, is accelerate launch's.
     parser = subparsers.add_parser(
         "launch", prefix_chars="+", add_help=False,

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from .cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS
+from .cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS, exit_code_of
 from .errors import RsccInputError
 
 LOCK_SUFFIX = ".lock"
@@ -132,7 +132,7 @@ def output_lock(out: str | os.PathLike | None, command: str, is_main: bool = Tru
 def locking_output(run: Callable[[argparse.Namespace], int], option: str = "out"
                    ) -> Callable[[argparse.Namespace], int]:
     """A command's `run(args)` that holds the lock of the output its `option` names (`--out`, `--output`) while it
-    runs; a held lock is the command's bad-input error (exit 2, one line naming the holder).
+    runs; a held lock is the command's bad-input error (`OutputLockedError`, exit 2, one line naming the holder).
 
     Under a launcher (accelerate launch, torchrun) only the main process (`RANK` 0) takes the lock; the others write
     under it after the command's first barrier.
@@ -145,13 +145,11 @@ def locking_output(run: Callable[[argparse.Namespace], int], option: str = "out"
         made = _missing_folders(lock_path(out)) if out is not None and str(out).strip() else []
         try:
             with output_lock(out, command, is_main=int(os.environ.get("RANK", "0")) == 0):
-                code = run(args)
-        except OutputLockedError as error:
-            print(f"rscc {command}: error: {error}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        if code in (EXIT_INVALID_RECORDS, EXIT_BAD_INPUT):
-            _remove_empty(made)  # refused input: no folder made for the lock is left behind
-        return code
+                return run(args)
+        except Exception as error:
+            if exit_code_of(error) in (EXIT_INVALID_RECORDS, EXIT_BAD_INPUT):
+                _remove_empty(made)  # refused input: no folder made for the lock is left behind
+            raise
 
     return locked
 

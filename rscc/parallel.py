@@ -1,4 +1,5 @@
-"""Data-parallel captioning: `accelerate launch -m rscc caption|scene` shares the work out across processes.
+"""Data-parallel captioning and its part files: `accelerate launch -m rscc caption|scene` shares the work out across
+processes, and one process's run resumes from what a stopped run left ([`PartFiles`], the one protocol of both).
 
 Each process takes every N-th item that is not done yet, appends its results to its own part file after every batch
 (`OUT.partial.RANK`; one `rscc caption` process writes `OUT.partial`, as it always has), and once every process is
@@ -16,7 +17,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO, TypeVar
+from typing import Callable, Hashable, Iterable, Iterator, TextIO, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -185,8 +186,106 @@ def appending_to_part(
         raise
 
 
+def batched(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    """`items` in lists of `size` (the last one shorter), as they come."""
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
+class PartFiles:
+    """The part files of one output: the resumable protocol of every command that captions into a file.
+
+    Every process of the run calls, in order (each waits for the others where it must):
+    1. [`repair`]: the main process cuts the line a stopped process left unfinished off every part.
+    2. [`finished`]: every process reads the keys of the results in the parts.
+    3. [`append`]: the process captions its share of the pending items into its own part, batch by batch.
+    4. The main process reads [`merged`] (every part's lines in output order) into the output, then [`remove`]s
+       the parts once the output is in place.
+
+    Args:
+        out (`Path`): the output the parts make up.
+        share ([`ProcessShare`]): this process's share of the run.
+    """
+
+    def __init__(self, out: Path, share: ProcessShare):
+        self.out, self.share = out, share
+        self.own = part_path(out, share)
+
+    def existing(self) -> list[Path]:
+        """Every part file of the output, the own one included once it exists ([`existing_parts`])."""
+        return existing_parts(self.out)
+
+    def repair(self) -> None:
+        """On the main process, cut off every part's last line when its process was stopped while writing it."""
+        if self.share.is_main:
+            for part in self.existing():
+                repair_part(part)
+
+    def finished(self, key_of: Callable[[Path, int, dict], Hashable]) -> set:
+        """The keys of the results already in a part file, once every process is here (the parts repaired).
+
+        Args:
+            key_of (`Callable`): `(part, line number, result) -> key`; it raises [`RsccInputError`] for a result this
+                run must not resume from (other inputs, model or options).
+        """
+        wait_for_everyone(self.share)
+        return {key_of(part, number, line) for part in self.existing() for number, line in read_part(part)}
+
+    def append(self, pending: Iterable, batch_size: int, lines_of: Callable[[list], str], progress: bool,
+               total: int, done: int, unit: str) -> None:
+        """Caption this process's share of `pending` into its own part, flushing after every batch.
+
+        Args:
+            pending (`Iterable`): the run's items not finished yet, in output order (every process the same).
+            batch_size (`int`): items per `lines_of` call.
+            lines_of (`Callable`): `batch -> text`, one JSON line per item.
+            progress (`bool`), total (`int`), done (`int`), unit (`str`): the progress bar (see
+                [`appending_to_part`]).
+        """
+        others = PartsProgress(self.out, self.share)  # where the others' parts end before any process appends
+        wait_for_everyone(self.share)  # every process has read the parts before any appends to its own
+        with appending_to_part(self.own, self.share, others, progress, total, done, unit) as (sink, progress_bar):
+            for batch in batched(self.share.take(pending), batch_size):
+                sink.write(lines_of(batch))
+                sink.flush()
+                progress_bar.update(len(batch) + others.new_lines())
+
+    def merged(self, keys: Iterable[Hashable], key_of: Callable[[dict], Hashable]) -> Iterator[bytes]:
+        """Every key's line, in the order of `keys` (the first part's where two have it). Only where each line
+        starts is kept in memory, not the lines: a scene has millions of tiles.
+
+        Raises:
+            RsccInputError: a key no part holds (a process that did not finish its share).
+        """
+        keys = list(keys)
+        with contextlib.ExitStack() as stack:
+            where = {}
+            for part in self.existing():
+                file, offset = stack.enter_context(open(part, "rb")), 0
+                for raw in file:
+                    where.setdefault(key_of(json.loads(raw)), (file, offset))
+                    offset += len(raw)
+            missing = [str(key) for key in keys if key not in where]
+            if missing:
+                shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                raise RsccInputError(f"the part files of {self.out} lack {len(missing)} result(s) at the merge "
+                                     f"({shown}); rerun the same command to finish them")
+            for key in keys:
+                file, offset = where[key]
+                file.seek(offset)
+                yield file.readline()
+
+    def remove(self) -> None:
+        """Remove every part (once the output is in place)."""
+        for part in self.existing():
+            part.unlink()
+
+
 __all__ = [
+    "PartFiles",
     "appending_to_part",
+    "batched",
     "PARTIAL_SUFFIX",
     "PartsProgress",
     "ProcessShare",

@@ -26,7 +26,7 @@ from pathlib import Path
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
-from .batch import atomic_output, check_output_file
+from .output_files import atomic_output, check_output_file
 from .errors import read_text_file
 from .geoparquet import is_geoparquet
 from .imagery import SceneInputError, date_names, open_raster

@@ -29,7 +29,7 @@ def example_pairs() -> list[list[str]]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-rscc"))
 
@@ -39,7 +39,7 @@ def stock_folder(tmp_path_factory) -> Path:
     """A saved stock LLaVA-OneVision checkpoint (tiny random weights) with its tokenizer and image processor."""
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
-    from rscc.checkpoints import build_image_processor, make_processor, tiny_config
+    from rscc.tiny_checkpoints import build_image_processor, make_processor, tiny_config
 
     processor = make_processor()
     config = tiny_config(processor.tokenizer).to_dict()

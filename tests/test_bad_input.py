@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import rscc.inference
+import rscc.captioning
+import rscc.commands.caption
 from rscc.cli import EXIT_BAD_INPUT, EXIT_TERMINATED, main
-from rscc.inference import caption_pairs
+from rscc.captioning import caption_samples
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -64,7 +65,7 @@ def test_mask_options_that_would_do_nothing_are_refused(folders, example_pairs, 
 
 def test_a_manifests_masks_reach_a_filter_model_and_are_noted_otherwise(example_pairs, shared_data, tmp_path,
                                                                        capsys, monkeypatch):
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
 
     label = str(shared_data / "levir_cd_samples" / "label" / "test_2_0000_0000.png")
     manifest = tmp_path / "pairs.jsonl"
@@ -75,9 +76,9 @@ def test_a_manifests_masks_reach_a_filter_model_and_are_noted_otherwise(example_
 
     def recording(model, processor, pairs, **kwargs):
         given.append(kwargs.get("change_masks"))
-        return caption_pairs(model, processor, pairs, **kwargs)
+        return caption_samples(model, processor, pairs, **kwargs)
 
-    monkeypatch.setattr(rscc.inference, "caption_pairs", recording)
+    monkeypatch.setattr(rscc.commands.caption, "caption_samples", recording)
     filter_model = make_tiny_checkpoint(tmp_path / "filter", change_filter="drop")
     argv = ["caption", str(manifest), "--max-new-tokens", "2", "--out"]
     assert main([*argv, str(tmp_path / "a.jsonl"), "--model", str(filter_model)]) == 0
@@ -105,7 +106,7 @@ def test_outputs_never_replace_inputs_and_are_checked_before_the_model_runs(exam
 
 
 def test_mask_out_into_a_new_folder_keeps_the_caption(example_pairs, tmp_path, capsys):
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
 
     head = make_tiny_checkpoint(tmp_path / "head", use_change_head=True)
     mask_out = tmp_path / "new" / "folder" / "mask.png"
@@ -192,7 +193,7 @@ def test_a_missing_local_model_folder_is_named_as_a_folder(model, example_pairs,
 
 
 def test_scene_terminated_by_sigterm_leaves_nothing(shared_data, tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    from rscc import scene
+    from rscc.scene import describe as scene_captioning
 
     chips = shared_data / "geotiff_xview2"
     calls = []
@@ -201,9 +202,9 @@ def test_scene_terminated_by_sigterm_leaves_nothing(shared_data, tiny_checkpoint
         calls.append(1)
         if len(calls) == 2:
             signal.raise_signal(signal.SIGTERM)
-        return rscc.inference.describe_changes(*args, **kwargs)
+        return rscc.captioning.describe_changes(*args, **kwargs)
 
-    monkeypatch.setattr(scene, "describe_changes", terminated_on_second_batch)
+    monkeypatch.setattr(scene_captioning, "describe_changes", terminated_on_second_batch)
     out = tmp_path / "out" / "changes.geojson"
     argv = ["scene", str(chips / "pre" / "0_pre.tif"), str(chips / "post" / "0_post.tif"), "--out", str(out),
             "--model", str(tiny_checkpoint), "--tile-size", "256", "--batch-size", "1", "--max-new-tokens", "1"]
@@ -313,7 +314,7 @@ def test_caption_of_a_manifest_with_an_unclosed_quote_captions_nothing(example_p
 def test_describe_changes_refuses_masks_that_a_model_would_ignore(tiny_model, tiny_processor, example_pairs,
                                                                  shared_data):
     from rscc.errors import RsccInputError
-    from rscc.inference import describe_changes
+    from rscc.captioning import describe_changes
 
     label = shared_data / "levir_cd_samples" / "label" / "test_2_0000_0000.png"
     with pytest.raises(RsccInputError, match="change_masks: this model's token filter does not take input masks"):

@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
-import rscc.inference
+import rscc.commands.caption
 from rscc.batch import caption_records, samples_from_manifest
 from rscc.caption_files import read_prediction_records
 from rscc.cli import main
-from rscc.inference import caption_pairs
+from rscc.captioning import caption_samples
 from rscc.parallel import ProcessShare
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -34,7 +34,7 @@ def read_lines(path):
 
 @pytest.fixture
 def counted_captioning(monkeypatch):
-    """Wraps the shared caption_pairs to count the pairs it is given (and optionally interrupt a run)."""
+    """Wraps the shared caption_samples to count the pairs it is given (and optionally interrupt a run)."""
     calls = {"pairs": [], "calls": 0, "interrupt_on_call": None}
 
     def counting(model, processor, pairs, **kwargs):
@@ -42,9 +42,9 @@ def counted_captioning(monkeypatch):
         if calls["calls"] == calls["interrupt_on_call"]:
             raise KeyboardInterrupt
         calls["pairs"].extend(pairs)
-        return caption_pairs(model, processor, pairs, **kwargs)
+        return caption_samples(model, processor, pairs, **kwargs)
 
-    monkeypatch.setattr(rscc.inference, "caption_pairs", counting)
+    monkeypatch.setattr(rscc.commands.caption, "caption_samples", counting)
     return calls
 
 
@@ -58,7 +58,7 @@ def test_folders_give_one_json_line_per_pair_with_the_shared_captioner(
     lines = read_lines(out)
     assert [line["id"] for line in lines] == sorted(NAMES)
     pairs = [[line["before"], line["after"]] for line in lines]
-    assert [line["caption"] for line in lines] == caption_pairs(tiny_model, tiny_processor, pairs, max_new_tokens=4)
+    assert [line["caption"] for line in lines] == caption_samples(tiny_model, tiny_processor, pairs, max_new_tokens=4)
     assert all(line["before"].startswith(str(folders[0])) for line in lines)
     error = capsys.readouterr().err
     assert "3/3" in error and "3 sample(s) captioned, 0 already done" in error
@@ -234,7 +234,7 @@ def test_mixed_manifests_caption_pairs_and_series_each_as_alone(
             assert set(line) & {"before", "after", "images"} == ({"images"} if len(sample) > 2 else {"before", "after"})
         # One batch of mixed N captions each sample as it is captioned alone.
         assert [line["caption"] for line in lines] == [
-            caption_pairs(tiny_model, tiny_processor, [sample], max_new_tokens=4)[0] for sample in samples]
+            caption_samples(tiny_model, tiny_processor, [sample], max_new_tokens=4)[0] for sample in samples]
         assert [record["id"] for record in read_prediction_records(out)] == [line["id"] for line in lines]
     csv_lines = read_lines(tmp_path / "mixed-csv.jsonl")
     images = tmp_path / "images"

@@ -4,10 +4,10 @@ through the same step (`captioning_rscc.describe_batch`), the no-change shortcut
 import pytest
 import torch
 
-from rscc.checkpoints import make_processor, tiny_config
+from rscc.tiny_checkpoints import make_processor, tiny_config
 from rscc.cli import main
 from rscc.demo import Captioner
-from rscc.inference import describe_changes
+from rscc.captioning import describe_changes
 from rscc.modeling_rscc import RsccForConditionalGeneration
 from rscc.pipeline_rscc import ChangeCaptioningPipeline
 

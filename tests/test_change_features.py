@@ -10,7 +10,7 @@ from transformers import LlavaOnevisionForConditionalGeneration
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
 from rscc.change_features_rscc import warp
-from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor, tiny_config
+from rscc.tiny_checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor, tiny_config
 from rscc.configuration_rscc import IGNORE_INDEX
 from rscc.processing_rscc import DEFAULT_PROMPTS
 from rscc.training import StageSpec, apply_lora, configure_trainable, merge_lora

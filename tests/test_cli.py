@@ -45,7 +45,7 @@ def test_caption_with_a_change_head_writes_the_mask_and_its_fraction(example_pai
     import numpy as np
     from PIL import Image
 
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
 
     folder = make_tiny_checkpoint(tmp_path / "head", use_change_head=True, change_filter="drop")
     label = shared_data / "levir_cd_samples" / "label" / "test_2_0000_0000.png"
@@ -87,3 +87,49 @@ def test_eval_imports_neither_torch_nor_transformers_under_lazy_import(tmp_path)
     environment = {**os.environ, "RSCC_LAZY_IMPORT": "1"}
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_one_table_gives_every_exception_its_exit_code():
+    import torch
+
+    from rscc.cli import EXIT_BAD_INPUT, EXIT_HUB, EXIT_INVALID_RECORDS, EXIT_OUT_OF_MEMORY, exit_code_of
+    from rscc.data import InvalidRecordsError
+    from rscc.errors import HubUnreachableError, InputFileNotFoundError, RsccInputError
+    from rscc.output_files import OutputPathError
+
+    assert exit_code_of(InvalidRecordsError([])) == EXIT_INVALID_RECORDS, "first row wins over its ValueError base"
+    assert exit_code_of(HubUnreachableError("down")) == EXIT_HUB
+    assert exit_code_of(torch.OutOfMemoryError("CUDA out of memory")) == EXIT_OUT_OF_MEMORY
+    for error in (RsccInputError("x"), OutputPathError("x"), InputFileNotFoundError("x"), ValueError("x"),
+                  PermissionError("x")):
+        assert exit_code_of(error) == EXIT_BAD_INPUT, error
+    assert exit_code_of(RuntimeError("a defect")) is None and exit_code_of(KeyError("a defect")) is None
+
+
+def test_a_command_that_raises_a_defect_shows_its_traceback(monkeypatch, tmp_path):
+    def defect(*args, **kwargs):
+        raise KeyError("a defect")
+
+    monkeypatch.setattr("rscc.commands.tiny_checkpoint.make_tiny_checkpoint", defect)
+    with pytest.raises(KeyError, match="a defect"):
+        main(["tiny-checkpoint", str(tmp_path / "tiny")])
+
+
+def test_training_and_evaluation_import_no_command_module():
+    script = (
+        "import sys; import rscc.training.arguments, rscc.training.run, rscc.evaluation, rscc.scene, rscc.batch\n"
+        "commands = sorted(name for name in sys.modules if name.startswith('rscc.commands') or name == 'rscc.cli')\n"
+        "assert not commands, commands\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_every_class_the_exit_code_table_names_exists():
+    import importlib
+
+    from rscc.cli import EXIT_CODE_OF_ERROR
+
+    for name, _ in EXIT_CODE_OF_ERROR:
+        module, _, qualname = name.rpartition(".")
+        assert issubclass(getattr(importlib.import_module(module), qualname), BaseException), name

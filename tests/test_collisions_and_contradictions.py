@@ -308,9 +308,9 @@ def test_binary_masks_of_0_and_1_are_stored_as_0_and_255(shared_data, tmp_path, 
 
 
 def test_the_demo_shows_the_processors_warnings_about_the_inputs(example_pairs, tmp_path):
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
     from rscc.demo import Captioner
-    from rscc.inference import load_captioner
+    from rscc.loading import load_captioner
 
     folder = make_tiny_checkpoint(tmp_path / "filter", change_filter="drop")
     model, processor = load_captioner(str(folder))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import LlavaOnevisionModel
 
-from rscc.checkpoints import build_tiny_tokenizer, tiny_config
+from rscc.tiny_checkpoints import build_tiny_tokenizer, tiny_config
 from rscc.compat_rscc import (
     INSTALL_COMMAND,
     TESTED_TRANSFORMERS,

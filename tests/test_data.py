@@ -16,7 +16,7 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from rscc.captions import is_no_change_caption
+from rscc.caption_text import is_no_change_caption
 from rscc.cli import main
 from rscc.data import (
     FEATURES,

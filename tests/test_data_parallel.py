@@ -1,6 +1,7 @@
 """Data-parallel `rscc caption` and `rscc scene`: 2 CPU processes (gloo, through `accelerate launch`) against one,
 and resuming from the part files of processes that stopped."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from rasterio.windows import Window
 from rscc.batch import SampleRecord, caption_records, pairs_from_folders
 from rscc.cli import main
 from rscc.parallel import ProcessShare, existing_parts
-from rscc.scene import describe_scene
+from rscc.scene import SceneOptions, describe_scene
 
 from conftest import REPO_ROOT
 
@@ -70,7 +71,7 @@ def test_two_processes_caption_exactly_what_one_does_merged_in_input_order(pair_
 
 
 def test_two_processes_describe_a_scene_exactly_as_one_does(shared_data, tmp_path):
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
 
     with_head = make_tiny_checkpoint(tmp_path / "with-head", use_change_head=True)
     crop = Window(0, 0, 200, 200)
@@ -147,29 +148,28 @@ def test_a_resumed_run_skips_what_any_process_finished_and_a_stopped_process_los
 def test_a_scene_resumes_from_the_part_of_a_process_that_finished(shared_data, tiny_model, tiny_processor, tmp_path):
     before = shared_data / "geotiff_xview2" / "pre" / "0_pre.tif"
     after = shared_data / "geotiff_xview2" / "post" / "0_post.tif"
-    options = dict(tile_size=256, overlap=0, max_new_tokens=2, batch_size=3)
     tiles_masked = []
 
     def counted_masks(befores, afters):
         tiles_masked.append(len(befores))
         return [np.abs(b.astype(int) - a.astype(int)).sum(axis=-1) > 200 for b, a in zip(befores, afters)]
 
+    options = SceneOptions(tile_size=256, overlap=0, max_new_tokens=2, batch_size=3, change_masks=counted_masks)
+
     reference = tmp_path / "reference.geojson"
-    describe_scene(tiny_model, tiny_processor, [before, after], reference, change_masks=counted_masks, **options)
+    describe_scene(tiny_model, tiny_processor, [before, after], reference, options)
     total = sum(tiles_masked)
     out = tmp_path / "resumed.geojson"
     # Process 1 of 2 finishes its share (every second tile) and its part stays: process 0 never came.
     tiles_masked.clear()
-    assert describe_scene(tiny_model, tiny_processor, [before, after], out, change_masks=counted_masks,
-                          share=ProcessShare(1, 2), **options) is None
+    assert describe_scene(tiny_model, tiny_processor, [before, after], out, options, share=ProcessShare(1, 2)) is None
     assert sum(tiles_masked) == total // 2 and not out.exists()
     tiles_masked.clear()
-    summary = describe_scene(tiny_model, tiny_processor, [before, after], out, change_masks=counted_masks, **options)
+    summary = describe_scene(tiny_model, tiny_processor, [before, after], out, options)
     assert sum(tiles_masked) == total - total // 2 and summary.captioned == total
     assert out.read_bytes() == reference.read_bytes() and existing_parts(out) == []
     # A part made with other settings is not mixed in.
-    describe_scene(tiny_model, tiny_processor, [before, after], out, change_masks=counted_masks,
-                   share=ProcessShare(1, 2), **options)
+    describe_scene(tiny_model, tiny_processor, [before, after], out, options, share=ProcessShare(1, 2))
     with pytest.raises(ValueError, match="other inputs, model or options"):
-        describe_scene(tiny_model, tiny_processor, [before, after], out, change_masks=counted_masks,
-                       **{**options, "max_new_tokens": 3})
+        describe_scene(tiny_model, tiny_processor, [before, after], out,
+                       dataclasses.replace(options, max_new_tokens=3))

@@ -36,7 +36,8 @@ if importlib.util.find_spec("gradio") is None:
     unavailable("gradio is not installed (README, Demo)")
 
 from rscc.demo import Captioner, overlay_mask, write_space  # noqa: E402 (needs gradio's presence checked first)
-from rscc.inference import describe_changes, load_captioner  # noqa: E402
+from rscc.captioning import describe_changes  # noqa: E402
+from rscc.loading import load_captioner  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Without these, Chromium waits on the network (updates, sync, QUIC probes) on a machine that has none.
@@ -47,7 +48,7 @@ START_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def head_checkpoint(tmp_path_factory):
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-with-head"), use_change_head=True)
 

@@ -9,7 +9,7 @@ import numpy as np
 from huggingface_hub import DatasetCard
 from PIL import Image
 
-from rscc.captions import is_no_change_caption
+from rscc.caption_text import is_no_change_caption
 from rscc.cli import main
 from rscc.data import build_dataset, load_change_dataset
 from rscc.data.from_masks import (

@@ -3,14 +3,14 @@ sample with their `return_dict_in_generate` outputs, `min_new_tokens`, prompt lo
 under each `change_features`, `change_filter` and `pair_encoding` that keeps every vision token. Stock side by side,
 the drop filter, assisted decoding, static caches and continuing from a cache are in tests/test_generation_parity.py.
 
-Every model is the tiny random one of `rscc.checkpoints.tiny_config`; end-of-sequence tokens are held off with
+Every model is the tiny random one of `rscc.tiny_checkpoints.tiny_config`; end-of-sequence tokens are held off with
 `min_new_tokens` so that every run makes `NEW_TOKENS` tokens.
 """
 
 import pytest
 import torch
 
-from rscc.checkpoints import make_processor, tiny_config
+from rscc.tiny_checkpoints import make_processor, tiny_config
 from rscc.modeling_rscc import RsccForConditionalGeneration
 
 NEW_TOKENS = 4

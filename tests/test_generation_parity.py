@@ -24,7 +24,7 @@ import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
 
 from rscc import RsccConfig, RsccForConditionalGeneration
-from rscc.checkpoints import TINY_IMAGE_SIZE, tiny_config
+from rscc.tiny_checkpoints import TINY_IMAGE_SIZE, tiny_config
 from rscc.modeling_rscc import RsccModel
 
 NEW_TOKENS = 5

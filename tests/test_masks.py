@@ -12,9 +12,9 @@ from PIL import Image
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
 from rscc import RsccConfig, RsccForConditionalGeneration
-from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_tiny_tokenizer, llava_onevision_0_5b_config, tiny_config
+from rscc.tiny_checkpoints import TINY_DIFFERENCE_OPTIONS, build_tiny_tokenizer, llava_onevision_0_5b_config, tiny_config
 from rscc.compat_rscc import image_features_seen
-from rscc.inference import describe_changes
+from rscc.captioning import describe_changes
 from rscc.token_filter_rscc import change_masks_to_tokens, context_token_mask, pack_kept_positions
 from rscc.processing_rscc import load_change_mask
 from rscc.training import TaskLossWeighting

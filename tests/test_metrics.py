@@ -15,7 +15,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 import rscc_console
 from rscc import cli
-from rscc.captions import is_no_change_caption
+from rscc.caption_text import is_no_change_caption
 from rscc import metrics as M
 from rscc.metrics import meteor, scoring
 from rscc.processing_rscc import to_sentence_case

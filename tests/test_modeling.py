@@ -4,7 +4,7 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 
 from rscc import RsccConfig, RsccForConditionalGeneration
 from rscc.modeling_rscc import first_predicting_position
-from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, build_tiny_tokenizer, llava_onevision_0_5b_config, tiny_config
+from rscc.tiny_checkpoints import TINY_DIFFERENCE_OPTIONS, build_tiny_tokenizer, llava_onevision_0_5b_config, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -277,8 +277,8 @@ def test_processor_folders_saved_before_the_rscc_image_processor_load_and_proces
 
 
 def test_loader_decodes_masks_into_the_change_head_classes_and_saves_it(tmp_path):
-    from rscc.checkpoints import make_tiny_checkpoint
-    from rscc.inference import load_captioner
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
+    from rscc.loading import load_captioner
 
     folder = make_tiny_checkpoint(tmp_path / "mci", use_change_head=True, change_head_num_classes=3)
     _as_saved_before_the_rscc_image_processor(folder, num_change_classes=2)  # as the loader used to patch

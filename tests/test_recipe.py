@@ -13,7 +13,7 @@ from rscc.data.recipe import Recipe
 from rscc.data.schema import DataInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RECIPE = REPO_ROOT / "recipes" / "cc_foundation.yaml"
+RECIPE = REPO_ROOT / "mixtures" / "cc_foundation.yaml"
 
 
 def test_cc_foundation_recipe_follows_the_paper():

@@ -12,11 +12,11 @@ from rasterio.warp import calculate_default_transform, reproject, transform_boun
 from rasterio.warp import transform as transform_coordinates
 from rasterio.windows import Window
 
-from rscc.captions import is_no_change_caption
+from rscc.caption_text import is_no_change_caption
 from rscc.cli import main
-from rscc.inference import describe_changes
+from rscc.captioning import describe_changes
 from rscc.processing_rscc import stretch_to_uint8
-from rscc.scene import SceneInputError, SceneSeries, TileGrid, describe_scene, rgb_bands
+from rscc.scene import SceneInputError, SceneOptions, SceneSeries, TileGrid, describe_scene, rgb_bands
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -157,7 +157,7 @@ def test_nodata_is_blanked_in_both_dates_and_mostly_empty_tiles_are_skipped(real
     pixels[:, :, :100] = 0  # the western 100 columns are nodata
     after_nodata = write_crop(after, tmp_path / "post_nodata.tif", Window(0, 0, 160, 160), data=pixels, nodata=0)
     out = tmp_path / "changes.geojson"
-    summary = describe_scene(tiny_model, tiny_processor, [before, after_nodata], out, **TILE_OPTIONS)
+    summary = describe_scene(tiny_model, tiny_processor, [before, after_nodata], out, SceneOptions(**TILE_OPTIONS))
     _, tiles = load_features(out, "tile")
     assert summary.skipped > 0 and summary.captioned == len(tiles) == summary.tiles - summary.skipped
     assert all(t["properties"]["valid_fraction"] >= 0.5 for t in tiles)
@@ -248,8 +248,8 @@ def test_scene_tiles_of_a_series_are_captioned_as_series_and_masks_compare_first
         return difference_mask(firsts, lasts)
 
     out = tmp_path / "changes.geojson"
-    summary = describe_scene(tiny_model, tiny_processor, three_dates, out, change_masks=recorded_difference_mask,
-                             batch_size=3, **TILE_OPTIONS)
+    summary = describe_scene(tiny_model, tiny_processor, three_dates, out,
+                             SceneOptions(change_masks=recorded_difference_mask, batch_size=3, **TILE_OPTIONS))
     collection, tiles = load_features(out, "tile")
     metadata = collection["rscc"]
     assert metadata["rasters"] == [str(path) for path in three_dates]
@@ -277,7 +277,7 @@ def test_scene_command_takes_a_series_of_rasters(three_dates, tiny_checkpoint, t
 
 def test_a_series_for_a_model_that_takes_pairs_only_is_a_clear_error_with_nothing_written(three_dates, tmp_path,
                                                                                          capsys):
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
 
     pairs_only = make_tiny_checkpoint(tmp_path / "pairs-only", bitemporal_filter_layers=[-1])
     out_folder = tmp_path / "out"
@@ -295,8 +295,8 @@ def test_change_masks_give_flags_fractions_polygons_and_a_mosaic_on_before_grid(
 ):
     before, after = real_pair
     out, mosaic_path = tmp_path / "changes.geojson", tmp_path / "mask.tif"
-    summary = describe_scene(tiny_model, tiny_processor, [before, after], out, change_masks=difference_mask,
-                             polygons=True, mask_out=mosaic_path, **TILE_OPTIONS)
+    summary = describe_scene(tiny_model, tiny_processor, [before, after], out, SceneOptions(
+        change_masks=difference_mask, polygons=True, mask_out=mosaic_path, **TILE_OPTIONS))
     collection, tiles = load_features(out, "tile")
     _, polygons = load_features(out, "change")
     with SceneSeries([before, after]) as pair, rasterio.open(before) as pre, rasterio.open(mosaic_path) as mosaic_file:
@@ -334,7 +334,7 @@ def test_change_masks_give_flags_fractions_polygons_and_a_mosaic_on_before_grid(
 
 
 def test_scene_command_uses_a_models_change_head_for_polygons_and_the_mosaic(real_pair, tmp_path):
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
 
     with_head = make_tiny_checkpoint(tmp_path / "with-head", use_change_head=True)
     out, mosaic = tmp_path / "changes.geojson", tmp_path / "mask.tif"
@@ -362,9 +362,8 @@ def test_interrupted_run_leaves_no_file(real_pair, tiny_model, tiny_processor, t
         return difference_mask(befores, afters)
 
     with pytest.raises(KeyboardInterrupt):
-        describe_scene(tiny_model, tiny_processor, real_pair, tmp_path / "changes.geojson",
-                       change_masks=interrupted_after_one_batch, mask_out=tmp_path / "mask.tif", batch_size=4,
-                       **TILE_OPTIONS)
+        describe_scene(tiny_model, tiny_processor, real_pair, tmp_path / "changes.geojson", SceneOptions(
+            change_masks=interrupted_after_one_batch, mask_out=tmp_path / "mask.tif", batch_size=4, **TILE_OPTIONS))
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
     # GDAL's block cache is capped while reading, at a size that still holds a few rows of tiles (in bytes).
     assert all(16 * 2**20 <= size <= 256 * 2**20 for size in block_caches)
@@ -416,7 +415,7 @@ def test_rasters_without_crs_run_with_assume_aligned_and_have_no_geometry(bad_in
                                                                           tmp_path):
     out = tmp_path / "changes.geojson"
     summary = describe_scene(tiny_model, tiny_processor, [bad_inputs["no_crs"], bad_inputs["no_crs"]], out,
-                             assume_aligned=True, **TILE_OPTIONS)
+                             SceneOptions(assume_aligned=True, **TILE_OPTIONS))
     collection, tiles = load_features(out, "tile")
     assert summary.captioned == len(tiles) > 0 and collection["rscc"]["crs"] is None
     assert all(t["geometry"] is None for t in tiles)

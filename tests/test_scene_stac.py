@@ -85,7 +85,7 @@ def items(served):
 
 @pytest.fixture(scope="module")
 def head_checkpoint(tmp_path_factory):
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("with-head"), use_change_head=True)
 

@@ -12,12 +12,12 @@ import torch
 from conftest import tiny_video_encoder_config
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
-from rscc.checkpoints import make_processor, tiny_config
+from rscc.tiny_checkpoints import make_processor, tiny_config
 from rscc.cli import main
 from rscc.data import DataInputError, build_dataset, load_change_dataset, manifest_dates, manifest_records
 from rscc.data.schema import sample_images
 from rscc.evaluation import generate_predictions
-from rscc.inference import load_model_and_processor
+from rscc.loading import load_model_and_processor
 from rscc.training import ChangeCaptionCollator, EpochCaptionDataset, parse_arguments, run_stage
 from rscc.difference_integration_rscc import date_pairs
 from rscc.processing_rscc import default_prompt

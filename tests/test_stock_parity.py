@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GenerationMixin
 
-from rscc.checkpoints import make_processor, tiny_config
+from rscc.tiny_checkpoints import make_processor, tiny_config
 from rscc.modeling_rscc import RsccForConditionalGeneration
 
 

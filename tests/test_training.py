@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from rscc import RsccForConditionalGeneration, RsccProcessor
-from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor, tiny_config
+from rscc.tiny_checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor, tiny_config
 from rscc.compat_rscc import given_cache
 from rscc.data import build_dataset, caption_view, levir_cc_records, load_change_dataset, manifest_records
 from rscc.evaluation import generate_predictions, read_predictions, reference_captions
@@ -617,10 +617,10 @@ def test_generate_predictions_writes_jsonl_in_dataset_order(tiny_model, tiny_pro
     assert list(predictions) == list(split["id"]) == list(reference_captions(split))
     lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [{"id": k, "caption": v} for k, v in predictions.items()]
-    from rscc.inference import caption_pairs
+    from rscc.captioning import caption_samples
 
     pairs = [[row["before"], row["after"]] for row in split]
-    expected = caption_pairs(tiny_model, tiny_processor, pairs, batch_size=2, max_new_tokens=4)
+    expected = caption_samples(tiny_model, tiny_processor, pairs, batch_size=2, max_new_tokens=4)
     assert list(predictions.values()) == expected
     with pytest.raises(ValueError, match="occur more than once"):
         from datasets import concatenate_datasets

@@ -10,7 +10,7 @@ from conftest import VIDEO_ENCODER_TYPES, tiny_video_encoder_config
 from test_remote_code import HIDE_RSCC, run_without_rscc
 
 from rscc import RsccConfig, RsccForConditionalGeneration, RsccProcessor
-from rscc.checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor
+from rscc.tiny_checkpoints import TINY_DIFFERENCE_OPTIONS, make_processor
 from rscc.training import apply_lora, lora_target_pattern, part_of
 from rscc.video_rscc import IMAGENET_MEAN, processor_options
 

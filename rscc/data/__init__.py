@@ -24,7 +24,6 @@ the files they read in `source_files`), `validation` (one record),
 from .build import DEFAULT_MAX_SHARD_SIZE, ROWS_PER_ROW_GROUP, BuildSummary, build_dataset
 from .card import KNOWN_SOURCES
 from .ccexpert import ccexpert_records
-from .cli import add_cli
 from .dubai_cc import DUBAI_CC_SPLITS, dubai_cc_records, is_dubai_cc_no_change_caption
 from .from_masks import from_masks_records
 from .levir_cc import LEVIR_CC_SPLITS, levir_cc_records
@@ -59,7 +58,6 @@ __all__ = [
     "InvalidRecordsError",
     "MixtureComponent",
     "Problem",
-    "add_cli",
     "build_dataset",
     "caption_view",
     "ccexpert_records",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..cli import EXIT_BAD_INPUT, EXIT_INVALID_RECORDS, EXIT_OK, positive_int
+from ..cli import EXIT_OK, positive_int
 from ..output_lock import locking_output
 from .build import DEFAULT_MAX_SHARD_SIZE, build_dataset
 from .ccexpert import ccexpert_records
@@ -198,7 +198,7 @@ def _mix_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a built dataset (folder or Hub repo), its split and how many times to repeat it; "
                              "repeatable, e.g. out/levir_cc:train:6")
     parser.add_argument("--config", type=Path, metavar="RECIPE",
-                        help="a mixture recipe instead of --source, e.g. recipes/cc_foundation.yaml: its sources "
+                        help="a mixture recipe instead of --source, e.g. mixtures/cc_foundation.yaml: its sources "
                              "that are built under --sources-root are mixed, the others listed")
     parser.add_argument("--sources-root", type=Path, default=Path("."),
                         help="folder holding the recipe's built sources (default: the current folder)")
@@ -342,37 +342,35 @@ def _mixture_of(args: argparse.Namespace) -> tuple:
     return components, recipe.card_lines(missing)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run `rscc data FORMAT`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    refuse_repeated_inputs(args)
+    if args.data_command == MIX_COMMAND:
+        mixture, recipe_section = _mixture_of(args)
+        records = mixture_records(mixture, args.split)
+        inputs = [component.path for component in mixture if Path(component.path).exists()]
+        notes = None
+    else:
+        mixture, recipe_section = None, None
+        source = args.source_command
+        records, inputs, notes = source.records(args), source.inputs(args), source.notes(args)
     try:
-        refuse_repeated_inputs(args)
-        if args.data_command == MIX_COMMAND:
-            mixture, recipe_section = _mixture_of(args)
-            records = mixture_records(mixture, args.split)
-            inputs = [component.path for component in mixture if Path(component.path).exists()]
-            notes = None
-        else:
-            mixture, recipe_section = None, None
-            source = args.source_command
-            records, inputs, notes = source.records(args), source.inputs(args), source.notes(args)
         summary = build_dataset(
             records, args.out, pretty_name=args.pretty_name, license=args.license,
             skip_invalid=args.skip_invalid, overwrite=args.overwrite, max_shard_size=args.max_shard_size * 1024**2,
             mixture=mixture, inputs=inputs, source_notes=notes, recipe_section=recipe_section,
         )
     except InvalidRecordsError as error:
-        # Every problem, then the summary last so that it is what a terminal shows.
+        # Every problem, then the summary (the error's line, last, so that it is what a terminal shows).
         for problem in error.problems:
             print(problem, file=sys.stderr)
-        print(f"\nrscc data {args.data_command}: build failed.\n{error}", file=sys.stderr)
-        return EXIT_INVALID_RECORDS
-    except (OSError, ValueError) as error:
-        print(f"rscc data {args.data_command}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        print(f"\nrscc data {args.data_command}: build failed.", file=sys.stderr)
+        raise
     print(summary)
     return EXIT_OK
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
+def make_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `rscc data ...`: one converter per source format, each writing a validated Parquet dataset."""
     parser = subparsers.add_parser(
         "data", help="build change-captioning datasets (Parquet shards + dataset card)",
@@ -388,4 +386,4 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     _mix_arguments(mix)
     for command in commands.choices.values():
         _add_build_arguments(command)
-        command.set_defaults(run=locking_output(_run))
+        command.set_defaults(run=locking_output(run))

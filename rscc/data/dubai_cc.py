@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
 
-from ..captions import canonical_form
+from ..caption_text import canonical_form
 from .schema import ChangeRecord
 from .source_files import read_karpathy_entries
 

@@ -19,7 +19,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
-from ..captions import NO_CHANGE_SENTENCES
+from ..caption_text import NO_CHANGE_SENTENCES
 from .schema import ChangeRecord, DataInputError, Problem
 
 NUM_CAPTIONS = 5

@@ -1,5 +1,5 @@
 """Mixture recipes: a YAML file naming the built datasets of a mixture, their upsampling factors and the pair
-counts of the paper it follows (`recipes/cc_foundation.yaml`), so that a mixture is built from whatever sources a
+counts of the paper it follows (`mixtures/cc_foundation.yaml`), so that a mixture is built from whatever sources a
 user has, the missing ones listed."""
 
 from __future__ import annotations

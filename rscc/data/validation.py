@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from ..captions import collapse_whitespace, is_no_change_caption
+from ..caption_text import collapse_whitespace, is_no_change_caption
 from ..errors import RsccInputError
 from ..processing_rscc import load_change_mask, pillow_truncates
 from .schema import MAX_MASK_CLASSES, SPLIT_NAME, ChangeRecord, ImageSource, Problem

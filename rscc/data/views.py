@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 
-from ..captions import collapse_whitespace
+from ..caption_text import collapse_whitespace
 from ..processing_rscc import to_sentence_case
 from .schema import REQUIRED_COLUMNS, DataInputError
 

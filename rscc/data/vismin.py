@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Union
 
-from ..captions import collapse_whitespace
+from ..caption_text import collapse_whitespace
 from .schema import ChangeRecord, DataInputError
 from .source_files import check_fields, path_under_root, read_json_records
 

@@ -19,7 +19,6 @@ Where each part lives:
 
 from ..caption_files import read_prediction_records
 from .change_detection import ChangeDetectionMetrics, mask_to_class_indices
-from .cli import add_cli
 from .conventions import CONVENTIONS, DEFAULT_CONVENTION, apply_convention, load_vocab
 from .inputs import deduplicate_predictions, every_row_as_a_pair, load_predictions, load_references
 from .meteor import JavaNotFoundError
@@ -41,7 +40,6 @@ __all__ = [
     "ChangeDetectionMetrics",
     "JavaNotFoundError",
     "MissingPredictionsError",
-    "add_cli",
     "apply_convention",
     "deduplicate_predictions",
     "evaluate_captions",

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..caption_files import read_prediction_records
-from ..cli import EXIT_BAD_INPUT, EXIT_OK
+from ..cli import EXIT_OK
 from ..errors import RsccInputError
 from ..output_lock import locking_output
 from .conventions import CONVENTIONS, DEFAULT_CONVENTION, load_vocab
 from .inputs import deduplicate_predictions, every_row_as_a_pair, load_references
-from .meteor import JavaNotFoundError
 from .reports import format_table, write_report
 from .scoring import CAPTION_METRICS, check_prediction_ids, evaluate_captions, leave_one_out_agreement
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
+def make_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the `rscc eval` subcommand."""
     parser = subparsers.add_parser(
         "eval",
@@ -104,13 +102,9 @@ def _score(args: argparse.Namespace) -> dict:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Run `rscc eval`; returns the exit code."""
-    try:
-        _check_options(args)
-        report = _score(args)
-    except (ValueError, FileNotFoundError, JavaNotFoundError) as error:
-        print(f"rscc eval: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    """Run `rscc eval`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    _check_options(args)
+    report = _score(args)
     print(format_table(report))
     if args.output is not None:
         print(f"report written to {write_report(report, args.output)}")

@@ -16,7 +16,7 @@ import json
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
-from ..captions import collapse_whitespace
+from ..caption_text import collapse_whitespace
 from .meteor import require_java
 
 CONVENTIONS = {

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..caption_files import read_karpathy_file, read_prediction_records
-from ..captions import collapse_whitespace
+from ..caption_text import collapse_whitespace
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
+from ..output_files import atomic_output
 from .meteor import java_version
 
 
@@ -29,10 +30,11 @@ def package_versions() -> dict[str, str | None]:
 
 
 def write_report(report: Mapping, path: str | Path) -> Path:
-    """Write a report as indented JSON (parent folders created); returns the path."""
+    """Write a report as indented JSON (parent folders created; all or nothing); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
 

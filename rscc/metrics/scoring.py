@@ -16,7 +16,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
-from ..captions import is_no_change_caption
+from ..caption_text import is_no_change_caption
 from ..errors import RsccInputError
 from .conventions import CONVENTIONS, DEFAULT_CONVENTION, apply_convention, check_convention, load_vocab
 from .inputs import preview_ids
@@ -212,7 +212,7 @@ def evaluate_captions(
 ) -> dict:
     """Full caption evaluation: metrics on all pairs and on the change / no-change subsets, change-decision accuracy.
 
-    A pair is "no change" when all its references are canonical no-change sentences (`rscc.captions`); a
+    A pair is "no change" when all its references are canonical no-change sentences (`rscc.caption_text`); a
     prediction says "no change" when it is one. Each subset is scored on its own, as the classic repositories
     do (so CIDEr-D's document frequencies come from that subset's references; on the no-change subset, whose
     reference sets are identical, CIDEr-D is 0 by construction).

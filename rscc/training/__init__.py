@@ -20,7 +20,7 @@ layers, activation-memory budget), `trainer` (the Trainer, its data views, colla
 `arguments` (dataclass arguments and recipe parsing), `run` (one stage end to end).
 """
 
-from ..inference import load_model_and_processor
+from ..loading import load_model_and_processor
 from .arguments import (
     DataArguments,
     ModelArguments,

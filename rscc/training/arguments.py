@@ -17,7 +17,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
-from ..inference import DEFAULT_MAX_NEW_TOKENS
+from ..captioning import DEFAULT_MAX_NEW_TOKENS
 from .memory import checked_memory_budget
 from .stages import ALL_PARTS, STAGES, StageSpec, resolve_stage
 

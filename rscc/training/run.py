@@ -18,7 +18,7 @@ from ..data import load_change_dataset, streaming_caption_view
 from ..evaluation import (
     ScoringFunction,
 )
-from ..inference import load_model_and_processor
+from ..loading import load_model_and_processor
 from .arguments import StageRunArguments, parse_arguments
 from .lora import apply_lora, merge_lora
 from .memory import compile_layers

@@ -27,7 +27,7 @@ from ..evaluation import (
     reference_captions,
     write_predictions,
 )
-from ..inference import DEFAULT_MAX_NEW_TOKENS
+from ..captioning import DEFAULT_MAX_NEW_TOKENS
 from .lora import load_trained_parts
 from .memory import peak_memory_mb
 from .stages import LORA_PART, LOSS_TERMS, TRAINED_PARTS_FILE, StageSpec, optimizer_parameter_groups, part_of

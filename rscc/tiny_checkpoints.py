@@ -3,12 +3,11 @@
 No weights can be downloaded here, so everything below is built from scratch: a small byte-level BPE tokenizer
 with the LLaVA-OneVision special tokens, LLaVA-OneVision's image processor, and random weights.
 
-    from rscc.checkpoints import make_tiny_checkpoint
+    from rscc.tiny_checkpoints import make_tiny_checkpoint
     make_tiny_checkpoint("tiny-rscc")          # or: rscc tiny-checkpoint tiny-rscc
 """
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -16,8 +15,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Qwen2Tokenizer
 
-from .captions import NO_CHANGE_SENTENCES
-from .cli import EXIT_BAD_INPUT, EXIT_OK
+from .caption_text import NO_CHANGE_SENTENCES
 from .configuration_rscc import RsccConfig
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import DEFAULT_PROMPT, RsccImageProcessor, RsccProcessor
@@ -172,28 +170,6 @@ def make_tiny_checkpoint(folder: str | Path, seed: int = 0, **config_overrides) 
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
-
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "tiny-checkpoint",
-        help="write a tiny random rscc model + processor folder (offline smoke tests and demos)",
-        description="Write a tiny random rscc checkpoint (model and processor) to OUT. Its captions are noise: "
-        "it exercises the code path, not the task.",
-    )
-    parser.add_argument("out", help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(run=_run_tiny_checkpoint)
-
-
-def _run_tiny_checkpoint(args) -> int:
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        print(f"rscc tiny-checkpoint: error: {out} exists and is not an empty folder; its files would be replaced. "
-              "Choose a new path", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(make_tiny_checkpoint(out, seed=args.seed))
-    return EXIT_OK
 
 
 __all__ = [

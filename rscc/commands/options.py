@@ -1,0 +1,71 @@
+"""Command-line options shared by the commands that load a model and caption (`rscc caption`, `rscc scene`,
+`rscc demo`)."""
+
+import argparse
+import sys
+
+import torch
+
+from ..captioning import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from ..cli import positive_int
+from ..loading import DEFAULT_MODEL, DTYPES
+
+
+def torch_device(text: str) -> str:
+    """argparse type of --device: a device this torch build has."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device ({error}); expected cpu, cuda, cuda:1, mps")
+    available = {
+        "cpu": lambda: True,
+        "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": lambda: torch.backends.mps.is_available(),
+    }
+    if device.type not in available:
+        raise argparse.ArgumentTypeError(f"{text!r}: rscc runs on cpu, cuda or mps devices")
+    if not available[device.type]():
+        count = torch.cuda.device_count() if device.type == "cuda" else 0
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: this machine's torch {torch.__version__} has no such device "
+            f"({count} CUDA device(s)); use --device cpu"
+        )
+    return text
+
+
+def add_device_arguments(parser) -> None:
+    """The model options shared by the commands that caption: --model, --device, --dtype, --batch-size,
+    --max-new-tokens.
+
+    Args:
+        parser (`argparse.ArgumentParser`): the subcommand's parser.
+    """
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="rscc or LLaVA-OneVision checkpoint (Hub id or folder)")
+    parser.add_argument("--device", default="cpu", type=torch_device, help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
+    parser.add_argument(
+        "--batch-size", type=positive_int, help=f"samples per generate call (default {DEFAULT_BATCH_SIZE})"
+    )
+    parser.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
+
+
+def add_progress_arguments(parser) -> None:
+    """--progress / --no-progress (default: a bar when stderr is a terminal).
+
+    Args:
+        parser (`argparse.ArgumentParser`): the subcommand's parser.
+    """
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+
+
+def batch_size_of(args) -> int:
+    """--batch-size, or its default (see `add_device_arguments`)."""
+    return DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
+
+
+def show_progress(args) -> bool:
+    """Whether to draw a progress bar for `args` (see `add_progress_arguments`)."""
+    return sys.stderr.isatty() if args.progress is None else args.progress
