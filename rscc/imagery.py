@@ -28,12 +28,17 @@ def date_names(count: int) -> list[str]:
 
 
 def open_raster(path: str | os.PathLike, name: str) -> rasterio.io.DatasetReader:
-    """Open a raster with rasterio, turning a missing or unreadable file into a [`SceneInputError`].
+    """Open a raster (a file, or an HTTP(S) URL read by range requests) with rasterio, turning a missing or unreadable
+    one into a [`SceneInputError`].
 
     Args:
         path (`str` or `os.PathLike`): the raster file.
         name (`str`): how errors refer to it (BEFORE, AFTER, DATE3, ...).
     """
+    from .remote import is_remote, open_remote_raster  # remote imports this module's error type
+
+    if is_remote(path):
+        return open_remote_raster(path, name)
     path = Path(path)
     if not path.is_file():
         raise SceneInputError(f"{name}: raster file not found: {path}")

@@ -12,7 +12,9 @@ from ..output_lock import locking_output
 from ..parallel import PARTIAL_SUFFIX, current_share, existing_parts, process_device
 from ..processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
 from ..scene import SceneOptions, SceneSeries, describe_scene
+from ..scene.outputs import OUT_EXPECTED
 from ..scene.tiling import MIN_TILE_SIZE
+from ..stac import add_stac_arguments, check_stac_item_output, resolve_scene_inputs, write_run_item
 from .options import add_device_arguments, add_progress_arguments, batch_size_of, show_progress
 
 
@@ -56,7 +58,10 @@ def main(args: argparse.Namespace) -> int:
         progress=show_progress(args),
     )
     # Check the rasters and the outputs before the model loads, so bad input fails in a second.
-    check_output_file(args.out, "--out", "a .geojson file path", inputs=args.rasters)
+    inputs = resolve_scene_inputs(args.rasters, args.asset, args.order)  # STAC items -> their rasters, dated
+    args.rasters = [scene_input.raster for scene_input in inputs]
+    check_output_file(args.out, "--out", OUT_EXPECTED, inputs=args.rasters)
+    check_stac_item_output(args.stac_item, inputs, [args.out, args.mask_out])
     options.check(has_masks=True)  # whether the model has a change head is known once it is loaded
     with SceneSeries(args.rasters, args.bands, args.assume_aligned, args.resampling) as scene:
         _check_options_take_effect(scene, args)
@@ -65,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
     summary = describe_scene(model, processor, args.rasters, args.out, options, share=share)
     if summary is None:  # a process other than the main one: the main process reports the run
         return EXIT_OK
+    if args.stac_item:
+        write_run_item(args.stac_item, inputs, args.out, args.mask_out, model, summary)
     print(
         f"rscc scene: {summary.captioned} tile(s) captioned ({summary.changed} changed), {summary.skipped} skipped "
         f"for nodata; overlap {int(summary.window.width)} x {int(summary.window.height)} px, {summary.alignment}; "
@@ -94,10 +101,14 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
         "interrupted (Ctrl-C), 143 terminated (SIGTERM). Outputs are written to temporary files and renamed at the "
         "end: a failed, interrupted or terminated run leaves nothing.",
     )
-    parser.add_argument("rasters", nargs="+", type=Path, metavar="RASTER",
-                        help="BEFORE AFTER, or DATE1 ... DATEN oldest first: GeoTIFFs (any GDAL raster); the first "
-                        "one's grid is the output grid")
-    parser.add_argument("--out", required=True, help="GeoJSON output file")
+    parser.add_argument("rasters", nargs="+", metavar="RASTER",
+                        help="BEFORE AFTER, or DATE1 ... DATEN oldest first: GeoTIFFs (any GDAL raster; files or "
+                        "HTTP(S) URLs, read by range requests) or STAC Items (.json files or URLs, with --asset); the "
+                        "first one's grid is the output grid")
+    parser.add_argument("--out", required=True,
+                        help="output file: GeoJSON (.geojson), or GeoParquet (.parquet: streamed, with the model and "
+                        "revision in every row)")
+    add_stac_arguments(parser)
     add_device_arguments(parser)
     parser.add_argument("--tile-size", type=int,
                         help=f"tile side in the first raster's pixels, at least {MIN_TILE_SIZE} "
@@ -116,7 +127,8 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
                         help="skip tiles with a smaller fraction of valid pixels (default 0.5)")
     parser.add_argument("--polygons", action="store_true",
                         help="also write change polygons (needs a model with a change-detection head)")
-    parser.add_argument("--mask-out", help="also write the change-mask mosaic GeoTIFF (needs a change-detection head)")
+    parser.add_argument("--mask-out", help="also write the change-mask mosaic as a Cloud-Optimized GeoTIFF (needs a "
+                        "change-detection head)")
     add_progress_arguments(parser)
     parser.set_defaults(run=locking_output(main), stopped_note=stopped_note)
     return parser

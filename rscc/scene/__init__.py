@@ -13,12 +13,12 @@ depends on the tile and batch size, not on the scene size.
 Per tile the GeoJSON (RFC 7946: WGS84 longitude/latitude, counter-clockwise outer rings) holds the caption, a
 change flag and the changed fraction. With a per-pixel change mask (a function from tiles of the first and last
 dates to boolean masks: a model's change-detection head) the flag and fraction come from the mask, and change
-polygons and a GeoTIFF mosaic of the mask on the first date's grid can be written; without one the flag comes from
-the caption (`rscc.caption_text.is_no_change_caption`) and the fraction is null.
+polygons and a Cloud-Optimized GeoTIFF mosaic of the mask on the first date's grid can be written; without one the
+flag comes from the caption (`rscc.caption_text.is_no_change_caption`) and the fraction is null.
 
-Modules: `alignment` (the dates on the first one's grid), `tiling` (the tile grid), `outputs` (GeoJSON, mask mosaic:
-where an output format is added), `describe` (captioning the tiles, [`SceneOptions`]); the `rscc scene` command is
-`rscc.commands.scene`.
+Modules: `alignment` (the dates on the first one's grid), `tiling` (the tile grid), `outputs` (GeoJSON, GeoParquet,
+mask mosaic: where an output format is added), `describe` (captioning the tiles, [`SceneOptions`]); the `rscc scene`
+command is `rscc.commands.scene`. STAC Items in and out: `rscc.stac`; rasters over HTTP: `rscc.remote`.
 """
 
 from ..imagery import SceneInputError, open_raster, rgb_bands

@@ -24,7 +24,7 @@ from ..output_files import check_output_file
 from ..parallel import PARTIAL_SUFFIX, PartFiles, ProcessShare, batched, wait_for_everyone
 from ..processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
 from .alignment import SceneSeries, check_raster_list
-from .outputs import TileResult, open_outputs, tile_result
+from .outputs import OUT_EXPECTED, TileResult, open_outputs, tile_result
 from .tiling import Tile, TileGrid, check_tile_size
 
 # GDAL's default block cache is 5% of the machine's memory: on a large scene it would fill up and make the process
@@ -147,7 +147,7 @@ def describe_scene(
         [`SceneSummary`] on the main process; `None` on the others.
     """
     check_raster_list(rasters)
-    out = check_output_file(out, "--out", "a .geojson file path", inputs=rasters)
+    out = check_output_file(out, "--out", OUT_EXPECTED, inputs=rasters)
     mask_out = None if options.mask_out is None else check_output_file(
         options.mask_out, "--mask-out", "a .tif file path", inputs=[*rasters, out])
     has_masks = options.change_masks is not None or getattr(model.config, "use_change_head", False)
@@ -179,7 +179,7 @@ def describe_scene(
                        for raw in parts.merged(range(len(grid)), lambda line: line["tile"]))
         else:
             results = _captioned_in_order(grid, caption_batch, options, stack)
-        outputs = open_outputs(stack, scene, out, mask_out)
+        outputs = open_outputs(stack, scene, out, mask_out, model)
         for result in results:
             outputs.add(result)
         summary = SceneSummary(

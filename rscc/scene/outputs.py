@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.features import shapes
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
 from ..caption_text import is_no_change_caption
+from ..cog import cloud_optimized_geotiff
+from ..geoparquet import geoparquet_output, is_geoparquet
 from ..output_files import atomic_output
 from .alignment import SceneSeries
 from .tiling import Tile
@@ -29,6 +30,7 @@ from .tiling import Tile
 COORDINATE_DECIMALS = 7  # about 1 cm
 WGS84 = "EPSG:4326"
 MASK_NODATA = 255  # the mask mosaic's value outside the overlap, in nodata and in skipped tiles
+OUT_EXPECTED = "a .geojson or .parquet file path"  # what --out takes, for messages
 
 
 def _ring_area(ring: list) -> float:
@@ -176,18 +178,30 @@ class GeoJsonOutput:
         self._file.write('\n], "rscc": ' + json.dumps(metadata) + "}\n")
 
 
+class GeoParquetOutput:
+    """The features as GeoParquet, streamed in row groups (see `rscc.geoparquet`); the run's metadata is its `rscc`
+    key."""
+
+    def __init__(self, stack: contextlib.ExitStack, path: Path, scene: SceneSeries, model):
+        self._writer = stack.enter_context(geoparquet_output(path, scene.crs is not None, model))
+
+    def add(self, result: TileResult) -> None:
+        for feature in result.features:
+            self._writer.add(feature)
+
+    def close(self, metadata: dict) -> None:
+        self._writer.close(metadata)
+
+
 class MaskMosaicOutput:
-    """The change-mask mosaic, a GeoTIFF on the first date's grid: 1 changed, 0 unchanged, `MASK_NODATA` outside
-    the overlap, in nodata and in skipped tiles."""
+    """The change-mask mosaic, a Cloud-Optimized GeoTIFF on the first date's grid (see `rscc.cog`): 1 changed,
+    0 unchanged, `MASK_NODATA` outside the overlap, in nodata and in skipped tiles."""
 
     def __init__(self, stack: contextlib.ExitStack, path: Path, scene: SceneSeries):
         temporary = stack.enter_context(atomic_output(path, ".tif"))
         self._mosaic = stack.enter_context(
-            rasterio.open(
-                temporary, "w", driver="GTiff", width=scene.width, height=scene.height, count=1,
-                dtype="uint8", nodata=MASK_NODATA, crs=scene.crs, transform=scene.transform, tiled=True,
-                blockxsize=256, blockysize=256, compress="deflate",
-            )
+            cloud_optimized_geotiff(temporary, width=scene.width, height=scene.height, count=1, dtype="uint8",
+                                    nodata=MASK_NODATA, crs=scene.crs, transform=scene.transform)
         )
 
     def add(self, result: TileResult) -> None:
@@ -217,19 +231,23 @@ class SceneOutputs:
             output.close(metadata)
 
 
-def open_outputs(stack: contextlib.ExitStack, scene: SceneSeries, out: Path, mask_out: Path | None) -> SceneOutputs:
-    """The run's outputs, each renamed into place when `stack` closes without an error (removed otherwise)."""
+def open_outputs(stack: contextlib.ExitStack, scene: SceneSeries, out: Path, mask_out: Path | None,
+                 model) -> SceneOutputs:
+    """The run's outputs, each renamed into place when `stack` closes without an error (removed otherwise): GeoJSON,
+    or GeoParquet for a `.parquet` `out` (naming `model` in every row), and the mask mosaic."""
     outputs: list[SceneOutput] = []
     if mask_out is not None:
         outputs.append(MaskMosaicOutput(stack, mask_out, scene))
-    outputs.append(GeoJsonOutput(stack, out))
+    outputs.append(GeoParquetOutput(stack, out, scene, model) if is_geoparquet(out) else GeoJsonOutput(stack, out))
     return SceneOutputs(outputs)
 
 
 __all__ = [
     "GeoJsonOutput",
+    "GeoParquetOutput",
     "MASK_NODATA",
     "MaskMosaicOutput",
+    "OUT_EXPECTED",
     "SceneOutput",
     "SceneOutputs",
     "TileResult",
