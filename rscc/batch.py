@@ -25,6 +25,7 @@ from .errors import RsccInputError
 from .input_fingerprint import FINGERPRINTS_FIELD, drop_results_of_changed_inputs, fingerprints
 from .output_files import atomic_output
 from .parallel import PartFiles, ProcessShare, batched, wait_for_everyone
+from .terminal import command_output
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -262,8 +263,8 @@ def caption_records(
         check_out_given(out, share)
         with tqdm(total=len(records), unit="sample", file=sys.stderr, disable=not progress) as progress_bar:
             for batch in batched(records, batch_size):
-                sys.stdout.write(_result_lines(batch, caption_batch, made_by))
-                sys.stdout.flush()
+                command_output().write(_result_lines(batch, caption_batch, made_by))
+                command_output().flush()
                 progress_bar.update(len(batch))
         return BatchSummary(total=len(records), captioned=len(records), resumed=0)
 

@@ -7,11 +7,11 @@ import numpy as np
 import torch
 
 from .captioning_rscc import DEFAULT_MAX_NEW_TOKENS, describe_batch
+from .defaults import DEFAULT_BATCH_SIZE
 from .errors import RsccInputError
 from .processing_rscc import RsccProcessor
 from .processor_match import check_processor_matches
 
-DEFAULT_BATCH_SIZE = 8
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 Each module in `SUBCOMMAND_MODULES` defines `make_parser(subparsers)`, which adds its subcommand parsers and sets
 `run=main`, the command's `main(args) -> exit code`, as their default (TRL's pattern: the command apart from the
-library code it calls). A command line naming a subcommand imports that module alone (`rscc eval` needs no torch);
-help and unknown commands import them all. A command reports failure by raising: `main` here turns the exception
-into one line on stderr and its exit code (`EXIT_CODE_OF_ERROR`), the same for every command.
+library code it calls). A command line naming a subcommand imports that module alone, and a command module imports
+the library (torch, transformers) only when it runs, so help and argument errors take a fraction of a second;
+`rscc --help` and unknown commands import no command module at all. A command reports failure by raising: `main`
+here turns the exception into one line on stderr and its exit code (`EXIT_CODE_OF_ERROR`), the same for every
+command. While a command runs its results go to stdout and everything else to stderr (`rscc.terminal`).
 """
 
 import argparse
@@ -12,19 +14,32 @@ import importlib
 import signal
 import sys
 
-# Subcommand -> the module that defines it.
-SUBCOMMAND_MODULES = {
-    "caption": "rscc.commands.caption",
-    "tiny-checkpoint": "rscc.commands.tiny_checkpoint",
-    "data": "rscc.data.cli",
-    "eval": "rscc.metrics.cli",
-    "scene": "rscc.commands.scene",
-    "card": "rscc.commands.hub",
-    "publish": "rscc.commands.hub",
-    "demo": "rscc.commands.demo",
-    "space": "rscc.commands.demo",
-    "launch": "rscc.launch",
+from .terminal import show_library_progress_bars, stdout_for_results_only
+
+# Subcommand -> the module that defines it, and the line `rscc --help` shows for it (the module's parser shows the
+# same line): top-level help lists the commands without importing them.
+SUBCOMMANDS = {
+    "caption": ("rscc.commands.caption",
+                "caption the change between two images (or a series of dates), or many pairs and series"),
+    "tiny-checkpoint": ("rscc.commands.tiny_checkpoint",
+                        "write a tiny random rscc model + processor folder (offline smoke tests and demos)"),
+    "data": ("rscc.data.cli", "build change-captioning datasets (Parquet shards + dataset card)"),
+    "eval": ("rscc.metrics.cli", "score predicted captions against references (BLEU, METEOR, ROUGE-L, CIDEr-D, S_m)"),
+    "scene": ("rscc.commands.scene",
+              "caption the change between two GeoTIFF scenes (or a series), tile by tile, into GeoJSON or GeoParquet"),
+    "card": ("rscc.commands.hub", "write a model card from an evaluation JSON"),
+    "publish": ("rscc.commands.hub", "assemble an rscc checkpoint for the Hub and upload it"),
+    "demo": ("rscc.commands.demo", "serve the change-captioning demo page (Gradio)"),
+    "space": ("rscc.commands.demo", "write (and upload) a Hub Space that serves the demo of a published model"),
+    "launch": ("rscc.launch",
+               "accelerate launch with rscc's exit codes: rscc launch [ACCELERATE LAUNCH OPTIONS] -m rscc COMMAND ..."),
 }
+SUBCOMMAND_MODULES = {command: module for command, (module, _) in SUBCOMMANDS.items()}
+
+
+def command_help(command: str) -> str:
+    """The one-line help of `command` (its parser's `help=`)."""
+    return SUBCOMMANDS[command][1]
 
 
 # The exit codes of every command (README, "Errors").
@@ -94,24 +109,38 @@ def positive_int(text: str) -> int:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every subcommand, or only of `command`'s module when it names one."""
+    """The parser of `command`'s module (importing that module alone), or, for any other first word (`--help`, a
+    typo), a parser that lists every command without importing any."""
     parser = argparse.ArgumentParser(prog="rscc", description="Remote-sensing image change captioning.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     if command in SUBCOMMAND_MODULES:
-        module_names = [SUBCOMMAND_MODULES[command]]
+        importlib.import_module(SUBCOMMAND_MODULES[command]).make_parser(subparsers)
     else:
-        module_names = list(dict.fromkeys(SUBCOMMAND_MODULES.values()))
-    for module_name in module_names:
-        importlib.import_module(module_name).make_parser(subparsers)
+        for name in SUBCOMMANDS:
+            subparsers.add_parser(name, help=command_help(name), add_help=False)
     return parser
+
+
+def _prepare_to_run(args) -> None:
+    """What every command needs once its line is parsed: the rscc classes registered with the Auto classes (the
+    console script imports rscc lazily, so that help and argument errors need no torch), and library progress bars
+    that follow the command's --progress (default: when stderr is a terminal)."""
+    import rscc
+
+    if args.command != "eval":  # scoring needs neither torch nor transformers
+        rscc.register_auto_classes()
+    progress = getattr(args, "progress", None)
+    show_library_progress_bars(sys.stderr.isatty() if progress is None else progress)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
+    _prepare_to_run(args)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return args.run(args)
+        with stdout_for_results_only():
+            return args.run(args)
     except KeyboardInterrupt as interrupt:  # the command's finally blocks have run
         print(_failure_message(interrupt, EXIT_INTERRUPTED, args), file=sys.stderr)
         return interrupted_exit_code(interrupt)

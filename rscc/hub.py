@@ -27,14 +27,14 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from .compat_rscc import TESTED_TRANSFORMERS, TRANSFORMERS_REQUIREMENT
 from .configuration_rscc import RsccConfig
 from .errors import HubUnreachableError
-from .loading import DEFAULT_MODEL, check_model_folder, load_model_and_processor
+from .defaults import DEFAULT_LICENSE, DEFAULT_MODEL
+from .loading import check_model_folder, load_model_and_processor
 from . import pipeline_rscc
 from .card_architecture import describe_architecture
 from .output_files import staged_folder
 from .processing_rscc import RsccInputError
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "template.md"
-LICENSE = "apache-2.0"  # the base model's (LLaVA-OneVision-0.5B: SigLIP and Qwen2, Apache-2.0)
 PIPELINE_TAG = "image-text-to-text"
 TASK_NAME = "Remote sensing change captioning"
 TAGS = ["rscc", "remote-sensing", "change-captioning", "change-detection", "llava-onevision", "custom_code"]
@@ -152,7 +152,7 @@ def build_model_card(
     config: RsccConfig | None = None,
     recipe: dict | None = None,
     base_model: str = DEFAULT_MODEL,
-    license: str = LICENSE,
+    license: str = DEFAULT_LICENSE,
     dataset_id: str | None = None,
     template_path: str | os.PathLike = MODEL_CARD_TEMPLATE,
     revision: str | None = None,

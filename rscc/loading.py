@@ -12,6 +12,7 @@ from transformers import AutoConfig, LlavaOnevisionConfig
 from transformers.utils import logging
 
 from .configuration_rscc import RsccConfig
+from .defaults import DEFAULT_MODEL, DTYPE_NAMES
 from .errors import HubUnreachableError, RsccInputError
 from .modeling_rscc import RsccForConditionalGeneration
 from .processing_rscc import RsccProcessor
@@ -20,9 +21,8 @@ from .video_rscc import processor_options
 logger = logging.get_logger(__name__)
 
 # Zero-shot default until a fine-tuned rscc checkpoint is published: LLaVA-OneVision-0.5B with the rscc prompt.
-DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 # Weight dtypes by the name the commands take (--dtype).
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # The one model option that is not an RsccConfig field: the encoder `from_llava_onevision` builds a video model with.
 VIDEO_ENCODER_OPTION = "video_encoder"
 

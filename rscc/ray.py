@@ -22,25 +22,28 @@ import math
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.json
 import pyarrow.parquet as pq
 
-from .batch import BatchInputError, BatchSummary, SampleRecord, _resumable_id, check_images_exist, record_paths
+from .batch import BatchInputError, BatchSummary, SampleRecord, check_images_exist, record_paths
 from .errors import RsccInputError
-from .output_files import atomic_output, check_output_file
-from .parallel import read_part
-from .input_fingerprint import FINGERPRINTS_FIELD, changed_files, fingerprints
+from .output_files import check_output_file
+from .input_fingerprint import FINGERPRINTS_FIELD, fingerprints
+from .ray_storage import (
+    PARQUET_SUFFIX,
+    SHARDS_SUFFIX,
+    Location,
+    fetched_image,
+    finished_lines,
+    remove_location,
+    write_output,
+)
 
-ENGINES = ("accelerate", "ray")
-SHARDS_SUFFIX = ".shards"
-PARQUET_SUFFIX = ".parquet"
 # The options that only --engine ray reads.
 RAY_OPTIONS = ("address", "num_workers", "gpus_per_worker")
 
@@ -49,32 +52,12 @@ class RayEngineError(RsccInputError):
     """Samples the Ray engine could not caption, or an option it cannot use."""
 
 
-def add_engine_arguments(parser) -> None:
-    """--engine, and the options of --engine ray: --address, --num-workers, --gpus-per-worker.
-
-    Args:
-        parser (`argparse.ArgumentParser`): the subcommand's parser.
-    """
-    group = parser.add_argument_group("engine")
-    group.add_argument(
-        "--engine", choices=ENGINES, default="accelerate",
-        help="accelerate (default): this process, or one process per GPU under `accelerate launch`; ray: Ray Data, "
-        "on a local Ray instance or the cluster of --address (needs rscc[ray]); its input may also be a built rscc "
-        "dataset (a .parquet file or an `rscc data build` folder) and its --out a .parquet file or a URI (s3://...)",
-    )
-    group.add_argument("--address", help="ray: address of a running Ray cluster (default: RAY_ADDRESS, else a "
-                       "local Ray instance started for the run)")
-    group.add_argument("--num-workers", type=int, help="ray: captioning actors, one model each (default 1)")
-    group.add_argument("--gpus-per-worker", type=float,
-                       help="ray: GPUs per captioning actor, e.g. 1 or 0.5 (default 0: the actors caption on CPU)")
-
-
 def check_engine_arguments(args, batch: bool = True) -> None:
     """Refuse the options of --engine ray under another engine, --engine ray for one sample, and counts that cannot
     work.
 
     Args:
-        args (`argparse.Namespace`): the command's options (see `add_engine_arguments`).
+        args (`argparse.Namespace`): the command's options (see `rscc.commands.caption`).
         batch (`bool`): whether the command captions a batch (two folders, a manifest, a dataset or a scene).
     """
     if args.engine == "ray" and not batch:
@@ -96,67 +79,6 @@ def _import_ray():
     except ImportError:
         raise RayEngineError("--engine ray needs Ray Data: pip install 'rscc[ray]'") from None
     return ray
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Where outputs and images live: a local path or a pyarrow file-system URI.
-
-
-@dataclass(frozen=True)
-class Location:
-    """A file on a pyarrow file system.
-
-    Args:
-        filesystem (`pyarrow.fs.FileSystem`): where it lives.
-        path (`str`): its path on `filesystem` (no scheme).
-        uri (`str`): how the user named it, for messages.
-    """
-
-    filesystem: pafs.FileSystem
-    path: str
-    uri: str
-
-    @classmethod
-    def parse(cls, uri: str | os.PathLike, filesystem: pafs.FileSystem | None = None) -> "Location":
-        """A local path, or a URI pyarrow knows (`file://`, `s3://`, `gs://`, `hdfs://`, ...)."""
-        uri = str(uri)
-        if filesystem is not None:
-            return cls(filesystem, uri, uri)
-        if "://" not in uri:
-            return cls(pafs.LocalFileSystem(), str(Path(uri).absolute()), uri)
-        try:
-            filesystem, path = pafs.FileSystem.from_uri(uri)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as error:
-            raise BatchInputError(f"{uri}: not a file-system URI pyarrow can open ({error})") from None
-        return cls(filesystem, path, uri)
-
-    @property
-    def is_local(self) -> bool:
-        return isinstance(self.filesystem, pafs.LocalFileSystem)
-
-    def sibling(self, suffix: str) -> "Location":
-        """The file or folder named as this one with `suffix` added (before a URI's query string)."""
-        base, query = self.uri.split("?", 1) if "?" in self.uri else (self.uri, None)
-        uri = base + suffix + ("" if query is None else "?" + query)
-        return Location(self.filesystem, self.path + suffix, uri)
-
-    def exists(self) -> bool:
-        return self.filesystem.get_file_info(self.path).type != pafs.FileType.NotFound
-
-    def read_bytes(self) -> bytes:
-        with self.filesystem.open_input_stream(self.path) as stream:
-            return stream.read()
-
-
-def _fetched_image(source: str, stored: bytes | None, folder: str, number: int) -> str:
-    """A local file holding one image: the path itself, or a copy of a URI's object or of stored bytes (named with
-    the source's suffix), so that every image is decoded by `load_image` from a file, as `rscc caption` decodes it."""
-    if stored is None and "://" not in source:
-        return source
-    data = stored if stored is not None else Location.parse(source).read_bytes()
-    local = Path(folder) / f"{number}{Path(source.split('?')[0]).suffix}"
-    local.write_bytes(data)
-    return str(local)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,7 +172,7 @@ def decode_images(batch: pa.Table, record_inputs: bool = False) -> dict:
             row.update(pixels=None, shapes=None, error=None,
                        input_fingerprints=json.dumps(fingerprints(local)) if record_inputs else None)
             try:
-                arrays = [np.asarray(load_image(_fetched_image(source, data, folder, number), name=source))
+                arrays = [np.asarray(load_image(fetched_image(source, data, folder, number), name=source))
                           for number, (source, data) in enumerate(zip(row["images"], stored))]
             except (RsccInputError, ValueError, OSError) as error:
                 row["error"] = f"{type(error).__name__}: {error}"
@@ -312,101 +234,6 @@ class Captioner:
 
 def _columns(rows: list[dict], names: Iterable[str]) -> dict:
     return {name: [row.get(name) for row in rows] for name in names}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Shards and the output.
-
-
-def _shard_rows(shards: Location) -> Iterator[tuple[str, dict]]:
-    """`(shard URI, row)` of every shard file Ray wrote, JSON lines or Parquet (a shard a killed writer left
-    unreadable is skipped: its samples are captioned again)."""
-    found = shards.filesystem.get_file_info(pafs.FileSelector(shards.path, allow_not_found=True))
-    for entry in sorted(found, key=lambda entry: entry.path):
-        if entry.type != pafs.FileType.File:
-            continue
-        uri = shards.sibling("/" + entry.base_name).uri
-        try:
-            with shards.filesystem.open_input_file(entry.path) as handle:
-                if entry.path.endswith(PARQUET_SUFFIX):
-                    table = pq.read_table(handle)
-                else:
-                    table = pyarrow.json.read_json(handle)
-        except (pa.ArrowInvalid, OSError):
-            continue
-        for row in table.to_pylist():
-            yield uri, row
-
-
-def _checked_lines(lines: list[str], where: str, records: list[SampleRecord], made_by: dict) -> None:
-    """Refuse result lines made from other images or by another model or options (`rscc.batch`'s resume check)."""
-    with tempfile.TemporaryDirectory(prefix="rscc-ray-") as folder:
-        staged = Path(folder) / "lines.jsonl"
-        staged.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        try:
-            checked_id = _resumable_id(records, made_by)
-            for number, line in read_part(staged):
-                checked_id(staged, number, line)
-        except RsccInputError as error:
-            raise BatchInputError(str(error).replace(str(staged), where)) from None
-
-
-def _output_lines(out: Location) -> list[str]:
-    """The result lines of a finished output (JSON lines or Parquet)."""
-    if out.path.endswith(PARQUET_SUFFIX):
-        with out.filesystem.open_input_file(out.path) as handle:
-            rows = pq.read_table(handle).to_pylist()
-        return [json.dumps({key: value for key, value in row.items() if value is not None}) for row in rows]
-    return [raw for raw in out.read_bytes().decode("utf-8").splitlines() if raw.strip()]
-
-
-def _finished_lines(out: Location, records: list[SampleRecord], made_by: dict) -> tuple[dict, dict]:
-    """The result lines done so far by id (a finished output's, then the shards'), and the errors by id."""
-    lines, errors = {}, {}
-    shards = out.sibling(SHARDS_SUFFIX)
-    if out.exists():
-        done = _output_lines(out)
-        _checked_lines(done, out.uri, records, made_by)
-        lines.update((json.loads(line)["id"], line) for line in done)
-    by_shard = {}
-    for uri, row in _shard_rows(shards):
-        if row.get("line"):
-            by_shard.setdefault(uri, []).append(row["line"])
-            lines.setdefault(row["id"], row["line"])
-        elif row.get("error"):
-            errors.setdefault(row["id"], row["error"])
-    for uri, shard_lines in by_shard.items():
-        _checked_lines(shard_lines, uri, records, made_by)
-    changed = {key: files for key, line in lines.items()
-               if (files := changed_files(json.loads(line).get(FINGERPRINTS_FIELD) or {}))}
-    for key, files in changed.items():
-        print(f"rscc caption: {key}: {', '.join(files)} changed since it was captioned; captioning it again",
-              file=sys.stderr)
-        del lines[key]
-    return lines, {key: error for key, error in errors.items() if key not in lines}
-
-
-def _write_output(out: Location, lines: list[str]) -> None:
-    """The one output: JSON lines, or Parquet when `out` ends in .parquet (a temporary file renamed, locally)."""
-    if out.path.endswith(PARQUET_SUFFIX):
-        records = [json.loads(line) for line in lines]
-        payload = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(records), payload)
-        data = payload.getvalue().to_pybytes()
-    else:
-        data = "".join(line + "\n" for line in lines).encode("utf-8")
-    if out.is_local:
-        path = Path(out.path)
-        with atomic_output(path, path.suffix) as temporary:
-            temporary.write_bytes(data)
-    else:  # one PUT: an object store shows the whole object or none
-        with out.filesystem.open_output_stream(out.path) as stream:
-            stream.write(data)
-
-
-def _remove(location: Location) -> None:
-    if location.exists():
-        location.filesystem.delete_dir(location.path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -483,8 +310,8 @@ def caption_records(
     out = Location.parse(out, filesystem)
     shards = out.sibling(SHARDS_SUFFIX)
     if overwrite:
-        _remove(shards)
-    lines, _ = ({}, {}) if overwrite else _finished_lines(out, records, made_by)
+        remove_location(shards)
+    lines, _ = ({}, {}) if overwrite else finished_lines(out, records, made_by)
     resumed = sum(record.id in lines for record in records)
     pending = [record for record in records if record.id not in lines]
     if pending:
@@ -495,7 +322,7 @@ def caption_records(
         finally:
             if connected:
                 ray.shutdown()
-        lines, errors = _finished_lines(out, records, made_by)
+        lines, errors = finished_lines(out, records, made_by)
         if errors:
             listed = "; ".join(f"{key}: {error}" for key, error in errors.items())
             raise RayEngineError(f"{len(errors)} sample(s) could not be captioned ({listed}); the other samples are "
@@ -504,8 +331,8 @@ def caption_records(
         if missing:
             raise RayEngineError(f"the shards in {shards.uri} lack {len(missing)} sample(s) ({', '.join(missing[:5])}"
                                  "); rerun the same command to caption them")
-    _write_output(out, [lines[record.id] for record in records])
-    _remove(shards)
+    write_output(out, [lines[record.id] for record in records])
+    remove_location(shards)
     return BatchSummary(total=len(records), captioned=len(pending), resumed=resumed)
 
 
@@ -647,10 +474,8 @@ def caption_command(args, batch_records) -> int:
 
 __all__ = [
     "Captioner",
-    "ENGINES",
     "Location",
     "RayEngineError",
-    "add_engine_arguments",
     "caption_command",
     "caption_dataset",
     "caption_records",

@@ -13,7 +13,6 @@ is the captioned overlap, and whose properties name the model, its revision, the
 to the input items as `derived_from`.
 """
 
-import argparse
 import json
 import os
 import urllib.error
@@ -26,6 +25,7 @@ from pathlib import Path
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
+from .defaults import SCENE_DATE_ORDERS
 from .output_files import atomic_output, check_output_file
 from .errors import read_text_file
 from .geoparquet import is_geoparquet
@@ -33,7 +33,6 @@ from .imagery import SceneInputError, date_names, open_raster
 from .remote import is_remote
 
 ITEM_SUFFIXES = (".json",)
-ORDERS = ("check", "time", "given")
 HTTP_TIMEOUT_S = 30
 # Media types GDAL reads as rasters besides image/*.
 RASTER_APPLICATION_TYPES = ("application/x-hdf", "application/x-hdf5", "application/x-netcdf", "application/netcdf")
@@ -234,8 +233,8 @@ def resolve_scene_inputs(sources: list[str], asset: str | None = None, order: st
         SceneInputError: an item cannot be read or lacks a raster `asset`, items' footprints do not overlap, a raster
             date tag is not a date, or the dates are out of order under `check`.
     """
-    if order not in ORDERS:
-        raise SceneInputError(f"--order {order!r}: expected one of {', '.join(ORDERS)}")
+    if order not in SCENE_DATE_ORDERS:
+        raise SceneInputError(f"--order {order!r}: expected one of {', '.join(SCENE_DATE_ORDERS)}")
     sources = [str(source) for source in sources]
     names = date_names(len(sources))
     if asset is not None and not any(is_item_source(source) for source in sources):
@@ -253,18 +252,6 @@ def resolve_scene_inputs(sources: list[str], asset: str | None = None, order: st
         if scene_input.item is None:
             scene_input.date = raster_date(scene_input.raster, name)
     return _ordered(inputs, names, order)
-
-
-def add_stac_arguments(parser: argparse.ArgumentParser) -> None:
-    """`rscc scene`'s STAC options: --asset, --order, --stac-item."""
-    parser.add_argument("--asset", metavar="KEY",
-                        help="the asset read from each STAC item input (e.g. visual); needed when an input is an item")
-    parser.add_argument("--order", choices=ORDERS, default="check",
-                        help="dates out of time order (by STAC datetime or raster date tag): check refuses them "
-                        "(default), time sorts them, given keeps them as given")
-    parser.add_argument("--stac-item", metavar="OUT.json",
-                        help="also write a STAC Item describing the run: its outputs as assets, the model, input items "
-                        "and dates as properties")
 
 
 def check_stac_item_output(path: str | None, inputs: list[SceneInput], outputs: list) -> Path | None:

@@ -55,7 +55,8 @@ def show_library_progress_bars(show: bool) -> None:
 
 def for_terminal(text: str, stream: TextIO) -> str:
     """`text` with its control characters (a caption's escape sequences, carriage returns, bells) written as
-    `\\x1b`-style escapes when `stream` is a terminal; unchanged for a pipe or file, whose readers get the exact text."""
+    `\\x1b`-style escapes when `stream` is a terminal; unchanged for a pipe or a file, whose readers get the exact
+    text."""
     isatty = getattr(stream, "isatty", None)
     if not (isatty and isatty()):
         return text
@@ -65,7 +66,9 @@ def for_terminal(text: str, stream: TextIO) -> str:
     )
 
 
-def print_result(text: str) -> None:
-    """Print one line of a command's result to `command_output()`, escaped for a terminal."""
+def print_result(text: str, multiline: bool = False) -> None:
+    """Print a command's result to `command_output()`, escaped for a terminal: one line (a caption: a newline in it
+    is escaped too), or, with `multiline`, lines (a table) whose own line breaks are kept."""
     stream = command_output()
-    print(for_terminal(text, stream), file=stream)
+    lines = text.split("\n") if multiline else [text]
+    print("\n".join(for_terminal(line, stream) for line in lines), file=stream)

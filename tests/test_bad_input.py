@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 import rscc.captioning
-import rscc.commands.caption
 from rscc.cli import EXIT_BAD_INPUT, EXIT_TERMINATED, main
 from rscc.captioning import caption_samples
 
@@ -78,7 +77,7 @@ def test_a_manifests_masks_reach_a_filter_model_and_are_noted_otherwise(example_
         given.append(kwargs.get("change_masks"))
         return caption_samples(model, processor, pairs, **kwargs)
 
-    monkeypatch.setattr(rscc.commands.caption, "caption_samples", recording)
+    monkeypatch.setattr(rscc.captioning, "caption_samples", recording)
     filter_model = make_tiny_checkpoint(tmp_path / "filter", change_filter="drop")
     argv = ["caption", str(manifest), "--max-new-tokens", "2", "--out"]
     assert main([*argv, str(tmp_path / "a.jsonl"), "--model", str(filter_model)]) == 0

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-import rscc.commands.caption
+import rscc.captioning
 from rscc.batch import caption_records, samples_from_manifest
 from rscc.caption_files import read_prediction_records
 from rscc.cli import main
@@ -44,7 +44,7 @@ def counted_captioning(monkeypatch):
         calls["pairs"].extend(pairs)
         return caption_samples(model, processor, pairs, **kwargs)
 
-    monkeypatch.setattr(rscc.commands.caption, "caption_samples", counting)
+    monkeypatch.setattr(rscc.captioning, "caption_samples", counting)
     return calls
 
 

@@ -36,25 +36,26 @@ def commands(tiny_checkpoint, example_pairs, shared_data, tmp_path):
     model = ["--model", str(tiny_checkpoint), "--max-new-tokens", "1"]
     return {
         "caption": ([*example_pairs[0], *model], [example_pairs[0][0], str(tmp_path / "gone.png"), *model],
-                    "rscc.commands.caption.load_captioner"),
+                    "rscc.loading.load_captioner"),
         "scene": ([str(chips / "pre" / "0_pre.tif"), str(chips / "post" / "0_post.tif"), "--out",
                    str(tmp_path / "s.geojson"), "--tile-size", "512", *model],
                   [str(chips / "pre" / "0_pre.tif"), str(tmp_path / "gone.tif"), "--out", str(tmp_path / "s.geojson"),
-                   *model], "rscc.commands.scene.load_captioner"),
+                   *model], "rscc.loading.load_captioner"),
         "data": (["manifest", "--manifest", str(manifest), "--out", str(tmp_path / "built")],
                  ["manifest", "--manifest", str(tmp_path / "gone.csv"), "--out", str(tmp_path / "built2")],
-                 "rscc.data.cli.build_dataset"),
+                 "rscc.data.build.build_dataset"),
         "eval": (["--predictions", str(predictions), "--references", str(references), "--split", "test",
                   "--metrics", "BLEU-1", "--output", str(eval_json)],
                  ["--predictions", str(tmp_path / "gone.jsonl"), "--references", str(references)],
                  "rscc.metrics.cli.evaluate_captions"),
         "card": ([str(eval_json), "--repo-id", "user/name", "--out", str(tmp_path / "README.md")],
                  [str(tmp_path / "gone.json"), "--repo-id", "user/name", "--out", str(tmp_path / "README.md")],
-                 "rscc.commands.hub.validate_model_card"),
+                 "rscc.hub.validate_model_card"),
         "publish": ([str(tiny_checkpoint), "--repo-id", "user/name", "--dry-run", "--out", str(tmp_path / "hub")],
                     [str(tmp_path / "gone"), "--repo-id", "user/name", "--dry-run", "--out", str(tmp_path / "hub")],
-                    "rscc.commands.hub.publish"),
-        "tiny-checkpoint": ([str(tmp_path / "tiny")], [str(tiny_checkpoint)], "rscc.commands.tiny_checkpoint.make_tiny_checkpoint"),
+                    "rscc.hub.publish"),
+        "tiny-checkpoint": ([str(tmp_path / "tiny")], [str(tiny_checkpoint)],
+                            "rscc.tiny_checkpoints.make_tiny_checkpoint"),
     }
 
 
@@ -81,7 +82,7 @@ def test_interrupted_and_terminated(command, stop, code, commands, monkeypatch, 
 
     monkeypatch.setattr(stopped_function, stopping)
     if command in ("card", "publish"):  # their input is the eval report
-        monkeypatch.setattr("rscc.commands.hub.load_evaluation", lambda path: {})
+        monkeypatch.setattr("rscc.hub.load_evaluation", lambda path: {})
     assert main([command, *good]) == code
     assert "interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -6,33 +6,23 @@ import json
 import sys
 from pathlib import Path
 
-from ..batch import (
-    BatchInputError,
-    SampleRecord,
-    caption_records,
-    check_images_exist,
-    check_out_given,
-    pairs_from_folders,
-    record_paths,
-    samples_from_manifest,
-)
 from ..caption_files import date_fields
-from ..cli import EXIT_OK
-from ..captioning import caption_samples, describe_changes, uses_input_masks
-from ..imagery import date_names
-from ..loading import DEFAULT_MODEL, DTYPES, load_captioner
-from ..masks import write_mask_png
-from ..output_files import check_output_file
+from ..cli import EXIT_OK, command_help
+from ..defaults import DEFAULT_MODEL
 from ..output_lock import locking_output
 from ..parallel import current_share, existing_parts, part_path, process_device
-from ..processing_rscc import load_change_mask, load_image
-from ..ray import add_engine_arguments, caption_command, check_engine_arguments
+from ..terminal import print_result
 from .options import add_device_arguments, add_progress_arguments, batch_size_of, show_progress
+
+ENGINES = ("accelerate", "ray")
 
 MAX_CHANGE_CLASSES = 3  # LEVIR-MCI's: the most classes a change mask given on the command line may encode
 
 
 def _check_mask_option(model, args) -> None:
+    from ..batch import BatchInputError
+    from ..captioning import uses_input_masks
+
     if args.mask is not None and not uses_input_masks(model.config):
         raise BatchInputError(
             f"--mask: the model {args.model} does not use an input change mask (change_filter="
@@ -45,6 +35,14 @@ def _check_mask_option(model, args) -> None:
 
 def _caption_one_sample(args) -> None:
     """One pair (BEFORE AFTER) or one series of N > 2 dates (DATE1 ... DATEN, oldest first)."""
+    from ..batch import BatchInputError
+    from ..captioning import describe_changes
+    from ..imagery import date_names
+    from ..loading import DTYPES, load_captioner
+    from ..masks import write_mask_png
+    from ..output_files import check_output_file
+    from ..processing_rscc import load_change_mask, load_image
+
     given = [option for option, value in (("--out", args.out), ("--overwrite", args.overwrite or None),
                                           ("--batch-size", args.batch_size), ("--progress", args.progress))
              if value is not None]
@@ -73,14 +71,17 @@ def _caption_one_sample(args) -> None:
     if description.changed_fraction is not None:
         result.update(changed_fraction=description.changed_fraction, change_flag=int(description.changed))
     if args.json:
-        print(json.dumps(result))
+        print_result(json.dumps(result))
     else:
-        print(description.caption)
+        print_result(description.caption)
         if description.changed_fraction is not None:
-            print(f"changed fraction: {description.changed_fraction:.4f}")
+            print_result(f"changed fraction: {description.changed_fraction:.4f}")
 
 
-def _batch_records(inputs: list[str]) -> list[SampleRecord]:
+def _batch_records(inputs: list[str]) -> list:
+    """The `SampleRecord`s of two folders or a manifest."""
+    from ..batch import BatchInputError, pairs_from_folders, samples_from_manifest
+
     if len(inputs) == 2:
         return pairs_from_folders(*inputs)
     (manifest,) = inputs
@@ -104,6 +105,19 @@ def made_by(model_id_or_path: str, model, args) -> dict:
 
 
 def _caption_batch(args) -> None:
+    from ..batch import (
+        BatchInputError,
+        SampleRecord,
+        caption_records,
+        check_images_exist,
+        check_out_given,
+        record_paths,
+    )
+    from ..captioning import caption_samples, uses_input_masks
+    from ..loading import DTYPES, load_captioner
+    from ..output_files import check_output_file
+    from ..ray import caption_command
+
     for option, value in (("--mask", args.mask), ("--mask-out", args.mask_out), ("--json", args.json or None)):
         if value is not None:
             raise BatchInputError(f"{option} is for one pair; in batch mode give masks in a manifest's mask column "
@@ -147,6 +161,9 @@ def _caption_batch(args) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `rscc caption`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    from ..batch import BatchInputError
+    from ..ray import check_engine_arguments
+
     is_batch = len(args.inputs) == 1 or all(Path(path).is_dir() for path in args.inputs)
     if len(args.inputs) > 2 and any(Path(path).is_dir() for path in args.inputs):
         raise BatchInputError(
@@ -171,10 +188,30 @@ def stopped_note(args: argparse.Namespace) -> str:
     return f"finished samples are kept in {', '.join(map(str, parts))}; rerun the same command to resume"
 
 
+def _add_engine_arguments(parser) -> None:
+    """--engine, and the options of --engine ray: --address, --num-workers, --gpus-per-worker.
+
+    Args:
+        parser (`argparse.ArgumentParser`): the subcommand's parser.
+    """
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine", choices=ENGINES, default="accelerate",
+        help="accelerate (default): this process, or one process per GPU under `accelerate launch`; ray: Ray Data, "
+        "on a local Ray instance or the cluster of --address (needs rscc[ray]); its input may also be a built rscc "
+        "dataset (a .parquet file or an `rscc data build` folder) and its --out a .parquet file or a URI (s3://...)",
+    )
+    group.add_argument("--address", help="ray: address of a running Ray cluster (default: RAY_ADDRESS, else a "
+                       "local Ray instance started for the run)")
+    group.add_argument("--num-workers", type=int, help="ray: captioning actors, one model each (default 1)")
+    group.add_argument("--gpus-per-worker", type=float,
+                       help="ray: GPUs per captioning actor, e.g. 1 or 0.5 (default 0: the actors caption on CPU)")
+
+
 def make_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "caption",
-        help="caption the change between two images (or a series of dates), or many pairs and series",
+        help=command_help("caption"),
         usage="rscc caption (BEFORE AFTER | DATE1 DATE2 ... DATEN | BEFORE_DIR AFTER_DIR | MANIFEST) [options]",
         description=f"One pair (two image files): print one sentence on what changed from BEFORE to AFTER; one "
         "series (N > 2 co-registered image files, oldest first): what changed across the series. "
@@ -204,6 +241,6 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", help="batch: JSON-lines output file (resumable); default stdout")
     parser.add_argument("--overwrite", action="store_true", help="batch: discard earlier results in --out")
     add_progress_arguments(parser)
-    add_engine_arguments(parser)
+    _add_engine_arguments(parser)
     parser.set_defaults(run=locking_output(main), stopped_note=stopped_note)
     return parser

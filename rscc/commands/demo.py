@@ -3,16 +3,16 @@
 
 import argparse
 
-from ..captioning import DEFAULT_MAX_NEW_TOKENS
-from ..cli import EXIT_OK, positive_int
-from ..demo import examples_or_own, launch_demo, write_space
-from ..hub import check_repo_id, hub_upload_failures
-from ..loading import DEFAULT_MODEL, DTYPES
+from ..cli import EXIT_OK, command_help, positive_int
+from ..defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL, DTYPE_NAMES
+from ..terminal import print_result
 from .options import torch_device
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run `rscc demo`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    from ..demo import examples_or_own, launch_demo
+
     launch_demo(args.model, examples_or_own(args.examples), host=args.host, port=args.port, share=args.share,
                 device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
     return EXIT_OK
@@ -20,11 +20,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_space(args: argparse.Namespace) -> int:
     """Run `rscc space`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    from ..demo import write_space
+    from ..hub import check_repo_id, hub_upload_failures
+
     if args.repo_id:
         check_repo_id(args.repo_id)
     folder = write_space(args.model, args.out, args.examples, args.title)
     if not args.repo_id:
-        print(folder)
+        print_result(str(folder))
         return EXIT_OK
     from huggingface_hub import HfApi
 
@@ -33,14 +36,14 @@ def run_space(args: argparse.Namespace) -> int:
         api.create_repo(args.repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
         commit = api.upload_folder(folder_path=folder, repo_id=args.repo_id, repo_type="space",
                                    commit_message=f"rscc demo of {args.model}")
-    print(commit.commit_url)
+    print_result(commit.commit_url)
     return EXIT_OK
 
 
 def make_parser(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="serve the change-captioning demo page (Gradio)",
+        help=command_help("demo"),
         description="Load --model and serve a page at http://HOST:PORT where two uploaded images (PNG, JPEG, TIFF "
         "including 16-bit and GeoTIFF) get a caption and, for a model with a change-detection head, the predicted "
         "change drawn over the after image with the changed fraction. Needs gradio (README, Demo). Runs until "
@@ -53,17 +56,18 @@ def make_parser(subparsers) -> None:
     demo.add_argument("--share", action="store_true", help="also a public gradio.live link (needs the internet)")
     demo.add_argument("--examples", help="folder of example pairs, A/ and B/ (default: rscc's examples/levir_cc)")
     demo.add_argument("--device", default="cpu", type=torch_device, help="torch device, e.g. cpu, cuda")
-    demo.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
+    demo.add_argument("--dtype", default="float32", choices=sorted(DTYPE_NAMES), help="weights dtype")
     demo.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
     demo.set_defaults(run=run_demo)
 
     space = subparsers.add_parser(
         "space",
-        help="write (and upload) a Hub Space that serves the demo of a published model",
+        help=command_help("space"),
         description="Write a Gradio Space folder in --out for the published model MODEL (USER/NAME): app.py, "
         "README.md with the Space metadata (the installed gradio), requirements.txt with rscc's requirements "
         "pinned to the installed releases, the rscc package and the example pairs. With --repo-id, upload it as that "
-        "Space (log in first). Exit codes: 0 done; 2 bad input; 4 the Hub refused or could not be reached (the folder is kept).",
+        "Space (log in first). Exit codes: 0 done; 2 bad input; 4 the Hub refused or could not be reached (the "
+        "folder is kept).",
     )
     space.add_argument("model", metavar="MODEL", help="the published model's Hub id, USER/NAME")
     space.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")

@@ -4,25 +4,17 @@ uploaded (the library code is `rscc.hub`)."""
 import argparse
 from pathlib import Path
 
-import yaml
-from huggingface_hub import ModelCard
-
-from ..cli import EXIT_OK
-from ..configuration_rscc import RsccConfig
-from ..hub import (
-    LICENSE,
-    HubInputError,
-    build_model_card,
-    check_rscc_folder,
-    load_evaluation,
-    publish,
-    validate_model_card,
-)
-from ..loading import DEFAULT_MODEL
+from ..cli import EXIT_OK, command_help
+from ..defaults import DEFAULT_LICENSE, DEFAULT_MODEL
 from ..output_files import atomic_output
+from ..terminal import print_result
 
 
 def _read_recipe(path: str | None) -> dict | None:
+    import yaml
+
+    from ..hub import HubInputError
+
     if path is None:
         return None
     if not Path(path).is_file():
@@ -36,7 +28,10 @@ def _read_recipe(path: str | None) -> dict | None:
     return recipe
 
 
-def _card_from_args(args, config: RsccConfig | None) -> ModelCard:
+def _card_from_args(args, config):
+    """The model card (`huggingface_hub.ModelCard`) of the card options, for `config` (an `RsccConfig` or None)."""
+    from ..hub import build_model_card, load_evaluation
+
     return build_model_card(
         args.repo_id,
         evaluation=load_evaluation(args.eval) if args.eval else None,
@@ -50,6 +45,8 @@ def _card_from_args(args, config: RsccConfig | None) -> ModelCard:
 
 def run_card(args: argparse.Namespace) -> int:
     """Run `rscc card`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    from ..hub import HubInputError, check_rscc_folder, validate_model_card
+
     if not args.out or not args.out.strip():
         raise HubInputError("--out is an empty path; expected a README.md path")
     config = check_rscc_folder(args.model) if args.model else None
@@ -59,18 +56,20 @@ def run_card(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as temporary:
         card.save(temporary)
-    print(out)
+    print_result(str(out))
     return EXIT_OK
 
 
 def run_publish(args: argparse.Namespace) -> int:
     """Run `rscc publish`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    from ..hub import check_rscc_folder, publish
+
     config = check_rscc_folder(args.folder)
     result = publish(
         args.folder, args.repo_id, _card_from_args(args, config), out=args.out, private=args.private,
         dry_run=args.dry_run,
     )
-    print(result.url or result.folder)
+    print_result(str(result.url or result.folder))
     return EXIT_OK
 
 
@@ -78,14 +77,14 @@ def _add_card_arguments(parser) -> None:
     parser.add_argument("--repo-id", required=True, help="Hub repository, USER/NAME")
     parser.add_argument("--recipe", help="training settings, a JSON or YAML mapping, shown as a table")
     parser.add_argument("--base-model", default=DEFAULT_MODEL, help=f"Hub id of the base model ({DEFAULT_MODEL})")
-    parser.add_argument("--license", default=LICENSE, help=f"Hub license id (default {LICENSE})")
+    parser.add_argument("--license", default=DEFAULT_LICENSE, help=f"Hub license id (default {DEFAULT_LICENSE})")
     parser.add_argument("--dataset-id", help="Hub dataset id of the evaluation dataset (default: from its name)")
 
 
 def make_parser(subparsers) -> None:
     card = subparsers.add_parser(
         "card",
-        help="write a model card from an evaluation JSON",
+        help=command_help("card"),
         description="Fill rscc's model-card template (huggingface_hub ModelCard) from an evaluation JSON "
         "(convention, split, dataset, metrics on 0-100, counts, versions): YAML metadata with model-index results "
         "(the convention in each metric's config), usage with and without trust_remote_code, training recipe, "
@@ -99,7 +98,7 @@ def make_parser(subparsers) -> None:
 
     publish_parser = subparsers.add_parser(
         "publish",
-        help="assemble an rscc checkpoint for the Hub and upload it",
+        help=command_help("publish"),
         description="Assemble FOLDER for the Hub in --out (safetensors weights, remote-code files with auto_map, "
         "processor files, README.md card, and pipeline_rscc.py so that transformers.pipeline(model=REPO, "
         "trust_remote_code=True) captions pairs) and upload it with huggingface_hub (log in first: "

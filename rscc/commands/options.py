@@ -4,15 +4,16 @@
 import argparse
 import sys
 
-import torch
-
-from ..captioning import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from ..cli import positive_int
-from ..loading import DEFAULT_MODEL, DTYPES
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL, DTYPE_NAMES
 
 
 def torch_device(text: str) -> str:
-    """argparse type of --device: a device this torch build has."""
+    """argparse type of --device: a device this torch build has (cpu, the default, without importing torch)."""
+    if text == "cpu":
+        return text
+    import torch
+
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError) as error:
@@ -42,7 +43,7 @@ def add_device_arguments(parser) -> None:
     """
     parser.add_argument("--model", default=DEFAULT_MODEL, help="rscc or LLaVA-OneVision checkpoint (Hub id or folder)")
     parser.add_argument("--device", default="cpu", type=torch_device, help="torch device, e.g. cpu, cuda, cuda:1, mps")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPE_NAMES), help="weights dtype")
     parser.add_argument(
         "--batch-size", type=positive_int, help=f"samples per generate call (default {DEFAULT_BATCH_SIZE})"
     )

@@ -4,17 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_OK
-from ..imagery import SceneInputError
-from ..loading import DTYPES, load_captioner
-from ..output_files import check_output_file
+from ..cli import EXIT_OK, command_help
+from ..defaults import MIN_TILE_SIZE, SCENE_DATE_ORDERS
 from ..output_lock import locking_output
 from ..parallel import PARTIAL_SUFFIX, current_share, existing_parts, process_device
-from ..processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
-from ..scene import SceneOptions, SceneSeries, describe_scene
-from ..scene.outputs import OUT_EXPECTED
-from ..scene.tiling import MIN_TILE_SIZE
-from ..stac import add_stac_arguments, check_stac_item_output, resolve_scene_inputs, write_run_item
 from .options import add_device_arguments, add_progress_arguments, batch_size_of, show_progress
 
 
@@ -25,8 +18,10 @@ def _band_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated band numbers like 4,3,2, got {text!r}") from None
 
 
-def _check_options_take_effect(scene: SceneSeries, args) -> None:
-    """Refuse options that these rasters would ignore, rather than run as if they had been applied."""
+def _check_options_take_effect(scene, args) -> None:
+    """Refuse options that `scene` (a `SceneSeries`) would ignore, rather than run as if they had been applied."""
+    from ..imagery import SceneInputError
+
     stretch_options = [option for option, given in (("--percentiles", args.percentiles is not None),
                                                     ("--value-range", args.value_range is not None)) if given]
     every = "BEFORE and AFTER" if len(scene.dates) == 2 else f"all {len(scene.dates)} dates"
@@ -36,6 +31,18 @@ def _check_options_take_effect(scene: SceneSeries, args) -> None:
     if args.assume_aligned and all(source.dataset.crs for source in scene.dates):
         raise SceneInputError(f"--assume-aligned is for rasters without a CRS; {every} have one and are aligned by "
                               "their georeferencing")
+
+
+def _add_stac_arguments(parser: argparse.ArgumentParser) -> None:
+    """`rscc scene`'s STAC options: --asset, --order, --stac-item."""
+    parser.add_argument("--asset", metavar="KEY",
+                        help="the asset read from each STAC item input (e.g. visual); needed when an input is an item")
+    parser.add_argument("--order", choices=SCENE_DATE_ORDERS, default="check",
+                        help="dates out of time order (by STAC datetime or raster date tag): check refuses them "
+                        "(default), time sorts them, given keeps them as given")
+    parser.add_argument("--stac-item", metavar="OUT.json",
+                        help="also write a STAC Item describing the run: its outputs as assets, the model, input items "
+                        "and dates as properties")
 
 
 def stopped_note(args: argparse.Namespace) -> str:
@@ -48,6 +55,13 @@ def stopped_note(args: argparse.Namespace) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run `rscc scene`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    from ..loading import DTYPES, load_captioner
+    from ..output_files import check_output_file
+    from ..processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
+    from ..scene import SceneOptions, SceneSeries, describe_scene
+    from ..scene.outputs import OUT_EXPECTED
+    from ..stac import check_stac_item_output, resolve_scene_inputs, write_run_item
+
     options = SceneOptions(
         tile_size=args.tile_size, overlap=args.overlap, batch_size=batch_size_of(args),
         max_new_tokens=args.max_new_tokens, bands=args.bands, assume_aligned=args.assume_aligned,
@@ -84,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
 def make_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "scene",
-        help="caption the change between two GeoTIFF scenes (or a series), tile by tile, into GeoJSON",
+        help=command_help("scene"),
         usage="rscc scene (BEFORE AFTER | DATE1 DATE2 ... DATEN) --model MODEL --out OUT [options]",
         description="Put AFTER on BEFORE's grid (every later date on the first one's, for a series of N rasters; "
         "resampled when CRS, resolution or origin differ), tile their common overlap, caption the tiles in batches "
@@ -108,7 +122,7 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True,
                         help="output file: GeoJSON (.geojson), or GeoParquet (.parquet: streamed, with the model and "
                         "revision in every row)")
-    add_stac_arguments(parser)
+    _add_stac_arguments(parser)
     add_device_arguments(parser)
     parser.add_argument("--tile-size", type=int,
                         help=f"tile side in the first raster's pixels, at least {MIN_TILE_SIZE} "

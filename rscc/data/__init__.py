@@ -21,57 +21,52 @@ the files they read in `source_files`), `validation` (one record),
 (`rscc data`).
 """
 
-from .build import DEFAULT_MAX_SHARD_SIZE, ROWS_PER_ROW_GROUP, BuildSummary, build_dataset
-from .card import KNOWN_SOURCES
-from .ccexpert import ccexpert_records
-from .dubai_cc import DUBAI_CC_SPLITS, dubai_cc_records, is_dubai_cc_no_change_caption
-from .from_masks import from_masks_records
-from .levir_cc import LEVIR_CC_SPLITS, levir_cc_records
-from .manifest import MANIFEST_FIELDS, manifest_captions, manifest_dates, manifest_records, read_manifest
-from .mixture import MixtureComponent, mixture_records
-from .schema import (
-    FEATURES,
-    MAX_MASK_CLASSES,
-    ChangeRecord,
-    DataInputError,
-    ImageSource,
-    InvalidRecordsError,
-    Problem,
-    summarize_problems,
-)
-from .views import CaptionMode, caption_view, load_change_dataset, normalize_caption, streaming_caption_view
+import importlib
 
-__all__ = [
-    "DEFAULT_MAX_SHARD_SIZE",
-    "DUBAI_CC_SPLITS",
-    "FEATURES",
-    "KNOWN_SOURCES",
-    "LEVIR_CC_SPLITS",
-    "MANIFEST_FIELDS",
-    "MAX_MASK_CLASSES",
-    "ROWS_PER_ROW_GROUP",
-    "BuildSummary",
-    "CaptionMode",
-    "ChangeRecord",
-    "DataInputError",
-    "ImageSource",
-    "InvalidRecordsError",
-    "MixtureComponent",
-    "Problem",
-    "build_dataset",
-    "caption_view",
-    "ccexpert_records",
-    "dubai_cc_records",
-    "from_masks_records",
-    "is_dubai_cc_no_change_caption",
-    "levir_cc_records",
-    "load_change_dataset",
-    "manifest_captions",
-    "manifest_dates",
-    "manifest_records",
-    "mixture_records",
-    "normalize_caption",
-    "read_manifest",
-    "streaming_caption_view",
-    "summarize_problems",
-]
+# Each name this package exports -> the module that defines it, imported on first use: `rscc data --help` and the
+# modules that need one name (a manifest reader) do not import every converter.
+_EXPORTS = {
+    "DEFAULT_MAX_SHARD_SIZE": "build",
+    "ROWS_PER_ROW_GROUP": "build",
+    "BuildSummary": "build",
+    "build_dataset": "build",
+    "KNOWN_SOURCES": "card",
+    "ccexpert_records": "ccexpert",
+    "DUBAI_CC_SPLITS": "dubai_cc",
+    "dubai_cc_records": "dubai_cc",
+    "is_dubai_cc_no_change_caption": "dubai_cc",
+    "from_masks_records": "from_masks",
+    "LEVIR_CC_SPLITS": "levir_cc",
+    "levir_cc_records": "levir_cc",
+    "MANIFEST_FIELDS": "manifest",
+    "manifest_captions": "manifest",
+    "manifest_dates": "manifest",
+    "manifest_records": "manifest",
+    "read_manifest": "manifest",
+    "MixtureComponent": "mixture",
+    "mixture_records": "mixture",
+    "FEATURES": "schema",
+    "MAX_MASK_CLASSES": "schema",
+    "ChangeRecord": "schema",
+    "DataInputError": "schema",
+    "ImageSource": "schema",
+    "InvalidRecordsError": "schema",
+    "Problem": "schema",
+    "summarize_problems": "schema",
+    "CaptionMode": "views",
+    "caption_view": "views",
+    "load_change_dataset": "views",
+    "normalize_caption": "views",
+    "streaming_caption_view": "views",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rscc.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = list(_EXPORTS)

@@ -16,13 +16,13 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..defaults import DEFAULT_MAX_SHARD_SIZE
 from .card import write_card
 from .schema import FEATURES, SPLIT_ORDER, ChangeRecord, DataInputError, InvalidRecordsError, Problem
 from .validation import check_record
 
 # Small row groups let readers (and the Hub's dataset viewer) fetch a few pairs without reading 50 MB of images.
 ROWS_PER_ROW_GROUP = 100
-DEFAULT_MAX_SHARD_SIZE = 500 * 1024**2
 
 
 @dataclass

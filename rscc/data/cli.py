@@ -7,6 +7,7 @@ its `--out` must never replace sit together, so a new format is one entry."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import sys
 from collections.abc import Callable, Iterable
@@ -14,24 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..cli import EXIT_OK, positive_int
+from ..cli import EXIT_OK, command_help, positive_int
 from ..output_lock import locking_output
-from .build import DEFAULT_MAX_SHARD_SIZE, build_dataset
-from .ccexpert import ccexpert_records
-from .clevr_change import clevr_change_records
-from .dubai_cc import dubai_cc_records
-from .image_editing_request import image_editing_request_records
-from .parquet_source import parquet_records
-from .second import second_records
-from .spot_the_diff import spot_the_diff_records
-from .stvchrono import stvchrono_records
-from .vismin import VISMIN_CAPTION_NOTE, vismin_records
-from .from_masks import DEFAULT_MIN_REGION_PIXELS, from_masks_records, template_caption_note
-from .levir_cc import levir_cc_records
-from .manifest import MANIFEST_FIELDS, manifest_records
-from .mixture import MixtureComponent, mixture_records
-from .recipe import Recipe
-from .schema import ChangeRecord, DataInputError, InvalidRecordsError
+from ..terminal import print_result
+from ..defaults import DEFAULT_MAX_SHARD_SIZE, DEFAULT_MIN_REGION_PIXELS, MANIFEST_FIELDS
+
+
+def _reader(module: str, name: str):
+    """`name` from `rscc.data.MODULE`, imported when a command runs: help and argument errors import no converter."""
+    return getattr(importlib.import_module(f".{module}", __package__), name)
+
 
 
 def _split_and_path(spec: str) -> tuple:
@@ -45,6 +38,8 @@ def _split_paths(specs: Optional[list[str]]) -> list[tuple]:
 
 
 def _component_identity(spec: str) -> tuple:
+    from .mixture import MixtureComponent
+
     component = MixtureComponent.parse(spec)
     return Path(component.path).resolve(), component.split
 
@@ -55,6 +50,8 @@ REPEATABLE_INPUTS = ("records", "manifest", "files", "annotations", "root", "lis
 
 def refuse_repeated_inputs(args: argparse.Namespace) -> None:
     """Refuse one input given twice to a repeatable option (its records would all be there twice), naming both."""
+    from .schema import DataInputError
+
     for option in REPEATABLE_INPUTS:
         values, seen = getattr(args, option, None), {}
         for value in values if isinstance(values, list) else []:
@@ -216,19 +213,19 @@ def _chained(function, option: str):
 SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
     SourceCommand(
         "levir-cc", "LEVIR-CC / LEVIR-MCI (Karpathy-style JSON + images/)", _levir_arguments,
-        records=lambda args: levir_cc_records(args.root, args.captions),
+        records=lambda args: _reader("levir_cc", "levir_cc_records")(args.root, args.captions),
         inputs=lambda args: [args.root, *([args.captions] if args.captions else [])],
     ),
     SourceCommand(
         "dubai-cc", "Dubai-CC ({Train,Validation,Test}_Dubai_CC.json + images)", _dubai_arguments,
-        records=lambda args: dubai_cc_records(args.captions, args.images, args.before_dir, args.after_dir),
+        records=lambda args: _reader("dubai_cc", "dubai_cc_records")(args.captions, args.images, args.before_dir,
+                                                                     args.after_dir),
         inputs=lambda args: [args.captions, args.images],
     ),
     SourceCommand(
         "ccexpert", "CCExpert records (uid, change_flag, img1_path, img2_path, change_caption)", _ccexpert_arguments,
-        records=_chained(lambda args, split, path: ccexpert_records(path, split, args.source_name, args.image_root,
-                                                                  args.allow_outside_root),
-                         "records"),
+        records=_chained(lambda args, split, path: _reader("ccexpert", "ccexpert_records")(
+            path, split, args.source_name, args.image_root, args.allow_outside_root), "records"),
         inputs=lambda args: [
             item for _, path in _split_paths(args.records) for item in (path, args.image_root or path.parent)
         ],
@@ -236,8 +233,8 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
     SourceCommand(
         "manifest", "your own pairs or series: CSV or JSONL with before, after (or image_1 ... image_N), "
                     "caption(s)", _manifest_arguments,
-        records=_chained(lambda args, split, path: manifest_records(path, split, args.source_name),
-                         "manifest"),
+        records=_chained(lambda args, split, path: _reader("manifest", "manifest_records")(
+            path, split, args.source_name), "manifest"),
         inputs=lambda args: [item for _, path in _split_paths(args.manifest) for item in (path, path.parent)],
     ),
     SourceCommand(
@@ -245,53 +242,56 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
         _annotations_and_images_arguments(
             "folder with train.json, val.json, test.json",
             "folder with <img_id>.png and <img_id>_2.png (the dataset's resized_images/)"),
-        records=lambda args: spot_the_diff_records(args.annotations, args.images),
+        records=lambda args: _reader("spot_the_diff", "spot_the_diff_records")(args.annotations, args.images),
         inputs=lambda args: [args.annotations, args.images],
     ),
     SourceCommand(
         "image-editing-request", "Image Editing Request ({train,valid,test}.json + images)",
         _annotations_and_images_arguments(
             "folder with train.json, valid.json, test.json", "folder with the img0 and img1 images"),
-        records=lambda args: image_editing_request_records(args.annotations, args.images),
+        records=lambda args: _reader("image_editing_request", "image_editing_request_records")(args.annotations,
+                                                                                               args.images),
         inputs=lambda args: [args.annotations, args.images],
     ),
     SourceCommand(
         "parquet", "a change-captioning set already in Parquet (e.g. downloaded from the Hub), its columns mapped onto "
                    "the schema", _parquet_arguments,
-        records=_chained(lambda args, split, path: parquet_records([path], args.columns, split, args.source_name),
+        records=_chained(lambda args, split, path: _reader("parquet_source", "parquet_records")(
+            [path], args.columns, split, args.source_name),
                          "files"),
         inputs=lambda args: [path.parent for _, path in _split_paths(args.files)],
     ),
     SourceCommand(
         "clevr-change", "CLEVR-Change (data/ with splits.json, change_captions.json, no_change_captions.json and the "
                         "three image folders)", _clevr_arguments,
-        records=lambda args: clevr_change_records(args.data_dir),
+        records=lambda args: _reader("clevr_change", "clevr_change_records")(args.data_dir),
         inputs=lambda args: [args.data_dir],
     ),
     SourceCommand(
         "vismin", "VisMin's training JSON (image_path, caption, negatives) + images", _vismin_arguments,
-        records=lambda args: vismin_records(args.annotations, args.image_root, args.split,
+        records=lambda args: _reader("vismin", "vismin_records")(args.annotations, args.image_root, args.split,
                                             args.allow_outside_root),
         inputs=lambda args: [args.annotations, args.image_root],
-        notes=lambda args: {"vismin": VISMIN_CAPTION_NOTE},
+        notes=lambda args: {"vismin": _reader("vismin", "VISMIN_CAPTION_NOTE")},
     ),
     SourceCommand(
         "stvchrono", "STVchrono (PJ1/PJ2_annotations.json + Mapillary images); its two-image sequences",
         _stvchrono_arguments,
-        records=lambda args: stvchrono_records(args.annotations, args.images, args.split),
+        records=lambda args: _reader("stvchrono", "stvchrono_records")(args.annotations, args.images, args.split),
         inputs=lambda args: [*args.annotations, args.images],
     ),
     SourceCommand(
         "from-masks", "change-detection set (before, after, mask) captioned from its masks by templates",
         _from_masks_arguments,
         records=_chained(
-            lambda args, split, root: from_masks_records(
+            lambda args, split, root: _reader("from_masks", "from_masks_records")(
                 root, split, args.source_name, before_dir=args.before_dir, after_dir=args.after_dir,
                 mask_dir=args.mask_dir, classes=args.classes, binary_class_name=args.class_name,
                 min_region_pixels=args.min_region_pixels, seed=args.seed),
             "root"),
         inputs=lambda args: [root for _, root in _split_paths(args.root)],
-        notes=lambda args: {args.source_name: template_caption_note(args.seed, args.min_region_pixels)},
+        notes=lambda args: {args.source_name: _reader("from_masks", "template_caption_note")(
+            args.seed, args.min_region_pixels)},
         description="Caption a change-detection set from its masks: count, size and 3x3-grid place of the "
                     "connected changed regions per class, 5 template sentences a pair in LEVIR-CC's style "
                     "(deterministic with --seed), LEVIR-CC's no-change sentences for empty masks.",
@@ -300,12 +300,13 @@ SOURCE_COMMANDS: tuple[SourceCommand, ...] = (
         "second", "SECOND ({im1,im2,label1,label2} per split folder), captioned from its label2 land-cover maps",
         _second_arguments,
         records=_chained(
-            lambda args, split, root: second_records(
+            lambda args, split, root: _reader("second", "second_records")(
                 root, split, dict(_split_paths(args.list)).get(split), min_region_pixels=args.min_region_pixels,
                 seed=args.seed),
             "root"),
         inputs=lambda args: [path for _, path in _split_paths(args.root) + _split_paths(args.list)],
-        notes=lambda args: {"second": template_caption_note(args.seed, args.min_region_pixels)},
+        notes=lambda args: {"second": _reader("from_masks", "template_caption_note")(
+            args.seed, args.min_region_pixels)},
     ),
 )
 MIX_COMMAND = "mix"
@@ -327,6 +328,10 @@ def _mixture_of(args: argparse.Namespace) -> tuple:
     """(components, card lines of the recipe or None) of `rscc data mix`: --source specs, or a --config recipe
     whose missing sources are listed on stderr; sets `args.split` and
     `args.pretty_name` to the recipe's unless given."""
+    from .mixture import MixtureComponent
+    from .recipe import Recipe
+    from .schema import DataInputError
+
     if bool(args.source) == bool(args.config):
         raise DataInputError("rscc data mix: give either --source (repeatable) or --config RECIPE")
     if args.source:
@@ -344,6 +349,10 @@ def _mixture_of(args: argparse.Namespace) -> tuple:
 
 def run(args: argparse.Namespace) -> int:
     """Run `rscc data FORMAT`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
+    from .build import build_dataset
+    from .mixture import mixture_records
+    from .schema import InvalidRecordsError
+
     refuse_repeated_inputs(args)
     if args.data_command == MIX_COMMAND:
         mixture, recipe_section = _mixture_of(args)
@@ -366,14 +375,14 @@ def run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"\nrscc data {args.data_command}: build failed.", file=sys.stderr)
         raise
-    print(summary)
+    print_result(str(summary), multiline=True)
     return EXIT_OK
 
 
 def make_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `rscc data ...`: one converter per source format, each writing a validated Parquet dataset."""
     parser = subparsers.add_parser(
-        "data", help="build change-captioning datasets (Parquet shards + dataset card)",
+        "data", help=command_help("data"),
         description="Convert a change-captioning source into Parquet shards plus a dataset card that "
                     "datasets.load_dataset(OUT) and push_to_hub accept. Every record is validated; any problem "
                     "fails the build unless --skip-invalid.")

@@ -20,13 +20,13 @@ import numpy as np
 from PIL import Image
 
 from ..caption_text import NO_CHANGE_SENTENCES
+from ..defaults import DEFAULT_MIN_REGION_PIXELS
 from .schema import ChangeRecord, DataInputError, Problem
 
 NUM_CAPTIONS = 5
 # Regions smaller than this many pixels are label noise (a few stray pixels at a region's edge), not an object a
 # caption should count, when the mask has larger ones; a mask with only such specks has them counted all the same,
 # so that captions, change_flag and the stored mask all say that something changed.
-DEFAULT_MIN_REGION_PIXELS = 20
 # Binary masks (LEVIR-CD, WHU-CD, ...) mark changed buildings.
 DEFAULT_CLASS_NAMES = {1: "building"}
 # A region's share of the image below which it is "small", and from which it is "large".

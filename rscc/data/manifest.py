@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional, Union
 
+from ..defaults import MANIFEST_FIELDS
 from ..errors import read_text_file
 from .source_files import read_json_records
 from .schema import ChangeRecord, DataInputError
 
-MANIFEST_FIELDS = ("id", "split", "before", "after", "images", "caption", "captions", "mask", "change_flag")
 _NUMBERED_CAPTION = re.compile(r"^caption_\d+$")
 # A series' dates, oldest first, in CSV (`image_1`, `image_2`, ...) instead of `before` and `after`.
 _NUMBERED_IMAGE = re.compile(r"^image_\d+$")

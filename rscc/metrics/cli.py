@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..caption_files import read_prediction_records
 from ..cli import EXIT_OK
+from ..terminal import print_result
 from ..errors import RsccInputError
 from ..output_lock import locking_output
 from .conventions import CONVENTIONS, DEFAULT_CONVENTION, load_vocab
@@ -105,7 +106,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """Run `rscc eval`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
     _check_options(args)
     report = _score(args)
-    print(format_table(report))
+    print_result(format_table(report), multiline=True)
     if args.output is not None:
-        print(f"report written to {write_report(report, args.output)}")
+        print_result(f"report written to {write_report(report, args.output)}")
     return EXIT_OK

@@ -5,10 +5,8 @@ from typing import Iterator
 
 from rasterio.windows import Window
 
+from ..defaults import MIN_TILE_SIZE
 from ..imagery import SceneInputError
-
-# Smallest tile side: LEVIR-CC's pairs are 256 px; a tile of a few pixels says nothing and a scene has millions.
-MIN_TILE_SIZE = 32
 
 
 @dataclass(frozen=True)
