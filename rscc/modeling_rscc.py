@@ -433,16 +433,9 @@ class RsccModel(RsccPreTrainedModel, LlavaOnevisionModel):
                 "train RsccForConditionalGeneration (AutoModel.from_pretrained gives it) with the labels instead"
             )
         prepared = self.prepare_language_model_inputs(
-            input_ids,
-            attention_mask,
-            pixel_values,
-            image_sizes,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            vision_aspect_ratio=vision_aspect_ratio,
-            batch_num_images=batch_num_images,
-            mm_encoder_outputs=mm_encoder_outputs,
-            change_masks=change_masks,
+            input_ids, attention_mask, pixel_values, image_sizes, vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy, vision_aspect_ratio=vision_aspect_ratio,
+            batch_num_images=batch_num_images, mm_encoder_outputs=mm_encoder_outputs, change_masks=change_masks,
             position_ids=kwargs.get("position_ids"),
         )
         outputs = super().forward(
