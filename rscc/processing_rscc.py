@@ -14,25 +14,17 @@ stretch), decoding change masks into the change head's classes, and reading the 
 """
 
 import math
-import os
 import re
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from transformers import AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionImageProcessorPil
+from transformers import AutoTokenizer, LlavaOnevisionConfig
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-    LlavaOnevisionImageProcessorKwargs,
-)
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
 from .configuration_rscc import IGNORE_INDEX, PAIR_ENCODINGS, VISUAL_TOKEN_SEGMENTS
 from .errors_rscc import InputFileNotFoundError, RsccInputError
 from .image_processing_rscc import (
-    HIGH_BIT_DEPTH_PERCENTILES,
     RsccImageProcessor,
     load_change_mask,
     load_image,

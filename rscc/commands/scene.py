@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     """Run `rscc scene`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
     from ..loading import DTYPES, load_captioner
     from ..output_files import check_output_file
-    from ..processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
+    from ..image_processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
     from ..scene import SceneOptions, SceneSeries, describe_scene
     from ..scene.outputs import OUT_EXPECTED
     from ..stac import check_stac_item_output, resolve_scene_inputs, write_run_item

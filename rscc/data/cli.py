@@ -13,12 +13,15 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..cli import EXIT_OK, command_help, positive_int
+from ..defaults import DEFAULT_MAX_SHARD_SIZE, DEFAULT_MIN_REGION_PIXELS, MANIFEST_FIELDS
 from ..output_lock import locking_output
 from ..terminal import print_result
-from ..defaults import DEFAULT_MAX_SHARD_SIZE, DEFAULT_MIN_REGION_PIXELS, MANIFEST_FIELDS
+
+if TYPE_CHECKING:
+    from .schema import ChangeRecord
 
 
 def _reader(module: str, name: str):

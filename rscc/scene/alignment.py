@@ -26,7 +26,7 @@ from ..imagery import (
     rgb_bands,
     warp_validity,
 )
-from ..processing_rscc import HIGH_BIT_DEPTH_PERCENTILES, stretch_to_uint8
+from ..image_processing_rscc import HIGH_BIT_DEPTH_PERCENTILES, stretch_to_uint8
 
 # Longest side of the decimated read that measures a high-bit-depth image's stretch percentiles.
 STRETCH_SAMPLE_SIZE = 1024

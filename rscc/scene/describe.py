@@ -22,7 +22,7 @@ from ..imagery import SceneInputError
 from ..input_fingerprint import content_fingerprint
 from ..output_files import check_output_file
 from ..parallel import PARTIAL_SUFFIX, PartFiles, ProcessShare, batched, wait_for_everyone
-from ..processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
+from ..image_processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
 from .alignment import SceneSeries, check_raster_list
 from .outputs import OUT_EXPECTED, TileResult, open_outputs, tile_result
 from .tiling import Tile, TileGrid, check_tile_size
