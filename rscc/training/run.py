@@ -322,5 +322,10 @@ def save_stage_output(trainer: RsccTrainer, processor, arguments: StageRunArgume
 
 
 def main(stage: str, argv: Optional[list[str]] = None) -> RsccTrainer:
-    """Entry point of `train/stage{1,2,3}.py`: parse the command line (and `--config`), run the stage."""
-    return run_stage(parse_arguments(stage, argv))
+    """Entry point of `train/stage{1,2,3}.py`: parse the command line (and `--config`), run the stage, then close
+    the process group of a distributed run, so that no communication thread is left running when the process exits
+    (which aborts it: "terminate called without an active exception")."""
+    trainer = run_stage(parse_arguments(stage, argv))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return trainer
