@@ -180,12 +180,15 @@ def raster_date(raster: str, name: str) -> datetime | None:
 
 
 def _check_footprints_overlap(inputs: list[SceneInput], names: list[str]) -> None:
-    """Refuse items whose footprints share no area, before any of their rasters is opened."""
+    """Refuse items whose footprints share no area, before any of their rasters is opened (plain rasters need no
+    `geo` extra: their overlap is checked on their grids)."""
+    items = [(scene_input, name) for scene_input, name in zip(inputs, names)
+             if scene_input.item is not None and scene_input.item.geometry is not None]
+    if not items:
+        return
     shape = _geo_package("shapely.geometry").shape
     shared, sharing = None, []
-    for scene_input, name in zip(inputs, names):
-        if scene_input.item is None or scene_input.item.geometry is None:
-            continue
+    for scene_input, name in items:
         footprint = shape(scene_input.item.geometry)
         if shared is not None and shared.intersection(footprint).area == 0:
             raise SceneInputError(
