@@ -126,29 +126,38 @@ def _output_lines(out: Location) -> list[str]:
 
 
 def finished_lines(out: Location, records: list[SampleRecord], made_by: dict) -> tuple[dict, dict]:
-    """The result lines done so far by id (a finished output's, then the shards'), and the errors by id."""
+    """The result lines done so far by id (a finished output's, then the shards'), and the errors by id. A line whose
+    input files changed since it was made is left out, so that a newer line of the shards, or a rerun, replaces it."""
     lines, errors = {}, {}
     shards = out.sibling(SHARDS_SUFFIX)
     if out.exists():
         done = _output_lines(out)
         _checked_lines(done, out.uri, records, made_by)
-        lines.update((json.loads(line)["id"], line) for line in done)
+        for line in done:
+            _keep_unless_changed(lines, line)
     by_shard = {}
     for uri, row in _shard_rows(shards):
         if row.get("line"):
             by_shard.setdefault(uri, []).append(row["line"])
-            lines.setdefault(row["id"], row["line"])
+            _keep_unless_changed(lines, row["line"])
         elif row.get("error"):
             errors.setdefault(row["id"], row["error"])
     for uri, shard_lines in by_shard.items():
         _checked_lines(shard_lines, uri, records, made_by)
-    changed = {key: files for key, line in lines.items()
-               if (files := changed_files(json.loads(line).get(FINGERPRINTS_FIELD) or {}))}
-    for key, files in changed.items():
-        print(f"rscc caption: {key}: {', '.join(files)} changed since it was captioned; captioning it again",
-              file=sys.stderr)
-        del lines[key]
     return lines, {key: error for key, error in errors.items() if key not in lines}
+
+
+def _keep_unless_changed(lines: dict, line: str) -> None:
+    """Add `line` under its id unless one is there already or its input files changed since it was made."""
+    record = json.loads(line)
+    if record["id"] in lines:
+        return
+    changed = changed_files(record.get(FINGERPRINTS_FIELD) or {})
+    if changed:
+        print(f"rscc caption: {record['id']}: {', '.join(changed)} changed since it was captioned; captioning it "
+              "again", file=sys.stderr)
+        return
+    lines[record["id"]] = line
 
 
 def write_output(out: Location, lines: list[str]) -> None:

@@ -2,6 +2,7 @@
 the same records as `rscc caption`'s one process, a captioning worker killed mid-run, resume across engines, failing
 inputs, and outputs on `file://` and S3 (a local moto server) URIs."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -118,6 +119,22 @@ def test_failing_input_is_reported_once_and_a_rerun_resumes(local_ray, pair_fold
     assert (summary.captioned, summary.resumed) == (1, 5)
     expected = [json.loads(line)["caption"] for line in single_process_lines]
     assert [json.loads(line)["caption"] for line in out.read_text().splitlines()] == expected
+
+
+def test_a_rerun_captions_again_a_sample_whose_file_changed(local_ray, pair_folders, tiny_checkpoint, tmp_path):
+    before, after = tmp_path / "before", tmp_path / "after"
+    shutil.copytree(pair_folders[0], before), shutil.copytree(pair_folders[1], after)
+    records = _records((before, after))
+    out = tmp_path / "captions.jsonl"
+    caption_records(records, str(tiny_checkpoint), out, batch_size=2, record_inputs=True)
+    changed = after / PAIR_NAMES[1]
+    changed.write_bytes((after / PAIR_NAMES[0]).read_bytes())  # another picture under the same name
+    summary = caption_records(records, str(tiny_checkpoint), out, batch_size=2, record_inputs=True)
+    assert (summary.captioned, summary.resumed) == (1, 5)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["id"] for line in lines] == [record.id for record in records]
+    recorded = lines[1]["input_fingerprints"][str(changed)]["sha256"]
+    assert recorded == hashlib.sha256(changed.read_bytes()).hexdigest()
 
 
 def test_caption_dataset_to_a_file_uri_with_parquet_output(local_ray, pair_folders, tiny_checkpoint,
