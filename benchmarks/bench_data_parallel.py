@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PAIRS = REPO_ROOT.parent / "shared" / "data" / "levir_cc" / "images" / "train"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+PAIRS = SHARED_DATA / "levir_cc" / "images" / "train"
 
 
 def build_pairs(count: int, folder: Path) -> tuple[Path, Path]:
@@ -62,8 +63,8 @@ def caption_arguments(before: Path, after: Path, model: str, out: Path, args) ->
             str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens)]
 
 
-def run(processes: int, arguments: list[str]) -> tuple[float, float, str]:
-    """(captioning pairs/s, end-to-end wall seconds, stderr) of one command."""
+def run(processes: int, arguments: list[str], unit: str = "sample") -> tuple[float, float, str]:
+    """(captioning items/s, end-to-end wall seconds, stderr) of one command (`unit`: what its progress bar counts)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     # accelerate's --multi_gpu is its torchrun launcher, which starts CPU processes too (and wants 2 or more).
@@ -75,7 +76,7 @@ def run(processes: int, arguments: list[str]) -> tuple[float, float, str]:
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{processes} process(es) failed:\n{result.stderr[-4000:]}")
-    rates = re.findall(r"([\d.]+)sample/s", result.stderr)  # the progress bar counts samples (here pairs)
+    rates = re.findall(rf"([\d.]+){unit}/s", result.stderr)
     return float(rates[-1]), wall, result.stderr
 
 

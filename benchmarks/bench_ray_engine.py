@@ -1,14 +1,15 @@
 """`rscc caption --engine ray` against the accelerate engine, with a tiny model on CPU, and Ray Data's scheduling
 overhead per batch.
 
-    python benchmarks/bench_ray_engine.py [--pairs 48] [--workers 1 2] [--model DIR] [--json out.json]
+    python benchmarks/bench_ray_engine.py [--pairs 48] [--workers 1 2] [--scene-size 384] [--model DIR] [--json F]
 
 The real LEVIR-CC pairs are repeated up to `--pairs` (as in bench_data_parallel.py). Rows:
 - accelerate, 1 and N processes (`accelerate launch`, bench_data_parallel.py's runner): captioning pairs/s (the
   progress bar) and end-to-end pairs/s (the command's wall time);
 - ray, 1 and N workers (`rscc caption --engine ray --num-workers N`, a local Ray instance the command starts): end to
   end pairs/s, which include starting Ray and loading one model per worker.
-Every output must be byte for byte the accelerate engine's. The overhead row runs Ray Data pipelines of one no-op
+The scene rows do the same for `rscc scene` over a `--scene-size` crop of a real xView2 chip pair tiled at 64 px:
+captioning tiles/s (accelerate) and end-to-end tiles/s. Every output must be byte for byte the accelerate engine's. The overhead row runs Ray Data pipelines of one no-op
 actor (the stages and settings of `rscc.ray` with one CPU worker: from_items -> CPU map_batches -> actor map_batches
 -> write_json) over 1 and `--pairs`
 batches of one row (medians of 3, after a warm-up run); the difference of their wall times over the extra batches is
@@ -28,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data_parallel import (  # noqa: E402
     REPO_ROOT,
+    SHARED_DATA,
     add_run_arguments,
     build_pairs,
     caption_arguments,
@@ -36,8 +38,53 @@ from bench_data_parallel import (  # noqa: E402
 )
 
 
+SCENE_TILE_SIZE = 64
+
+
+def build_scene(size: int, folder: Path) -> list[str]:
+    """A `size` x `size` crop of the xView2 pre and post chips (the post date is resampled onto the pre grid)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    folder.mkdir(parents=True)
+    rasters = []
+    for date in ("pre", "post"):
+        with rasterio.open(SHARED_DATA / "geotiff_xview2" / date / f"0_{date}.tif") as chip:
+            crop = Window(0, 0, size, size)
+            profile = chip.profile | {"width": size, "height": size, "transform": chip.window_transform(crop)}
+            with rasterio.open(folder / f"{date}.tif", "w", **profile) as raster:
+                raster.write(chip.read(window=crop))
+        rasters.append(str(folder / f"{date}.tif"))
+    return rasters
+
+
+def scene_rows(rasters: list[str], model: str, scratch: Path, args) -> list[dict]:
+    """Tiles/s of `rscc scene` on each engine and worker count; the outputs must be identical."""
+    rows, outputs = [], {}
+    for engine in ("accelerate", "ray"):
+        for count in args.workers:
+            out = scratch / f"scene-{engine}-{count}" / "changes.geojson"
+            out.parent.mkdir()
+            arguments = ["scene", *rasters, "--model", model, "--out", str(out), "--tile-size", str(SCENE_TILE_SIZE),
+                         "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens)]
+            row = {"command": "scene", "engine": engine, "workers": count}
+            if engine == "accelerate":
+                rate, wall, _ = run(count, arguments, unit="tile")
+                row["captioning_tiles_per_s"] = rate
+            else:
+                wall = run_ray(count, arguments)
+            tiles = json.loads(out.read_text())["rscc"]["tiles"]
+            row.update(tiles=tiles, end_to_end_tiles_per_s=round(tiles / wall, 2), wall_s=round(wall, 1))
+            outputs[(engine, count)] = out.read_bytes()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if len(set(outputs.values())) != 1:
+        raise SystemExit("the scene outputs of the engines differ")
+    return rows
+
+
 def run_ray(workers: int, arguments: list[str]) -> float:
-    """End-to-end wall seconds of `rscc caption ... --engine ray --num-workers N`."""
+    """End-to-end wall seconds of `rscc caption|scene ... --engine ray --num-workers N`."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "rscc", *arguments, "--engine", "ray", "--num-workers",
@@ -84,6 +131,7 @@ def scheduling_overhead(batches: int, scratch: Path, repeats: int = 3) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--scene-size", type=int, default=384, help="side of the scene crop in pixels (0: no scene)")
     add_run_arguments(parser, pairs=48)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rscc-bench-ray-") as scratch:
@@ -108,6 +156,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
         if len(set(outputs.values())) != 1:
             raise SystemExit("the outputs of the engines differ")
+        if args.scene_size:
+            results += scene_rows(build_scene(args.scene_size, scratch / "scene"), model, scratch, args)
         overhead = scheduling_overhead(args.pairs, scratch)
         print(json.dumps({"scheduling": overhead}), flush=True)
     report = {"cpus": os.cpu_count(), "model": "tiny random" if args.model is None else args.model,

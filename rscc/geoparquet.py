@@ -140,11 +140,12 @@ class GeoParquetWriter:
 
 
 @contextlib.contextmanager
-def geoparquet_output(out: Path, georeferenced: bool, model) -> Iterator[GeoParquetWriter]:
-    """A [`GeoParquetWriter`] on a temporary file renamed to `out` when the block succeeds (after `close`)."""
+def geoparquet_output(out: Path, georeferenced: bool, config) -> Iterator[GeoParquetWriter]:
+    """A [`GeoParquetWriter`] on a temporary file renamed to `out` when the block succeeds (after `close`), naming
+    the model of `config` (its `_name_or_path` and `_commit_hash`) in every row."""
     with atomic_output(out, ".parquet") as temporary:
-        writer = GeoParquetWriter(temporary, georeferenced, model=getattr(model.config, "_name_or_path", None),
-                                  revision=getattr(model.config, "_commit_hash", None))
+        writer = GeoParquetWriter(temporary, georeferenced, model=getattr(config, "_name_or_path", None),
+                                  revision=getattr(config, "_commit_hash", None))
         try:
             yield writer
         finally:

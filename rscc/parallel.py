@@ -199,7 +199,8 @@ class PartFiles:
     Every process of the run calls, in order (each waits for the others where it must):
     1. [`repair`]: the main process cuts the line a stopped process left unfinished off every part.
     2. [`finished`]: every process reads the keys of the results in the parts.
-    3. [`append`]: the process captions its share of the pending items into its own part, batch by batch.
+    3. [`append`] (or [`write`]): the process captions its share of the pending items into its own part, batch by
+       batch.
     4. The main process reads [`merged`] (every part's lines in output order) into the output, then [`remove`]s
        the parts once the output is in place.
 
@@ -240,16 +241,27 @@ class PartFiles:
             pending (`Iterable`): the run's items not finished yet, in output order (every process the same).
             batch_size (`int`): items per `lines_of` call.
             lines_of (`Callable`): `batch -> text`, one JSON line per item.
+            progress (`bool`), total (`int`), done (`int`), unit (`str`): the progress bar (see [`write`]).
+        """
+        batches = batched(self.share.take(pending), batch_size)
+        self.write(((len(batch), lines_of(batch)) for batch in batches), progress, total, done, unit)
+
+    def write(self, chunks: Iterable[tuple[int, str]], progress: bool, total: int, done: int, unit: str) -> None:
+        """Append `chunks` to this process's own part as they come, flushing after each: the results of a batch
+        captioned here, or of one an engine's workers captioned (see `rscc.ray_scene`).
+
+        Args:
+            chunks (`Iterable[tuple[int, str]]`): `(items, text)`, one JSON line per item in `text`.
             progress (`bool`), total (`int`), done (`int`), unit (`str`): the progress bar (see
                 [`appending_to_part`]).
         """
         others = PartsProgress(self.out, self.share)  # where the others' parts end before any process appends
         wait_for_everyone(self.share)  # every process has read the parts before any appends to its own
         with appending_to_part(self.own, self.share, others, progress, total, done, unit) as (sink, progress_bar):
-            for batch in batched(self.share.take(pending), batch_size):
-                sink.write(lines_of(batch))
+            for count, text in chunks:
+                sink.write(text)
                 sink.flush()
-                progress_bar.update(len(batch) + others.new_lines())
+                progress_bar.update(count + others.new_lines())
 
     def merged(self, keys: Iterable[Hashable], key_of: Callable[[dict], Hashable]) -> Iterator[bytes]:
         """Every key's line, in the order of `keys` (the first part's where two have it). Only where each line

@@ -13,17 +13,20 @@ reported once with its id when the run ends and is not retried within the run (t
 the shards (and a finished output whose input has grown) and captions only what is not done; lines made by another
 model or options (`made_by`, the record every engine writes) are refused, not mixed.
 
-Ray is imported when a function needs it, so `rscc caption` without `--engine ray` runs without Ray installed.
+Scenes (`rscc scene --engine ray`) are captioned on Ray Data by `rscc.ray_scene`. Ray is imported when a function
+needs it, so `rscc caption` without `--engine ray` runs without Ray installed.
 """
 
 import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +66,8 @@ def check_engine_arguments(args, batch: bool = True) -> None:
     if args.engine == "ray" and not batch:
         raise BatchInputError("--engine ray captions batches (two folders, a manifest or a Parquet dataset); one "
                               "pair or series runs in this process")
+    if args.engine == "ray" and args.device != "cpu":
+        raise BatchInputError("--device is for --engine accelerate; with --engine ray give --gpus-per-worker")
     given = [f"--{name.replace('_', '-')}" for name in RAY_OPTIONS if getattr(args, name) is not None]
     if args.engine != "ray" and given:
         raise BatchInputError(f"{given[0]} is an option of --engine ray")
@@ -178,7 +183,7 @@ def decode_images(batch: pa.Table, record_inputs: bool = False) -> dict:
                 row["error"] = f"{type(error).__name__}: {error}"
                 continue
             row.update(pixels=[array.tobytes() for array in arrays], shapes=[list(array.shape) for array in arrays])
-    return _columns(rows, ("id", "images", "references", "mask", "pixels", "shapes", "input_fingerprints", "error"))
+    return as_columns(rows, ("id", "images", "references", "mask", "pixels", "shapes", "input_fingerprints", "error"))
 
 
 class Captioner:
@@ -213,18 +218,9 @@ class Captioner:
     def __call__(self, batch: pa.Table) -> dict:
         rows = batch.to_pylist()
         readable = [row for row in rows if not row["error"]]
-        try:
-            captions = dict(zip((row["id"] for row in readable), self._caption(readable))) if readable else {}
-        except (RsccInputError, ValueError, OSError):
-            captions = {}  # one sample's fault fails its batch: caption them one by one to tell which
-            for row in readable:
-                try:
-                    (captions[row["id"]],) = self._caption([row])
-                except (RsccInputError, ValueError, OSError) as error:
-                    row["error"] = f"{type(error).__name__}: {error}"
+        captions = dict(zip((row["id"] for row in readable), each_or_alone(readable, self._caption)))
         lines = [None if row["error"] else json.dumps(self._result_line(row, captions[row["id"]])) for row in rows]
         return {"id": [row["id"] for row in rows], "line": lines, "error": [row["error"] for row in rows]}
-
 
     def _result_line(self, row: dict, caption: str) -> dict:
         inputs = row.get("input_fingerprints")
@@ -232,7 +228,42 @@ class Captioner:
                 **({FINGERPRINTS_FIELD: json.loads(inputs)} if inputs else {})}
 
 
-def _columns(rows: list[dict], names: Iterable[str]) -> dict:
+def each_or_alone(rows: list[dict], caption: Callable[[list[dict]], list]) -> list:
+    """`caption(rows)`, one result per row. One row's fault fails its batch: then each row is captioned alone, to tell
+    which, and a failing row gets an `error` (and a None result) while the others are kept."""
+    if not rows:
+        return []
+    try:
+        return caption(rows)
+    except (RsccInputError, ValueError, OSError):
+        results = []
+        for row in rows:
+            try:
+                results.extend(caption([row]))
+            except (RsccInputError, ValueError, OSError) as error:
+                row["error"] = f"{type(error).__name__}: {error}"
+                results.append(None)
+        return results
+
+
+def stage_options(ray, num_workers: int, gpus_per_worker: float) -> tuple[dict, dict]:
+    """`map_batches` options of the CPU stages (reading, decoding, writing) and of the captioning actors' stage.
+
+    CPU actors hold a core each: the CPU stages then reserve none (else they would wait on the actors), and run in
+    as many tasks at a time as there are actors (else Ray starts a worker process per block). Resources that differ
+    from the actors' keep the CPU stages in their own tasks (Ray Data fuses stages of equal resources). A killed
+    actor is restarted and its batch run again: Ray Data's defaults for actor pools (max_restarts=-1,
+    max_task_retries=-1).
+    """
+    cpu_stage = {"num_cpus": 1 if gpus_per_worker else 0,
+                 "compute": ray.data.TaskPoolStrategy(size=None if gpus_per_worker else num_workers)}
+    actor_stage = {"compute": ray.data.ActorPoolStrategy(size=num_workers), "num_gpus": gpus_per_worker or None,
+                   "num_cpus": None if gpus_per_worker else 1}
+    return cpu_stage, actor_stage
+
+
+def as_columns(rows: list[dict], names: Iterable[str]) -> dict:
+    """Row dicts as the columns of a `map_batches` result."""
     return {name: [row.get(name) for row in rows] for name in names}
 
 
@@ -242,12 +273,19 @@ def _columns(rows: list[dict], names: Iterable[str]) -> dict:
 
 def ray_initialized(address: str | None = None):
     """Ray, connected to the cluster at `address` (or RAY_ADDRESS, else a local instance) unless it is already; the
-    second value says whether this call connected (and should shut down)."""
+    second value says whether this call connected (and should shut down).
+
+    `ray.init` sets a SIGTERM handler that exits with status 15; a handler the caller set is put back (the `rscc`
+    commands' ends the run with 143 and its usual cleanup and message).
+    """
     ray = _import_ray()
     if ray.is_initialized():
         return ray, False
+    handler = signal.getsignal(signal.SIGTERM)
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
              **({} if address or os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
     return ray, True
 
 
@@ -344,25 +382,18 @@ def _run_pipeline(ray, pending, dataset, shards: Location, model, made_by, num_w
     else:
         wanted = {record.id for record in pending}
         samples = dataset.flat_map(lambda row: [_built_row(row)] if str(row["id"]) in wanted else [])
-    # CPU actors hold a core each: decoding and writing then reserve none (else they would wait on the actors), and
-    # run in as many tasks at a time as there are actors (else Ray starts a worker process per block). Resources
-    # that differ from the actors' keep decoding in its own tasks (Ray Data fuses stages of equal resources). A
-    # killed actor is restarted and its batch run again: Ray Data's defaults for actor pools (max_restarts=-1,
-    # max_task_retries=-1).
-    cpus = {"num_cpus": 1 if gpus_per_worker else 0}
-    tasks_at_a_time = None if gpus_per_worker else num_workers
+    cpu_stage, actor_stage = stage_options(ray, num_workers, gpus_per_worker)
     decoded = samples.map_batches(decode_images, fn_kwargs={"record_inputs": record_inputs}, batch_size=batch_size,
-                                  batch_format="pyarrow", **cpus,
-                                  compute=ray.data.TaskPoolStrategy(size=tasks_at_a_time))
+                                  batch_format="pyarrow", **cpu_stage)
     captioned = decoded.map_batches(
         Captioner, batch_format="pyarrow",
         fn_constructor_kwargs=dict(model=model, made_by=made_by, max_new_tokens=max_new_tokens, dtype=dtype,
                                    device="cuda" if gpus_per_worker else "cpu"),
-        compute=ray.data.ActorPoolStrategy(size=num_workers), batch_size=batch_size, num_gpus=gpus_per_worker or None,
-        num_cpus=None if gpus_per_worker else 1,
+        batch_size=batch_size, **actor_stage,
     )
     write = captioned.write_parquet if parquet_shards else captioned.write_json
-    write(shards.path, filesystem=shards.filesystem, ray_remote_args=cpus, concurrency=tasks_at_a_time)
+    write(shards.path, filesystem=shards.filesystem, ray_remote_args={"num_cpus": cpu_stage["num_cpus"]},
+          concurrency=cpu_stage["compute"].size)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -405,17 +436,24 @@ def caption_dataset(dataset, model: str, out: str | os.PathLike, **options) -> B
     return caption_records(records, model, out, dataset=dataset if built else None, **options)
 
 
+def captioner_config(model: str):
+    """The config of a model the driver does not load (the workers do): it names the model and its revision, and
+    tells its change head and input size. A missing model fails here, before Ray starts."""
+    from transformers import AutoConfig
+
+    from .loading import _check_available
+
+    _check_available(model)
+    return AutoConfig.from_pretrained(model)
+
+
 def captioner_made_by(model: str, max_new_tokens: int, dtype: str) -> dict:
     """`rscc.commands.caption.made_by` of a model the driver does not load: its config alone gives the revision."""
     from argparse import Namespace
 
-    from transformers import AutoConfig
-
     from .commands.caption import made_by
-    from .loading import _check_available
 
-    _check_available(model)
-    config = AutoConfig.from_pretrained(model)
+    config = captioner_config(model)
     return made_by(model, Namespace(config=config), Namespace(max_new_tokens=max_new_tokens, dtype=dtype))
 
 
@@ -442,8 +480,6 @@ def caption_command(args, batch_records) -> int:
 
     if args.out is None:
         raise BatchInputError("--engine ray writes shards and one output: --out is needed")
-    if args.device != "cpu":
-        raise BatchInputError("--device is for --engine accelerate; with --engine ray give --gpus-per-worker")
     parquet = _is_parquet_dataset(args.inputs)
     if parquet:
         filesystem, files = parquet_files(args.inputs[0])

@@ -282,7 +282,7 @@ def _relative_href(target: str | os.PathLike, item_path: Path) -> str:
 
 
 def write_run_item(path: str | os.PathLike, inputs: list[SceneInput], out: str | os.PathLike,
-                   mask_out: str | os.PathLike | None, model, summary, created: datetime | None = None) -> None:
+                   mask_out: str | os.PathLike | None, config, summary, created: datetime | None = None) -> None:
     """Write a STAC Item describing a finished `rscc scene` run.
 
     Args:
@@ -290,7 +290,7 @@ def write_run_item(path: str | os.PathLike, inputs: list[SceneInput], out: str |
         inputs (`list[SceneInput]`): the scene's dates, oldest first.
         out (`str` or `os.PathLike`): the tiles' GeoJSON or GeoParquet file (asset `changes`).
         mask_out (`str` or `os.PathLike`, *optional*): the change-mask COG (asset `change_mask`).
-        model: the captioning model (its `config._name_or_path` and `_commit_hash` name it).
+        config (`PretrainedConfig`): the captioning model's config (its `_name_or_path` and `_commit_hash` name it).
         summary ([`SceneSummary`]): what the run did (its overlap window gives the item's geometry).
         created (`datetime`, *optional*): when the run finished (default: now).
     """
@@ -301,8 +301,8 @@ def write_run_item(path: str | os.PathLike, inputs: list[SceneInput], out: str |
     dates = [scene_input.date for scene_input in inputs]
     properties = {
         "created": created.isoformat(),
-        "rscc:model": getattr(model.config, "_name_or_path", None),
-        "rscc:revision": getattr(model.config, "_commit_hash", None),
+        "rscc:model": getattr(config, "_name_or_path", None),
+        "rscc:revision": getattr(config, "_commit_hash", None),
         "rscc:inputs": [scene_input.source for scene_input in inputs],
         "rscc:input_items": [scene_input.item.id if scene_input.item is not None else None for scene_input in inputs],
         "rscc:rasters": [scene_input.raster for scene_input in inputs],

@@ -27,6 +27,15 @@ def example_pairs() -> list[list[str]]:
     return [[str(EXAMPLES / "A" / name), str(EXAMPLES / "B" / name)] for name in ("train_000016.png", "train_000051.png")]
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance of 2 CPUs for the tests of a module (the machine's cores)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     from rscc.tiny_checkpoints import make_tiny_checkpoint

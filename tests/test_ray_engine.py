@@ -29,13 +29,6 @@ PAIR_NAMES = [
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def pair_folders(shared_data, tmp_path_factory) -> tuple[Path, Path]:
     """Six real LEVIR-CD pairs as BEFORE/ and AFTER/ folders."""
     root = tmp_path_factory.mktemp("pairs")

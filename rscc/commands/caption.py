@@ -12,9 +12,13 @@ from ..defaults import DEFAULT_MODEL
 from ..output_lock import locking_output
 from ..parallel import current_share, existing_parts, part_path, process_device
 from ..terminal import print_result
-from .options import add_device_arguments, add_progress_arguments, batch_size_of, show_progress
-
-ENGINES = ("accelerate", "ray")
+from .options import (
+    add_device_arguments,
+    add_engine_arguments,
+    add_progress_arguments,
+    batch_size_of,
+    show_progress,
+)
 
 MAX_CHANGE_CLASSES = 3  # LEVIR-MCI's: the most classes a change mask given on the command line may encode
 
@@ -188,26 +192,6 @@ def stopped_note(args: argparse.Namespace) -> str:
     return f"finished samples are kept in {', '.join(map(str, parts))}; rerun the same command to resume"
 
 
-def _add_engine_arguments(parser) -> None:
-    """--engine, and the options of --engine ray: --address, --num-workers, --gpus-per-worker.
-
-    Args:
-        parser (`argparse.ArgumentParser`): the subcommand's parser.
-    """
-    group = parser.add_argument_group("engine")
-    group.add_argument(
-        "--engine", choices=ENGINES, default="accelerate",
-        help="accelerate (default): this process, or one process per GPU under `accelerate launch`; ray: Ray Data, "
-        "on a local Ray instance or the cluster of --address (needs rscc[ray]); its input may also be a built rscc "
-        "dataset (a .parquet file or an `rscc data build` folder) and its --out a .parquet file or a URI (s3://...)",
-    )
-    group.add_argument("--address", help="ray: address of a running Ray cluster (default: RAY_ADDRESS, else a "
-                       "local Ray instance started for the run)")
-    group.add_argument("--num-workers", type=int, help="ray: captioning actors, one model each (default 1)")
-    group.add_argument("--gpus-per-worker", type=float,
-                       help="ray: GPUs per captioning actor, e.g. 1 or 0.5 (default 0: the actors caption on CPU)")
-
-
 def make_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "caption",
@@ -241,6 +225,7 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", help="batch: JSON-lines output file (resumable); default stdout")
     parser.add_argument("--overwrite", action="store_true", help="batch: discard earlier results in --out")
     add_progress_arguments(parser)
-    _add_engine_arguments(parser)
+    add_engine_arguments(parser, "; its input may also be a built rscc dataset (a .parquet file or an `rscc data "
+                         "build` folder) and its --out a .parquet file or a URI (s3://...)")
     parser.set_defaults(run=locking_output(main), stopped_note=stopped_note)
     return parser

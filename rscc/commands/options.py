@@ -1,5 +1,5 @@
 """Command-line options shared by the commands that load a model and caption (`rscc caption`, `rscc scene`,
-`rscc demo`)."""
+`rscc demo`), and the engine options of `rscc caption` and `rscc scene`."""
 
 import argparse
 import sys
@@ -60,6 +60,30 @@ def add_progress_arguments(parser) -> None:
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar on stderr (default: when stderr is a terminal)",
     )
+
+
+ENGINES = ("accelerate", "ray")
+
+
+def add_engine_arguments(parser, ray_note: str = "") -> None:
+    """--engine, and the options of --engine ray: --address, --num-workers, --gpus-per-worker (checked by
+    `rscc.ray.check_engine_arguments`).
+
+    Args:
+        parser (`argparse.ArgumentParser`): the subcommand's parser.
+        ray_note (`str`): what --engine ray takes besides what the command always takes, for its help.
+    """
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine", choices=ENGINES, default="accelerate",
+        help="accelerate (default): this process, or one process per GPU under `accelerate launch`; ray: Ray Data, "
+        f"on a local Ray instance or the cluster of --address (needs rscc[ray]){ray_note}",
+    )
+    group.add_argument("--address", help="ray: address of a running Ray cluster (default: RAY_ADDRESS, else a "
+                       "local Ray instance started for the run)")
+    group.add_argument("--num-workers", type=int, help="ray: captioning actors, one model each (default 1)")
+    group.add_argument("--gpus-per-worker", type=float,
+                       help="ray: GPUs per captioning actor, e.g. 1 or 0.5 (default 0: the actors caption on CPU)")
 
 
 def batch_size_of(args) -> int:

@@ -7,8 +7,14 @@ from pathlib import Path
 from ..cli import EXIT_OK, command_help
 from ..defaults import MIN_TILE_SIZE, SCENE_DATE_ORDERS
 from ..output_lock import locking_output
-from ..parallel import PARTIAL_SUFFIX, current_share, existing_parts, process_device
-from .options import add_device_arguments, add_progress_arguments, batch_size_of, show_progress
+from ..parallel import current_share, existing_parts, process_device
+from .options import (
+    add_device_arguments,
+    add_engine_arguments,
+    add_progress_arguments,
+    batch_size_of,
+    show_progress,
+)
 
 
 def _band_list(text: str) -> list[int]:
@@ -46,21 +52,24 @@ def _add_stac_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def stopped_note(args: argparse.Namespace) -> str:
-    """What a failed or stopped run leaves besides nothing: the part files of a data-parallel run, which a rerun
+    """What a failed or stopped run leaves besides nothing: the part files of a data-parallel or Ray run, which a rerun
     resumes from."""
-    if args.out.strip() and existing_parts(Path(args.out)):
-        return f"finished tiles are kept in {args.out}{PARTIAL_SUFFIX}.*; rerun the same command to resume"
-    return ""
+    parts = existing_parts(Path(args.out)) if args.out.strip() else []
+    if not parts:
+        return ""
+    return f"finished tiles are kept in {', '.join(map(str, parts))}; rerun the same command to resume"
 
 
 def main(args: argparse.Namespace) -> int:
     """Run `rscc scene`; a failure raises (see `rscc.cli.EXIT_CODE_OF_ERROR`)."""
-    from ..loading import DTYPES, load_captioner
     from ..output_files import check_output_file
     from ..image_processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
-    from ..scene import SceneOptions, SceneSeries, describe_scene
+    from ..ray import check_engine_arguments
+    from ..scene import SceneOptions, SceneSeries
     from ..scene.outputs import OUT_EXPECTED
     from ..stac import check_stac_item_output, resolve_scene_inputs, write_run_item
+
+    check_engine_arguments(args)
 
     options = SceneOptions(
         tile_size=args.tile_size, overlap=args.overlap, batch_size=batch_size_of(args),
@@ -79,20 +88,39 @@ def main(args: argparse.Namespace) -> int:
     options.check(has_masks=True)  # whether the model has a change head is known once it is loaded
     with SceneSeries(args.rasters, args.bands, args.assume_aligned, args.resampling) as scene:
         _check_options_take_effect(scene, args)
-    share = current_share(args.device)
-    model, processor = load_captioner(args.model, device=process_device(args.device, share), dtype=DTYPES[args.dtype])
-    summary = describe_scene(model, processor, args.rasters, args.out, options, share=share)
+    summary, config = _describe(args, options)
     if summary is None:  # a process other than the main one: the main process reports the run
         return EXIT_OK
     if args.stac_item:
-        write_run_item(args.stac_item, inputs, args.out, args.mask_out, model, summary)
+        write_run_item(args.stac_item, inputs, args.out, args.mask_out, config, summary)
     print(
         f"rscc scene: {summary.captioned} tile(s) captioned ({summary.changed} changed), {summary.skipped} skipped "
         f"for nodata; overlap {int(summary.window.width)} x {int(summary.window.height)} px, {summary.alignment}; "
-        f"{args.out}",
+        f"{args.out}{' (engine ray)' if args.engine == 'ray' else ''}",
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _describe(args: argparse.Namespace, options):
+    """The scene captioned by the engine of --engine: its `SceneSummary` (None on a process other than the main
+    one) and the model's config."""
+    if args.engine == "ray":
+        from ..ray import captioner_config, quiet_ray_data
+        from ..ray_scene import describe_scene_on_ray
+
+        config = captioner_config(args.model)  # a missing model fails before Ray starts
+        quiet_ray_data(options.progress)
+        summary = describe_scene_on_ray(args.rasters, args.model, args.out, options, address=args.address,
+                                        num_workers=args.num_workers or 1, gpus_per_worker=args.gpus_per_worker or 0.0,
+                                        dtype=args.dtype)
+        return summary, config
+    from ..loading import DTYPES, load_captioner
+    from ..scene import describe_scene
+
+    share = current_share(args.device)
+    model, processor = load_captioner(args.model, device=process_device(args.device, share), dtype=DTYPES[args.dtype])
+    return describe_scene(model, processor, args.rasters, args.out, options, share=share), model.config
 
 
 def make_parser(subparsers) -> argparse.ArgumentParser:
@@ -144,6 +172,8 @@ def make_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--mask-out", help="also write the change-mask mosaic as a Cloud-Optimized GeoTIFF (needs a "
                         "change-detection head)")
     add_progress_arguments(parser)
+    add_engine_arguments(parser, "; the rasters and --model must be readable on every node (a shared file system, "
+                         "or URLs), --out is written by this process")
     parser.set_defaults(run=locking_output(main), stopped_note=stopped_note)
     return parser
 

@@ -17,13 +17,15 @@ polygons and a Cloud-Optimized GeoTIFF mosaic of the mask on the first date's gr
 flag comes from the caption (`rscc.caption_text.is_no_change_caption`) and the fraction is null.
 
 Modules: `alignment` (the dates on the first one's grid), `tiling` (the tile grid), `outputs` (GeoJSON, GeoParquet,
-mask mosaic: where an output format is added), `describe` (captioning the tiles, [`SceneOptions`]); the `rscc scene`
-command is `rscc.commands.scene`. STAC Items in and out: `rscc.stac`; rasters over HTTP: `rscc.remote`.
+mask mosaic: where an output format is added), `describe` (captioning the tiles, [`SceneOptions`], and
+[`caption_scene`] with a [`TileCaptioner`]: what captions the tiles); the `rscc scene` command is
+`rscc.commands.scene`. The tiles captioned on Ray Data: `rscc.ray_scene`. STAC Items in and out: `rscc.stac`; rasters
+over HTTP: `rscc.remote`.
 """
 
 from ..imagery import SceneInputError, open_raster, rgb_bands
 from .alignment import SceneSeries
-from .describe import ChangeMaskFunction, SceneOptions, SceneSummary, describe_scene
+from .describe import ChangeMaskFunction, SceneOptions, SceneSummary, TileCaptioner, caption_scene, describe_scene
 from .tiling import Tile, TileGrid
 
 __all__ = [
@@ -33,7 +35,9 @@ __all__ = [
     "SceneSeries",
     "SceneSummary",
     "Tile",
+    "TileCaptioner",
     "TileGrid",
+    "caption_scene",
     "describe_scene",
     "open_raster",
     "rgb_bands",

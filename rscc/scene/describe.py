@@ -9,7 +9,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import rasterio
@@ -24,7 +24,7 @@ from ..output_files import check_output_file
 from ..parallel import PARTIAL_SUFFIX, PartFiles, ProcessShare, batched, wait_for_everyone
 from ..image_processing_rscc import HIGH_BIT_DEPTH_PERCENTILES
 from .alignment import SceneSeries, check_raster_list
-from .outputs import OUT_EXPECTED, TileResult, open_outputs, tile_result
+from .outputs import OUT_EXPECTED, Georeference, TileResult, open_outputs, tile_result
 from .tiling import Tile, TileGrid, check_tile_size
 
 # GDAL's default block cache is 5% of the machine's memory: on a large scene it would fill up and make the process
@@ -42,7 +42,8 @@ class SceneOptions:
     """How [`describe_scene`] reads, tiles and captions a scene, and what it writes besides the GeoJSON.
 
     Args:
-        tile_size (`int`, *optional*): tile side in the first date's pixels; defaults to the model's input size.
+        tile_size (`int`, *optional*): tile side in the first date's pixels; defaults to the model's input size
+            ([`default_tile_size`]).
         overlap (`int`): pixels shared by neighbouring tiles.
         batch_size (`int`): tiles per `generate` call.
         max_new_tokens (`int`): caption length limit.
@@ -116,6 +117,38 @@ class SceneSummary:
     alignment: str
 
 
+# A scene's tiles captioned: (scene, stretch ranges, tiles, whether the mask mosaic is written) -> their results, a
+# list per batch (see `TileCaptioner`).
+CaptionTiles = Callable[[SceneSeries, list, Iterable[Tile], bool], Iterator[list[TileResult]]]
+
+
+@dataclass(frozen=True)
+class TileCaptioner:
+    """What captions a scene's tiles: the model in this process ([`describe_scene`]), or an engine's workers
+    (`rscc.ray_scene`).
+
+    Args:
+        config (`PretrainedConfig`): the model's config: its change head, input size (the default tile size), name
+            and revision (written in the outputs, and naming a run's part files).
+        caption ([`CaptionTiles`]): the tiles' results.
+        in_order (`bool`): whether `caption` gives the results in the order of the tiles it is given; otherwise they
+            are gathered in part files and merged in tile order.
+    """
+
+    config: object
+    caption: CaptionTiles
+    in_order: bool = True
+
+    @property
+    def has_change_head(self) -> bool:
+        return getattr(self.config, "use_change_head", False)
+
+
+def default_tile_size(config) -> int:
+    """A scene's default tile side: the model's input size (its vision tower's), at which it sees every tile."""
+    return config.vision_config.image_size
+
+
 def describe_scene(
     model,
     processor,
@@ -146,16 +179,41 @@ def describe_scene(
     Returns:
         [`SceneSummary`] on the main process; `None` on the others.
     """
+
+    def caption(scene: SceneSeries, stretch, tiles: Iterable[Tile], mosaic: bool) -> Iterator[list[TileResult]]:
+        for batch in batched(tiles, options.batch_size):
+            yield _caption_tiles(model, processor, scene, batch, stretch, options, mosaic)
+
+    return caption_scene(TileCaptioner(model.config, caption), rasters, out, options, share)
+
+
+def caption_scene(
+    captioner: TileCaptioner,
+    rasters: list[str | os.PathLike],
+    out: str | os.PathLike,
+    options: SceneOptions = SceneOptions(),
+    share: ProcessShare | None = None,
+) -> SceneSummary | None:
+    """[`describe_scene`] with the tiles captioned by `captioner`: read the scene, caption its tiles (resuming from
+    the part files of an earlier run) and write the outputs in tile order.
+
+    Args:
+        captioner ([`TileCaptioner`]): what captions the tiles.
+        rasters, out, options, share: as for [`describe_scene`].
+
+    Returns:
+        [`SceneSummary`] on the main process; `None` on the others.
+    """
     check_raster_list(rasters)
     out = check_output_file(out, "--out", OUT_EXPECTED, inputs=rasters)
     mask_out = None if options.mask_out is None else check_output_file(
         options.mask_out, "--mask-out", "a .tif file path", inputs=[*rasters, out])
-    has_masks = options.change_masks is not None or getattr(model.config, "use_change_head", False)
+    has_masks = options.change_masks is not None or captioner.has_change_head
     options.check(has_masks)
-    tile_size = options.tile_size or processor.image_processor.size["height"]
+    tile_size = options.tile_size or default_tile_size(captioner.config)
     check_tile_size(tile_size)
     parts = PartFiles(out, ProcessShare() if share is None else share)
-    in_parts = parts.share.count > 1 or bool(parts.existing())
+    in_parts = parts.share.count > 1 or bool(parts.existing()) or not captioner.in_order
     with contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
         stack.enter_context(warnings.catch_warnings())
@@ -166,20 +224,20 @@ def describe_scene(
         stretch = scene.stretch_ranges(options.percentiles, options.value_range)
         grid = TileGrid(scene.window, tile_size, options.overlap)
 
-        def caption_batch(batch: list[Tile]) -> list[TileResult]:
-            return _caption_tiles(model, processor, scene, batch, stretch, options, mosaic=mask_out is not None)
+        def caption(tiles: Iterable[Tile]) -> Iterator[list[TileResult]]:
+            return captioner.caption(scene, stretch, tiles, mask_out is not None)
 
         if in_parts:
-            run = _run_id(model, rasters, tile_size, stretch, options)
-            _caption_into_parts(parts, run, grid, caption_batch, options)
+            run = _run_id(captioner.config, rasters, tile_size, stretch, options)
+            _caption_into_parts(parts, run, grid, caption, options)
             if not parts.share.is_main:
                 wait_for_everyone(parts.share)
                 return None
             results = (TileResult.from_line(json.loads(raw))
                        for raw in parts.merged(range(len(grid)), lambda line: line["tile"]))
         else:
-            results = _captioned_in_order(grid, caption_batch, options, stack)
-        outputs = open_outputs(stack, scene, out, mask_out, model)
+            results = _captioned_in_order(grid, caption, options, stack)
+        outputs = open_outputs(stack, scene, out, mask_out, captioner.config)
         for result in results:
             outputs.add(result)
         summary = SceneSummary(
@@ -193,36 +251,48 @@ def describe_scene(
     return summary
 
 
+def read_tiles(scene: SceneSeries, tiles: list[Tile], stretch) -> list[tuple[Tile, list[np.ndarray], np.ndarray]]:
+    """Each tile with its dates (uint8 RGB on the first grid) and valid-pixel mask."""
+    return [(tile, *scene.read_rgb(tile.window, stretch)) for tile in tiles]
+
+
+def captions_and_masks(model, processor, samples: list[list[np.ndarray]], options: SceneOptions
+                       ) -> tuple[list[str], list[np.ndarray | None]]:
+    """The captions of tiles (each a list of dates) and their change masks (first date to last; None without)."""
+    descriptions = describe_changes(model, processor, samples, batch_size=len(samples),
+                                    max_new_tokens=options.max_new_tokens)
+    if options.change_masks is not None:
+        masks = options.change_masks([dates[0] for dates in samples], [dates[-1] for dates in samples])
+    else:
+        masks = [None if description.change_mask is None else description.change_mask > 0
+                 for description in descriptions]
+    return [description.caption for description in descriptions], masks
+
+
 def _caption_tiles(model, processor, scene: SceneSeries, batch: list[Tile], stretch, options: SceneOptions,
                    mosaic: bool) -> list[TileResult]:
     """Read and caption a batch of tiles (the ones with enough valid pixels) into one result per tile, in order."""
-    read = [(tile, *scene.read_rgb(tile.window, stretch)) for tile in batch]
-    kept = [(tile, dates, valid) for tile, dates, valid in read if valid.mean() >= options.min_valid_fraction]
+    kept = [read for read in read_tiles(scene, batch, stretch) if read[2].mean() >= options.min_valid_fraction]
     results = {tile.index: TileResult(tile.index, []) for tile in batch}
     if kept:
-        samples = [dates for _, dates, _ in kept]
-        descriptions = describe_changes(model, processor, samples, batch_size=len(kept),
-                                        max_new_tokens=options.max_new_tokens)
-        if options.change_masks is not None:
-            masks = options.change_masks([dates[0] for dates in samples], [dates[-1] for dates in samples])
-        else:
-            masks = [None if d.change_mask is None else d.change_mask > 0 for d in descriptions]
-        for (tile, _, valid), description, mask in zip(kept, descriptions, masks):
-            results[tile.index] = tile_result(tile, description.caption, mask, valid, scene, options.polygons, mosaic)
+        captions, masks = captions_and_masks(model, processor, [dates for _, dates, _ in kept], options)
+        georeference = Georeference(scene.transform, scene.crs)
+        for (tile, _, valid), caption, mask in zip(kept, captions, masks):
+            results[tile.index] = tile_result(tile, caption, mask, valid, georeference, options.polygons, mosaic)
     return [results[tile.index] for tile in batch]
 
 
-def _captioned_in_order(grid: TileGrid, caption_batch, options: SceneOptions, stack: contextlib.ExitStack
+def _captioned_in_order(grid: TileGrid, caption, options: SceneOptions, stack: contextlib.ExitStack
                         ) -> Iterator[TileResult]:
     """Every tile's result in tile order, captioned as they are asked for (one process, no part files)."""
     progress_bar = stack.enter_context(tqdm(total=len(grid), unit="tile", file=sys.stderr,
                                             disable=not options.progress))
-    for batch in batched(grid, options.batch_size):
-        yield from caption_batch(batch)
-        progress_bar.update(len(batch))
+    for results in caption(grid):
+        yield from results
+        progress_bar.update(len(results))
 
 
-def _run_id(model, rasters, tile_size: int, stretch, options: SceneOptions) -> str:
+def _run_id(config, rasters, tile_size: int, stretch, options: SceneOptions) -> str:
     """A short name of the settings a part file's tiles were made with: a rerun resumes only its own tiles."""
     settings = {
         "min_valid_fraction": options.min_valid_fraction, "max_new_tokens": options.max_new_tokens,
@@ -230,15 +300,15 @@ def _run_id(model, rasters, tile_size: int, stretch, options: SceneOptions) -> s
         "rasters": [Path(raster).resolve() for raster in rasters], "tile_size": tile_size,
         "raster_contents": [content_fingerprint(raster) for raster in rasters],  # a raster replaced since
         "overlap": options.overlap, "bands": options.bands, "resampling": options.resampling, "stretch": stretch,
-        "model": getattr(model.config, "_name_or_path", None),
-        "revision": getattr(model.config, "_commit_hash", None),
+        "model": getattr(config, "_name_or_path", None),
+        "revision": getattr(config, "_commit_hash", None),
         # by name: the function object differs from process to process
         "change_masks": getattr(options.change_masks, "__qualname__", None),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _caption_into_parts(parts: PartFiles, run: str, grid: TileGrid, caption_batch, options: SceneOptions) -> None:
+def _caption_into_parts(parts: PartFiles, run: str, grid: TileGrid, caption, options: SceneOptions) -> None:
     """Caption this process's share of the tiles not in any part file into its own part."""
 
     def tile_of_this_run(part: Path, number: int, line: dict) -> int:
@@ -251,9 +321,9 @@ def _caption_into_parts(parts: PartFiles, run: str, grid: TileGrid, caption_batc
 
     parts.repair()
     done = parts.finished(tile_of_this_run)
-    parts.append((tile for tile in grid if tile.index not in done), options.batch_size,
-                 lambda batch: "".join(result.to_line(run) for result in caption_batch(batch)), options.progress,
-                 len(grid), len(done), "tile")
+    pending = parts.share.take(tile for tile in grid if tile.index not in done)
+    chunks = ((len(results), "".join(result.to_line(run) for result in results)) for results in caption(pending))
+    parts.write(chunks, options.progress, len(grid), len(done), "tile")
 
 
 def _run_metadata(summary: SceneSummary, scene: SceneSeries, rasters, tile_size: int, stretch,
@@ -279,4 +349,15 @@ def _run_metadata(summary: SceneSummary, scene: SceneSeries, rasters, tile_size:
     }
 
 
-__all__ = ["ChangeMaskFunction", "SceneOptions", "SceneSummary", "describe_scene"]
+__all__ = [
+    "CaptionTiles",
+    "ChangeMaskFunction",
+    "SceneOptions",
+    "SceneSummary",
+    "TileCaptioner",
+    "caption_scene",
+    "captions_and_masks",
+    "default_tile_size",
+    "describe_scene",
+    "read_tiles",
+]

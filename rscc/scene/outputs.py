@@ -12,7 +12,7 @@ import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator, NamedTuple, Protocol
 
 import numpy as np
 from affine import Affine
@@ -66,6 +66,18 @@ def mask_polygons(mask: np.ndarray, valid: np.ndarray, transform: Affine, crs) -
         yield _rfc7946_polygon(transform_geom(crs, WGS84, geometry))
 
 
+class Georeference(NamedTuple):
+    """The output grid's georeferencing (the first date's): what a tile's outline and polygons are placed with.
+
+    Args:
+        transform (`Affine`): pixel to CRS coordinates.
+        crs (`rasterio.crs.CRS`, *optional*): None for rasters without one (features then have no geometry).
+    """
+
+    transform: Affine
+    crs: object
+
+
 @dataclass
 class TileResult:
     """What one tile adds to the outputs, the unit a process writes to its part file (see `rscc.parallel.PartFiles`).
@@ -85,13 +97,17 @@ class TileResult:
     owned: Window | None = None
     owned_mask: np.ndarray | None = None
 
-    def to_line(self, run: str) -> str:
-        """One JSON line of a part file; `run` names the settings it was made with."""
-        line = {"run": run, "tile": self.index, "changed": self.changed, "features": self.features}
+    def to_dict(self) -> dict:
+        """The result as JSON values (the mask mosaic's values compressed), read back by [`from_line`]."""
+        line = {"tile": self.index, "changed": self.changed, "features": self.features}
         if self.owned_mask is not None:
             line["owned"] = [int(self.owned.col_off), int(self.owned.row_off), *self.owned_mask.shape[::-1]]
             line["owned_mask"] = base64.b64encode(zlib.compress(self.owned_mask.tobytes())).decode("ascii")
-        return json.dumps(line) + "\n"
+        return line
+
+    def to_line(self, run: str) -> str:
+        """One JSON line of a part file; `run` names the settings it was made with."""
+        return json.dumps({"run": run, **self.to_dict()}) + "\n"
 
     @classmethod
     def from_line(cls, line: dict) -> "TileResult":
@@ -104,7 +120,7 @@ class TileResult:
         return result
 
 
-def tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.ndarray, scene: SceneSeries,
+def tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.ndarray, grid: Georeference,
                 polygons: bool, mosaic: bool) -> TileResult:
     """A captioned tile's feature, and with a mask its change polygons (`polygons`) and mosaic values (`mosaic`)."""
     if mask is not None:
@@ -118,7 +134,7 @@ def tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.nda
     result = TileResult(tile.index, [{
         "type": "Feature",
         "id": tile.index,
-        "geometry": window_polygon(tile.window, scene.transform, scene.crs),
+        "geometry": window_polygon(tile.window, grid.transform, grid.crs),
         "properties": {
             "kind": "tile",
             "tile": tile.index,
@@ -141,10 +157,10 @@ def tile_result(tile: Tile, caption: str, mask: np.ndarray | None, valid: np.nda
     owned = (slice(row_start, row_start + tile.owned.height), slice(col_start, col_start + tile.owned.width))
     mask, valid = mask[owned], valid[owned]
     if polygons:
-        transform = scene.transform @ Affine.translation(tile.owned.col_off, tile.owned.row_off)
+        transform = grid.transform @ Affine.translation(tile.owned.col_off, tile.owned.row_off)
         result.features.extend({"type": "Feature", "geometry": geometry,
                                 "properties": {"kind": "change", "tile": tile.index}}
-                               for geometry in mask_polygons(mask, valid, transform, scene.crs))
+                               for geometry in mask_polygons(mask, valid, transform, grid.crs))
     if mosaic:
         result.owned, result.owned_mask = tile.owned, np.where(valid, mask, MASK_NODATA).astype(np.uint8)
     return result
@@ -182,8 +198,8 @@ class GeoParquetOutput:
     """The features as GeoParquet, streamed in row groups (see `rscc.geoparquet`); the run's metadata is its `rscc`
     key."""
 
-    def __init__(self, stack: contextlib.ExitStack, path: Path, scene: SceneSeries, model):
-        self._writer = stack.enter_context(geoparquet_output(path, scene.crs is not None, model))
+    def __init__(self, stack: contextlib.ExitStack, path: Path, scene: SceneSeries, config):
+        self._writer = stack.enter_context(geoparquet_output(path, scene.crs is not None, config))
 
     def add(self, result: TileResult) -> None:
         for feature in result.features:
@@ -232,18 +248,19 @@ class SceneOutputs:
 
 
 def open_outputs(stack: contextlib.ExitStack, scene: SceneSeries, out: Path, mask_out: Path | None,
-                 model) -> SceneOutputs:
+                 config) -> SceneOutputs:
     """The run's outputs, each renamed into place when `stack` closes without an error (removed otherwise): GeoJSON,
-    or GeoParquet for a `.parquet` `out` (naming `model` in every row), and the mask mosaic."""
+    or GeoParquet for a `.parquet` `out` (naming the model of `config` in every row), and the mask mosaic."""
     outputs: list[SceneOutput] = []
     if mask_out is not None:
         outputs.append(MaskMosaicOutput(stack, mask_out, scene))
-    outputs.append(GeoParquetOutput(stack, out, scene, model) if is_geoparquet(out) else GeoJsonOutput(stack, out))
+    outputs.append(GeoParquetOutput(stack, out, scene, config) if is_geoparquet(out) else GeoJsonOutput(stack, out))
     return SceneOutputs(outputs)
 
 
 __all__ = [
     "GeoJsonOutput",
+    "Georeference",
     "GeoParquetOutput",
     "MASK_NODATA",
     "MaskMosaicOutput",
