@@ -35,7 +35,6 @@ from .scene.describe import (
     TileCaptioner,
     caption_scene,
     captions_and_masks,
-    read_tiles,
 )
 from .scene.outputs import Georeference, TileResult, tile_result
 from .scene.tiling import Tile
@@ -77,7 +76,7 @@ def read_tile_batch(batch: pa.Table, rasters: list[str], options: SceneOptions, 
                 try:
                     if scene is None:
                         scene = SceneSeries(rasters, options.bands, options.assume_aligned, options.resampling)
-                    ((_, dates, valid),) = read_tiles(scene, [_tile_of(row)], stretch)
+                    dates, valid = scene.read_rgb(_tile_of(row).window, stretch)
                 except (RsccInputError, RasterioError, ValueError, OSError) as error:
                     row["error"] = _error(error)
                     # GDAL keeps a block it failed to read in its cache and hands it back as zeros to the next read

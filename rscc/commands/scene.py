@@ -104,17 +104,16 @@ def main(args: argparse.Namespace) -> int:
 
 def _describe(args: argparse.Namespace, options):
     """The scene captioned by the engine of --engine: its `SceneSummary` (None on a process other than the main
-    one) and the model's config."""
+    one) and the model's config (with --engine ray, read only for --stac-item: the driver does not load the model)."""
     if args.engine == "ray":
         from ..ray import captioner_config, quiet_ray_data
         from ..ray_scene import describe_scene_on_ray
 
-        config = captioner_config(args.model)  # a missing model fails before Ray starts
         quiet_ray_data(options.progress)
         summary = describe_scene_on_ray(args.rasters, args.model, args.out, options, address=args.address,
                                         num_workers=args.num_workers or 1, gpus_per_worker=args.gpus_per_worker or 0.0,
                                         dtype=args.dtype)
-        return summary, config
+        return summary, captioner_config(args.model) if args.stac_item else None
     from ..loading import DTYPES, load_captioner
     from ..scene import describe_scene
 

@@ -251,11 +251,6 @@ def caption_scene(
     return summary
 
 
-def read_tiles(scene: SceneSeries, tiles: list[Tile], stretch) -> list[tuple[Tile, list[np.ndarray], np.ndarray]]:
-    """Each tile with its dates (uint8 RGB on the first grid) and valid-pixel mask."""
-    return [(tile, *scene.read_rgb(tile.window, stretch)) for tile in tiles]
-
-
 def captions_and_masks(model, processor, samples: list[list[np.ndarray]], options: SceneOptions
                        ) -> tuple[list[str], list[np.ndarray | None]]:
     """The captions of tiles (each a list of dates) and their change masks (first date to last; None without)."""
@@ -272,7 +267,8 @@ def captions_and_masks(model, processor, samples: list[list[np.ndarray]], option
 def _caption_tiles(model, processor, scene: SceneSeries, batch: list[Tile], stretch, options: SceneOptions,
                    mosaic: bool) -> list[TileResult]:
     """Read and caption a batch of tiles (the ones with enough valid pixels) into one result per tile, in order."""
-    kept = [read for read in read_tiles(scene, batch, stretch) if read[2].mean() >= options.min_valid_fraction]
+    read = [(tile, *scene.read_rgb(tile.window, stretch)) for tile in batch]
+    kept = [(tile, dates, valid) for tile, dates, valid in read if valid.mean() >= options.min_valid_fraction]
     results = {tile.index: TileResult(tile.index, []) for tile in batch}
     if kept:
         captions, masks = captions_and_masks(model, processor, [dates for _, dates, _ in kept], options)
@@ -359,5 +355,4 @@ __all__ = [
     "captions_and_masks",
     "default_tile_size",
     "describe_scene",
-    "read_tiles",
 ]
